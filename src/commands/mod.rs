@@ -1,0 +1,16 @@
+//! One module per subcommand: each has an `Args` struct (its flags and help)
+//! and one `run` function that validates, composes library calls and returns
+//! a report. The logic lives in the library modules.
+
+pub mod check_prerequisites;
+pub mod complete;
+pub mod cordon;
+pub mod drain;
+pub mod helm_upgrade;
+pub mod plan;
+pub mod restart_kata_pod;
+pub mod rollback;
+pub mod select_nodes;
+pub mod status;
+pub mod uncordon;
+pub mod verify;

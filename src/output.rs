@@ -1,0 +1,84 @@
+//! The one place that decides how results are printed: text for people, JSON
+//! for machines. Commands hand it a value; stdout carries only results.
+
+use std::io::Write;
+
+use serde::Serialize;
+
+use crate::cli::OutputFormat;
+
+/// A command result that can be shown to a person as well as serialised.
+pub trait Report: Serialize {
+    /// The text shown to a person (one or more lines, no trailing newline needed).
+    fn text(&self) -> String;
+}
+
+/// Prints a report on stdout in the chosen format.
+pub fn print(format: OutputFormat, report: &impl Report) -> anyhow::Result<()> {
+    let rendered = render(format, report)?;
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(rendered.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}
+
+/// Renders a report as it would be printed.
+pub fn render(format: OutputFormat, report: &impl Report) -> anyhow::Result<String> {
+    let mut out = match format {
+        OutputFormat::Json => serde_json::to_string_pretty(report)?,
+        OutputFormat::Text => report.text(),
+    };
+    if !out.ends_with('\n') {
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Lays out rows as a table with aligned columns.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        out.trim_end().to_string()
+    };
+    let mut lines = vec![line(header.to_vec())];
+    lines.extend(
+        rows.iter()
+            .map(|row| line(row.iter().map(String::as_str).collect())),
+    );
+    lines.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns() {
+        let rendered = table(
+            &["NODE", "STATUS"],
+            &[
+                vec!["a".into(), "completed".into()],
+                vec!["long-name".into(), "-".into()],
+            ],
+        );
+        assert_eq!(
+            rendered,
+            "NODE       STATUS\na          completed\nlong-name  -"
+        );
+    }
+}
