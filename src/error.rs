@@ -194,6 +194,8 @@ fn classified<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a dy
         crate::verification::VerificationError,
         crate::wait::WaitError,
         crate::run_record::RecordError,
+        crate::nodes::hold::HoldError,
+        crate::kata_deploy::KataDeployError,
     );
     None
 }

@@ -1,10 +1,224 @@
-//! PLACEHOLDER
-/// Placeholder.
+//! Running the `helm` binary: always as an argv list, never through a shell,
+//! so values with quotes, `$` or backticks arrive literally.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use serde::de::DeserializeOwned;
+
+use crate::cli::GlobalArgs;
+use crate::error::{Classify, ExitStatus};
+
+/// Why a helm invocation failed.
 #[derive(Debug, thiserror::Error)]
-#[error("helm")]
-pub struct HelmError;
-impl crate::error::Classify for HelmError {
-    fn status(&self) -> crate::error::ExitStatus {
-        crate::error::ExitStatus::Failed
+pub enum HelmError {
+    /// The binary could not be started.
+    #[error("cannot run {binary}: {source}")]
+    Spawn {
+        /// The binary.
+        binary: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// helm ran and exited non-zero.
+    #[error("`{command}` failed (exit {code}): {stderr}")]
+    Failed {
+        /// The command as a person would type it.
+        command: String,
+        /// Its exit code (-1 when killed by a signal).
+        code: i32,
+        /// The last lines of its stderr.
+        stderr: String,
+    },
+    /// helm's output was not what it documents.
+    #[error("`{command}` printed output that is not the expected JSON")]
+    Output {
+        /// The command.
+        command: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl HelmError {
+    /// Whether helm said the release does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, HelmError::Failed { stderr, .. } if stderr.contains("not found"))
+    }
+}
+
+impl Classify for HelmError {
+    fn status(&self) -> ExitStatus {
+        match self {
+            HelmError::Spawn { .. } => ExitStatus::Precondition,
+            HelmError::Failed { stderr, .. } if stderr.contains("forbidden") => {
+                ExitStatus::Precondition
+            }
+            _ => ExitStatus::Failed,
+        }
+    }
+    fn hints(&self) -> Vec<String> {
+        match self {
+            HelmError::Spawn { binary, .. } => vec![format!(
+                "install helm 4 or point --helm (or KLM_HELM) at it; tried {binary}"
+            )],
+            HelmError::Failed { stderr, .. } if stderr.contains("forbidden") => {
+                vec!["the identity klm runs as lacks a permission helm needs: check the chart's RBAC".into()]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// A helm binary pointed at the same cluster as klm.
+#[derive(Debug, Clone)]
+pub struct Helm {
+    binary: PathBuf,
+    connection: Vec<OsString>,
+}
+
+impl Helm {
+    /// helm with the kubeconfig and context klm was given (in a pod, helm
+    /// uses the in-cluster config on its own).
+    pub fn new(binary: PathBuf, global: &GlobalArgs) -> Self {
+        let mut connection = Vec::new();
+        if let Some(kubeconfig) = &global.kubeconfig {
+            connection.push("--kubeconfig".into());
+            connection.push(kubeconfig.clone().into_os_string());
+        }
+        if let Some(context) = &global.context {
+            connection.push("--kube-context".into());
+            connection.push(context.into());
+        }
+        Self { binary, connection }
+    }
+
+    /// Runs helm with these arguments and returns its stdout.
+    pub async fn run<I, S>(&self, args: I) -> Result<String, HelmError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let args: Vec<OsString> = args
+            .into_iter()
+            .map(Into::into)
+            .chain(self.connection.iter().cloned())
+            .collect();
+        let command = self.display(&args);
+        tracing::debug!(%command, "running helm");
+        let output = tokio::process::Command::new(&self.binary)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .map_err(|source| HelmError::Spawn {
+                binary: self.binary.display().to_string(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(HelmError::Failed {
+                command,
+                code: output.status.code().unwrap_or(-1),
+                stderr: tail(&String::from_utf8_lossy(&output.stderr), 20),
+            });
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Runs helm and parses its stdout as JSON.
+    pub async fn json<T, I, S>(&self, args: I) -> Result<T, HelmError>
+    where
+        T: DeserializeOwned,
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let stdout = self.run(args.clone()).await?;
+        serde_json::from_str(&stdout).map_err(|source| HelmError::Output {
+            command: self.display(&args),
+            source,
+        })
+    }
+
+    fn display(&self, args: &[OsString]) -> String {
+        let mut words = vec![self.binary.display().to_string()];
+        words.extend(args.iter().map(|a| quote(&a.to_string_lossy())));
+        words.join(" ")
+    }
+}
+
+/// Quotes a word for display only (it is never run through a shell).
+fn quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@[]{}".contains(c))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.trim_end().lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_quotes_only_what_needs_it() {
+        assert_eq!(quote("--set"), "--set");
+        assert_eq!(quote("a=b,c"), "a=b,c");
+        assert_eq!(quote("x=$HOME `id`"), "'x=$HOME `id`'");
+        assert_eq!(quote("it's"), r"'it'\''s'");
+        assert_eq!(quote(""), "''");
+    }
+
+    #[tokio::test]
+    async fn arguments_reach_the_program_literally() {
+        // `echo` stands in for helm: what it prints is exactly the argv it got.
+        let global = GlobalArgs {
+            kubeconfig: None,
+            context: None,
+            cluster: None,
+            user: None,
+            output: crate::cli::OutputFormat::Text,
+            log_format: crate::cli::LogFormat::Text,
+            verbose: 0,
+        };
+        let helm = Helm::new(PathBuf::from("echo"), &global);
+        let out = helm.run(["--set", "x=$HOME `id` \"q\" 'a'"]).await.unwrap();
+        assert_eq!(out, "--set x=$HOME `id` \"q\" 'a'\n");
+    }
+
+    #[tokio::test]
+    async fn failures_carry_the_exit_code_and_stderr() {
+        let global = GlobalArgs {
+            kubeconfig: None,
+            context: None,
+            cluster: None,
+            user: None,
+            output: crate::cli::OutputFormat::Text,
+            log_format: crate::cli::LogFormat::Text,
+            verbose: 0,
+        };
+        let helm = Helm::new(PathBuf::from("false"), &global);
+        match helm.run(["status"]).await.unwrap_err() {
+            HelmError::Failed { code, .. } => assert_eq!(code, 1),
+            other => panic!("unexpected {other:?}"),
+        }
+        let missing = Helm::new(PathBuf::from("/nonexistent/helm"), &global);
+        let err = missing.run(["status"]).await.unwrap_err();
+        assert_eq!(err.status(), ExitStatus::Precondition);
     }
 }

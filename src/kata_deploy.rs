@@ -1,1 +1,557 @@
-//! PLACEHOLDER
+//! kata-deploy on nodes: its DaemonSet's current revision, restarting its pod
+//! on one node (daemonset mode), and its per-node install Jobs (job mode).
+//! Every wait watches; nothing polls.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{DeleteParams, ListParams, Preconditions};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+
+use crate::annotations;
+use crate::error::{Classify, ExitStatus, KubeError, KubeResultExt};
+use crate::release::ManifestObject;
+use crate::wait::{self, Check, WaitError, watch_until};
+
+/// The pod label the DaemonSet controller stamps with the template's hash.
+const REVISION_HASH_LABEL: &str = "controller-revision-hash";
+/// Labels the kata-deploy dispatcher puts on per-node install Jobs.
+const JOB_STAGE_LABEL: &str = "kata-deploy/stage";
+const JOB_NODE_LABEL: &str = "kata-deploy-job-dispatcher/node";
+
+/// Why kata-deploy did not come up as expected.
+#[derive(Debug, thiserror::Error)]
+pub enum KataDeployError {
+    /// The release's DaemonSet is not in the cluster.
+    #[error("DaemonSet {namespace}/{name} of the release does not exist")]
+    NoDaemonSet {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// The DaemonSet has no ControllerRevision yet.
+    #[error("DaemonSet {name} has no revision yet")]
+    NoRevision {
+        /// Its name.
+        name: String,
+    },
+    /// A wait ended without its condition.
+    #[error("node {node}")]
+    Wait {
+        /// The node.
+        node: String,
+        /// The wait.
+        #[source]
+        source: WaitError,
+    },
+    /// The API failed.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
+impl Classify for KataDeployError {
+    fn status(&self) -> ExitStatus {
+        match self {
+            KataDeployError::NoDaemonSet { .. } => ExitStatus::Precondition,
+            KataDeployError::Kube(inner) => inner.status(),
+            KataDeployError::Wait { source, .. } => source.status(),
+            KataDeployError::NoRevision { .. } => ExitStatus::Failed,
+        }
+    }
+    fn hints(&self) -> Vec<String> {
+        match self {
+            KataDeployError::NoDaemonSet { .. } => vec!["is the release in job mode? pass --deployment-mode job; or check `helm get manifest`".into()],
+            KataDeployError::Wait { source, .. } => {
+                let mut hints = source.hints();
+                hints.push("inspect the kata-deploy pod on the node (kubectl describe pod / logs) and the node's events".into());
+                hints
+            }
+            KataDeployError::Kube(inner) => inner.hints(),
+            KataDeployError::NoRevision { .. } => Vec::new(),
+        }
+    }
+}
+
+/// The DaemonSet's template as the controller currently rolls it out.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Revision {
+    /// The `controller-revision-hash` pods of this template carry.
+    pub hash: String,
+    /// The ControllerRevision number.
+    pub number: i64,
+    /// The kata-deploy image tag of the template (its version).
+    pub version: Option<String>,
+}
+
+/// The release's kata-deploy DaemonSet.
+#[derive(Clone)]
+pub struct KataDaemonSet {
+    client: Client,
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    uid: String,
+    selector: String,
+}
+
+/// What restarting kata-deploy on one node did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Restarted {
+    /// The node.
+    pub node: String,
+    /// The pod that was replaced, if any.
+    pub old_pod: Option<String>,
+    /// The Ready pod now on the node.
+    pub new_pod: String,
+    /// Its revision hash.
+    pub revision: String,
+    /// Its version (image tag).
+    pub version: Option<String>,
+    /// True when the node already ran the current revision (nothing restarted).
+    pub already_current: bool,
+}
+
+impl KataDaemonSet {
+    /// Finds the DaemonSet named in the release's manifest.
+    pub async fn find(client: &Client, object: &ManifestObject) -> Result<Self, KataDeployError> {
+        let api: Api<DaemonSet> = Api::namespaced(client.clone(), &object.namespace);
+        let ds = api
+            .get_opt(&object.name)
+            .await
+            .during(|| format!("reading DaemonSet {}/{}", object.namespace, object.name))?
+            .ok_or_else(|| KataDeployError::NoDaemonSet {
+                namespace: object.namespace.clone(),
+                name: object.name.clone(),
+            })?;
+        let match_labels = ds
+            .spec
+            .as_ref()
+            .and_then(|s| s.selector.match_labels.clone())
+            .unwrap_or_default();
+        Ok(Self {
+            client: client.clone(),
+            namespace: object.namespace.clone(),
+            name: object.name.clone(),
+            uid: ds.uid().unwrap_or_default(),
+            selector: selector_string(&match_labels),
+        })
+    }
+
+    /// The label selector of the DaemonSet's pods.
+    pub fn selector(&self) -> &str {
+        &self.selector
+    }
+
+    /// The revision the controller rolls out now: waits (watching) until it
+    /// has observed the latest spec, then takes the newest ControllerRevision.
+    pub async fn current_revision(&self, timeout: Duration) -> Result<Revision, KataDeployError> {
+        let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), &self.namespace);
+        let ds = watch_until(
+            api,
+            wait::by_name(&self.name),
+            timeout,
+            format!("DaemonSet {} to observe its spec", self.name),
+            |found| match found.first() {
+                Some(ds) if observed(ds) => Check::Done(ds.as_ref().clone()),
+                Some(_) => Check::Pending,
+                None => Check::Failed("the DaemonSet was deleted".into()),
+            },
+        )
+        .await
+        .map_err(|source| KataDeployError::Wait {
+            node: "-".into(),
+            source,
+        })?;
+        let revisions: Api<ControllerRevision> =
+            Api::namespaced(self.client.clone(), &self.namespace);
+        let newest = revisions
+            .list(&ListParams::default().labels(&self.selector))
+            .await
+            .during(|| format!("listing revisions of DaemonSet {}", self.name))?
+            .items
+            .into_iter()
+            .filter(|r| r.owner_references().iter().any(|o| o.uid == self.uid))
+            .max_by_key(|r| r.revision)
+            .ok_or_else(|| KataDeployError::NoRevision {
+                name: self.name.clone(),
+            })?;
+        let hash = newest
+            .labels()
+            .get(REVISION_HASH_LABEL)
+            .cloned()
+            .unwrap_or_default();
+        let version = ds
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers.first())
+            .and_then(|c| c.image.as_deref())
+            .and_then(image_tag);
+        Ok(Revision {
+            hash,
+            number: newest.revision,
+            version,
+        })
+    }
+
+    /// The DaemonSet's pods on a node (not terminating).
+    pub async fn pods_on(&self, node: &str) -> Result<Vec<Pod>, KataDeployError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let params = ListParams::default()
+            .labels(&self.selector)
+            .fields(&format!("spec.nodeName={node}"));
+        let pods = api
+            .list(&params)
+            .await
+            .during(|| format!("listing kata-deploy pods on {node}"))?;
+        Ok(pods
+            .items
+            .into_iter()
+            .filter(|p| self.owns(p) && p.metadata.deletion_timestamp.is_none())
+            .collect())
+    }
+
+    /// Restarts kata-deploy on a node at `revision`: deletes a pod of an older
+    /// revision (by UID, so a retry never deletes its replacement), waits until
+    /// it is gone and a pod of the current revision is Ready, then until the
+    /// node carries the kata-runtime label. Does nothing to a node already at
+    /// the current revision.
+    pub async fn restart_on(
+        &self,
+        node: &str,
+        revision: &Revision,
+        timeout: Duration,
+    ) -> Result<Restarted, KataDeployError> {
+        let pods = self.pods_on(node).await?;
+        if let Some(current) = pods
+            .iter()
+            .find(|p| revision_of(p) == Some(revision.hash.as_str()) && is_ready(p))
+        {
+            self.wait_for_label(node, timeout).await?;
+            return Ok(Restarted {
+                node: node.into(),
+                old_pod: None,
+                new_pod: current.name_any(),
+                revision: revision.hash.clone(),
+                version: pod_version(current),
+                already_current: true,
+            });
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let mut old_uids = Vec::new();
+        let mut old_pod = None;
+        for pod in pods
+            .iter()
+            .filter(|p| revision_of(p) != Some(revision.hash.as_str()))
+        {
+            let uid = pod.uid().unwrap_or_default();
+            let params = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            tracing::info!(node, pod = %pod.name_any(), "deleting kata-deploy pod to restart it at the new revision");
+            match api.delete(&pod.name_any(), &params).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(e) => {
+                    return Err(KubeError::new(
+                        format!("deleting kata-deploy pod {} on {node}", pod.name_any()),
+                        e,
+                    )
+                    .into());
+                }
+            }
+            old_uids.push(uid);
+            old_pod = Some(pod.name_any());
+        }
+        let config = watcher::Config::default()
+            .labels(&self.selector)
+            .fields(&format!("spec.nodeName={node}"));
+        let owner = self.uid.clone();
+        let what = format!(
+            "kata-deploy on {node} to be Ready at revision {}",
+            revision.hash
+        );
+        let new_pod = watch_until(api, config, timeout, what, |pods: &[Arc<Pod>]| {
+            let owned: Vec<&Arc<Pod>> = pods
+                .iter()
+                .filter(|p| p.owner_references().iter().any(|o| o.uid == owner))
+                .collect();
+            if owned
+                .iter()
+                .any(|p| old_uids.contains(&p.uid().unwrap_or_default()))
+            {
+                return Check::Pending;
+            }
+            let Some(pod) = owned.iter().find(|p| {
+                revision_of(p) == Some(revision.hash.as_str())
+                    && p.metadata.deletion_timestamp.is_none()
+            }) else {
+                return Check::Pending;
+            };
+            if let Some(reason) = crate::kata_deploy::hopeless(pod) {
+                return Check::Failed(format!("pod {} {reason}", pod.name_any()));
+            }
+            if is_ready(pod) {
+                Check::Done(pod.as_ref().clone())
+            } else {
+                Check::Pending
+            }
+        })
+        .await
+        .map_err(|source| KataDeployError::Wait {
+            node: node.into(),
+            source,
+        })?;
+        self.wait_for_label(node, timeout).await?;
+        Ok(Restarted {
+            node: node.into(),
+            old_pod,
+            new_pod: new_pod.name_any(),
+            revision: revision.hash.clone(),
+            version: pod_version(&new_pod),
+            already_current: false,
+        })
+    }
+
+    async fn wait_for_label(&self, node: &str, timeout: Duration) -> Result<(), KataDeployError> {
+        wait_for_runtime_label(&self.client, node, timeout).await
+    }
+
+    fn owns(&self, pod: &Pod) -> bool {
+        pod.owner_references().iter().any(|o| o.uid == self.uid)
+    }
+}
+
+/// Waits until kata-deploy has labelled the node `katacontainers.io/kata-runtime=true`.
+pub async fn wait_for_runtime_label(
+    client: &Client,
+    node: &str,
+    timeout: Duration,
+) -> Result<(), KataDeployError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let what = format!(
+        "node {node} to carry {}=true",
+        annotations::KATA_RUNTIME_LABEL
+    );
+    watch_until(
+        nodes,
+        wait::by_name(node),
+        timeout,
+        what,
+        |found: &[Arc<Node>]| match found.first() {
+            Some(n) if crate::nodes::selection::runs_kata(n) => Check::Done(()),
+            Some(_) => Check::Pending,
+            None => Check::Failed("the node was deleted".into()),
+        },
+    )
+    .await
+    .map_err(|source| KataDeployError::Wait {
+        node: node.into(),
+        source,
+    })
+}
+
+/// What one node's install Job ended with (job mode).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Installed {
+    /// The node.
+    pub node: String,
+    /// The install Job.
+    pub job: String,
+    /// The installer image tag (its version).
+    pub version: Option<String>,
+}
+
+/// Waits (watching) until each node's per-node install Job created at or
+/// after `since` has completed and the node carries the kata-runtime label;
+/// a failed Job fails at once.
+pub async fn wait_install_jobs(
+    client: &Client,
+    namespace: &str,
+    nodes: &[String],
+    since: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<Installed>, KataDeployError> {
+    let api: Api<Job> = Api::namespaced(client.clone(), namespace);
+    let config = watcher::Config::default().labels(&format!("{JOB_STAGE_LABEL}=install"));
+    let since: Option<k8s_openapi::jiff::Timestamp> = since.and_then(|s| s.parse().ok());
+    let what = format!("the install Jobs of {} to complete", nodes.join(", "));
+    let installed = watch_until(api, config, timeout, what, |jobs: &[Arc<Job>]| {
+        let mut done = Vec::new();
+        for node in nodes {
+            let latest = jobs
+                .iter()
+                .filter(|j| j.labels().get(JOB_NODE_LABEL) == Some(node))
+                .filter(|j| match (&since, &j.metadata.creation_timestamp) {
+                    // Creation times have second precision; the wave started within that second.
+                    (Some(since), Some(created)) => created.0.as_second() >= since.as_second(),
+                    _ => true,
+                })
+                .max_by_key(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0));
+            let Some(job) = latest else {
+                return Check::Pending;
+            };
+            if job_condition(job, "Failed") {
+                return Check::Failed(format!(
+                    "install Job {} for node {node} failed",
+                    job.name_any()
+                ));
+            }
+            if !job_condition(job, "Complete") {
+                return Check::Pending;
+            }
+            let version = job
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.spec.as_ref())
+                .and_then(|p| {
+                    p.init_containers
+                        .as_ref()
+                        .and_then(|c| c.first())
+                        .or_else(|| p.containers.first())
+                })
+                .and_then(|c| c.image.as_deref())
+                .and_then(image_tag);
+            done.push(Installed {
+                node: node.clone(),
+                job: job.name_any(),
+                version,
+            });
+        }
+        Check::Done(done)
+    })
+    .await
+    .map_err(|source| KataDeployError::Wait {
+        node: nodes.join(","),
+        source,
+    })?;
+    for node in nodes {
+        wait_for_runtime_label(client, node, timeout).await?;
+    }
+    Ok(installed)
+}
+
+fn job_condition(job: &Job, kind: &str) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == kind && c.status == "True"))
+}
+
+/// Whether the DaemonSet controller has seen the latest spec.
+fn observed(ds: &DaemonSet) -> bool {
+    let generation = ds.metadata.generation.unwrap_or(0);
+    ds.status
+        .as_ref()
+        .and_then(|s| s.observed_generation)
+        .unwrap_or(0)
+        >= generation
+}
+
+/// The pod's revision hash.
+pub fn revision_of(pod: &Pod) -> Option<&str> {
+    pod.labels().get(REVISION_HASH_LABEL).map(String::as_str)
+}
+
+/// Whether the pod is Ready.
+pub fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The kata-deploy version a pod runs: its first container's image tag.
+pub fn pod_version(pod: &Pod) -> Option<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.as_deref())
+        .and_then(image_tag)
+}
+
+/// The tag of an image reference (`repo:tag` or `repo:tag@digest`).
+pub fn image_tag(image: &str) -> Option<String> {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let last_segment = without_digest.rsplit('/').next().unwrap_or(without_digest);
+    last_segment.split_once(':').map(|(_, tag)| tag.to_string())
+}
+
+/// A reason a pod will not become Ready without someone's help: an image
+/// that cannot be pulled, a crash loop, a configuration error.
+pub fn hopeless(pod: &Pod) -> Option<String> {
+    const HOPELESS: [&str; 7] = [
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "CrashLoopBackOff",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "InvalidImageName",
+        "RunContainerError",
+    ];
+    let status = pod.status.as_ref()?;
+    status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten())
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+        .find_map(|w| {
+            let reason = w.reason.as_deref()?;
+            HOPELESS.contains(&reason).then(|| {
+                format!(
+                    "is stuck in {reason}: {}",
+                    w.message.clone().unwrap_or_default()
+                )
+            })
+        })
+}
+
+fn selector_string(labels: &BTreeMap<String, String>) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_tags_are_read_from_references() {
+        assert_eq!(
+            image_tag("quay.io/kata-containers/kata-deploy:3.28.0").as_deref(),
+            Some("3.28.0")
+        );
+        assert_eq!(
+            image_tag("localhost:5000/kata-deploy:3.28.0@sha256:abc").as_deref(),
+            Some("3.28.0")
+        );
+        assert_eq!(image_tag("localhost:5000/kata-deploy"), None);
+    }
+
+    #[test]
+    fn selectors_are_rendered_from_match_labels() {
+        let labels = BTreeMap::from([
+            ("name".to_string(), "kata-deploy".to_string()),
+            ("app".to_string(), "x".to_string()),
+        ]);
+        assert_eq!(selector_string(&labels), "app=x,name=kata-deploy");
+    }
+}

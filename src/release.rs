@@ -1,12 +1,455 @@
-//! PLACEHOLDER
+//! The kata-deploy Helm release: its state, chart version, values, and the
+//! objects it created (found from its manifest, so names are never
+//! hard-coded and `env.multiInstallSuffix` works).
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Classify, ExitStatus};
+use crate::helm::{Helm, HelmError};
+use crate::versions::DeploymentMode;
+
 /// The official kata-deploy chart.
 pub const DEFAULT_CHART: &str = "oci://ghcr.io/kata-containers/kata-deploy-charts/kata-deploy";
-/// Placeholder.
+
+/// Why the release cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("release")]
-pub struct ReleaseError;
-impl crate::error::Classify for ReleaseError {
-    fn status(&self) -> crate::error::ExitStatus {
-        crate::error::ExitStatus::Failed
+pub enum ReleaseError {
+    /// No such release.
+    #[error("Helm release {name} was not found in namespace {namespace}")]
+    NotFound {
+        /// Release name.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+    },
+    /// A helm operation did not finish.
+    #[error("Helm release {name} is stuck in {status} (revision {revision})")]
+    StuckPending {
+        /// Release name.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+        /// pending-install, pending-upgrade or pending-rollback.
+        status: String,
+        /// The pending revision.
+        revision: u32,
+    },
+    /// The release is failed or superseded rather than deployed.
+    #[error("Helm release {name} is {status} (revision {revision}), not deployed")]
+    NotDeployed {
+        /// Release name.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+        /// Its status.
+        status: String,
+        /// Its revision.
+        revision: u32,
+    },
+    /// Reading the release through helm failed.
+    #[error("reading Helm release {name}")]
+    Helm {
+        /// Release name.
+        name: String,
+        /// The helm failure.
+        #[source]
+        source: HelmError,
+    },
+    /// The release's manifest has no kata-deploy DaemonSet where one is needed.
+    #[error("Helm release {name} has no DaemonSet in its manifest (is it in job mode?)")]
+    NoDaemonSet {
+        /// Release name.
+        name: String,
+    },
+    /// The release's manifest or values could not be read.
+    #[error("Helm release {name}: {reason}")]
+    Malformed {
+        /// Release name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Classify for ReleaseError {
+    fn status(&self) -> ExitStatus {
+        match self {
+            ReleaseError::Helm { source, .. } => source.status(),
+            ReleaseError::Malformed { .. } => ExitStatus::Failed,
+            _ => ExitStatus::Precondition,
+        }
+    }
+
+    fn hints(&self) -> Vec<String> {
+        match self {
+            ReleaseError::NotFound { name, namespace } => vec![
+                format!(
+                    "check --helm-release and --helm-namespace (`helm list -A` shows releases); looked for {name} in {namespace}"
+                ),
+                "kata-deploy must be installed with Helm before it can be upgraded".into(),
+            ],
+            ReleaseError::StuckPending {
+                name,
+                namespace,
+                revision,
+                ..
+            } => vec![
+                "another helm operation is running on this release, or one was killed half-way"
+                    .into(),
+                format!(
+                    "if none is running, return it to its last deployed revision: helm rollback {name} -n {namespace} (see `helm history {name} -n {namespace}`), then retry"
+                ),
+                format!("the stuck revision is {revision}"),
+            ],
+            ReleaseError::NotDeployed {
+                name, namespace, ..
+            } => vec![format!(
+                "inspect `helm history {name} -n {namespace}` and bring the release back to a deployed revision (helm rollback) before upgrading"
+            )],
+            ReleaseError::NoDaemonSet { .. } => {
+                vec!["use --deployment-mode job for a release in job mode".into()]
+            }
+            ReleaseError::Helm { source, .. } => source.hints(),
+            ReleaseError::Malformed { .. } => Vec::new(),
+        }
+    }
+}
+
+/// A release's name and namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseRef {
+    /// Release name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+}
+
+/// What klm needs to know of a release.
+#[derive(Debug, Clone)]
+pub struct Release {
+    /// Which release.
+    pub reference: ReleaseRef,
+    /// Its current revision.
+    pub revision: u32,
+    /// deployed, failed, pending-upgrade, ...
+    pub status: String,
+    /// Chart name (kata-deploy).
+    pub chart_name: String,
+    /// Chart version (what --target-version is compared with).
+    pub chart_version: String,
+    /// The chart's appVersion.
+    pub app_version: String,
+    /// The values the user supplied (not the chart's defaults).
+    pub user_values: Value,
+    /// The rendered manifest.
+    pub manifest: String,
+}
+
+#[derive(Deserialize)]
+struct StatusJson {
+    version: u32,
+    info: InfoJson,
+    chart: Option<ChartJson>,
+    #[serde(default)]
+    config: Option<Value>,
+    #[serde(default)]
+    manifest: String,
+}
+
+#[derive(Deserialize)]
+struct InfoJson {
+    status: String,
+}
+
+#[derive(Deserialize)]
+struct ChartJson {
+    metadata: ChartMetadata,
+}
+
+#[derive(Deserialize)]
+struct ChartMetadata {
+    name: String,
+    version: String,
+    #[serde(default, rename = "appVersion")]
+    app_version: String,
+}
+
+impl ReleaseRef {
+    /// Reads the release's current state through helm.
+    pub async fn load(&self, helm: &Helm) -> Result<Release, ReleaseError> {
+        let status: StatusJson = helm
+            .json([
+                "status",
+                self.name.as_str(),
+                "--namespace",
+                self.namespace.as_str(),
+                "--output",
+                "json",
+            ])
+            .await
+            .map_err(|source| self.helm_error(source))?;
+        let metadata = status
+            .chart
+            .map(|c| c.metadata)
+            .ok_or_else(|| ReleaseError::Malformed {
+                name: self.name.clone(),
+                reason: "helm status shows no chart metadata".into(),
+            })?;
+        Ok(Release {
+            reference: self.clone(),
+            revision: status.version,
+            status: status.info.status,
+            chart_name: metadata.name,
+            chart_version: metadata.version,
+            app_version: metadata.app_version,
+            user_values: status.config.unwrap_or(Value::Object(Default::default())),
+            manifest: status.manifest,
+        })
+    }
+
+    /// The release's values coalesced with the chart's defaults.
+    pub async fn coalesced_values(&self, helm: &Helm) -> Result<Value, ReleaseError> {
+        helm.json([
+            "get",
+            "values",
+            self.name.as_str(),
+            "--namespace",
+            self.namespace.as_str(),
+            "--all",
+            "--output",
+            "json",
+        ])
+        .await
+        .map_err(|source| self.helm_error(source))
+    }
+
+    /// The history of the release (oldest first).
+    pub async fn history(&self, helm: &Helm) -> Result<Vec<HistoryEntry>, ReleaseError> {
+        helm.json([
+            "history",
+            self.name.as_str(),
+            "--namespace",
+            self.namespace.as_str(),
+            "--max",
+            "256",
+            "--output",
+            "json",
+        ])
+        .await
+        .map_err(|source| self.helm_error(source))
+    }
+
+    fn helm_error(&self, source: HelmError) -> ReleaseError {
+        if source.is_not_found() {
+            ReleaseError::NotFound {
+                name: self.name.clone(),
+                namespace: self.namespace.clone(),
+            }
+        } else {
+            ReleaseError::Helm {
+                name: self.name.clone(),
+                source,
+            }
+        }
+    }
+}
+
+/// One revision in `helm history`.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+pub struct HistoryEntry {
+    /// Revision number.
+    pub revision: u32,
+    /// Its status.
+    pub status: String,
+    /// `<chart>-<version>`.
+    pub chart: String,
+    /// The chart's appVersion.
+    #[serde(default)]
+    pub app_version: String,
+}
+
+/// A namespaced object in the release's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ManifestObject {
+    /// Its kind.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// Its namespace (the release's when the manifest does not say).
+    pub namespace: String,
+}
+
+impl Release {
+    /// Refuses a release that is not `deployed`, explaining a stuck one.
+    pub fn ensure_deployed(&self) -> Result<(), ReleaseError> {
+        let name = self.reference.name.clone();
+        let namespace = self.reference.namespace.clone();
+        match self.status.as_str() {
+            "deployed" => Ok(()),
+            s if s.starts_with("pending-") => Err(ReleaseError::StuckPending {
+                name,
+                namespace,
+                status: s.to_string(),
+                revision: self.revision,
+            }),
+            s => Err(ReleaseError::NotDeployed {
+                name,
+                namespace,
+                status: s.to_string(),
+                revision: self.revision,
+            }),
+        }
+    }
+
+    /// The objects of a kind in the release's manifest.
+    pub fn objects(&self, kind: &str) -> Result<Vec<ManifestObject>, ReleaseError> {
+        let mut found = Vec::new();
+        for document in manifest_documents(&self.manifest) {
+            let value: Value =
+                serde_saphyr::from_str(document).map_err(|e| ReleaseError::Malformed {
+                    name: self.reference.name.clone(),
+                    reason: format!("its manifest does not parse: {e}"),
+                })?;
+            if value.get("kind").and_then(Value::as_str) != Some(kind) {
+                continue;
+            }
+            let metadata = value.get("metadata");
+            let name = metadata
+                .and_then(|m| m.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let namespace = metadata
+                .and_then(|m| m.get("namespace"))
+                .and_then(Value::as_str)
+                .unwrap_or(&self.reference.namespace);
+            found.push(ManifestObject {
+                kind: kind.to_string(),
+                name: name.to_string(),
+                namespace: namespace.to_string(),
+            });
+        }
+        Ok(found)
+    }
+
+    /// The kata-deploy DaemonSet of the release (daemonset mode).
+    pub fn daemonset(&self) -> Result<ManifestObject, ReleaseError> {
+        self.objects("DaemonSet")?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ReleaseError::NoDaemonSet {
+                name: self.reference.name.clone(),
+            })
+    }
+}
+
+/// The mode a release is in, from its coalesced values: no `deploymentMode`
+/// key (charts before 3.32.0) means daemonset.
+pub fn detect_mode(coalesced: &Value) -> Result<DeploymentMode, String> {
+    match coalesced.get("deploymentMode") {
+        None | Some(Value::Null) => Ok(DeploymentMode::Daemonset),
+        Some(Value::String(s)) if s == "daemonset" => Ok(DeploymentMode::Daemonset),
+        Some(Value::String(s)) if s == "job" => Ok(DeploymentMode::Job),
+        Some(other) => Err(format!(
+            "deploymentMode {other} is neither daemonset nor job"
+        )),
+    }
+}
+
+/// Splits a helm manifest into its YAML documents, dropping empty ones.
+fn manifest_documents(manifest: &str) -> Vec<&str> {
+    let mut documents = Vec::new();
+    let mut start = 0;
+    let mut offset = 0;
+    for line in manifest.split_inclusive('\n') {
+        if line.trim_end() == "---" {
+            documents.push(&manifest[start..offset]);
+            start = offset + line.len();
+        }
+        offset += line.len();
+    }
+    documents.push(&manifest[start..]);
+    documents
+        .into_iter()
+        .filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn release(status: &str, manifest: &str) -> Release {
+        Release {
+            reference: ReleaseRef {
+                name: "kata-deploy".into(),
+                namespace: "kube-system".into(),
+            },
+            revision: 4,
+            status: status.into(),
+            chart_name: "kata-deploy".into(),
+            chart_version: "3.27.0".into(),
+            app_version: "3.27.0".into(),
+            user_values: json!({}),
+            manifest: manifest.into(),
+        }
+    }
+
+    #[test]
+    fn stuck_releases_are_explained() {
+        assert!(release("deployed", "").ensure_deployed().is_ok());
+        let err = release("pending-upgrade", "")
+            .ensure_deployed()
+            .unwrap_err();
+        assert_eq!(err.status(), ExitStatus::Precondition);
+        assert!(
+            err.to_string()
+                .contains("stuck in pending-upgrade (revision 4)")
+        );
+        assert!(
+            err.hints()
+                .iter()
+                .any(|h| h.contains("helm rollback kata-deploy -n kube-system"))
+        );
+        assert!(matches!(
+            release("failed", "").ensure_deployed(),
+            Err(ReleaseError::NotDeployed { .. })
+        ));
+    }
+
+    #[test]
+    fn the_daemonset_is_found_in_the_manifest_with_its_suffix() {
+        let manifest = "---\n# Source: kata-deploy/templates/sa.yaml\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: kata-deploy-sa\n---\n# Source: kata-deploy/templates/ds.yaml\napiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: kata-deploy-blue\n  namespace: kata-system\nspec: {}\n---\n";
+        let ds = release("deployed", manifest).daemonset().unwrap();
+        assert_eq!(
+            ds,
+            ManifestObject {
+                kind: "DaemonSet".into(),
+                name: "kata-deploy-blue".into(),
+                namespace: "kata-system".into()
+            }
+        );
+        assert!(matches!(
+            release("deployed", "---\n# only a comment\n").daemonset(),
+            Err(ReleaseError::NoDaemonSet { .. })
+        ));
+    }
+
+    #[test]
+    fn mode_is_daemonset_unless_the_release_says_job() {
+        assert_eq!(detect_mode(&json!({})), Ok(DeploymentMode::Daemonset));
+        assert_eq!(
+            detect_mode(&json!({"deploymentMode": "daemonset"})),
+            Ok(DeploymentMode::Daemonset)
+        );
+        assert_eq!(
+            detect_mode(&json!({"deploymentMode": "job"})),
+            Ok(DeploymentMode::Job)
+        );
+        assert!(detect_mode(&json!({"deploymentMode": "operator"})).is_err());
     }
 }

@@ -1,10 +1,432 @@
-//! PLACEHOLDER
-/// Placeholder.
+//! The run record: what a run needs to roll back, kept in the cluster (a
+//! ConfigMap `<release>-klm-run` beside the release), not in Helm history —
+//! Helm keeps 10 revisions by default and job mode writes one per wave.
+//!
+//! It also serves as the run's lock (one active run per release) and as the
+//! mark the per-wave guard reads to stop after a failed wave.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Classify, ExitStatus, KubeError, KubeResultExt};
+use crate::versions::DeploymentMode;
+
+const DATA_KEY: &str = "record.json";
+const CONFLICT_RETRIES: usize = 8;
+
+/// Why the record could not be read or written as asked.
 #[derive(Debug, thiserror::Error)]
-#[error("record")]
-pub struct RecordError;
-impl crate::error::Classify for RecordError {
-    fn status(&self) -> crate::error::ExitStatus {
-        crate::error::ExitStatus::Failed
+pub enum RecordError {
+    /// No run has been started for this release.
+    #[error("no run record for release {release} in {namespace}")]
+    NoRecord {
+        /// Release name.
+        release: String,
+        /// Its namespace.
+        namespace: String,
+    },
+    /// Another run holds the release.
+    #[error("run {active} is already upgrading release {release} (started {started_at})")]
+    AnotherRunActive {
+        /// The active run.
+        active: String,
+        /// Release name.
+        release: String,
+        /// Its namespace.
+        namespace: String,
+        /// When it started.
+        started_at: String,
+    },
+    /// The record belongs to another run than the one named.
+    #[error("the run record of release {release} belongs to run {found}, not {wanted}")]
+    RunMismatch {
+        /// The run asked for.
+        wanted: String,
+        /// The run on record.
+        found: String,
+        /// Release name.
+        release: String,
+    },
+    /// The ConfigMap exists but does not hold a record we can read.
+    #[error("the run record {name} cannot be read: {reason}")]
+    Corrupt {
+        /// ConfigMap name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The API refused or failed.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
+impl Classify for RecordError {
+    fn status(&self) -> ExitStatus {
+        match self {
+            RecordError::Kube(inner) => inner.status(),
+            RecordError::Corrupt { .. } => ExitStatus::Failed,
+            _ => ExitStatus::Precondition,
+        }
+    }
+
+    fn hints(&self) -> Vec<String> {
+        match self {
+            RecordError::NoRecord { .. } => {
+                vec!["run `klm check-prerequisites --target-version ...` first: it records what rollback will need".into()]
+            }
+            RecordError::AnotherRunActive { release, namespace, active, .. } => vec![
+                "two upgrades must never run at once; wait for it to finish".into(),
+                format!(
+                    "if run {active} is dead, finish it with `klm rollback` or `klm complete --finish-run --run-id {active}`, or delete configmap {} -n {namespace} after checking the nodes with `klm status`",
+                    name_for(release)
+                ),
+            ],
+            RecordError::RunMismatch { found, .. } => vec![format!("pass --run-id {found}, or omit --run-id to use the release's latest run")],
+            RecordError::Corrupt { .. } => vec!["inspect the ConfigMap; deleting it forgets the run (rollback then has no recorded target)".into()],
+            RecordError::Kube(inner) => inner.hints(),
+        }
+    }
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RunState {
+    /// Waves are being processed.
+    Running,
+    /// A wave failed; later waves must not start.
+    Failed,
+    /// Every wave completed and the run was finished.
+    Completed,
+}
+
+/// The release as it was before the run: the rollback target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Before {
+    /// The deployed revision.
+    pub revision: u32,
+    /// Its chart version.
+    pub chart_version: String,
+    /// Its appVersion.
+    pub app_version: String,
+    /// The values the user had supplied.
+    pub user_values: Value,
+}
+
+/// What the run did to one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NodeProgress {
+    /// Cordoned by the run.
+    Held,
+    /// The new version was installed.
+    Upgraded,
+    /// Verified at the target version.
+    Verified,
+    /// Completed and returned to service.
+    Completed,
+    /// Returned to the version before the run.
+    RolledBack,
+    /// A rollback failed; needs a person.
+    Failed,
+}
+
+/// Everything a run records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    /// The run (Argo workflow name or --run-id).
+    pub run_id: String,
+    /// Release name.
+    pub release: String,
+    /// Release namespace.
+    pub namespace: String,
+    /// The deployment mode of the run.
+    pub mode: DeploymentMode,
+    /// The version the run upgrades to.
+    pub target_version: String,
+    /// The release before the run.
+    pub before: Before,
+    /// Where the run stands.
+    pub state: RunState,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// When the run started (RFC 3339).
+    pub started_at: String,
+    /// When the record last changed.
+    pub updated_at: String,
+    /// The nodes the run touched and what it did to them.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, NodeProgress>,
+    /// Values the run set on the release for its own mechanics (key → value),
+    /// to be restored or reported when the run finishes.
+    #[serde(default)]
+    pub mechanics: BTreeMap<String, Value>,
+    /// When the latest job-mode wave's helm upgrade started (RFC 3339):
+    /// install Jobs older than this belong to an earlier wave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_started_at: Option<String>,
+}
+
+impl RunRecord {
+    /// The nodes the run touched that are in one of these states.
+    pub fn nodes_in(&self, states: &[NodeProgress]) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(_, p)| states.contains(p))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+/// The ConfigMap name of a release's run record.
+pub fn name_for(release: &str) -> String {
+    format!("{release}-klm-run")
+}
+
+/// Now, as RFC 3339.
+pub fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+/// The outcome of [`begin`].
+#[derive(Debug)]
+pub enum Begun {
+    /// A new record was written.
+    Created(RunRecord),
+    /// The record of this run already existed (a retried step): kept as it was.
+    Resumed(RunRecord),
+}
+
+/// Access to the run records of one namespace.
+#[derive(Clone)]
+pub struct Records {
+    api: Api<ConfigMap>,
+    namespace: String,
+}
+
+impl Records {
+    /// Records in the release's namespace.
+    pub fn new(client: &Client, namespace: &str) -> Self {
+        Self {
+            api: Api::namespaced(client.clone(), namespace),
+            namespace: namespace.to_string(),
+        }
+    }
+
+    /// Reads the release's record, if any, with the resourceVersion it was read at.
+    pub async fn load(&self, release: &str) -> Result<Option<(RunRecord, String)>, RecordError> {
+        let name = name_for(release);
+        let Some(config_map) = self
+            .api
+            .get_opt(&name)
+            .await
+            .during(|| format!("reading run record {name}"))?
+        else {
+            return Ok(None);
+        };
+        let raw = config_map
+            .data
+            .as_ref()
+            .and_then(|d| d.get(DATA_KEY))
+            .ok_or_else(|| RecordError::Corrupt {
+                name: name.clone(),
+                reason: format!("it has no {DATA_KEY} key"),
+            })?;
+        let record = serde_json::from_str(raw).map_err(|e| RecordError::Corrupt {
+            name: name.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some((
+            record,
+            config_map.metadata.resource_version.unwrap_or_default(),
+        )))
+    }
+
+    /// The record of the named run, or of the release's latest run.
+    pub async fn resolve(
+        &self,
+        release: &str,
+        run_id: Option<&str>,
+    ) -> Result<RunRecord, RecordError> {
+        let Some((record, _)) = self.load(release).await? else {
+            return Err(RecordError::NoRecord {
+                release: release.to_string(),
+                namespace: self.namespace.clone(),
+            });
+        };
+        match run_id {
+            Some(wanted) if wanted != record.run_id => Err(RecordError::RunMismatch {
+                wanted: wanted.to_string(),
+                found: record.run_id,
+                release: release.to_string(),
+            }),
+            _ => Ok(record),
+        }
+    }
+
+    /// Starts a run: writes `record` unless this run's record exists already
+    /// (a retried step keeps the original rollback target). Refuses while
+    /// another run is active.
+    pub async fn begin(&self, record: RunRecord) -> Result<Begun, RecordError> {
+        for _ in 0..CONFLICT_RETRIES {
+            let existing = self.load(&record.release).await?;
+            let result = match existing {
+                Some((found, _)) if found.run_id == record.run_id => {
+                    return Ok(Begun::Resumed(found));
+                }
+                Some((found, _)) if found.state == RunState::Running => {
+                    return Err(RecordError::AnotherRunActive {
+                        active: found.run_id,
+                        release: record.release.clone(),
+                        namespace: self.namespace.clone(),
+                        started_at: found.started_at,
+                    });
+                }
+                Some((_, resource_version)) => self.write(&record, Some(resource_version)).await,
+                None => self.write(&record, None).await,
+            };
+            match result {
+                Ok(()) => return Ok(Begun::Created(record)),
+                Err(err) if is_conflict(&err) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(RecordError::Corrupt {
+            name: name_for(&record.release),
+            reason: "it kept changing while being written".into(),
+        })
+    }
+
+    /// Changes the run's record with `change`, retrying on concurrent writes.
+    pub async fn update(
+        &self,
+        release: &str,
+        run_id: &str,
+        mut change: impl FnMut(&mut RunRecord),
+    ) -> Result<RunRecord, RecordError> {
+        for _ in 0..CONFLICT_RETRIES {
+            let Some((mut record, resource_version)) = self.load(release).await? else {
+                return Err(RecordError::NoRecord {
+                    release: release.to_string(),
+                    namespace: self.namespace.clone(),
+                });
+            };
+            if record.run_id != run_id {
+                return Err(RecordError::RunMismatch {
+                    wanted: run_id.to_string(),
+                    found: record.run_id,
+                    release: release.to_string(),
+                });
+            }
+            change(&mut record);
+            record.updated_at = now();
+            match self.write(&record, Some(resource_version)).await {
+                Ok(()) => return Ok(record),
+                Err(err) if is_conflict(&err) => continue,
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(RecordError::Corrupt {
+            name: name_for(release),
+            reason: "it kept changing while being written".into(),
+        })
+    }
+
+    async fn write(
+        &self,
+        record: &RunRecord,
+        resource_version: Option<String>,
+    ) -> Result<(), KubeError> {
+        let name = name_for(&record.release);
+        let config_map = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(self.namespace.clone()),
+                resource_version: resource_version.clone(),
+                labels: Some(BTreeMap::from([
+                    (
+                        "app.kubernetes.io/managed-by".to_string(),
+                        "kata-lifecycle-manager".to_string(),
+                    ),
+                    (
+                        "katacontainers.io/kata-lifecycle-manager-release".to_string(),
+                        record.release.clone(),
+                    ),
+                ])),
+                ..Default::default()
+            },
+            data: Some(BTreeMap::from([(
+                DATA_KEY.to_string(),
+                serde_json::to_string_pretty(record).expect("a run record always serialises"),
+            )])),
+            ..Default::default()
+        };
+        let params = PostParams {
+            field_manager: Some(crate::annotations::FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match resource_version {
+            Some(_) => self
+                .api
+                .replace(&name, &params, &config_map)
+                .await
+                .map(|_| ()),
+            None => self.api.create(&params, &config_map).await.map(|_| ()),
+        }
+        .during(|| format!("writing run record {name}"))
+    }
+}
+
+fn is_conflict(err: &KubeError) -> bool {
+    matches!(err.code(), Some(409))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn records_round_trip_as_json() {
+        let record = RunRecord {
+            run_id: "upgrade-1".into(),
+            release: "kata-deploy".into(),
+            namespace: "kube-system".into(),
+            mode: DeploymentMode::Daemonset,
+            target_version: "3.28.0".into(),
+            before: Before {
+                revision: 3,
+                chart_version: "3.27.0".into(),
+                app_version: "3.27.0".into(),
+                user_values: json!({"a": 1}),
+            },
+            state: RunState::Running,
+            failure: None,
+            started_at: now(),
+            updated_at: now(),
+            nodes: BTreeMap::from([
+                ("a".to_string(), NodeProgress::Completed),
+                ("b".to_string(), NodeProgress::Held),
+            ]),
+            mechanics: BTreeMap::from([("updateStrategy.type".to_string(), json!("OnDelete"))]),
+            wave_started_at: None,
+        };
+        let text = serde_json::to_string(&record).unwrap();
+        assert!(text.contains("\"runId\":\"upgrade-1\""));
+        assert!(text.contains("\"rolled-back\"") || text.contains("\"held\""));
+        assert_eq!(serde_json::from_str::<RunRecord>(&text).unwrap(), record);
+        assert_eq!(
+            record.nodes_in(&[NodeProgress::Held]),
+            vec!["b".to_string()]
+        );
+        assert_eq!(name_for("kata-deploy"), "kata-deploy-klm-run");
     }
 }

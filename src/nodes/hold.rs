@@ -7,27 +7,406 @@
 //! resourceVersion it read, so a concurrent change makes it retry instead of
 //! overwriting.
 
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
-use serde_json::json;
+use serde_json::{Value, json};
 
+use super::selection::{self, Criteria, annotation};
 use crate::annotations::{self, NodeStatus};
 use crate::error::{KubeError, KubeResultExt};
 
 /// Sets the status annotation of a node (one merge patch).
 pub async fn set_status(client: &Client, node: &str, status: NodeStatus) -> Result<(), KubeError> {
     tracing::info!(node, status = %status, "node status");
-    patch_annotations(client, node, json!({ annotations::STATUS: status.as_str() })).await
+    patch_annotations(
+        client,
+        node,
+        json!({ annotations::STATUS: status.as_str() }),
+    )
+    .await
 }
 
 /// Merge-patches annotations of a node; a `null` value removes the key.
-pub async fn patch_annotations(client: &Client, node: &str, annotations: serde_json::Value) -> Result<(), KubeError> {
+pub async fn patch_annotations(
+    client: &Client,
+    node: &str,
+    annotations: serde_json::Value,
+) -> Result<(), KubeError> {
     let nodes: Api<Node> = Api::all(client.clone());
     let patch = json!({ "metadata": { "annotations": annotations } });
     nodes
-        .patch(node, &PatchParams::apply(annotations::FIELD_MANAGER), &Patch::Merge(&patch))
+        .patch(
+            node,
+            &PatchParams::apply(annotations::FIELD_MANAGER),
+            &Patch::Merge(&patch),
+        )
         .await
         .during(|| format!("annotating node {node}"))?;
     Ok(())
+}
+
+/// Why a node cannot be held or released.
+#[derive(Debug, thiserror::Error)]
+pub enum HoldError {
+    /// Another run is working on the node.
+    #[error("node {node} is held by run {holder} (status {status})")]
+    HeldByAnotherRun {
+        /// The node.
+        node: String,
+        /// The run holding it.
+        holder: String,
+        /// Its status annotation.
+        status: String,
+    },
+    /// The node does not exist.
+    #[error("node {node} does not exist")]
+    NoSuchNode {
+        /// The node.
+        node: String,
+    },
+    /// The recorded selection taints cannot be read.
+    #[error("node {node}: annotation {key} is not a JSON list of taints")]
+    BadTaintRecord {
+        /// The node.
+        node: String,
+        /// The annotation.
+        key: &'static str,
+    },
+    /// The node kept changing under us.
+    #[error("node {node} kept changing while klm was updating it")]
+    Contended {
+        /// The node.
+        node: String,
+    },
+    /// The API failed.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+}
+
+impl crate::error::Classify for HoldError {
+    fn status(&self) -> crate::error::ExitStatus {
+        use crate::error::ExitStatus;
+        match self {
+            HoldError::HeldByAnotherRun { .. } => ExitStatus::Precondition,
+            HoldError::NoSuchNode { .. } => ExitStatus::BadInput,
+            HoldError::Kube(inner) => crate::error::Classify::status(inner),
+            _ => ExitStatus::Failed,
+        }
+    }
+    fn hints(&self) -> Vec<String> {
+        match self {
+            HoldError::HeldByAnotherRun { node, holder, .. } => vec![format!(
+                "wait for run {holder} to finish; if it is dead, release the node with `klm uncordon --nodes {node} --run-id {holder}` or roll it back with `klm rollback --nodes {node}`"
+            )],
+            HoldError::NoSuchNode { .. } => {
+                vec!["check the node name with `kubectl get nodes`".into()]
+            }
+            HoldError::Kube(inner) => crate::error::Classify::hints(inner),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// What holding a node found.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Held {
+    /// The node.
+    pub node: String,
+    /// Whether it was unschedulable before the run held it.
+    pub was_unschedulable: bool,
+    /// Whether this call took the hold (false: the run held it already).
+    pub newly_held: bool,
+    /// The selection taints recorded.
+    pub selection_taints: Vec<Taint>,
+}
+
+/// Holds a node for a run: records (once, atomically) whether it was
+/// unschedulable before and which selection taints it carries, then cordons
+/// it. A second call by the same run changes nothing it recorded.
+pub async fn hold(
+    client: &Client,
+    node: &str,
+    run_id: &str,
+    selection: &Criteria,
+    target_version: &str,
+) -> Result<Held, HoldError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    for _ in 0..CONFLICT_RETRIES {
+        let current = get(&nodes, node).await?;
+        let holder = annotation(&current, annotations::RUN);
+        let status =
+            annotation(&current, annotations::STATUS).and_then(|s| s.parse::<NodeStatus>().ok());
+        if let Some(holder) = holder
+            && holder != run_id
+            && status.is_some_and(NodeStatus::in_progress)
+        {
+            return Err(HoldError::HeldByAnotherRun {
+                node: node.to_string(),
+                holder: holder.to_string(),
+                status: status.map(|s| s.to_string()).unwrap_or_default(),
+            });
+        }
+        if holder == Some(run_id) {
+            let was_unschedulable =
+                annotation(&current, annotations::WAS_UNSCHEDULABLE) == Some("true");
+            let recorded = recorded_taints(&current)?;
+            let mut patch = json!({ "spec": { "unschedulable": true } });
+            if status.is_none_or(|s| matches!(s, NodeStatus::Preparing | NodeStatus::Cordoned)) {
+                patch["metadata"] = json!({ "annotations": { annotations::STATUS: NodeStatus::Cordoned.as_str() } });
+            }
+            merge(&nodes, node, &patch).await?;
+            return Ok(Held {
+                node: node.to_string(),
+                was_unschedulable,
+                newly_held: false,
+                selection_taints: recorded,
+            });
+        }
+        let was_unschedulable = is_unschedulable(&current);
+        let taints = selection.selection_taints(&current);
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": current.metadata.resource_version,
+                "annotations": {
+                    annotations::RUN: run_id,
+                    annotations::WAS_UNSCHEDULABLE: was_unschedulable.to_string(),
+                    annotations::SELECTION_TAINTS: if taints.is_empty() { Value::Null } else { json!(serde_json::to_string(&taints).unwrap_or_default()) },
+                    annotations::TARGET_VERSION: target_version,
+                    annotations::STATUS: NodeStatus::Cordoned.as_str(),
+                }
+            },
+            "spec": { "unschedulable": true }
+        });
+        match merge(&nodes, node, &patch).await {
+            Ok(()) => {
+                tracing::info!(node, was_unschedulable, "node held and cordoned");
+                return Ok(Held {
+                    node: node.to_string(),
+                    was_unschedulable,
+                    newly_held: true,
+                    selection_taints: taints,
+                });
+            }
+            Err(err) if err.code() == Some(409) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(HoldError::Contended {
+        node: node.to_string(),
+    })
+}
+
+/// How a node leaves a run.
+#[derive(Debug, Clone, Default)]
+pub struct Release {
+    /// The status to write (none: keep it).
+    pub status: Option<NodeStatus>,
+    /// `Some(Some(v))` sets the verified version, `Some(None)` removes it.
+    pub current_version: Option<Option<String>>,
+    /// Remove the recorded selection taints (the node's upgrade is done).
+    pub remove_selection_taints: bool,
+    /// Put the recorded selection taints back (the node still needs an upgrade).
+    pub restore_selection_taints: bool,
+    /// Return the node to service (never one that was unschedulable before).
+    pub uncordon: bool,
+}
+
+/// What releasing a node did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Released {
+    /// The node.
+    pub node: String,
+    /// Whether it is schedulable now.
+    pub schedulable: bool,
+    /// Whether it stayed cordoned because it was unschedulable before the run.
+    pub kept_cordoned: bool,
+    /// Taints removed or restored.
+    pub taints_changed: usize,
+}
+
+/// Releases a node from a run in one patch guarded by the resourceVersion it
+/// read: status, version, selection taints and schedulability together.
+/// `run_id` restricts the release to a node held by that run (`None`: any).
+pub async fn release(
+    client: &Client,
+    node: &str,
+    run_id: Option<&str>,
+    how: &Release,
+) -> Result<Option<Released>, HoldError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    for _ in 0..CONFLICT_RETRIES {
+        let current = get(&nodes, node).await?;
+        let holder = annotation(&current, annotations::RUN);
+        if let (Some(wanted), Some(holder)) = (run_id, holder)
+            && wanted != holder
+        {
+            return Ok(None);
+        }
+        if run_id.is_some()
+            && holder.is_none()
+            && !how.restore_selection_taints
+            && how.status.is_none()
+        {
+            return Ok(None);
+        }
+        let kept_cordoned = annotation(&current, annotations::WAS_UNSCHEDULABLE) == Some("true");
+        let recorded = recorded_taints(&current)?;
+        let mut taints: Vec<Taint> = selection::taints(&current).to_vec();
+        let before = taints.len();
+        if how.remove_selection_taints {
+            taints.retain(|t| !recorded.iter().any(|r| same_taint(r, t)));
+        }
+        if how.restore_selection_taints {
+            for taint in &recorded {
+                if !taints.iter().any(|t| same_taint(t, taint)) {
+                    taints.push(Taint {
+                        time_added: None,
+                        ..taint.clone()
+                    });
+                }
+            }
+        }
+        let taints_changed = before.abs_diff(taints.len());
+        let mut node_annotations = serde_json::Map::new();
+        if let Some(status) = how.status {
+            node_annotations.insert(annotations::STATUS.into(), json!(status.as_str()));
+        }
+        match &how.current_version {
+            Some(Some(version)) => {
+                node_annotations.insert(annotations::CURRENT_VERSION.into(), json!(version));
+            }
+            Some(None) => {
+                node_annotations.insert(annotations::CURRENT_VERSION.into(), Value::Null);
+            }
+            None => {}
+        }
+        let uncordon = how.uncordon && !kept_cordoned;
+        if how.uncordon {
+            for key in [
+                annotations::RUN,
+                annotations::WAS_UNSCHEDULABLE,
+                annotations::TARGET_VERSION,
+            ] {
+                node_annotations.insert(key.into(), Value::Null);
+            }
+        }
+        let mut spec = serde_json::Map::new();
+        if taints_changed > 0 {
+            spec.insert("taints".into(), json!(taints));
+        }
+        if uncordon {
+            spec.insert("unschedulable".into(), Value::Null);
+        }
+        let patch = json!({
+            "metadata": { "resourceVersion": current.metadata.resource_version, "annotations": node_annotations },
+            "spec": spec,
+        });
+        match merge(&nodes, node, &patch).await {
+            Ok(()) => {
+                let schedulable = if uncordon {
+                    true
+                } else {
+                    !is_unschedulable(&current)
+                };
+                tracing::info!(
+                    node,
+                    schedulable,
+                    kept_cordoned,
+                    taints_changed,
+                    "node released"
+                );
+                return Ok(Some(Released {
+                    node: node.to_string(),
+                    schedulable,
+                    kept_cordoned,
+                    taints_changed,
+                }));
+            }
+            Err(err) if err.code() == Some(409) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(HoldError::Contended {
+        node: node.to_string(),
+    })
+}
+
+/// Reads a node, turning 404 into [`HoldError::NoSuchNode`].
+pub async fn get(nodes: &Api<Node>, node: &str) -> Result<Node, HoldError> {
+    nodes
+        .get_opt(node)
+        .await
+        .during(|| format!("reading node {node}"))?
+        .ok_or_else(|| HoldError::NoSuchNode {
+            node: node.to_string(),
+        })
+}
+
+/// Whether a node is unschedulable.
+pub fn is_unschedulable(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+/// The selection taints recorded on a node at hold time.
+pub fn recorded_taints(node: &Node) -> Result<Vec<Taint>, HoldError> {
+    match annotation(node, annotations::SELECTION_TAINTS) {
+        None => Ok(Vec::new()),
+        Some(raw) => serde_json::from_str(raw).map_err(|_| HoldError::BadTaintRecord {
+            node: node.metadata.name.clone().unwrap_or_default(),
+            key: annotations::SELECTION_TAINTS,
+        }),
+    }
+}
+
+fn same_taint(a: &Taint, b: &Taint) -> bool {
+    a.key == b.key && a.value == b.value && a.effect == b.effect
+}
+
+async fn merge(nodes: &Api<Node>, node: &str, patch: &Value) -> Result<(), KubeError> {
+    nodes
+        .patch(
+            node,
+            &PatchParams::apply(annotations::FIELD_MANAGER),
+            &Patch::Merge(patch),
+        )
+        .await
+        .during(|| format!("updating node {node}"))
+        .map(|_| ())
+}
+
+const CONFLICT_RETRIES: usize = 8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taints_are_compared_without_their_timestamps() {
+        let a = Taint {
+            key: "k".into(),
+            value: Some("v".into()),
+            effect: "NoSchedule".into(),
+            time_added: None,
+        };
+        let b = Taint {
+            time_added: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            )),
+            ..a.clone()
+        };
+        assert!(same_taint(&a, &b));
+        assert!(!same_taint(
+            &a,
+            &Taint {
+                effect: "NoExecute".into(),
+                ..a.clone()
+            }
+        ));
+    }
 }
