@@ -200,24 +200,27 @@ fn classified<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a dy
     None
 }
 
-/// Renders an error for stderr: `klm: error: <what>: <why>` then `hint:` lines.
-pub fn render(err: &anyhow::Error, hints: &[String]) -> String {
-    let mut out = String::from("klm: error: ");
-    let mut first = true;
-    let mut previous = String::new();
+/// The error chain as one line, `<what>: <why>`, skipping layers that only
+/// repeat the one above.
+pub fn describe(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
         let text = cause.to_string();
-        // Skip a layer that only repeats the one above it.
-        if text.is_empty() || previous.contains(&text) {
+        if text.is_empty()
+            || parts
+                .last()
+                .is_some_and(|previous| previous.contains(&text))
+        {
             continue;
         }
-        if !first {
-            out.push_str(": ");
-        }
-        out.push_str(&text);
-        previous = text;
-        first = false;
+        parts.push(text);
     }
+    parts.join(": ")
+}
+
+/// Renders an error for stderr: `klm: error: <what>: <why>` then `hint:` lines.
+pub fn render(err: &anyhow::Error, hints: &[String]) -> String {
+    let mut out = format!("klm: error: {}", describe(err));
     for hint in hints {
         out.push_str("\nhint: ");
         out.push_str(hint);

@@ -153,6 +153,38 @@ impl Helm {
     }
 }
 
+/// A values file handed to helm (`--values`), removed when dropped.
+pub struct ValuesFile(PathBuf);
+
+impl ValuesFile {
+    /// Writes values as JSON (which helm reads as YAML) to a new private file.
+    pub fn new(values: &serde_json::Value) -> std::io::Result<Self> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("klm-values-{}-{n}.json", std::process::id()));
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        file.write_all(values.to_string().as_bytes())?;
+        Ok(Self(path))
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ValuesFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Quotes a word for display only (it is never run through a shell).
 fn quote(word: &str) -> String {
     if !word.is_empty()

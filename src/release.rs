@@ -280,6 +280,33 @@ pub struct ManifestObject {
     pub namespace: String,
 }
 
+/// Where an upgrade's values come from.
+#[derive(Debug, Clone)]
+pub enum Values {
+    /// The chart's defaults, then the release's last values (`--reset-then-reuse-values`).
+    ResetThenReuse,
+    /// The chart's defaults, then exactly these values (`--reset-values --values FILE`).
+    Exactly(Value),
+}
+
+/// A `helm upgrade` of the release.
+#[derive(Debug, Clone)]
+pub struct Upgrade {
+    /// The chart reference; `{version}` in it is replaced by the version
+    /// (a directory of packaged charts), otherwise `--version` is passed.
+    pub chart: String,
+    /// The chart version.
+    pub version: String,
+    /// Base values.
+    pub values: Values,
+    /// `--set` items.
+    pub set: Vec<String>,
+    /// `--set-json` items.
+    pub set_json: Vec<String>,
+    /// How long helm may take (hooks included).
+    pub timeout: std::time::Duration,
+}
+
 impl Release {
     /// Refuses a release that is not `deployed`, explaining a stuck one.
     pub fn ensure_deployed(&self) -> Result<(), ReleaseError> {
@@ -300,6 +327,59 @@ impl Release {
                 revision: self.revision,
             }),
         }
+    }
+
+    /// Runs `helm upgrade` of this release. Arguments go to helm as a list,
+    /// never through a shell.
+    pub async fn upgrade(&self, helm: &Helm, upgrade: &Upgrade) -> Result<(), ReleaseError> {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["upgrade".into(), self.reference.name.clone().into()];
+        if upgrade.chart.contains("{version}") {
+            args.push(upgrade.chart.replace("{version}", &upgrade.version).into());
+        } else {
+            args.extend([
+                upgrade.chart.clone().into(),
+                "--version".into(),
+                upgrade.version.clone().into(),
+            ]);
+        }
+        args.extend([
+            "--namespace".into(),
+            self.reference.namespace.clone().into(),
+        ]);
+        let _values_file;
+        match &upgrade.values {
+            Values::ResetThenReuse => args.push("--reset-then-reuse-values".into()),
+            Values::Exactly(values) => {
+                let file =
+                    crate::helm::ValuesFile::new(values).map_err(|e| ReleaseError::Malformed {
+                        name: self.reference.name.clone(),
+                        reason: format!("cannot write a values file: {e}"),
+                    })?;
+                args.extend([
+                    "--reset-values".into(),
+                    "--values".into(),
+                    file.path().as_os_str().to_owned(),
+                ]);
+                _values_file = file;
+            }
+        }
+        for item in &upgrade.set {
+            args.extend(["--set".into(), item.into()]);
+        }
+        for item in &upgrade.set_json {
+            args.extend(["--set-json".into(), item.into()]);
+        }
+        args.extend([
+            "--timeout".into(),
+            format!("{}s", upgrade.timeout.as_secs()).into(),
+        ]);
+        tracing::info!(release = %self.reference.name, version = %upgrade.version, "helm upgrade");
+        helm.run(args).await.map_err(|source| ReleaseError::Helm {
+            name: self.reference.name.clone(),
+            source,
+        })?;
+        Ok(())
     }
 
     /// The objects of a kind in the release's manifest.
@@ -341,6 +421,11 @@ impl Release {
                 name: self.reference.name.clone(),
             })
     }
+}
+
+/// Looks a dotted key up in a values tree.
+pub fn lookup<'a>(values: &'a Value, key: &str) -> Option<&'a Value> {
+    key.split('.').try_fold(values, |v, part| v.get(part))
 }
 
 /// The mode a release is in, from its coalesced values: no `deploymentMode`

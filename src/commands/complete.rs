@@ -1,8 +1,19 @@
 //! `klm complete`: mark verified nodes completed and return them to service.
 
 use clap::Args as ClapArgs;
+use futures::future::try_join_all;
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, Client};
+use serde_json::Value;
 
-use crate::cli::{ChartArgs, ReleaseArgs, RunArgs};
+use crate::annotations::NodeStatus;
+use crate::cli::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs};
+use crate::error::{ExitStatus, UserError};
+use crate::helm::{Helm, ValuesFile};
+use crate::nodes::hold::{self, Release, Released};
+use crate::output::{self, Report};
+use crate::run_record::{NodeProgress, Records, RunRecord, RunState};
+use crate::versions::DeploymentMode;
 
 /// Flags of `klm complete`.
 #[derive(Debug, ClapArgs)]
@@ -35,10 +46,289 @@ pub struct Args {
     pub run: RunArgs,
 }
 
+/// What complete did.
+#[derive(Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Completed {
+    /// The run.
+    pub run_id: String,
+    /// The version the nodes were verified at.
+    pub version: String,
+    /// Nodes completed.
+    pub nodes: Vec<Released>,
+    /// With --finish-run: release values restored.
+    pub restored: Vec<String>,
+    /// With --finish-run: release values left in place, with why.
+    pub left_in_place: Vec<LeftInPlace>,
+}
+
+/// A value the run set on the release and did not restore.
+#[derive(Debug, serde::Serialize)]
+pub struct LeftInPlace {
+    /// The value's key.
+    pub key: String,
+    /// Its current value.
+    pub value: Value,
+    /// Why it stays.
+    pub reason: String,
+}
+
+impl Report for Completed {
+    fn text(&self) -> String {
+        let mut lines: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let cordon = if n.kept_cordoned {
+                    ", left unschedulable (it was before the run)"
+                } else {
+                    ", back in service"
+                };
+                format!("{}: completed at {}{cordon}", n.node, self.version)
+            })
+            .collect();
+        if !self.restored.is_empty() {
+            lines.push(format!(
+                "restored release values: {}",
+                self.restored.join(", ")
+            ));
+        }
+        for left in &self.left_in_place {
+            lines.push(format!(
+                "left in place: {}={} ({})",
+                left.key, left.value, left.reason
+            ));
+        }
+        if lines.is_empty() {
+            lines.push(format!("run {} finished", self.run_id));
+        }
+        lines.join("\n")
+    }
+}
+
 /// Runs the step.
-pub async fn run(
-    _args: Args,
-    _global: &crate::cli::GlobalArgs,
-) -> anyhow::Result<crate::error::ExitStatus> {
-    Err(crate::error::UserError::failed("PLACEHOLDER: not written yet").into())
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let target = crate::versions::parse(&args.target_version)?.to_string();
+    let client = crate::cluster::client(global).await?;
+    let records = Records::new(&client, &args.release.helm_namespace);
+    let record = super::active_run(&records, &args.release.helm_release, &args.run).await?;
+    let mut report = Completed {
+        run_id: record.run_id.clone(),
+        version: target.clone(),
+        ..Default::default()
+    };
+    if let Some(nodes) = &args.nodes {
+        report.nodes = complete_nodes(&client, &records, &record, &nodes.0, &target).await?;
+    }
+    if args.finish_run {
+        let helm = super::helm(&args.release, global);
+        finish_run(&client, &helm, &records, &record, &args.chart, &mut report).await?;
+    }
+    output::print(global.output, &report)?;
+    Ok(ExitStatus::Done)
+}
+
+async fn complete_nodes(
+    client: &Client,
+    records: &Records,
+    record: &RunRecord,
+    nodes: &[String],
+    target: &str,
+) -> anyhow::Result<Vec<Released>> {
+    let unverified: Vec<&String> = nodes
+        .iter()
+        .filter(|n| {
+            !matches!(
+                record.nodes.get(*n),
+                Some(NodeProgress::Verified | NodeProgress::Completed)
+            )
+        })
+        .collect();
+    if !unverified.is_empty() {
+        return Err(UserError::precondition(format!(
+            "run {} has not verified {}",
+            record.run_id,
+            unverified
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .hint("run `klm verify` on them first; only verified nodes are completed")
+        .into());
+    }
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    try_join_all(nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let how = Release {
+        status: Some(NodeStatus::Completed),
+        current_version: Some(Some(target.to_string())),
+        remove_selection_taints: true,
+        uncordon: true,
+        ..Default::default()
+    };
+    let released = try_join_all(
+        nodes
+            .iter()
+            .map(|n| hold::release(client, n, Some(&record.run_id), &how)),
+    )
+    .await?;
+    records
+        .update(&record.release, &record.run_id, |r| {
+            for node in nodes {
+                r.nodes.insert(node.clone(), NodeProgress::Completed);
+            }
+        })
+        .await?;
+    Ok(released.into_iter().flatten().collect())
+}
+
+/// Closes the run: restores what the run set on the release for its own
+/// mechanics where that cannot restart unverified nodes, reports the rest.
+async fn finish_run(
+    client: &Client,
+    helm: &Helm,
+    records: &Records,
+    record: &RunRecord,
+    chart: &ChartArgs,
+    report: &mut Completed,
+) -> anyhow::Result<()> {
+    let reference = crate::release::ReleaseRef {
+        name: record.release.clone(),
+        namespace: record.namespace.clone(),
+    };
+    let release = reference.load(helm).await?;
+    release.ensure_deployed()?;
+    let mechanics: Vec<(String, Value)> = record
+        .mechanics
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let restorable = match record.mode {
+        DeploymentMode::Daemonset => daemonset_fully_rolled(client, &release).await?,
+        DeploymentMode::Job => Err("restoring it re-runs kata-deploy's installer on every node it selects; it is harmless until the next upgrade, which klm scopes again".to_string()),
+    };
+    match restorable {
+        Ok(()) if !mechanics.is_empty() => {
+            let mut values = release.user_values.clone();
+            for (key, _) in &mechanics {
+                let before = crate::release::lookup(&record.before.user_values, key);
+                set_path(&mut values, key, before.cloned());
+            }
+            let file = ValuesFile::new(&values)?;
+            let args: Vec<std::ffi::OsString> = vec![
+                "upgrade".into(),
+                record.release.clone().into(),
+                chart.chart.clone().into(),
+                "--namespace".into(),
+                record.namespace.clone().into(),
+                "--version".into(),
+                release.chart_version.clone().into(),
+                "--reset-values".into(),
+                "--values".into(),
+                file.path().as_os_str().to_owned(),
+                "--timeout".into(),
+                format!("{}s", chart.helm_timeout.as_secs()).into(),
+            ];
+            helm.run(args).await?;
+            report.restored = mechanics.iter().map(|(k, _)| k.clone()).collect();
+        }
+        Ok(()) => {}
+        Err(reason) => {
+            report.left_in_place = mechanics
+                .into_iter()
+                .map(|(key, value)| LeftInPlace {
+                    key,
+                    value,
+                    reason: reason.clone(),
+                })
+                .collect();
+        }
+    }
+    records
+        .update(&record.release, &record.run_id, |r| {
+            r.state = RunState::Completed;
+            r.mechanics.clear();
+        })
+        .await?;
+    Ok(())
+}
+
+/// Restoring RollingUpdate is safe only when every kata-deploy pod already
+/// runs the current revision: otherwise the controller would restart the
+/// remaining nodes onto the new version without verification.
+async fn daemonset_fully_rolled(
+    client: &Client,
+    release: &crate::release::Release,
+) -> anyhow::Result<Result<(), String>> {
+    let daemonset = crate::kata_deploy::KataDaemonSet::find(client, &release.daemonset()?).await?;
+    let revision = daemonset
+        .current_revision(std::time::Duration::from_secs(60))
+        .await?;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> =
+        Api::namespaced(client.clone(), &daemonset.namespace);
+    let list = pods
+        .list(&kube::api::ListParams::default().labels(daemonset.selector()))
+        .await?;
+    let behind: Vec<String> = list
+        .items
+        .iter()
+        .filter(|p| crate::kata_deploy::revision_of(p) != Some(revision.hash.as_str()))
+        .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+        .collect();
+    if behind.is_empty() {
+        Ok(Ok(()))
+    } else {
+        Ok(Err(format!(
+            "nodes outside this run still run an older kata-deploy ({}); restoring the update strategy would restart them unverified — upgrade them with klm, then restore it with helm",
+            behind.join(", ")
+        )))
+    }
+}
+
+/// Sets (or with None removes) a dotted key in a values tree.
+fn set_path(values: &mut Value, key: &str, value: Option<Value>) {
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut cursor = values;
+    for part in &parts[..parts.len() - 1] {
+        if !cursor.get(*part).is_some_and(Value::is_object) {
+            if value.is_none() {
+                return;
+            }
+            cursor[*part] = Value::Object(Default::default());
+        }
+        cursor = &mut cursor[*part];
+    }
+    let last = parts[parts.len() - 1];
+    match value {
+        Some(v) => cursor[last] = v,
+        None => {
+            if let Some(map) = cursor.as_object_mut() {
+                map.remove(last);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dotted_keys_are_set_and_removed() {
+        let mut values = json!({"updateStrategy": {"type": "OnDelete", "rollingUpdate": {"maxUnavailable": 1}}, "x": 1});
+        set_path(&mut values, "updateStrategy.type", None);
+        assert_eq!(
+            values,
+            json!({"updateStrategy": {"rollingUpdate": {"maxUnavailable": 1}}, "x": 1})
+        );
+        set_path(&mut values, "verification.pod", Some(json!("spec")));
+        assert_eq!(values["verification"]["pod"], json!("spec"));
+        set_path(&mut values, "absent.key", None);
+        assert!(values.get("absent").is_none());
+        assert_eq!(
+            crate::release::lookup(&values, "updateStrategy.rollingUpdate.maxUnavailable"),
+            Some(&json!(1))
+        );
+    }
 }

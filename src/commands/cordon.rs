@@ -1,8 +1,16 @@
 //! `klm cordon`: hold nodes for a run and mark them unschedulable.
 
 use clap::Args as ClapArgs;
+use futures::future::try_join_all;
+use k8s_openapi::api::core::v1::Node;
+use kube::Api;
 
-use crate::cli::{NodesArgs, ReleaseArgs, RunArgs, SelectionArgs};
+use crate::cli::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, SelectionArgs};
+use crate::error::ExitStatus;
+use crate::nodes::hold::{self, Held};
+use crate::nodes::selection::Criteria;
+use crate::output::{self, Report};
+use crate::run_record::{NodeProgress, Records};
 
 /// Flags of `klm cordon`.
 #[derive(Debug, ClapArgs)]
@@ -27,10 +35,75 @@ pub struct Args {
     pub release: ReleaseArgs,
 }
 
+/// What cordon did.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cordoned {
+    /// The run holding the nodes.
+    pub run_id: String,
+    /// Per node.
+    pub nodes: Vec<Held>,
+}
+
+impl Report for Cordoned {
+    fn text(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let before = if n.was_unschedulable {
+                    " (it was already unschedulable and will stay so)"
+                } else {
+                    ""
+                };
+                let again = if n.newly_held {
+                    ""
+                } else {
+                    " (already held by this run)"
+                };
+                format!("cordoned {} for run {}{before}{again}", n.node, self.run_id)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 /// Runs the step.
-pub async fn run(
-    _args: Args,
-    _global: &crate::cli::GlobalArgs,
-) -> anyhow::Result<crate::error::ExitStatus> {
-    Err(crate::error::UserError::failed("PLACEHOLDER: not written yet").into())
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let names = args.nodes.names();
+    let criteria = Criteria::new(
+        None,
+        args.selection.node_taint_key.as_deref(),
+        args.selection.node_taint_value.as_deref(),
+    )?;
+    let client = crate::cluster::client(global).await?;
+    let records = Records::new(&client, &args.release.helm_namespace);
+    let record = super::active_run(&records, &args.release.helm_release, &args.run).await?;
+    // Every node must exist before any is changed.
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let held = try_join_all(names.iter().map(|n| {
+        hold::hold(
+            &client,
+            n,
+            &record.run_id,
+            &criteria,
+            &record.target_version,
+        )
+    }))
+    .await?;
+    records
+        .update(&record.release, &record.run_id, |r| {
+            for node in &names {
+                r.nodes.entry(node.clone()).or_insert(NodeProgress::Held);
+            }
+        })
+        .await?;
+    output::print(
+        global.output,
+        &Cordoned {
+            run_id: record.run_id,
+            nodes: held,
+        },
+    )?;
+    Ok(ExitStatus::Done)
 }

@@ -1,9 +1,17 @@
 //! `klm helm-upgrade`: move the kata-deploy release to the target version.
 
 use clap::Args as ClapArgs;
+use serde_json::{Value, json};
 
-use crate::cli::{ChartArgs, ReleaseArgs, RunArgs};
-use crate::versions::ModeChoice;
+use crate::cli::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, split_set_values};
+use crate::error::{ExitStatus, UserError};
+use crate::output::{self, Report};
+use crate::release::{Upgrade, Values};
+use crate::run_record::{NodeProgress, Records};
+use crate::versions::{self, DeploymentMode, ModeChoice};
+
+/// The toleration job-mode installers need to run on cordoned nodes.
+pub const CORDON_TOLERATION: &str = "node.kubernetes.io/unschedulable";
 
 /// Flags of `klm helm-upgrade`.
 #[derive(Debug, ClapArgs)]
@@ -44,10 +52,205 @@ pub struct Args {
     pub run: RunArgs,
 }
 
+/// What helm-upgrade did.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Upgraded {
+    /// The release.
+    pub release: String,
+    /// The mode.
+    pub mode: DeploymentMode,
+    /// The chart version before this step.
+    pub from_version: String,
+    /// The chart version now.
+    pub to_version: String,
+    /// job mode: the wave's nodes.
+    pub nodes: Vec<String>,
+    /// True when the release was already upgraded by this run (a retried step).
+    pub already_done: bool,
+    /// The values this step set for the run's mechanics.
+    pub mechanics: Vec<String>,
+}
+
+impl Report for Upgraded {
+    fn text(&self) -> String {
+        if self.already_done {
+            return format!(
+                "{} is already at {} for this run; nothing to do",
+                self.release, self.to_version
+            );
+        }
+        let scope = match self.mode {
+            DeploymentMode::Daemonset => {
+                "no pod restarts until each node's turn (updateStrategy OnDelete)".to_string()
+            }
+            DeploymentMode::Job => format!("installed on {}", self.nodes.join(", ")),
+        };
+        format!(
+            "upgraded {} from {} to {} in {} mode: {scope}",
+            self.release, self.from_version, self.to_version, self.mode
+        )
+    }
+}
+
 /// Runs the step.
-pub async fn run(
-    _args: Args,
-    _global: &crate::cli::GlobalArgs,
-) -> anyhow::Result<crate::error::ExitStatus> {
-    Err(crate::error::UserError::failed("PLACEHOLDER: not written yet").into())
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let target = versions::parse(&args.target_version)?;
+    let mut user_set = args.set.clone();
+    user_set.extend(split_set_values(&args.helm_set_values).map_err(|why| {
+        UserError::bad_input(format!("--helm-set-values: {why}")).hint("give key=value pairs separated by commas, e.g. image.reference=mirror/kata-deploy,debug=true")
+    })?);
+    if let Some(bad) = user_set.iter().find(|item| !item.contains('=')) {
+        return Err(
+            UserError::bad_input(format!("--set {bad:?} is not key=value"))
+                .hint("give --set key=value")
+                .into(),
+        );
+    }
+    let client = crate::cluster::client(global).await?;
+    let records = Records::new(&client, &args.release.helm_namespace);
+    let record = super::active_run(&records, &args.release.helm_release, &args.run).await?;
+    if versions::parse(&record.target_version)? != target {
+        return Err(UserError::bad_input(format!(
+            "run {} upgrades to {}, not {target}",
+            record.run_id, record.target_version
+        ))
+        .hint("pass the run's --target-version, or start a new run with check-prerequisites")
+        .into());
+    }
+    let mode = super::mode_of_run(args.deployment_mode, &record)?;
+    let helm = super::helm(&args.release, global);
+    let reference = super::release_ref(&args.release);
+    let release = reference.load(&helm).await?;
+    release.ensure_deployed()?;
+    let wave: Vec<String> = args.nodes.as_ref().map(|n| n.0.clone()).unwrap_or_default();
+    let mut report = Upgraded {
+        release: reference.name.clone(),
+        mode,
+        from_version: release.chart_version.clone(),
+        to_version: target.to_string(),
+        nodes: wave.clone(),
+        already_done: false,
+        mechanics: Vec::new(),
+    };
+    let mut mechanics: Vec<(String, Value)> = vec![("verification.pod".into(), json!(""))];
+    let mut upgrade = Upgrade {
+        chart: args.chart.chart.clone(),
+        version: target.to_string(),
+        values: Values::ResetThenReuse,
+        set: user_set,
+        set_json: Vec::new(),
+        timeout: args.chart.helm_timeout,
+    };
+    match mode {
+        DeploymentMode::Daemonset => {
+            if !wave.is_empty() {
+                return Err(UserError::bad_input("--nodes scopes job-mode waves; in daemonset mode helm-upgrade runs once, before the waves")
+                    .hint("drop --nodes; restart-kata-pod then moves one node at a time")
+                    .into());
+            }
+            let on_delete = crate::release::lookup(&release.user_values, "updateStrategy.type")
+                == Some(&json!("OnDelete"));
+            if release.chart_version == target.to_string()
+                && on_delete
+                && release.revision > record.before.revision
+            {
+                report.already_done = true;
+                output::print(global.output, &report)?;
+                return Ok(ExitStatus::Done);
+            }
+            mechanics.push(("updateStrategy.type".into(), json!("OnDelete")));
+        }
+        DeploymentMode::Job => {
+            if wave.is_empty() {
+                return Err(UserError::bad_input(
+                    "job mode upgrades one wave at a time: --nodes is required",
+                )
+                .hint("pass the wave's nodes, e.g. --nodes worker-1,worker-2")
+                .into());
+            }
+            versions::refuse_pruning_job_mode(&versions::parse(&release.chart_version)?, &target)?;
+            let coalesced = reference.coalesced_values(&helm).await?;
+            let done = wave.iter().all(|n| {
+                matches!(
+                    record.nodes.get(n),
+                    Some(NodeProgress::Upgraded | NodeProgress::Verified | NodeProgress::Completed)
+                )
+            });
+            if done
+                && release.chart_version == target.to_string()
+                && crate::release::lookup(&coalesced, "job.nodes") == Some(&json!(wave))
+            {
+                report.already_done = true;
+                output::print(global.output, &report)?;
+                return Ok(ExitStatus::Done);
+            }
+            mechanics.push(("job.nodes".into(), json!(wave)));
+            mechanics.push(("job.parallelism".into(), json!(wave.len())));
+            mechanics.push((
+                "tolerations".into(),
+                with_cordon_toleration(coalesced.get("tolerations")),
+            ));
+            records
+                .update(&record.release, &record.run_id, |r| {
+                    r.wave_started_at = Some(crate::run_record::now())
+                })
+                .await?;
+        }
+    }
+    for (key, value) in &mechanics {
+        match value {
+            Value::String(s) => upgrade.set.push(format!("{key}={s}")),
+            other => upgrade.set_json.push(format!("{key}={other}")),
+        }
+    }
+    release.upgrade(&helm, &upgrade).await?;
+    report.mechanics = mechanics.iter().map(|(k, _)| k.clone()).collect();
+    records
+        .update(&record.release, &record.run_id, |r| {
+            for (key, value) in &mechanics {
+                r.mechanics.insert(key.clone(), value.clone());
+            }
+            for node in &wave {
+                r.nodes.insert(node.clone(), NodeProgress::Upgraded);
+            }
+        })
+        .await?;
+    output::print(global.output, &report)?;
+    Ok(ExitStatus::Done)
+}
+
+/// The release's tolerations plus the one that lets installers run on
+/// cordoned nodes, unless an equivalent one is there.
+pub fn with_cordon_toleration(existing: Option<&Value>) -> Value {
+    let mut tolerations: Vec<Value> = existing
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let covered = tolerations.iter().any(|t| {
+        let exists_all = t.get("operator") == Some(&json!("Exists"))
+            && t.get("key")
+                .is_none_or(|k| k == "" || k == CORDON_TOLERATION);
+        exists_all && t.get("effect").is_none_or(|e| e == "" || e == "NoSchedule")
+    });
+    if !covered {
+        tolerations
+            .push(json!({"key": CORDON_TOLERATION, "operator": "Exists", "effect": "NoSchedule"}));
+    }
+    Value::Array(tolerations)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cordon_toleration_is_added_once() {
+        let added = with_cordon_toleration(Some(&json!([{"key": "gpu", "operator": "Exists"}])));
+        assert_eq!(added.as_array().unwrap().len(), 2);
+        assert_eq!(with_cordon_toleration(Some(&added)), added);
+        let wildcard = json!([{"operator": "Exists"}]);
+        assert_eq!(with_cordon_toleration(Some(&wildcard)), wildcard);
+        assert_eq!(with_cordon_toleration(None).as_array().unwrap().len(), 1);
+    }
 }

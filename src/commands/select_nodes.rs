@@ -1,10 +1,21 @@
 //! `klm select-nodes`: which nodes, in which waves.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
+use anyhow::Context;
 use clap::Args as ClapArgs;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
 
-use crate::cli::{ReleaseArgs, SelectionArgs};
+use crate::annotations::{self, NodeStatus};
+use crate::cli::{GlobalArgs, ReleaseArgs, SelectionArgs};
+use crate::error::{ExitStatus, KubeResultExt};
+use crate::helm::Helm;
+use crate::nodes::selection::{self, Criteria};
+use crate::nodes::waves::{self, Ordered, Wave};
+use crate::output::{self, Report};
 
 /// Flags of `klm select-nodes`.
 #[derive(Debug, ClapArgs)]
@@ -37,10 +48,194 @@ pub struct Args {
     pub release: ReleaseArgs,
 }
 
+/// What select-nodes found.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Selection {
+    /// The selected nodes, in upgrade order.
+    pub nodes: Vec<String>,
+    /// How many.
+    pub count: usize,
+    /// The waves.
+    pub waves: Vec<Wave>,
+    /// Nodes skipped because they are completed at the target version.
+    pub skipped: Vec<String>,
+    /// How nodes were selected, for people.
+    pub criteria: String,
+}
+
+impl Report for Selection {
+    fn text(&self) -> String {
+        if self.nodes.is_empty() {
+            let mut text = format!("No nodes matched {}: nothing to do.", self.criteria);
+            if !self.skipped.is_empty() {
+                text.push_str(&format!(
+                    "\n{} already completed at the target version: {}",
+                    self.skipped.len(),
+                    self.skipped.join(", ")
+                ));
+            }
+            return text;
+        }
+        let mut lines = vec![format!(
+            "{} node(s) selected by {}, in {} wave(s):",
+            self.count,
+            self.criteria,
+            self.waves.len()
+        )];
+        lines.extend(
+            self.waves
+                .iter()
+                .map(|w| format!("  wave {}: {}", w.index, w.nodes.join(", "))),
+        );
+        if !self.skipped.is_empty() {
+            lines.push(format!(
+                "skipped (completed at the target version): {}",
+                self.skipped.join(", ")
+            ));
+        }
+        lines.join("\n")
+    }
+}
+
 /// Runs the step.
-pub async fn run(
-    _args: Args,
-    _global: &crate::cli::GlobalArgs,
-) -> anyhow::Result<crate::error::ExitStatus> {
-    Err(crate::error::UserError::failed("PLACEHOLDER: not written yet").into())
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let batch_size = waves::parse_batch_size(&args.batch_size)?;
+    let criteria = Criteria::new(
+        args.selection.node_selector.as_deref(),
+        args.selection.node_taint_key.as_deref(),
+        args.selection.node_taint_value.as_deref(),
+    )?;
+    let skip_completed = args
+        .skip_completed
+        .as_deref()
+        .map(crate::versions::parse)
+        .transpose()?;
+    let client = crate::cluster::client(global).await?;
+    let helm = super::helm(&args.release, global);
+    let selection = select(
+        &client,
+        &helm,
+        &args.release,
+        &criteria,
+        args.pool_label.as_deref(),
+        batch_size,
+        skip_completed.map(|v| v.to_string()),
+    )
+    .await?;
+    if let Some(path) = &args.waves_file {
+        let json = serde_json::to_string(&selection.waves)?;
+        std::fs::write(path, json)
+            .with_context(|| format!("writing the waves to {}", path.display()))?;
+    }
+    output::print(global.output, &selection)?;
+    Ok(ExitStatus::Done)
+}
+
+/// Selects and orders nodes and plans the waves (shared with `plan`).
+pub async fn select(
+    client: &Client,
+    helm: &Helm,
+    release: &ReleaseArgs,
+    criteria: &Criteria,
+    pool_label: Option<&str>,
+    batch_size: usize,
+    skip_completed: Option<String>,
+) -> anyhow::Result<Selection> {
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let mut params = ListParams::default();
+    if let Some(selector) = &criteria.label_selector {
+        params = params.labels(selector);
+    }
+    let list = nodes_api
+        .list(&params)
+        .await
+        .during(|| "listing nodes".to_string())?;
+    let with_kata_pod = if criteria.is_empty() {
+        nodes_with_kata_deploy_pod(client, helm, release).await
+    } else {
+        BTreeSet::new()
+    };
+    let chosen = selection::choose(&list.items, criteria, &with_kata_pod);
+    let mut skipped = Vec::new();
+    let mut ordered = Vec::new();
+    for node in chosen {
+        let done_at_target = skip_completed.as_deref().is_some_and(|target| {
+            selection::annotation(node, annotations::STATUS) == Some(NodeStatus::Completed.as_str())
+                && selection::annotation(node, annotations::CURRENT_VERSION) == Some(target)
+        });
+        if done_at_target {
+            skipped.push(node.name_any());
+        } else {
+            ordered.push(Ordered {
+                pool: selection::pool_of(node, pool_label),
+                name: node.name_any(),
+            });
+        }
+    }
+    skipped.sort();
+    let nodes = waves::order(ordered);
+    let waves = waves::plan(&nodes, batch_size);
+    Ok(Selection {
+        count: nodes.len(),
+        nodes,
+        waves,
+        skipped,
+        criteria: describe(criteria),
+    })
+}
+
+/// Nodes where the release's kata-deploy DaemonSet has a pod: they run Kata
+/// even if the label is missing (an install in progress or broken). A release
+/// that cannot be read adds nothing; the label still selects.
+async fn nodes_with_kata_deploy_pod(
+    client: &Client,
+    helm: &Helm,
+    release: &ReleaseArgs,
+) -> BTreeSet<String> {
+    let reference = super::release_ref(release);
+    let Ok(found) = reference.load(helm).await else {
+        return BTreeSet::new();
+    };
+    let Ok(daemonset) = found.daemonset() else {
+        return BTreeSet::new();
+    };
+    let Ok(ds) = crate::kata_deploy::KataDaemonSet::find(client, &daemonset).await else {
+        return BTreeSet::new();
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ds.namespace);
+    match pods
+        .list(&ListParams::default().labels(ds.selector()))
+        .await
+    {
+        Ok(list) => list
+            .items
+            .iter()
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect(),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot list kata-deploy pods; selecting by label only");
+            BTreeSet::new()
+        }
+    }
+}
+
+fn describe(criteria: &Criteria) -> String {
+    let mut parts = Vec::new();
+    if let Some(selector) = &criteria.label_selector {
+        parts.push(format!("label selector {selector:?}"));
+    }
+    match (&criteria.taint_key, &criteria.taint_value) {
+        (Some(key), Some(value)) => parts.push(format!("taint {key}={value}")),
+        (Some(key), None) => parts.push(format!("taint key {key}")),
+        _ => {}
+    }
+    if parts.is_empty() {
+        format!(
+            "default selection (nodes running kata-deploy: {}=true or a kata-deploy pod)",
+            annotations::KATA_RUNTIME_LABEL
+        )
+    } else {
+        parts.join(" and ")
+    }
 }
