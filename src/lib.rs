@@ -20,6 +20,7 @@ pub mod nodes;
 pub mod output;
 pub mod release;
 pub mod run_record;
+pub mod values;
 pub mod verification;
 pub mod versions;
 pub mod wait;

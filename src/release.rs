@@ -423,11 +423,6 @@ impl Release {
     }
 }
 
-/// Looks a dotted key up in a values tree.
-pub fn lookup<'a>(values: &'a Value, key: &str) -> Option<&'a Value> {
-    key.split('.').try_fold(values, |v, part| v.get(part))
-}
-
 /// The mode a release is in, from its coalesced values: no `deploymentMode`
 /// key (charts before 3.32.0) means daemonset.
 pub fn detect_mode(coalesced: &Value) -> Result<DeploymentMode, String> {

@@ -211,8 +211,11 @@ async fn finish_run(
         Ok(()) if !mechanics.is_empty() => {
             let mut values = release.user_values.clone();
             for (key, _) in &mechanics {
-                let before = crate::release::lookup(&record.before.user_values, key);
-                set_path(&mut values, key, before.cloned());
+                crate::values::restore(
+                    &mut values,
+                    key,
+                    crate::values::lookup(&record.before.user_values, key).cloned(),
+                );
             }
             let file = ValuesFile::new(&values)?;
             let args: Vec<std::ffi::OsString> = vec![
@@ -282,53 +285,5 @@ async fn daemonset_fully_rolled(
             "nodes outside this run still run an older kata-deploy ({}); restoring the update strategy would restart them unverified — upgrade them with klm, then restore it with helm",
             behind.join(", ")
         )))
-    }
-}
-
-/// Sets (or with None removes) a dotted key in a values tree.
-fn set_path(values: &mut Value, key: &str, value: Option<Value>) {
-    let parts: Vec<&str> = key.split('.').collect();
-    let mut cursor = values;
-    for part in &parts[..parts.len() - 1] {
-        if !cursor.get(*part).is_some_and(Value::is_object) {
-            if value.is_none() {
-                return;
-            }
-            cursor[*part] = Value::Object(Default::default());
-        }
-        cursor = &mut cursor[*part];
-    }
-    let last = parts[parts.len() - 1];
-    match value {
-        Some(v) => cursor[last] = v,
-        None => {
-            if let Some(map) = cursor.as_object_mut() {
-                map.remove(last);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn dotted_keys_are_set_and_removed() {
-        let mut values = json!({"updateStrategy": {"type": "OnDelete", "rollingUpdate": {"maxUnavailable": 1}}, "x": 1});
-        set_path(&mut values, "updateStrategy.type", None);
-        assert_eq!(
-            values,
-            json!({"updateStrategy": {"rollingUpdate": {"maxUnavailable": 1}}, "x": 1})
-        );
-        set_path(&mut values, "verification.pod", Some(json!("spec")));
-        assert_eq!(values["verification"]["pod"], json!("spec"));
-        set_path(&mut values, "absent.key", None);
-        assert!(values.get("absent").is_none());
-        assert_eq!(
-            crate::release::lookup(&values, "updateStrategy.rollingUpdate.maxUnavailable"),
-            Some(&json!(1))
-        );
     }
 }

@@ -149,7 +149,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
                     .hint("drop --nodes; restart-kata-pod then moves one node at a time")
                     .into());
             }
-            let on_delete = crate::release::lookup(&release.user_values, "updateStrategy.type")
+            let on_delete = crate::values::lookup(&release.user_values, "updateStrategy.type")
                 == Some(&json!("OnDelete"));
             if release.chart_version == target.to_string()
                 && on_delete
@@ -179,7 +179,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             });
             if done
                 && release.chart_version == target.to_string()
-                && crate::release::lookup(&coalesced, "job.nodes") == Some(&json!(wave))
+                && crate::values::lookup(&coalesced, "job.nodes") == Some(&json!(wave))
             {
                 report.already_done = true;
                 output::print(global.output, &report)?;

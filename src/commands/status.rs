@@ -118,8 +118,16 @@ impl Report for Status {
                     n.name.clone(),
                     dash(&n.status),
                     dash(&n.verified_version),
-                    if n.schedulable { "yes".into() } else { "no".into() },
-                    if n.kata_runtime { "yes".into() } else { "no".into() },
+                    if n.schedulable {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
+                    if n.kata_runtime {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
                     dash(&n.kata_deploy_pod),
                     match (&n.pod_version, n.pod_current) {
                         (Some(v), Some(false)) => format!("{v} (old revision)"),
@@ -138,13 +146,28 @@ impl Report for Status {
                 run.mode,
                 run.from_version,
                 run.target_version,
-                run.failure.as_deref().map(|f| format!(": {f}")).unwrap_or_default()
+                run.failure
+                    .as_deref()
+                    .map(|f| format!(": {f}"))
+                    .unwrap_or_default()
             ));
         }
         if self.nodes.is_empty() {
             text.push_str("no nodes match");
         } else {
-            text.push_str(&output::table(&["NODE", "STATUS", "VERIFIED", "SCHEDULABLE", "KATA", "KATA-DEPLOY POD", "POD VERSION", "HELD BY"], &rows));
+            text.push_str(&output::table(
+                &[
+                    "NODE",
+                    "STATUS",
+                    "VERIFIED",
+                    "SCHEDULABLE",
+                    "KATA",
+                    "KATA-DEPLOY POD",
+                    "POD VERSION",
+                    "HELD BY",
+                ],
+                &rows,
+            ));
         }
         text
     }
@@ -160,34 +183,61 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let client = crate::cluster::client(global).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
     let record = match &args.run.run_id {
-        Some(run_id) => Some(records.resolve(&args.release.helm_release, Some(run_id)).await?),
-        None => records.load(&args.release.helm_release).await?.map(|(r, _)| r),
+        Some(run_id) => Some(
+            records
+                .resolve(&args.release.helm_release, Some(run_id))
+                .await?,
+        ),
+        None => records
+            .load(&args.release.helm_release)
+            .await?
+            .map(|(r, _)| r),
     };
     let helm = super::helm(&args.release, global);
     let nodes = rows(&client, &helm, &args.release, &criteria).await?;
     let failed = record.as_ref().is_some_and(|r| r.state == RunState::Failed);
-    let report = Status { run: record.map(RunSummary::from), nodes };
+    let report = Status {
+        run: record.map(RunSummary::from),
+        nodes,
+    };
     output::print(global.output, &report)?;
     if args.fail_if_run_failed && failed {
-        let failure = report.run.as_ref().and_then(|r| r.failure.clone()).unwrap_or_default();
-        return Err(UserError::precondition(format!("the run has failed ({failure}); no further wave may start"))
-            .hint("see `klm status` for the nodes it rolled back")
-            .into());
+        let failure = report
+            .run
+            .as_ref()
+            .and_then(|r| r.failure.clone())
+            .unwrap_or_default();
+        return Err(UserError::precondition(format!(
+            "the run has failed ({failure}); no further wave may start"
+        ))
+        .hint("see `klm status` for the nodes it rolled back")
+        .into());
     }
     Ok(ExitStatus::Done)
 }
 
-async fn rows(client: &Client, helm: &crate::helm::Helm, release: &ReleaseArgs, criteria: &Criteria) -> anyhow::Result<Vec<NodeRow>> {
+async fn rows(
+    client: &Client,
+    helm: &crate::helm::Helm,
+    release: &ReleaseArgs,
+    criteria: &Criteria,
+) -> anyhow::Result<Vec<NodeRow>> {
     let nodes_api: Api<Node> = Api::all(client.clone());
     let mut params = ListParams::default();
     if let Some(selector) = &criteria.label_selector {
         params = params.labels(selector);
     }
-    let nodes = nodes_api.list(&params).await.during(|| "listing nodes".to_string())?.items;
+    let nodes = nodes_api
+        .list(&params)
+        .await
+        .during(|| "listing nodes".to_string())?
+        .items;
     let (pods, revision) = kata_deploy_pods(client, helm, release).await;
     let shown = nodes.iter().filter(|n| {
         if criteria.is_empty() {
-            selection::runs_kata(n) || selection::annotation(n, annotations::STATUS).is_some() || pods.contains_key(&n.name_any())
+            selection::runs_kata(n)
+                || selection::annotation(n, annotations::STATUS).is_some()
+                || pods.contains_key(&n.name_any())
         } else {
             criteria.taint_matches(n)
         }
@@ -198,12 +248,15 @@ async fn rows(client: &Client, helm: &crate::helm::Helm, release: &ReleaseArgs, 
             NodeRow {
                 name: n.name_any(),
                 status: selection::annotation(n, annotations::STATUS).map(String::from),
-                verified_version: selection::annotation(n, annotations::CURRENT_VERSION).map(String::from),
+                verified_version: selection::annotation(n, annotations::CURRENT_VERSION)
+                    .map(String::from),
                 schedulable: !hold::is_unschedulable(n),
                 kata_runtime: selection::runs_kata(n),
                 kata_deploy_pod: pod.map(|p| p.name_any()),
                 pod_version: pod.and_then(kata_deploy::pod_version),
-                pod_current: pod.zip(revision.as_ref()).map(|(p, r)| kata_deploy::revision_of(p) == Some(r.as_str())),
+                pod_current: pod
+                    .zip(revision.as_ref())
+                    .map(|(p, r)| kata_deploy::revision_of(p) == Some(r.as_str())),
                 held_by: selection::annotation(n, annotations::RUN).map(String::from),
             }
         })
@@ -214,13 +267,32 @@ async fn rows(client: &Client, helm: &crate::helm::Helm, release: &ReleaseArgs, 
 
 /// The release's kata-deploy pods by node, and the DaemonSet's current
 /// revision; empty when the release has no DaemonSet (job mode) or cannot be read.
-async fn kata_deploy_pods(client: &Client, helm: &crate::helm::Helm, release: &ReleaseArgs) -> (BTreeMap<String, Pod>, Option<String>) {
-    let Ok(found) = super::release_ref(release).load(helm).await else { return Default::default() };
-    let Ok(object) = found.daemonset() else { return Default::default() };
-    let Ok(daemonset) = KataDaemonSet::find(client, &object).await else { return Default::default() };
-    let revision = daemonset.current_revision(std::time::Duration::from_secs(10)).await.ok().map(|r| r.hash);
+async fn kata_deploy_pods(
+    client: &Client,
+    helm: &crate::helm::Helm,
+    release: &ReleaseArgs,
+) -> (BTreeMap<String, Pod>, Option<String>) {
+    let Ok(found) = super::release_ref(release).load(helm).await else {
+        return Default::default();
+    };
+    let Ok(object) = found.daemonset() else {
+        return Default::default();
+    };
+    let Ok(daemonset) = KataDaemonSet::find(client, &object).await else {
+        return Default::default();
+    };
+    let revision = daemonset
+        .current_revision(std::time::Duration::from_secs(10))
+        .await
+        .ok()
+        .map(|r| r.hash);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &daemonset.namespace);
-    let Ok(list) = pods.list(&ListParams::default().labels(daemonset.selector())).await else { return (Default::default(), revision) };
+    let Ok(list) = pods
+        .list(&ListParams::default().labels(daemonset.selector()))
+        .await
+    else {
+        return (Default::default(), revision);
+    };
     let by_node = list
         .items
         .into_iter()
