@@ -1,9 +1,15 @@
 //! `klm check-prerequisites`: can this upgrade start? Records what rollback needs.
 
 use clap::Args as ClapArgs;
+use kube::Client;
 
-use crate::cli::{ReleaseArgs, RunArgs, VerificationArgs};
-use crate::versions::ModeChoice;
+use crate::cli::{GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs};
+use crate::error::{ExitStatus, UserError};
+use crate::helm::Helm;
+use crate::output::{self, Report};
+use crate::release::{self, Release, ReleaseRef};
+use crate::run_record::{self, Before, Begun, Records, RunRecord, RunState};
+use crate::versions::{self, DeploymentMode, ModeChoice};
 
 /// Flags of `klm check-prerequisites`.
 #[derive(Debug, ClapArgs)]
@@ -32,10 +38,242 @@ pub struct Args {
     pub verification: VerificationArgs,
 }
 
+/// What check-prerequisites found.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Prerequisites {
+    /// The run.
+    pub run_id: String,
+    /// The mode the run uses (what later steps key on).
+    pub mode: DeploymentMode,
+    /// The release.
+    pub release: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// The chart version deployed now (the rollback target).
+    pub current_version: String,
+    /// The chart version of the deployed revision before this one, if any.
+    pub previous_version: Option<String>,
+    /// The deployed revision.
+    pub revision: u32,
+    /// The version to upgrade to.
+    pub target_version: String,
+    /// Whether a verification pod was validated.
+    pub verification_pod: bool,
+    /// True when this run's record already existed (a retried step).
+    pub resumed: bool,
+    /// Warnings worth a person's attention.
+    pub warnings: Vec<String>,
+}
+
+impl Report for Prerequisites {
+    fn text(&self) -> String {
+        let mut lines = vec![
+            format!(
+                "release:   {} in {} (revision {}, chart {})",
+                self.release, self.namespace, self.revision, self.current_version
+            ),
+            format!(
+                "previous:  {}",
+                self.previous_version.as_deref().unwrap_or("-")
+            ),
+            format!("target:    {}", self.target_version),
+            format!("mode:      {}", self.mode),
+            format!(
+                "verification pod: {}",
+                if self.verification_pod {
+                    "valid"
+                } else {
+                    "not given"
+                }
+            ),
+            format!(
+                "run:       {}{}",
+                self.run_id,
+                if self.resumed {
+                    " (already recorded; rollback target unchanged)"
+                } else {
+                    " (recorded)"
+                }
+            ),
+        ];
+        lines.extend(self.warnings.iter().map(|w| format!("warning: {w}")));
+        lines.push("all prerequisites met".into());
+        lines.join("\n")
+    }
+}
+
 /// Runs the step.
-pub async fn run(
-    _args: Args,
-    _global: &crate::cli::GlobalArgs,
-) -> anyhow::Result<crate::error::ExitStatus> {
-    Err(crate::error::UserError::failed("PLACEHOLDER: not written yet").into())
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let target = versions::parse(&args.target_version)?;
+    let template = super::pending_verification::from_args(&args.verification)?;
+    let client = crate::cluster::client(global).await?;
+    let helm = super::helm(&args.release, global);
+    let reference = super::release_ref(&args.release);
+    let checked = check(
+        &client,
+        &helm,
+        &reference,
+        &target,
+        args.deployment_mode,
+        &args.verification,
+        template.as_ref(),
+    )
+    .await?;
+    let run_id = args
+        .run
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("klm-{}", k8s_openapi::jiff::Timestamp::now().as_second()));
+    let record = RunRecord {
+        run_id: run_id.clone(),
+        release: reference.name.clone(),
+        namespace: reference.namespace.clone(),
+        mode: checked.mode,
+        target_version: target.to_string(),
+        before: Before {
+            revision: checked.release.revision,
+            chart_version: checked.release.chart_version.clone(),
+            app_version: checked.release.app_version.clone(),
+            user_values: checked.release.user_values.clone(),
+        },
+        state: RunState::Running,
+        failure: None,
+        started_at: run_record::now(),
+        updated_at: run_record::now(),
+        nodes: Default::default(),
+        mechanics: Default::default(),
+        wave_started_at: None,
+    };
+    let (record, resumed) = match Records::new(&client, &reference.namespace)
+        .begin(record)
+        .await?
+    {
+        Begun::Created(record) => (record, false),
+        Begun::Resumed(record) => (record, true),
+    };
+    if resumed && versions::parse(&record.target_version)? != target {
+        return Err(UserError::bad_input(format!(
+            "run {} was recorded with target {}, not {target}",
+            record.run_id, record.target_version
+        ))
+        .hint("pass the recorded --target-version, or a new --run-id")
+        .into());
+    }
+    let report = Prerequisites {
+        run_id: record.run_id,
+        mode: record.mode,
+        release: reference.name,
+        namespace: reference.namespace,
+        current_version: record.before.chart_version,
+        previous_version: checked.previous_version,
+        revision: record.before.revision,
+        target_version: target.to_string(),
+        verification_pod: template.is_some(),
+        resumed,
+        warnings: checked.warnings,
+    };
+    output::print(global.output, &report)?;
+    Ok(ExitStatus::Done)
+}
+
+/// What the read-only checks established (shared with `plan`).
+pub struct Checked {
+    /// The release as it is.
+    pub release: Release,
+    /// The mode the run will use.
+    pub mode: DeploymentMode,
+    /// The chart version of the previous deployed revision.
+    pub previous_version: Option<String>,
+    /// Things a person should know.
+    pub warnings: Vec<String>,
+}
+
+/// Every check that changes nothing: the release is deployed, the mode is
+/// the release's, the target suits the mode, job mode is not refused, the
+/// verification pod's namespace exists.
+pub async fn check(
+    client: &Client,
+    helm: &Helm,
+    reference: &ReleaseRef,
+    target: &semver::Version,
+    choice: ModeChoice,
+    verification: &VerificationArgs,
+    template: Option<&super::pending_verification::Template>,
+) -> anyhow::Result<Checked> {
+    let release = reference.load(helm).await?;
+    release.ensure_deployed()?;
+    let coalesced = reference.coalesced_values(helm).await?;
+    let detected = release::detect_mode(&coalesced)
+        .map_err(|why| UserError::precondition(format!("release {}: {why}", reference.name)))?;
+    let current = versions::parse(&release.chart_version)?;
+    if let Some(asked) = choice.explicit()
+        && asked != detected
+    {
+        return Err(mode_mismatch(reference, asked, detected, &current).into());
+    }
+    let mode = detected;
+    versions::check_minimum(target, mode)?;
+    if mode == DeploymentMode::Job {
+        versions::refuse_pruning_job_mode(&current, target)?;
+    }
+    if let Some(template) = template {
+        template
+            .check_in_cluster(client, &verification.verification_namespace)
+            .await?;
+    }
+    let mut warnings = Vec::new();
+    if !versions::is_dev(target) && !versions::is_dev(&current) && target < &current {
+        warnings.push(format!(
+            "{target} is older than the deployed {current}: this run downgrades"
+        ));
+    }
+    let previous_version = reference
+        .history(helm)
+        .await?
+        .into_iter()
+        .filter(|h| h.revision < release.revision)
+        .max_by_key(|h| h.revision)
+        .map(|h| {
+            h.chart
+                .rsplit_once('-')
+                .map(|(_, v)| v.to_string())
+                .unwrap_or(h.chart)
+        });
+    Ok(Checked {
+        release,
+        mode,
+        previous_version,
+        warnings,
+    })
+}
+
+fn mode_mismatch(
+    reference: &ReleaseRef,
+    asked: DeploymentMode,
+    detected: DeploymentMode,
+    current: &semver::Version,
+) -> UserError {
+    let base = UserError::precondition(format!(
+        "release {} runs kata-deploy in {detected} mode, not {asked}: klm never switches modes during an upgrade",
+        reference.name
+    ));
+    if versions::job_mode_prunes(current) {
+        return base.hint(format!(
+            "kata-deploy {current} makes the mode immutable: uninstall and reinstall it in {asked} mode, or run with --deployment-mode auto"
+        ));
+    }
+    let minimum = asked.minimum();
+    let version = if current >= &minimum {
+        current.to_string()
+    } else {
+        minimum.to_string()
+    };
+    base.hint(format!(
+        "switch once, for all nodes at once, with: helm upgrade {} {} -n {} --version {version} --reuse-values --set deploymentMode={asked} (use your mirror's chart reference if you have one)",
+        reference.name,
+        release::DEFAULT_CHART,
+        reference.namespace
+    ))
+    .hint("or run with --deployment-mode auto to follow the release's mode")
 }

@@ -2,8 +2,14 @@
 
 use clap::Args as ClapArgs;
 
-use crate::cli::{ReleaseArgs, SelectionArgs, VerificationArgs};
-use crate::versions::ModeChoice;
+use super::check_prerequisites::{self, Checked};
+use super::select_nodes::{self, Selection};
+use crate::cli::{GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs};
+use crate::error::ExitStatus;
+use crate::nodes::selection::Criteria;
+use crate::nodes::waves;
+use crate::output::{self, Report};
+use crate::versions::{self, DeploymentMode, ModeChoice};
 
 /// Flags of `klm plan`.
 #[derive(Debug, ClapArgs)]
@@ -40,10 +46,102 @@ pub struct Args {
     pub verification: VerificationArgs,
 }
 
+/// What an upgrade would do.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// The release.
+    pub release: String,
+    /// The mode.
+    pub mode: DeploymentMode,
+    /// From which chart version.
+    pub current_version: String,
+    /// To which.
+    pub target_version: String,
+    /// Whether a verification pod was validated.
+    pub verification_pod: bool,
+    /// The nodes and waves.
+    pub selection: Selection,
+    /// Things a person should know.
+    pub warnings: Vec<String>,
+}
+
+impl Report for Plan {
+    fn text(&self) -> String {
+        let mut lines = vec![format!(
+            "Upgrade {} from {} to {} in {} mode.",
+            self.release, self.current_version, self.target_version, self.mode
+        )];
+        lines.push(match self.mode {
+            DeploymentMode::Daemonset => {
+                "1. helm upgrade once with updateStrategy OnDelete (nothing restarts)".into()
+            }
+            DeploymentMode::Job => {
+                "1. per wave: helm upgrade scoped to the wave's nodes (job.nodes)".into()
+            }
+        });
+        lines.push(
+            "2. per wave: cordon, restart kata-deploy, verify; complete, or roll back and stop"
+                .into(),
+        );
+        lines.push(String::new());
+        lines.push(self.selection.text());
+        if !self.verification_pod {
+            lines.push("warning: no verification pod given; the workflow requires one".into());
+        }
+        lines.extend(self.warnings.iter().map(|w| format!("warning: {w}")));
+        lines.push("Nothing was changed.".into());
+        lines.join("\n")
+    }
+}
+
 /// Runs the step.
-pub async fn run(
-    _args: Args,
-    _global: &crate::cli::GlobalArgs,
-) -> anyhow::Result<crate::error::ExitStatus> {
-    Err(crate::error::UserError::failed("PLACEHOLDER: not written yet").into())
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let target = versions::parse(&args.target_version)?;
+    let batch_size = waves::parse_batch_size(&args.batch_size)?;
+    let criteria = Criteria::new(
+        args.selection.node_selector.as_deref(),
+        args.selection.node_taint_key.as_deref(),
+        args.selection.node_taint_value.as_deref(),
+    )?;
+    let template = super::pending_verification::from_args(&args.verification)?;
+    let client = crate::cluster::client(global).await?;
+    let helm = super::helm(&args.release, global);
+    let reference = super::release_ref(&args.release);
+    let Checked {
+        release,
+        mode,
+        warnings,
+        ..
+    } = check_prerequisites::check(
+        &client,
+        &helm,
+        &reference,
+        &target,
+        args.deployment_mode,
+        &args.verification,
+        template.as_ref(),
+    )
+    .await?;
+    let selection = select_nodes::select(
+        &client,
+        &helm,
+        &args.release,
+        &criteria,
+        args.pool_label.as_deref(),
+        batch_size,
+        None,
+    )
+    .await?;
+    let plan = Plan {
+        release: reference.name,
+        mode,
+        current_version: release.chart_version,
+        target_version: target.to_string(),
+        verification_pod: template.is_some(),
+        selection,
+        warnings,
+    };
+    output::print(global.output, &plan)?;
+    Ok(ExitStatus::Done)
 }

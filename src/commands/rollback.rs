@@ -114,7 +114,7 @@ impl Report for RolledBack {
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let names = args.nodes.names();
-    let template = pending_verification::from_args(&args.verification)?;
+    let template = super::pending_verification::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
     let record = records
@@ -195,7 +195,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     if let Some(template) = &template
         && !back.is_empty()
     {
-        let failures = pending_verification::reverify(
+        let failures = super::pending_verification::reverify(
             &client,
             template,
             &args.verification,
@@ -397,30 +397,4 @@ fn needs_revert(release: &Release, record: &RunRecord, mechanics: &[&str]) -> bo
     release.chart_version != record.before.chart_version
         || release.status != "deployed"
         || strip(&release.user_values) != strip(&record.before.user_values)
-}
-
-/// TEMPORARY adapter until the verification module lands (same session).
-mod pending_verification {
-    use super::*;
-    pub struct Template;
-    impl Template {
-        pub async fn check_in_cluster(&self, _: &Client, _: &str) -> anyhow::Result<()> {
-            Ok(())
-        }
-    }
-    pub fn from_args(args: &VerificationArgs) -> anyhow::Result<Option<Template>> {
-        if args.verification_pod.is_some() || args.verification_pod_base64.is_some() {
-            anyhow::bail!("re-verification is not wired yet")
-        }
-        Ok(None)
-    }
-    pub async fn reverify(
-        _: &Client,
-        _: &Template,
-        _: &VerificationArgs,
-        _: &[String],
-        _: &str,
-    ) -> anyhow::Result<Vec<NodeFailure>> {
-        Ok(Vec::new())
-    }
 }
