@@ -1,0 +1,47 @@
+# The few commands a newcomer types. `make demo` shows an upgrade on the test
+# rig; `make test` runs every check and test (what CI runs).
+
+BIN := target/rig/bin
+CHART := chart/kata-lifecycle-manager
+
+.PHONY: all build rig-bins demo rig-up test lint unit integration bench clean-rig
+
+all: build
+
+## Build klm (debug).
+build:
+	cargo build --bin klm
+
+## Build the rig's Go binaries (control plane, kwok, helm, argolint, actionlint) when missing or stale.
+rig-bins:
+	bash tests/rig/build.sh
+	@if [ -f tests/argolint/build.sh ]; then bash tests/argolint/build.sh; fi
+	@if [ -f tests/tools/build.sh ]; then bash tests/tools/build.sh; fi
+
+## Start the rig with the fixture kata-deploy and upgrade a few simulated nodes with klm, printing each step.
+demo: rig-bins
+	cargo build --bin klm --bin klm-rig
+	bash tests/demo.sh
+
+## Start the rig for a person (Ctrl-C stops it); prints how to point kubectl and klm at it.
+rig-up: rig-bins
+	cargo run -q -p klm-rig --bin klm-rig -- up --nodes 3
+
+## Every check and test: formatting, lints, chart lint, unit and integration tests on the rig.
+test: rig-bins lint unit integration
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+	$(BIN)/helm lint $(CHART) --set-string defaults.verificationPod=placeholder
+
+unit:
+	cargo test --workspace --lib --bins
+
+integration: rig-bins
+	cargo test --workspace --tests -- --test-threads=4
+
+## Speed measurements on the rig (numbers for the notes; not a test).
+bench: rig-bins
+	cargo build --release --bin klm --bin klm-rig
+	bash tests/bench.sh
