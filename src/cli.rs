@@ -162,6 +162,18 @@ pub struct NodesArgs {
     pub nodes: Vec<NodeList>,
 }
 
+/// Nodes named on the command line, or (for uncordon) every node a run holds.
+#[derive(Debug, Clone, Args)]
+pub struct OptionalNodesArgs {
+    /// Nodes to act on: names separated by commas, or a JSON list; repeatable.
+    #[arg(long = "nodes", alias = "node", value_name = "NODES", value_parser = parse_node_list, required_unless_present = "all_held")]
+    pub nodes: Vec<NodeList>,
+
+    /// Every node held by --run-id, except those whose rollback failed (the workflow's exit handler).
+    #[arg(long, requires = "run_id", conflicts_with = "nodes")]
+    pub all_held: bool,
+}
+
 impl NodesArgs {
     /// The node names, in the order given, without duplicates.
     pub fn names(&self) -> Vec<String> {

@@ -5,20 +5,23 @@ use futures::future::try_join_all;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
-use crate::cli::{GlobalArgs, NodesArgs, RunArgs};
-use crate::error::ExitStatus;
+use crate::annotations::{self, NodeStatus};
+use crate::cli::{GlobalArgs, OptionalNodesArgs, RunArgs};
+use crate::error::{ExitStatus, KubeResultExt};
 use crate::nodes::hold::{self, Release, Released};
+use crate::nodes::selection;
 use crate::output::{self, Report};
+use kube::ResourceExt;
 
 /// Flags of `klm uncordon`.
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "A node that was unschedulable before the run is left unschedulable.\n\nExamples:\n  klm uncordon --nodes worker-1\n  klm uncordon --nodes worker-1 --run-id upgrade-1"
+    after_help = "A node that was unschedulable before the run is left unschedulable.\n\nExamples:\n  klm uncordon --nodes worker-1\n  klm uncordon --nodes worker-1 --run-id upgrade-1\n  klm uncordon --all-held --run-id upgrade-1   # the workflow's exit handler"
 )]
 pub struct Args {
     /// The nodes.
     #[command(flatten)]
-    pub nodes: NodesArgs,
+    pub nodes: OptionalNodesArgs,
 
     /// Only release nodes held by this run (default: whichever run holds them).
     #[command(flatten)]
@@ -33,6 +36,8 @@ pub struct Uncordoned {
     pub released: Vec<Released>,
     /// Nodes not held by the named run (left alone).
     pub not_held: Vec<String>,
+    /// Nodes left cordoned because their rollback failed (they need a person).
+    pub kept_failed: Vec<String>,
 }
 
 impl Report for Uncordoned {
@@ -59,10 +64,26 @@ impl Report for Uncordoned {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let names = args.nodes.names();
     let client = crate::cluster::client(global).await?;
     let nodes_api: Api<Node> = Api::all(client.clone());
-    try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let mut report = Uncordoned {
+        released: Vec::new(),
+        not_held: Vec::new(),
+        kept_failed: Vec::new(),
+    };
+    let names = if args.nodes.all_held {
+        let run_id = args.run.run_id.as_deref().unwrap_or_default();
+        let held = held_by(&nodes_api, run_id).await?;
+        let (failed, rest): (Vec<Node>, Vec<Node>) = held.into_iter().partition(|n| {
+            selection::annotation(n, annotations::STATUS) == Some(NodeStatus::Failed.as_str())
+        });
+        report.kept_failed = failed.iter().map(|n| n.name_any()).collect();
+        rest.iter().map(|n| n.name_any()).collect()
+    } else {
+        let names: Vec<String> = args.nodes.nodes.iter().flat_map(|l| l.0.clone()).collect();
+        try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+        names
+    };
     let how = Release {
         uncordon: true,
         ..Default::default()
@@ -73,10 +94,6 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             .map(|n| hold::release(&client, n, args.run.run_id.as_deref(), &how)),
     )
     .await?;
-    let mut report = Uncordoned {
-        released: Vec::new(),
-        not_held: Vec::new(),
-    };
     for (name, outcome) in names.iter().zip(outcomes) {
         match outcome {
             Some(released) => report.released.push(released),
@@ -85,4 +102,17 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     }
     output::print(global.output, &report)?;
     Ok(ExitStatus::Done)
+}
+
+/// The nodes a run holds (one LIST, filtered by the run annotation).
+async fn held_by(nodes: &Api<Node>, run_id: &str) -> anyhow::Result<Vec<Node>> {
+    let all = nodes
+        .list(&kube::api::ListParams::default())
+        .await
+        .during(|| "listing nodes".to_string())?;
+    Ok(all
+        .items
+        .into_iter()
+        .filter(|n| selection::annotation(n, annotations::RUN) == Some(run_id))
+        .collect())
 }
