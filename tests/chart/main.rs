@@ -1,0 +1,1 @@
+//! Chart tests: lint, deterministic rendering, golden files, template wiring, Argo validation.

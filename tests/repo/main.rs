@@ -1,0 +1,1 @@
+//! Repository checks: GitHub workflows pass actionlint, the Containerfile is pinned and shell-free.
