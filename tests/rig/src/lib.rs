@@ -1,1 +1,22 @@
+//! The test rig: a real Kubernetes control plane (etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler) on loopback, kwok simulating the
+//! nodes and their pods, a kata-deploy simulator playing what kata-deploy does
+//! on a host, and a real `helm`, all built from Go modules by
+//! `tests/rig/build.sh`.
+//!
+//! Tests share one rig per test binary ([`Rig::shared`]) and isolate
+//! themselves by namespace and node names.
 
+pub mod audit;
+pub mod charts;
+pub mod control_plane;
+pub mod kubeconfig;
+pub mod nodes;
+pub mod pki;
+pub mod process;
+pub mod rig;
+pub mod simulator;
+
+pub use audit::AuditRequest;
+pub use nodes::NodeSpec;
+pub use rig::Rig;

@@ -1,0 +1,104 @@
+//! `klm-rig up`: starts the test rig for a person, with kwok nodes and the
+//! kata-deploy simulator, prints how to point `kubectl`, `helm` and `klm` at
+//! it, and runs until Ctrl-C (or until stdin closes with `--stdin-lifeline`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use klm_rig::{NodeSpec, Rig, simulator};
+
+/// The klm test rig: a real Kubernetes control plane on loopback with kwok nodes.
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the rig and keep it running.
+    Up {
+        /// How many kwok nodes (named kata-1, kata-2, ...; pools a and b alternate).
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Working directory (default: target/rig/up).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Write the admin kubeconfig's path to this file once the rig is ready.
+        #[arg(long)]
+        ready_file: Option<PathBuf>,
+        /// Stop when stdin closes (for scripts that start the rig in the background).
+        #[arg(long)]
+        stdin_lifeline: bool,
+    },
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KLM_RIG_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Up {
+        nodes,
+        dir,
+        ready_file,
+        stdin_lifeline,
+    } = Cli::parse().command;
+    let dir = dir.unwrap_or_else(|| klm_rig::control_plane::workspace_root().join("target/rig/up"));
+    let _ = std::fs::remove_dir_all(&dir);
+    let started = Instant::now();
+    let (rig, mut plane) = Rig::start_foreground(&dir)?;
+    rig.wait_controllers().await?;
+    let control_plane_ready = started.elapsed();
+    let specs: Vec<NodeSpec> = (1..=nodes)
+        .map(|i| NodeSpec {
+            name: format!("kata-{i}"),
+            labels: BTreeMap::from([(
+                klm_rig::nodes::POOL_LABEL.to_string(),
+                if i % 2 == 1 { "a" } else { "b" }.to_string(),
+            )]),
+            ..NodeSpec::default()
+        })
+        .collect();
+    let client = rig.client().await?;
+    let simulator = tokio::spawn(simulator::run(client));
+    rig.add_nodes(&specs).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "rig ready: control plane in {:.1}s, {nodes} nodes Ready in {:.1}s\n\n  export KUBECONFIG={}\n  export KLM_HELM={}\n  alias kubectl={}\n\nlogs: {}\nCtrl-C stops the rig.",
+        control_plane_ready.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+        rig.kubeconfig().display(),
+        rig.helm().display(),
+        rig.bin("kubectl").display(),
+        rig.dir().display()
+    )?;
+    drop(out);
+    if let Some(file) = ready_file {
+        std::fs::write(file, rig.kubeconfig().display().to_string())?;
+    }
+    let lifeline = async {
+        if stdin_lifeline {
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = lifeline => {}
+        result = simulator => { tracing::error!("simulator stopped: {result:?}"); }
+    }
+    plane.stop();
+    Ok(())
+}

@@ -1,0 +1,311 @@
+//! [`Rig`]: one running control plane with the kata-deploy simulator, and
+//! what tests do with it (namespaces, nodes, ServiceAccount credentials,
+//! the audit log, Argo's CRDs).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Api, Client, Config, ResourceExt};
+
+use crate::control_plane::{ControlPlane, bin_dir, workspace_root};
+use crate::{AuditRequest, NodeSpec, audit, kubeconfig, nodes, simulator};
+
+/// A running control plane with kwok and the kata-deploy simulator.
+///
+/// The processes belong to a dedicated thread that lives as long as the
+/// test binary; they die with it (`PR_SET_PDEATHSIG`), so nothing outlives a
+/// test run, even a killed one.
+#[derive(Debug)]
+pub struct Rig {
+    dir: PathBuf,
+    server: String,
+    kubeconfig: PathBuf,
+    ca: PathBuf,
+    audit_log: PathBuf,
+    namespaces: AtomicU32,
+    crds: tokio::sync::Mutex<Option<String>>,
+}
+
+static SHARED: OnceLock<std::result::Result<Rig, String>> = OnceLock::new();
+
+impl Rig {
+    /// The rig of this test binary, started on first use and shared by
+    /// every test in it (tests isolate themselves by namespace and node names).
+    pub async fn shared() -> Result<&'static Rig> {
+        let shared = tokio::task::spawn_blocking(|| {
+            SHARED.get_or_init(|| {
+                let name = std::env::current_exe()
+                    .ok()
+                    .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                    .unwrap_or_else(|| "test".into());
+                Rig::start_owned(&name).map_err(|e| format!("{e:#}"))
+            })
+        })
+        .await?;
+        shared
+            .as_ref()
+            .map_err(|e| anyhow!("the test rig did not start: {e}"))
+    }
+
+    /// Starts a rig whose processes live on a dedicated thread (which also
+    /// runs the simulator) for the rest of this process.
+    pub fn start_owned(name: &str) -> Result<Rig> {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        let name = name.to_string();
+        std::thread::Builder::new()
+            .name("klm-rig".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let plane = match ControlPlane::start(&run_dir(&name)) {
+                    Ok(plane) => plane,
+                    Err(e) => {
+                        let _ = sender.send(Err(e));
+                        return;
+                    }
+                };
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
+                let rig = Rig::from_plane(&plane);
+                let ready = runtime.block_on(rig.wait_controllers());
+                if let Err(e) = ready {
+                    let _ = sender.send(Err(e.context(plane.log_tails(20))));
+                    return;
+                }
+                tracing::info!(elapsed = ?started.elapsed(), dir = %plane.dir.display(), "rig ready");
+                let _ = sender.send(Ok(rig));
+                let kubeconfig = plane.admin_kubeconfig.clone();
+                let result = runtime.block_on(async move {
+                    let client = client_for(&kubeconfig).await?;
+                    simulator::run(client).await
+                });
+                if let Err(e) = result {
+                    tracing::error!("the kata-deploy simulator stopped: {e:#}");
+                }
+                // Keep the control plane alive as long as the process.
+                loop {
+                    std::thread::park();
+                }
+            })?;
+        receiver
+            .recv()
+            .context("the rig thread died while starting")?
+    }
+
+    /// Starts a rig owned by the caller's thread: it stops when `plane` drops.
+    /// For `klm-rig up`, which runs the simulator itself.
+    pub fn start_foreground(dir: &Path) -> Result<(Rig, ControlPlane)> {
+        let plane = ControlPlane::start(dir)?;
+        Ok((Rig::from_plane(&plane), plane))
+    }
+
+    fn from_plane(plane: &ControlPlane) -> Rig {
+        Rig {
+            dir: plane.dir.clone(),
+            server: plane.server.clone(),
+            kubeconfig: plane.admin_kubeconfig.clone(),
+            ca: plane.pki.ca_cert.clone(),
+            audit_log: plane.audit_log.clone(),
+            namespaces: AtomicU32::new(0),
+            crds: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Waits until the controller-manager has created the `default`
+    /// ServiceAccount (its controllers run) and the scheduler can bind.
+    pub async fn wait_controllers(&self) -> Result<()> {
+        let client = self.client().await?;
+        wait_default_service_account(&client, "default").await
+    }
+
+    /// A new admin client (for set-up and assertions; the code under test
+    /// runs as a ServiceAccount). A fresh client per call: a kube client is
+    /// bound to the tokio runtime that made it, and every test has its own.
+    pub async fn client(&self) -> Result<Client> {
+        client_for(&self.kubeconfig).await
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The apiserver URL.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The `helm` built for the rig.
+    pub fn helm(&self) -> PathBuf {
+        bin_dir().join("helm")
+    }
+
+    /// A binary of the rig (`kubectl`, `helm`, `kwok`, ...).
+    pub fn bin(&self, name: &str) -> PathBuf {
+        bin_dir().join(name)
+    }
+
+    /// The rig's working directory (logs, PKI, kubeconfigs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Creates a fresh namespace `<prefix>-<n>` and waits for its `default`
+    /// ServiceAccount (pods cannot be created before it exists).
+    pub async fn namespace(&self, prefix: &str) -> Result<String> {
+        let n = self.namespaces.fetch_add(1, Ordering::Relaxed);
+        let prefix: String = prefix
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .take(40)
+            .collect();
+        let name = format!("{}-{n}", prefix.trim_matches('-'));
+        let client = self.client().await?;
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .with_context(|| format!("creating namespace {name}"))?;
+        wait_default_service_account(&client, &name).await?;
+        Ok(name)
+    }
+
+    /// Creates kwok nodes and waits until they are Ready.
+    pub async fn add_nodes(&self, nodes: &[NodeSpec]) -> Result<()> {
+        let client = self.client().await?;
+        let timeout = Duration::from_secs(60 + nodes.len() as u64 / 10);
+        nodes::create(&client, nodes, timeout).await
+    }
+
+    /// A kubeconfig holding a TokenRequest token of ServiceAccount
+    /// `namespace/name`: whatever runs with it has exactly that account's rights.
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> Result<PathBuf> {
+        let client = self.client().await?;
+        let accounts: Api<ServiceAccount> = Api::namespaced(client, namespace);
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                expiration_seconds: Some(4 * 3600),
+                ..TokenRequestSpec::default()
+            }),
+            ..TokenRequest::default()
+        };
+        let token: TokenRequest = accounts
+            .create_subresource("token", name, &PostParams::default(), &request)
+            .await
+            .with_context(|| format!("requesting a token for ServiceAccount {namespace}/{name} (is the chart installed?)"))?;
+        let token = token
+            .status
+            .and_then(|s| s.token)
+            .ok_or_else(|| anyhow!("TokenRequest answered without a token"))?;
+        let path = self.dir.join(format!("sa-{namespace}-{name}.kubeconfig"));
+        kubeconfig::write_token(&path, &self.server, &self.ca, &token)?;
+        Ok(path)
+    }
+
+    /// Every request `user` (e.g. `system:serviceaccount:ns:name`) made, from
+    /// the apiserver's audit log.
+    pub fn audit_requests(&self, user: &str) -> Result<Vec<AuditRequest>> {
+        audit::requests(&self.audit_log, user)
+    }
+
+    /// Installs Argo Workflows' full CRDs of `version` (a directory of
+    /// `../shared/argo-crds`) with server-side apply and waits until they are
+    /// established. Serialised: the versions share CRD names.
+    pub async fn apply_argo_crds(&self, version: &str) -> Result<()> {
+        let mut applied = self.crds.lock().await;
+        if applied.as_deref() == Some(version) {
+            return Ok(());
+        }
+        let dir = argo_crds_dir().join(version);
+        let client = self.client().await?;
+        let crds: Api<CustomResourceDefinition> = Api::all(client);
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .with_context(|| {
+                format!(
+                    "reading {} (Argo CRDs live in ../shared/argo-crds)",
+                    dir.display()
+                )
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+            .collect();
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file)?;
+            let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)
+                .with_context(|| format!("parsing {}", file.display()))?;
+            let name = crd.name_any();
+            crds.patch(
+                &name,
+                &PatchParams::apply("klm-rig").force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .with_context(|| format!("applying {}", file.display()))?;
+            tokio::time::timeout(
+                Duration::from_secs(60),
+                await_condition(crds.clone(), &name, conditions::is_crd_established()),
+            )
+            .await
+            .with_context(|| format!("CRD {name} not established within 60s"))??;
+        }
+        *applied = Some(version.to_string());
+        Ok(())
+    }
+}
+
+/// Where `../shared/argo-crds` is (`KLM_ARGO_CRDS` overrides).
+pub fn argo_crds_dir() -> PathBuf {
+    std::env::var_os("KLM_ARGO_CRDS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("../shared/argo-crds"))
+}
+
+/// A client from a kubeconfig file.
+pub async fn client_for(path: &Path) -> Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(path)?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+async fn wait_default_service_account(client: &Client, namespace: &str) -> Result<()> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    tokio::time::timeout(Duration::from_secs(60), await_condition(accounts, "default", |sa: Option<&ServiceAccount>| sa.is_some()))
+        .await
+        .with_context(|| format!("the default ServiceAccount of namespace {namespace} did not appear within 60s (is kube-controller-manager running?)"))??;
+    Ok(())
+}
+
+/// `target/rig/run/<name>-<pid>`; directories of processes that are gone are removed.
+fn run_dir(name: &str) -> PathBuf {
+    let root = workspace_root().join("target/rig/run");
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let pid = file_name
+                .rsplit('-')
+                .next()
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(pid) = pid
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    root.join(format!("{name}-{}", std::process::id()))
+}
