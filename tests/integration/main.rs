@@ -1,1 +1,7 @@
-fn main() {}
+//! Integration tests: every klm subcommand against the real control plane
+//! of the test rig, run as the chart's ServiceAccount.
+
+mod bad_input;
+mod job_mode;
+mod support;
+mod upgrade;

@@ -69,7 +69,11 @@ pub async fn run(client: Client) -> Result<()> {
                     tokio::spawn(async move {
                         let name = pod.name_any();
                         if let Err(e) = dispatch(&client, &pod).await {
+                            // A real dispatcher that cannot do its job exits non-zero.
                             warn!("simulator: dispatcher {name}: {e:#}");
+                            if let Err(e) = end_dispatcher(&client, &pod, "fail").await {
+                                warn!("simulator: ending dispatcher {name}: {e:#}");
+                            }
                         }
                     });
                 }
@@ -231,8 +235,13 @@ async fn dispatch(client: &Client, pod: &Pod) -> Result<()> {
     if !failed.is_empty() {
         warn!(failed = ?failed, "simulator: install jobs failed");
     }
+    end_dispatcher(client, pod, outcome).await
+}
+
+/// Lets kwok end the dispatcher pod: `succeed` or `fail`.
+async fn end_dispatcher(client: &Client, pod: &Pod, outcome: &str) -> Result<()> {
     let patch = json!({"metadata": {"annotations": {OUTCOME: outcome}}});
-    Api::<Pod>::namespaced(client.clone(), &namespace)
+    Api::<Pod>::namespaced(client.clone(), &pod.namespace().unwrap_or_default())
         .patch(
             &pod.name_any(),
             &PatchParams::default(),

@@ -1,0 +1,474 @@
+//! Shared set-up for the integration tests: one isolated "case" per test (its
+//! own namespace, kwok nodes, kata-deploy release with its own suffix, and the
+//! chart's ServiceAccount), and running `klm` as that ServiceAccount.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
+
+use anyhow::{Context, Result, bail};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Taint};
+use klm_rig::{NodeSpec, Rig};
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+use serde_json::Value;
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The fixture kata-deploy charts, packaged once per test binary; `{version}`
+/// in the returned reference is replaced by klm with the chart version.
+pub fn chart_reference() -> String {
+    charts_dir()
+        .join("kata-deploy-{version}.tgz")
+        .display()
+        .to_string()
+}
+
+/// The directory of packaged fixture charts.
+pub fn charts_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = repo_root().join("target/rig/charts");
+        klm_rig::charts::package_all(&dir).expect("packaging the fixture kata-deploy chart");
+        dir
+    })
+}
+
+/// One test's corner of the shared rig.
+pub struct Case {
+    /// The rig.
+    pub rig: &'static Rig,
+    /// Admin client (for set-up and assertions only; klm never runs as admin).
+    pub admin: Client,
+    /// The namespace: kata-deploy's release lives here, and so does the chart's ServiceAccount.
+    pub namespace: String,
+    /// The kata-deploy release name.
+    pub release: String,
+    /// The test's nodes, in name order.
+    pub nodes: Vec<String>,
+    /// Kubeconfig of the chart's ServiceAccount.
+    pub sa_kubeconfig: PathBuf,
+}
+
+/// How a case is set up.
+pub struct CaseSpec<'a> {
+    /// Short name, used in namespace and node names.
+    pub name: &'a str,
+    /// How many nodes.
+    pub nodes: usize,
+    /// kata-deploy version installed first.
+    pub version: &'a str,
+    /// Extra `--set` values for the kata-deploy install.
+    pub set: &'a [&'a str],
+}
+
+impl<'a> CaseSpec<'a> {
+    /// A daemonset-mode case with `nodes` nodes at `version`.
+    pub fn new(name: &'a str, nodes: usize, version: &'a str) -> Self {
+        Self {
+            name,
+            nodes,
+            version,
+            set: &[],
+        }
+    }
+}
+
+/// The label that marks a case's nodes (kata-deploy's nodeSelector uses it).
+pub const CASE_LABEL: &str = "klm.test/case";
+
+impl Case {
+    /// Creates the namespace and nodes, installs kata-deploy (waiting until
+    /// every node runs it) and the chart's RBAC, and issues the
+    /// ServiceAccount's token.
+    pub async fn start(spec: CaseSpec<'_>) -> Result<Case> {
+        Self::start_with(spec, |_| Vec::new()).await
+    }
+
+    /// Like [`Case::start`], with extra kata-deploy values computed from the
+    /// case's label value (its namespace).
+    pub async fn start_with(
+        spec: CaseSpec<'_>,
+        extra: impl Fn(&str) -> Vec<String>,
+    ) -> Result<Case> {
+        let rig = Rig::shared().await?;
+        let admin = rig.client().await?;
+        let namespace = rig.namespace(spec.name).await?;
+        let nodes: Vec<String> = (1..=spec.nodes)
+            .map(|i| format!("{namespace}-n{i}"))
+            .collect();
+        let specs: Vec<NodeSpec> = nodes
+            .iter()
+            .map(|name| NodeSpec {
+                name: name.clone(),
+                labels: BTreeMap::from([(CASE_LABEL.to_string(), namespace.clone())]),
+                taints: Vec::new(),
+                unschedulable: false,
+            })
+            .collect();
+        rig.add_nodes(&specs).await?;
+        let case = Case {
+            rig,
+            admin,
+            release: "kata-deploy".into(),
+            nodes,
+            sa_kubeconfig: PathBuf::new(),
+            namespace,
+        };
+        let extra = extra(&case.namespace);
+        let mut set: Vec<&str> = spec.set.to_vec();
+        set.extend(extra.iter().map(String::as_str));
+        case.install_kata_deploy(spec.version, &set).await?;
+        let sa_kubeconfig = case.install_chart_rbac().await?;
+        Ok(Case {
+            sa_kubeconfig,
+            ..case
+        })
+    }
+
+    /// Values every install of the fixture gets: confined to the case's nodes,
+    /// with the case's suffix so cluster-scoped names never clash.
+    fn base_values(&self) -> Vec<String> {
+        vec![
+            format!("nodeSelector.klm\\.test/case={}", self.namespace),
+            format!("env.multiInstallSuffix={}", self.namespace),
+        ]
+    }
+
+    /// `helm install` of the fixture kata-deploy as admin (what a cluster
+    /// operator did before klm existed), waiting for every node to run it.
+    pub async fn install_kata_deploy(&self, version: &str, set: &[&str]) -> Result<()> {
+        let chart = chart_reference().replace("{version}", version);
+        let mut args = vec![
+            "install".to_string(),
+            self.release.clone(),
+            chart,
+            "--namespace".into(),
+            self.namespace.clone(),
+            "--wait".into(),
+            "--timeout".into(),
+            "120s".into(),
+        ];
+        for value in self
+            .base_values()
+            .iter()
+            .map(String::as_str)
+            .chain(set.iter().copied())
+        {
+            args.push("--set".into());
+            args.push(value.to_string());
+        }
+        self.helm_admin(&args).await?;
+        self.wait_all_installed(version).await
+    }
+
+    /// Waits until every node of the case reports `version` as installed.
+    pub async fn wait_all_installed(&self, version: &str) -> Result<()> {
+        let nodes: Api<Node> = Api::all(self.admin.clone());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+        // Watch-based: re-check on every node event of the case.
+        let selector = format!("{CASE_LABEL}={}", self.namespace);
+        let mut stream = std::pin::pin!(kube::runtime::watcher(
+            nodes.clone(),
+            kube::runtime::watcher::Config::default().labels(&selector)
+        ));
+        use futures::StreamExt;
+        loop {
+            let listed = nodes.list(&ListParams::default().labels(&selector)).await?;
+            let pending: Vec<String> = listed
+                .items
+                .iter()
+                .filter(|n| host_version(n).as_deref() != Some(version))
+                .map(|n| n.name_any())
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => bail!("node watch ended"),
+                Err(_) => bail!(
+                    "nodes {pending:?} did not report kata-deploy {version} installed within 120s"
+                ),
+            }
+        }
+    }
+
+    /// Installs the kata-lifecycle-manager chart (its RBAC and
+    /// WorkflowTemplate) as admin, and returns a kubeconfig for its
+    /// ServiceAccount: klm runs with exactly the chart's rights.
+    async fn install_chart_rbac(&self) -> Result<PathBuf> {
+        self.rig.apply_argo_crds("v3.7.18").await?;
+        let chart = repo_root().join("chart/kata-lifecycle-manager");
+        let args = vec![
+            "install".to_string(),
+            format!("klm-{}", self.namespace),
+            chart.display().to_string(),
+            "--namespace".into(),
+            self.namespace.clone(),
+            "--set".into(),
+            format!("argoNamespace={}", self.namespace),
+            "--set".into(),
+            format!("defaults.helmNamespace={}", self.namespace),
+            "--set".into(),
+            format!("defaults.helmRelease={}", self.release),
+            "--set".into(),
+            format!("defaults.verificationNamespace={}", self.namespace),
+            "--set-string".into(),
+            "defaults.verificationPod=apiVersion: v1".into(),
+        ];
+        self.helm_admin(&args).await?;
+        self.rig
+            .service_account_kubeconfig(&self.namespace, &self.service_account())
+            .await
+    }
+
+    /// The chart's ServiceAccount name for this case.
+    pub fn service_account(&self) -> String {
+        format!("klm-{}-kata-lifecycle-manager", self.namespace)
+    }
+
+    /// Runs helm as admin.
+    pub async fn helm_admin(&self, args: &[String]) -> Result<String> {
+        let output = tokio::process::Command::new(self.rig.helm())
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(self.rig.kubeconfig())
+            .output()
+            .await?;
+        if !output.status.success() {
+            bail!(
+                "helm {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Runs klm as the chart's ServiceAccount, with the case's release,
+    /// namespace and chart reference filled in where the subcommand takes them.
+    pub async fn klm(&self, args: &[&str]) -> Klm {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_klm"));
+        command
+            .args(args)
+            .arg("--kubeconfig")
+            .arg(&self.sa_kubeconfig)
+            .env("KLM_HELM", self.rig.helm())
+            .env_remove("KUBECONFIG")
+            .env_remove("KLM_RUN_ID")
+            .env("KLM_LOG", "info");
+        let takes_release = !matches!(args.first().copied(), Some("drain" | "uncordon"));
+        if takes_release {
+            command.args([
+                "--helm-release",
+                &self.release,
+                "--helm-namespace",
+                &self.namespace,
+            ]);
+        }
+        if matches!(
+            args.first().copied(),
+            Some("helm-upgrade" | "rollback" | "complete")
+        ) && !args.contains(&"--chart")
+        {
+            command.args(["--chart", &chart_reference()]);
+        }
+        let output = command.output().await.expect("klm runs");
+        Klm::from(output)
+    }
+
+    /// A node of the case by index.
+    pub fn node(&self, i: usize) -> &str {
+        &self.nodes[i]
+    }
+
+    /// Reads a node.
+    pub async fn get_node(&self, name: &str) -> Node {
+        Api::<Node>::all(self.admin.clone())
+            .get(name)
+            .await
+            .expect("node exists")
+    }
+
+    /// The run record's JSON, if any.
+    pub async fn run_record(&self) -> Option<Value> {
+        let cms: Api<ConfigMap> = Api::namespaced(self.admin.clone(), &self.namespace);
+        let cm = cms
+            .get_opt(&format!("{}-klm-run", self.release))
+            .await
+            .ok()??;
+        serde_json::from_str(cm.data?.get("record.json")?).ok()
+    }
+
+    /// The kata-deploy pods of the case by node.
+    pub async fn kata_pods(&self) -> BTreeMap<String, Pod> {
+        let pods: Api<Pod> = Api::namespaced(self.admin.clone(), &self.namespace);
+        let list = pods.list(&ListParams::default()).await.expect("list pods");
+        list.items
+            .into_iter()
+            .filter(|p| {
+                p.spec
+                    .as_ref()
+                    .is_some_and(|s| s.containers.iter().any(|c| c.name == "kube-kata"))
+            })
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| Some((p.spec.as_ref()?.node_name.clone()?, p)))
+            .collect()
+    }
+
+    /// The release's revision and chart version, as helm reports them.
+    pub async fn release_state(&self) -> (u64, String) {
+        let out = self
+            .helm_admin(&[
+                "status".into(),
+                self.release.clone(),
+                "--namespace".into(),
+                self.namespace.clone(),
+                "--output".into(),
+                "json".into(),
+            ])
+            .await
+            .expect("helm status");
+        let v: Value = serde_json::from_str(&out).expect("json");
+        (
+            v["version"].as_u64().unwrap_or(0),
+            v["chart"]["metadata"]["version"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    }
+
+    /// Everything a bad-input test asserts did not change.
+    pub async fn snapshot(&self) -> String {
+        let nodes = Api::<Node>::all(self.admin.clone())
+            .list(&ListParams::default().labels(&format!("{CASE_LABEL}={}", self.namespace)))
+            .await
+            .expect("list nodes");
+        let nodes: Vec<Value> = nodes
+            .items
+            .iter()
+            .map(|n| serde_json::json!({"name": n.name_any(), "annotations": n.annotations(), "labels": n.labels(), "spec": n.spec}))
+            .collect();
+        let pods: Vec<String> = self
+            .kata_pods()
+            .await
+            .values()
+            .map(|p| p.uid().unwrap_or_default())
+            .collect();
+        let record = self.run_record().await;
+        let release = self.release_state().await;
+        serde_json::json!({"nodes": nodes, "pods": pods, "record": record, "release": [release.0, release.1]}).to_string()
+    }
+
+    /// Adds a taint to a node (as an operator would).
+    pub async fn taint(&self, node: &str, taints: &[Taint]) {
+        let nodes: Api<Node> = Api::all(self.admin.clone());
+        let mut current = nodes.get(node).await.expect("node");
+        let spec = current.spec.get_or_insert_with(Default::default);
+        spec.taints
+            .get_or_insert_with(Vec::new)
+            .extend(taints.iter().cloned());
+        nodes
+            .replace(node, &Default::default(), &current)
+            .await
+            .expect("taint node");
+    }
+
+    /// Cordons a node (as an operator would, before any run).
+    pub async fn cordon_by_hand(&self, node: &str) {
+        let nodes: Api<Node> = Api::all(self.admin.clone());
+        let patch = serde_json::json!({"spec": {"unschedulable": true}});
+        nodes
+            .patch(
+                node,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .expect("cordon");
+    }
+}
+
+/// The version the simulated host has installed (like `kata-runtime --version`).
+pub fn host_version(node: &Node) -> Option<String> {
+    node.annotations()
+        .get("rig.klm.test/installed-version")
+        .cloned()
+}
+
+/// An annotation of a node.
+pub fn annotation(node: &Node, key: &str) -> Option<String> {
+    node.annotations().get(key).cloned()
+}
+
+/// Whether a node is unschedulable.
+pub fn unschedulable(node: &Node) -> bool {
+    node.spec
+        .as_ref()
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}
+
+/// A finished klm process.
+#[derive(Debug)]
+pub struct Klm {
+    /// Exit code.
+    pub code: i32,
+    /// stdout.
+    pub stdout: String,
+    /// stderr.
+    pub stderr: String,
+}
+
+impl From<Output> for Klm {
+    fn from(o: Output) -> Self {
+        Self {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Klm {
+    /// Asserts exit 0 and returns self.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(
+            self.code, 0,
+            "klm failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// Asserts this exit code.
+    #[track_caller]
+    pub fn code(self, code: i32) -> Self {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    /// stdout parsed as JSON.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .with_context(|| {
+                format!(
+                    "stdout is not JSON:\n{}\nstderr:\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+            .unwrap()
+    }
+}

@@ -1,0 +1,691 @@
+//! End-to-end upgrades on the rig, driven step by step in the order the
+//! WorkflowTemplate calls them, as the chart's ServiceAccount.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Taint;
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use crate::support::{Case, CaseSpec, annotation, host_version, unschedulable};
+
+const STATUS: &str = "katacontainers.io/kata-lifecycle-manager-status";
+const VERIFIED: &str = "katacontainers.io/kata-current-version";
+
+/// A verification pod the rig completes: it succeeds, except on the nodes
+/// named in `fail_on`, where it exits 1.
+pub fn verification_pod(dir: &std::path::Path, fail_on: &[&str]) -> std::path::PathBuf {
+    let mut annotations = String::from("    rig.klm.test/outcome: succeed\n");
+    for node in fail_on {
+        annotations.push_str(&format!("    node.rig.klm.test/{node}: fail\n"));
+    }
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ${{TEST_POD}}\n  annotations:\n{annotations}spec:\n  restartPolicy: Never\n  nodeSelector:\n    kubernetes.io/hostname: ${{NODE}}\n  tolerations:\n    - operator: Exists\n  containers:\n    - name: verify\n      image: registry.invalid/kata-verify:1\n      command: [\"true\"]\n"
+    );
+    let path = dir.join(format!("verify-{}.yaml", fail_on.join("-")));
+    std::fs::write(&path, pod).expect("write verification pod");
+    path
+}
+
+/// One wave as the workflow runs it; returns whether it completed.
+async fn wave(case: &Case, run: &str, target: &str, nodes: &str, pod: &std::path::Path) -> bool {
+    case.klm(&["status", "--run-id", run, "--fail-if-run-failed"])
+        .await
+        .ok();
+    case.klm(&["cordon", "--nodes", nodes, "--run-id", run])
+        .await
+        .ok();
+    case.klm(&[
+        "restart-kata-pod",
+        "--nodes",
+        nodes,
+        "--run-id",
+        run,
+        "--timeout",
+        "60s",
+    ])
+    .await
+    .ok();
+    let pod = pod.display().to_string();
+    let verified = case
+        .klm(&[
+            "verify",
+            "--nodes",
+            nodes,
+            "--run-id",
+            run,
+            "--verification-pod",
+            &pod,
+            "--verification-namespace",
+            &case.namespace,
+            "--verification-timeout",
+            "60s",
+        ])
+        .await;
+    if verified.code == 0 {
+        case.klm(&[
+            "complete",
+            "--nodes",
+            nodes,
+            "--target-version",
+            target,
+            "--run-id",
+            run,
+        ])
+        .await
+        .ok();
+        true
+    } else {
+        assert_eq!(
+            verified.code, 1,
+            "verify: {}\n{}",
+            verified.stdout, verified.stderr
+        );
+        let rolled = case
+            .klm(&[
+                "rollback",
+                "--nodes",
+                nodes,
+                "--run-id",
+                run,
+                "--reason",
+                "verification failed",
+                "--timeout",
+                "60s",
+            ])
+            .await;
+        assert_eq!(
+            rolled.code, 0,
+            "rollback: {}\n{}",
+            rolled.stdout, rolled.stderr
+        );
+        false
+    }
+}
+
+/// Runs a whole daemonset-mode upgrade of the case's nodes, one node per wave.
+async fn upgrade_all(case: &Case, run: &str, target: &str, pod: &std::path::Path) -> Vec<bool> {
+    let pod_arg = pod.display().to_string();
+    case.klm(&[
+        "check-prerequisites",
+        "--target-version",
+        target,
+        "--run-id",
+        run,
+        "--verification-pod",
+        &pod_arg,
+        "--verification-namespace",
+        &case.namespace,
+    ])
+    .await
+    .ok();
+    case.klm(&["helm-upgrade", "--target-version", target, "--run-id", run])
+        .await
+        .ok();
+    let selection = case
+        .klm(&[
+            "select-nodes",
+            "--node-selector",
+            &format!("klm.test/case={}", case.namespace),
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    let mut outcomes = Vec::new();
+    for w in selection["waves"].as_array().unwrap() {
+        let completed = wave(case, run, target, w["nodeList"].as_str().unwrap(), pod).await;
+        outcomes.push(completed);
+        if !completed {
+            break;
+        }
+    }
+    outcomes
+}
+
+async fn host_versions(case: &Case) -> BTreeMap<String, Option<String>> {
+    let mut versions = BTreeMap::new();
+    for node in &case.nodes {
+        versions.insert(node.clone(), host_version(&case.get_node(node).await));
+    }
+    versions
+}
+
+#[tokio::test]
+async fn daemonset_upgrade_of_three_nodes_in_workflow_order() {
+    let case = Case::start(CaseSpec::new("upgrade", 3, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = verification_pod(dir.path(), &[]);
+    let pod_arg = pod.display().to_string();
+    let run = "wf-upgrade";
+
+    let checked = case
+        .klm(&[
+            "check-prerequisites",
+            "--target-version",
+            "3.28.0",
+            "--run-id",
+            run,
+            "--verification-pod",
+            &pod_arg,
+            "--verification-namespace",
+            &case.namespace,
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    assert_eq!(checked["mode"], "daemonset");
+    assert_eq!(checked["currentVersion"], "3.27.0");
+    let record = case.run_record().await.expect("run record written");
+    assert_eq!(record["before"]["chartVersion"], "3.27.0");
+    assert_eq!(record["runId"], run);
+
+    let pods_before: BTreeMap<String, String> = case
+        .kata_pods()
+        .await
+        .into_iter()
+        .map(|(n, p)| (n, p.uid().unwrap()))
+        .collect();
+    case.klm(&[
+        "helm-upgrade",
+        "--target-version",
+        "3.28.0",
+        "--run-id",
+        run,
+    ])
+    .await
+    .ok();
+    assert_eq!(case.release_state().await.1, "3.28.0");
+    let pods_after: BTreeMap<String, String> = case
+        .kata_pods()
+        .await
+        .into_iter()
+        .map(|(n, p)| (n, p.uid().unwrap()))
+        .collect();
+    assert_eq!(
+        pods_before, pods_after,
+        "helm-upgrade with OnDelete restarts nothing"
+    );
+
+    let waves = case
+        .klm(&[
+            "select-nodes",
+            "--node-selector",
+            &format!("klm.test/case={}", case.namespace),
+            "--batch-size",
+            "1",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    let order: Vec<&str> = waves["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        order,
+        case.nodes.iter().map(String::as_str).collect::<Vec<_>>()
+    );
+    assert_eq!(waves["waves"].as_array().unwrap().len(), 3);
+
+    for (i, node) in case.nodes.iter().enumerate() {
+        assert!(
+            wave(&case, run, "3.28.0", node, &pod).await,
+            "wave {i} completes"
+        );
+        let versions = host_versions(&case).await;
+        for (j, other) in case.nodes.iter().enumerate() {
+            let expected = if j <= i { "3.28.0" } else { "3.27.0" };
+            assert_eq!(
+                versions[other].as_deref(),
+                Some(expected),
+                "after wave {i}, node {other}"
+            );
+        }
+        let n = case.get_node(node).await;
+        assert_eq!(annotation(&n, STATUS).as_deref(), Some("completed"));
+        assert_eq!(annotation(&n, VERIFIED).as_deref(), Some("3.28.0"));
+        assert!(!unschedulable(&n));
+    }
+
+    let finished = case
+        .klm(&[
+            "complete",
+            "--finish-run",
+            "--target-version",
+            "3.28.0",
+            "--run-id",
+            run,
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    assert!(
+        finished["restored"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k == "updateStrategy.type"),
+        "{finished}"
+    );
+    let values: Value = serde_json::from_str(
+        &case
+            .helm_admin(&[
+                "get".into(),
+                "values".into(),
+                case.release.clone(),
+                "-n".into(),
+                case.namespace.clone(),
+                "-o".into(),
+                "json".into(),
+            ])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_ne!(
+        values.pointer("/updateStrategy/type"),
+        Some(&json!("OnDelete")),
+        "OnDelete is not left behind: {values}"
+    );
+    assert_eq!(case.run_record().await.unwrap()["state"], "completed");
+
+    let requests = case
+        .rig
+        .audit_requests(&format!(
+            "system:serviceaccount:{}:{}",
+            case.namespace,
+            case.service_account()
+        ))
+        .unwrap();
+    let refused: Vec<_> = requests.iter().filter(|r| r.code == 403).collect();
+    assert!(
+        refused.is_empty(),
+        "the chart's ServiceAccount was refused: {refused:#?}"
+    );
+}
+
+#[tokio::test]
+async fn failed_verification_rolls_back_only_the_failed_node_and_stops_the_run() {
+    let case = Case::start(CaseSpec::new("rollback", 2, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = verification_pod(dir.path(), &[case.node(1)]);
+    let run = "wf-rollback";
+
+    assert_eq!(
+        upgrade_all(&case, run, "3.28.0", &pod).await,
+        vec![true, false]
+    );
+    let versions = host_versions(&case).await;
+    assert_eq!(
+        versions[case.node(0)].as_deref(),
+        Some("3.28.0"),
+        "the completed node keeps its verified version"
+    );
+    assert_eq!(
+        versions[case.node(1)].as_deref(),
+        Some("3.27.0"),
+        "the failed node is back at the recorded version"
+    );
+    let failed = case.get_node(case.node(1)).await;
+    assert_eq!(annotation(&failed, STATUS).as_deref(), Some("rolled-back"));
+    assert_eq!(
+        annotation(&failed, VERIFIED),
+        None,
+        "a rollback that was not re-verified leaves no verified version"
+    );
+    assert!(!unschedulable(&failed));
+    assert_eq!(
+        case.release_state().await.1,
+        "3.27.0",
+        "the release is back at the version recorded before the run"
+    );
+    let record = case.run_record().await.unwrap();
+    assert_eq!(record["state"], "failed");
+    let guard = case
+        .klm(&["status", "--run-id", run, "--fail-if-run-failed"])
+        .await;
+    assert_eq!(
+        guard.code, 3,
+        "the per-wave guard stops later waves: {}",
+        guard.stderr
+    );
+}
+
+#[tokio::test]
+async fn manual_rollback_twice_returns_both_nodes_to_the_recorded_version() {
+    let case = Case::start(CaseSpec::new("manual", 2, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = verification_pod(dir.path(), &[]);
+    assert_eq!(
+        upgrade_all(&case, "wf-manual", "3.28.0", &pod).await,
+        vec![true, true]
+    );
+    case.klm(&[
+        "complete",
+        "--finish-run",
+        "--target-version",
+        "3.28.0",
+        "--run-id",
+        "wf-manual",
+    ])
+    .await
+    .ok();
+
+    case.klm(&["rollback", "--nodes", case.node(0), "--timeout", "60s"])
+        .await
+        .ok();
+    case.klm(&["rollback", "--nodes", case.node(1), "--timeout", "60s"])
+        .await
+        .ok();
+    let versions = host_versions(&case).await;
+    assert_eq!(versions[case.node(0)].as_deref(), Some("3.27.0"));
+    assert_eq!(
+        versions[case.node(1)].as_deref(),
+        Some("3.27.0"),
+        "the second rollback does not stop at the upgraded revision"
+    );
+    for node in &case.nodes {
+        assert_eq!(
+            annotation(&case.get_node(node).await, STATUS).as_deref(),
+            Some("rolled-back")
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_second_run_after_a_partial_run_computes_scope_and_target_again() {
+    let case = Case::start(CaseSpec::new("second", 2, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let failing = verification_pod(dir.path(), &[case.node(1)]);
+    assert_eq!(
+        upgrade_all(&case, "wf-first", "3.28.0", &failing).await,
+        vec![true, false]
+    );
+
+    let passing = verification_pod(dir.path(), &[]);
+    let pod_arg = passing.display().to_string();
+    let checked = case
+        .klm(&[
+            "check-prerequisites",
+            "--target-version",
+            "3.28.0",
+            "--run-id",
+            "wf-second",
+            "--verification-pod",
+            &pod_arg,
+            "--verification-namespace",
+            &case.namespace,
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        checked["currentVersion"], "3.27.0",
+        "the rollback target of the new run is what is deployed now"
+    );
+    let selection = case
+        .klm(&[
+            "select-nodes",
+            "--node-selector",
+            &format!("klm.test/case={}", case.namespace),
+            "--skip-completed",
+            "3.28.0",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        selection["nodes"],
+        json!([case.node(1)]),
+        "only the node the first run did not complete"
+    );
+    assert_eq!(selection["skipped"], json!([case.node(0)]));
+}
+
+#[tokio::test]
+async fn cordon_ownership_and_selection_taints_survive_success_and_rollback() {
+    let spec = CaseSpec {
+        set: &["tolerations[0].operator=Exists"],
+        ..CaseSpec::new("owner", 2, "3.27.0")
+    };
+    let case = Case::start(spec).await.unwrap();
+    let taint = |effect: &str| Taint {
+        key: "upgrade".into(),
+        value: Some("pending".into()),
+        effect: effect.into(),
+        time_added: None,
+    };
+    case.taint(case.node(0), &[taint("NoSchedule")]).await;
+    case.taint(
+        case.node(1),
+        &[taint("NoSchedule"), taint("PreferNoSchedule")],
+    )
+    .await;
+    case.cordon_by_hand(case.node(0)).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let pod = verification_pod(dir.path(), &[]);
+    let pod_arg = pod.display().to_string();
+    let run = "wf-owner";
+    case.klm(&[
+        "check-prerequisites",
+        "--target-version",
+        "3.28.0",
+        "--run-id",
+        run,
+        "--verification-pod",
+        &pod_arg,
+        "--verification-namespace",
+        &case.namespace,
+    ])
+    .await
+    .ok();
+    case.klm(&[
+        "helm-upgrade",
+        "--target-version",
+        "3.28.0",
+        "--run-id",
+        run,
+    ])
+    .await
+    .ok();
+    let selection = case
+        .klm(&[
+            "select-nodes",
+            "--node-selector",
+            &format!("klm.test/case={}", case.namespace),
+            "--node-taint-key",
+            "upgrade",
+            "--node-taint-value",
+            "pending",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    assert_eq!(selection["count"], 2);
+    let both = case.nodes.join(",");
+    case.klm(&[
+        "cordon",
+        "--nodes",
+        &both,
+        "--run-id",
+        run,
+        "--node-taint-key",
+        "upgrade",
+        "--node-taint-value",
+        "pending",
+    ])
+    .await
+    .ok();
+    case.klm(&[
+        "restart-kata-pod",
+        "--nodes",
+        &both,
+        "--run-id",
+        run,
+        "--timeout",
+        "60s",
+    ])
+    .await
+    .ok();
+    case.klm(&[
+        "verify",
+        "--nodes",
+        &both,
+        "--run-id",
+        run,
+        "--verification-pod",
+        &pod_arg,
+        "--verification-namespace",
+        &case.namespace,
+    ])
+    .await
+    .ok();
+    case.klm(&[
+        "complete",
+        "--nodes",
+        &both,
+        "--target-version",
+        "3.28.0",
+        "--run-id",
+        run,
+    ])
+    .await
+    .ok();
+
+    let first = case.get_node(case.node(0)).await;
+    assert!(
+        unschedulable(&first),
+        "a node cordoned before the run stays cordoned"
+    );
+    let second = case.get_node(case.node(1)).await;
+    assert!(!unschedulable(&second));
+    for node in [&first, &second] {
+        let taints = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.taints.clone())
+            .unwrap_or_default();
+        assert!(
+            !taints.iter().any(|t| t.key == "upgrade"),
+            "complete removes the selection taint: {taints:?}"
+        );
+    }
+
+    case.klm(&["rollback", "--nodes", &both, "--timeout", "60s"])
+        .await
+        .ok();
+    let first = case.get_node(case.node(0)).await;
+    assert!(
+        unschedulable(&first),
+        "a node cordoned before the run stays cordoned after a rollback"
+    );
+    let second = case.get_node(case.node(1)).await;
+    assert!(!unschedulable(&second));
+    let mut effects: Vec<String> = second
+        .spec
+        .unwrap()
+        .taints
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.key == "upgrade")
+        .map(|t| t.effect)
+        .collect();
+    effects.sort();
+    assert_eq!(
+        effects,
+        vec!["NoSchedule", "PreferNoSchedule"],
+        "every effect of the selection taint is restored"
+    );
+}
+
+#[tokio::test]
+async fn finishing_a_partial_run_reports_the_values_it_leaves() {
+    let case = Case::start(CaseSpec::new("partial", 2, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = verification_pod(dir.path(), &[]);
+    let pod_arg = pod.display().to_string();
+    let run = "wf-partial";
+    case.klm(&[
+        "check-prerequisites",
+        "--target-version",
+        "3.28.0",
+        "--run-id",
+        run,
+        "--verification-pod",
+        &pod_arg,
+        "--verification-namespace",
+        &case.namespace,
+    ])
+    .await
+    .ok();
+    case.klm(&[
+        "helm-upgrade",
+        "--target-version",
+        "3.28.0",
+        "--run-id",
+        run,
+    ])
+    .await
+    .ok();
+    assert!(wave(&case, run, "3.28.0", case.node(0), &pod).await);
+    let finished = case
+        .klm(&[
+            "complete",
+            "--finish-run",
+            "--target-version",
+            "3.28.0",
+            "--run-id",
+            run,
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    let left: Vec<&str> = finished["leftInPlace"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["key"].as_str().unwrap())
+        .collect();
+    assert!(left.contains(&"updateStrategy.type"), "{finished}");
+    assert!(
+        finished["leftInPlace"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(case.node(1)),
+        "the reason names the node still behind: {finished}"
+    );
+    assert_eq!(
+        host_version(&case.get_node(case.node(1)).await).as_deref(),
+        Some("3.27.0"),
+        "the node outside the run was not restarted"
+    );
+}
