@@ -35,6 +35,12 @@ enum Command {
         #[arg(long)]
         stdin_lifeline: bool,
     },
+    /// Package the fixture kata-deploy chart at every version it imitates.
+    Charts {
+        /// Where the `kata-deploy-<version>.tgz` files go (default: target/rig/charts).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[tokio::main]
@@ -46,12 +52,29 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Up {
-        nodes,
-        dir,
-        ready_file,
-        stdin_lifeline,
-    } = Cli::parse().command;
+    let (nodes, dir, ready_file, stdin_lifeline) = match Cli::parse().command {
+        Command::Up {
+            nodes,
+            dir,
+            ready_file,
+            stdin_lifeline,
+        } => (nodes, dir, ready_file, stdin_lifeline),
+        Command::Charts { dir } => {
+            let dir = dir.unwrap_or_else(|| {
+                klm_rig::control_plane::workspace_root().join("target/rig/charts")
+            });
+            klm_rig::charts::package_all(&dir)?;
+            let mut out = std::io::stdout().lock();
+            for (version, what) in klm_rig::charts::VERSIONS {
+                writeln!(
+                    out,
+                    "{}  {what}",
+                    dir.join(format!("kata-deploy-{version}.tgz")).display()
+                )?;
+            }
+            return Ok(());
+        }
+    };
     let dir = dir.unwrap_or_else(|| klm_rig::control_plane::workspace_root().join("target/rig/up"));
     let _ = std::fs::remove_dir_all(&dir);
     let started = Instant::now();
