@@ -1,0 +1,184 @@
+{{/*
+Names, labels and the parts every klm step shares. Argo's own {{...}}
+expressions appear in templates as Helm raw strings ({{`{{...}}`}}).
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "klm.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The objects' name: fullnameOverride, else <release>-<chart name>, or just the
+release name when it already contains the chart name.
+*/}}
+{{- define "klm.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* name-version, for the helm.sh/chart label. */}}
+{{- define "klm.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels that select this release's objects. */}}
+{{- define "klm.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "klm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels of every object. */}}
+{{- define "klm.labels" -}}
+helm.sh/chart: {{ include "klm.chart" . }}
+{{ include "klm.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kata-lifecycle-manager
+{{- end }}
+
+{{/* Where the WorkflowTemplate and the ServiceAccount live. */}}
+{{- define "klm.argoNamespace" -}}
+{{- default .Release.Namespace .Values.argoNamespace }}
+{{- end }}
+
+{{/* The ServiceAccount every step runs as. */}}
+{{- define "klm.serviceAccountName" -}}
+{{- include "klm.fullname" . }}
+{{- end }}
+
+{{/* The klm image: by digest when one is given, else by tag (appVersion by default). */}}
+{{- define "klm.image" -}}
+{{- $tag := .Values.image.tag | default .Chart.AppVersion | toString }}
+{{- if .Values.image.digest }}
+{{- if .Values.image.tag }}
+{{- printf "%s:%s@%s" .Values.image.repository $tag .Values.image.digest }}
+{{- else }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- end }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+{{- end }}
+
+{{/*
+Values that contradict each other or are missing fail the install here, with
+the fix in the message (the schema already checked the types).
+*/}}
+{{- define "klm.validate" -}}
+{{- if not (trim .Values.defaults.verificationPod) }}
+{{- fail "defaults.verificationPod is required: every upgraded node is verified with your pod before it returns to service. Give it with --set-file defaults.verificationPod=./verification-pod.yaml (see the chart README, \"The verification pod\")." }}
+{{- end }}
+{{- if and .Values.defaults.nodeTaintValue (not .Values.defaults.nodeTaintKey) }}
+{{- fail "defaults.nodeTaintValue is set without defaults.nodeTaintKey: set the taint key too, or drop the value." }}
+{{- end }}
+{{- if and .Values.defaults.drainEnabled (not .Values.rbac.drain) }}
+{{- fail "defaults.drainEnabled is true but rbac.drain is false: the steps could not evict pods. Set rbac.drain=true, or drainEnabled=false." }}
+{{- end }}
+{{- end }}
+
+{{/*
+A workflow parameter: its default value, its description, and, when
+`locked`, an enum that allows only the default, so that `argo submit -p`
+cannot change it.
+Arguments: dict name, value, description, enum (list, optional), locked (the
+submitOverrides key that fixes it, when it does).
+*/}}
+{{- define "klm.parameter" -}}
+- name: {{ .name }}
+  value: {{ .value | toString | quote }}
+  {{- if .locked }}
+  enum:
+    - {{ .value | toString | quote }}
+  {{- else if .enum }}
+  enum:
+    {{- range .enum }}
+    - {{ . | quote }}
+    {{- end }}
+  {{- end }}
+  {{- if .locked }}
+  description: {{ printf "%s Fixed by the chart (submitOverrides.%s is false)." .description .locked | quote }}
+  {{- else }}
+  description: {{ .description | quote }}
+  {{- end }}
+{{- end }}
+
+{{/*
+The settings every klm step template shares: its deadline and retries.
+*/}}
+{{- define "klm.stepSettings" -}}
+activeDeadlineSeconds: {{ .Values.workflow.stepDeadlineSeconds }}
+retryStrategy:
+  {{- toYaml .Values.workflow.retryStrategy | nindent 2 }}
+{{- end }}
+
+{{/*
+The klm container of a step, without its args. helm and klm write only under
+/tmp (an emptyDir): the root filesystem is read-only.
+Arguments: dict root, verificationPod (bool: pass the verification pod).
+*/}}
+{{- define "klm.container" -}}
+{{- $root := .root -}}
+image: {{ include "klm.image" $root }}
+imagePullPolicy: {{ $root.Values.image.pullPolicy }}
+command:
+  - klm
+env:
+  - name: HOME
+    value: /tmp
+  - name: HELM_CACHE_HOME
+    value: /tmp/helm/cache
+  - name: HELM_CONFIG_HOME
+    value: /tmp/helm/config
+  - name: HELM_DATA_HOME
+    value: /tmp/helm/data
+  {{- if .verificationPod }}
+  - name: KLM_VERIFICATION_POD_BASE64
+    value: {{`"{{workflow.parameters.verification-pod}}"`}}
+  {{- end }}
+resources:
+  {{- toYaml $root.Values.resources | nindent 2 }}
+securityContext:
+  {{- toYaml $root.Values.securityContext | nindent 2 }}
+volumeMounts:
+  - name: tmp
+    mountPath: /tmp
+{{- end }}
+
+{{/* Flags naming the kata-deploy release (every subcommand that reads it). */}}
+{{- define "klm.releaseArgs" -}}
+- {{`--helm-release={{workflow.parameters.helm-release}}`}}
+- {{`--helm-namespace={{workflow.parameters.helm-namespace}}`}}
+{{- end }}
+
+{{/* Flags naming the kata-deploy chart (steps that run helm upgrade or rollback). */}}
+{{- define "klm.chartArgs" -}}
+- {{ printf "--chart=%s" .Values.kataDeploy.chart | quote }}
+- {{`--helm-timeout={{workflow.parameters.helm-timeout}}`}}
+{{- end }}
+
+{{/* Flags of the node selection. */}}
+{{- define "klm.selectionArgs" -}}
+- {{`--node-selector={{workflow.parameters.node-selector}}`}}
+- {{`--node-taint-key={{workflow.parameters.node-taint-key}}`}}
+- {{`--node-taint-value={{workflow.parameters.node-taint-value}}`}}
+{{- end }}
+
+{{/* Flags of the verification pod (the pod itself comes through the environment). */}}
+{{- define "klm.verificationArgs" -}}
+- {{`--verification-namespace={{workflow.parameters.verification-namespace}}`}}
+- {{`--verification-timeout={{workflow.parameters.verification-timeout}}`}}
+{{- end }}
+
+{{/* Flags every klm invocation gets. */}}
+{{- define "klm.globalArgs" -}}
+- --log-format={{ .Values.workflow.logFormat }}
+{{- end }}
