@@ -5,13 +5,13 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::annotations::{self, NodeStatus};
 use crate::cli::{GlobalArgs, ReleaseArgs, SelectionArgs};
-use crate::error::{ExitStatus, KubeResultExt};
+use crate::error::ExitStatus;
 use crate::helm::Helm;
 use crate::nodes::selection::{self, Criteria};
 use crate::nodes::waves::{self, Ordered, Wave};
@@ -142,21 +142,15 @@ pub async fn select(
     batch_size: usize,
     skip_completed: Option<String>,
 ) -> anyhow::Result<Selection> {
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    let mut params = ListParams::default();
-    if let Some(selector) = &criteria.label_selector {
-        params = params.labels(selector);
-    }
-    let list = nodes_api
-        .list(&params)
-        .await
-        .during(|| "listing nodes".to_string())?;
+    let nodes =
+        crate::nodes::listing::list_for_selection(client, criteria.label_selector.as_deref())
+            .await?;
     let with_kata_pod = if criteria.is_empty() {
         nodes_with_kata_deploy_pod(client, helm, release).await
     } else {
         BTreeSet::new()
     };
-    let chosen = selection::choose(&list.items, criteria, &with_kata_pod);
+    let chosen = selection::choose(&nodes, criteria, &with_kata_pod);
     let mut skipped = Vec::new();
     let mut ordered = Vec::new();
     for node in chosen {
