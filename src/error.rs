@@ -205,6 +205,19 @@ fn classified<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a dy
 pub fn describe(err: &anyhow::Error) -> String {
     let mut parts: Vec<String> = Vec::new();
     for cause in err.chain() {
+        // An API error ends the chain with the apiserver's own message (kube's
+        // Display adds a Debug dump of the Status, and its source repeats it).
+        if let Some(kube::Error::Api(status)) = cause.downcast_ref::<kube::Error>()
+            && !status.message.is_empty()
+        {
+            if !parts
+                .last()
+                .is_some_and(|previous| previous.contains(&status.message))
+            {
+                parts.push(status.message.clone());
+            }
+            break;
+        }
         let text = cause.to_string();
         if text.is_empty()
             || parts
@@ -248,6 +261,24 @@ mod tests {
         assert_eq!(
             render(&err, &hints),
             "klm: error: while planning waves: batch size must be at least 1\nhint: pass --batch-size 1 or more"
+        );
+    }
+
+    #[test]
+    fn api_errors_read_as_the_apiservers_message() {
+        let status = kube::core::Status::failure(
+            "nodes is forbidden: User \"x\" cannot list resource \"nodes\"",
+            "Forbidden",
+        )
+        .with_code(403);
+        let err = anyhow::Error::new(KubeError::new(
+            "listing nodes",
+            kube::Error::Api(Box::new(status)),
+        ));
+        assert_eq!(classify(&err).0, ExitStatus::Precondition);
+        assert_eq!(
+            describe(&err),
+            "listing nodes: nodes is forbidden: User \"x\" cannot list resource \"nodes\""
         );
     }
 
