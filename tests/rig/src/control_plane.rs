@@ -16,7 +16,9 @@ use crate::process::Component;
 pub const STAGES: &str = include_str!("../../fixtures/kwok/stages.yaml");
 
 /// The audit policy: every request of a ServiceAccount outside kube-system, at
-/// Metadata level (who did what to which object, and the response code).
+/// Metadata level (who did what to which object, and the response code), and
+/// the pod status and node writes of kwok and the simulator (the events the
+/// benchmarks time klm's reactions against).
 const AUDIT_POLICY: &str = "\
 apiVersion: audit.k8s.io/v1
 kind: Policy
@@ -26,6 +28,12 @@ rules:
     userGroups: [\"system:serviceaccounts:kube-system\"]
   - level: Metadata
     userGroups: [\"system:serviceaccounts\"]
+  - level: Metadata
+    users: [\"rig-admin\"]
+    verbs: [patch, update]
+    resources:
+      - group: \"\"
+        resources: [pods/status, nodes]
   - level: None
 ";
 
