@@ -15,6 +15,18 @@ use serde_json::Value;
 
 use crate::render;
 
+/// Serialises this binary's tests that use Argo's CRDs: the two versions
+/// share CRD names, so one test must not switch them under another.
+static CRDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// For tests that only need the Argo kinds served: holds the CRD lock with
+/// a version installed.
+pub async fn argo_crds_installed(rig: &Rig) -> Result<tokio::sync::MutexGuard<'static, ()>> {
+    let guard = CRDS.lock().await;
+    rig.apply_argo_crds("v4.1.2").await?;
+    Ok(guard)
+}
+
 /// Server-side applies every document; returns what the apiserver stored.
 async fn apply_all(client: &Client, discovery: &Discovery, docs: &[Value]) -> Result<Vec<Value>> {
     let mut stored = Vec::new();
@@ -129,6 +141,7 @@ async fn check_version(rig: &Rig, version: &str) -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_apiserver_accepts_the_rendered_chart_with_argo_crds() {
     let rig = Rig::shared().await.expect("the rig starts");
+    let _crds = CRDS.lock().await;
     for version in ["v3.7.18", "v4.1.2"] {
         check_version(rig, version)
             .await

@@ -6,11 +6,13 @@
 //! manifests against reviewed golden files (`golden`), the WorkflowTemplate's
 //! wiring against klm's real command line (`wiring`), Argo's own validator
 //! (`argo_lint`), and a real kube-apiserver with Argo's full CRDs
-//! (`apiserver`).
+//! (`apiserver`); and the chart's RBAC, as the chart's ServiceAccount running
+//! helm on the fixture kata-deploy (`rbac`).
 
 mod apiserver;
 mod argo_lint;
 mod golden;
 mod lint;
+mod rbac;
 mod render;
 mod wiring;
