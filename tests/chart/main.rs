@@ -11,6 +11,7 @@
 
 mod apiserver;
 mod argo_lint;
+mod docs;
 mod golden;
 mod lint;
 mod rbac;
