@@ -106,7 +106,7 @@ impl Report for Prerequisites {
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let target = versions::parse(&args.target_version)?;
-    let template = super::pending_verification::from_args(&args.verification)?;
+    let template = crate::verification::VerificationPod::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
     let helm = super::helm(&args.release, global);
     let reference = super::release_ref(&args.release);
@@ -116,7 +116,6 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         &reference,
         &target,
         args.deployment_mode,
-        &args.verification,
         template.as_ref(),
     )
     .await?;
@@ -198,8 +197,7 @@ pub async fn check(
     reference: &ReleaseRef,
     target: &semver::Version,
     choice: ModeChoice,
-    verification: &VerificationArgs,
-    template: Option<&super::pending_verification::Template>,
+    template: Option<&crate::verification::VerificationPod>,
 ) -> anyhow::Result<Checked> {
     let release = reference.load(helm).await?;
     release.ensure_deployed()?;
@@ -218,9 +216,7 @@ pub async fn check(
         versions::refuse_pruning_job_mode(&current, target)?;
     }
     if let Some(template) = template {
-        template
-            .check_in_cluster(client, &verification.verification_namespace)
-            .await?;
+        crate::verification::run::dry_run(client, template).await?;
     }
     let mut warnings = Vec::new();
     if !versions::is_dev(target) && !versions::is_dev(&current) && target < &current {

@@ -69,31 +69,3 @@ pub(crate) async fn active_run(
     }
     Ok(record)
 }
-
-/// TEMPORARY adapter until the verification module lands (same session).
-pub(crate) mod pending_verification {
-    use crate::cli::VerificationArgs;
-    use crate::commands::restart_kata_pod::NodeFailure;
-    use kube::Client;
-    pub struct Template;
-    impl Template {
-        pub async fn check_in_cluster(&self, _: &Client, _: &str) -> anyhow::Result<()> {
-            Ok(())
-        }
-    }
-    pub fn from_args(args: &VerificationArgs) -> anyhow::Result<Option<Template>> {
-        if args.verification_pod.is_some() || args.verification_pod_base64.is_some() {
-            anyhow::bail!("re-verification is not wired yet")
-        }
-        Ok(None)
-    }
-    pub async fn reverify(
-        _: &Client,
-        _: &Template,
-        _: &VerificationArgs,
-        _: &[String],
-        _: &str,
-    ) -> anyhow::Result<Vec<NodeFailure>> {
-        Ok(Vec::new())
-    }
-}

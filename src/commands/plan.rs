@@ -104,7 +104,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         args.selection.node_taint_key.as_deref(),
         args.selection.node_taint_value.as_deref(),
     )?;
-    let template = super::pending_verification::from_args(&args.verification)?;
+    let template = crate::verification::VerificationPod::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
     let helm = super::helm(&args.release, global);
     let reference = super::release_ref(&args.release);
@@ -119,7 +119,6 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         &reference,
         &target,
         args.deployment_mode,
-        &args.verification,
         template.as_ref(),
     )
     .await?;

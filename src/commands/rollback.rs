@@ -114,7 +114,7 @@ impl Report for RolledBack {
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let names = args.nodes.names();
-    let template = super::pending_verification::from_args(&args.verification)?;
+    let template = crate::verification::VerificationPod::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
     let record = records
@@ -123,9 +123,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let nodes_api: Api<Node> = Api::all(client.clone());
     try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     if let Some(template) = &template {
-        template
-            .check_in_cluster(&client, &args.verification.verification_namespace)
-            .await?;
+        crate::verification::run::dry_run(&client, template).await?;
     }
     let helm = super::helm(&args.release, global);
     let release = super::release_ref(&args.release).load(&helm).await?;
@@ -195,7 +193,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     if let Some(template) = &template
         && !back.is_empty()
     {
-        let failures = super::pending_verification::reverify(
+        let failures = crate::verification::run::reverify(
             &client,
             template,
             &args.verification,

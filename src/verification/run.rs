@@ -1,0 +1,470 @@
+//! Running verification pods: one per node, concurrently, each watched to an
+//! end. A pod that cannot succeed (a failed container, an image that cannot
+//! be pulled, a crash loop, a pod that cannot be scheduled) fails as soon as
+//! that is certain, with its status, events and logs; only a pod that stays
+//! undecided waits for the timeout.
+
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+
+use super::VerificationError;
+use super::template::VerificationPod;
+use crate::annotations;
+use crate::wait::{Check, WaitError, watch_until};
+
+/// Container waiting reasons that mean the pod will not get better by itself.
+const HOPELESS_WAITING: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// How one node's verification ended.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeVerdict {
+    /// The node.
+    pub node: String,
+    /// The verification pod.
+    pub pod: String,
+    /// Whether the pod succeeded.
+    pub passed: bool,
+    /// Why it failed: the pod's status, events and logs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Seconds from creating the pod to its end.
+    pub seconds: f64,
+    /// Whether the failed pod was kept for inspection.
+    pub kept: bool,
+}
+
+/// Runs the template on every node concurrently and returns a verdict per node.
+pub async fn verify_nodes(
+    client: &Client,
+    template: &VerificationPod,
+    nodes: &[String],
+    run_id: &str,
+    timeout: Duration,
+    keep_failed: bool,
+) -> Result<Vec<NodeVerdict>, VerificationError> {
+    let runs = nodes.iter().map(|node| async move {
+        let pod = template
+            .for_node(node, run_id)
+            .map_err(|e| VerificationError::Run {
+                node: node.clone(),
+                pod: "?".into(),
+                reason: e.to_string(),
+            })?;
+        verify_node(client, node, pod, timeout, keep_failed).await
+    });
+    join_all(runs).await.into_iter().collect()
+}
+
+/// Verifies nodes again after a rollback; the nodes that did not pass, with why.
+pub async fn reverify(
+    client: &Client,
+    template: &VerificationPod,
+    args: &crate::cli::VerificationArgs,
+    nodes: &[String],
+    run_id: &str,
+) -> Result<Vec<crate::commands::restart_kata_pod::NodeFailure>, VerificationError> {
+    let verdicts = verify_nodes(
+        client,
+        template,
+        nodes,
+        run_id,
+        args.verification_timeout,
+        args.keep_failed,
+    )
+    .await?;
+    Ok(verdicts
+        .into_iter()
+        .filter(|v| !v.passed)
+        .map(|v| crate::commands::restart_kata_pod::NodeFailure {
+            node: v.node,
+            reason: format!(
+                "verification after rollback failed: {}",
+                v.reason.unwrap_or_default()
+            ),
+        })
+        .collect())
+}
+
+/// Checks, with a server-side dry run of the pod for a sample node, that the
+/// namespace exists and the apiserver accepts the pod, before anything changes.
+pub async fn dry_run(client: &Client, template: &VerificationPod) -> anyhow::Result<()> {
+    let pod = template.for_node("klm-dry-run", "dry-run")?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), template.namespace());
+    let params = PostParams {
+        dry_run: true,
+        field_manager: Some(annotations::FIELD_MANAGER.into()),
+    };
+    match pods.create(&params, &pod).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            Err(crate::error::UserError::precondition(format!(
+                "the verification namespace {:?} does not exist",
+                template.namespace()
+            ))
+            .hint("create it, or pass --verification-namespace with an existing namespace")
+            .into())
+        }
+        Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
+            Err(crate::error::UserError::bad_input(format!(
+                "the apiserver refuses the verification pod: {}",
+                status.message
+            ))
+            .into())
+        }
+        Err(err) => Err(crate::error::KubeError::new(
+            format!(
+                "checking the verification pod in namespace {}",
+                template.namespace()
+            ),
+            err,
+        )
+        .into()),
+    }
+}
+
+async fn verify_node(
+    client: &Client,
+    node: &str,
+    pod: Pod,
+    timeout: Duration,
+    keep_failed: bool,
+) -> Result<NodeVerdict, VerificationError> {
+    let name = pod.name_any();
+    let namespace = pod.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let fail = |reason: String| VerificationError::Run {
+        node: node.to_string(),
+        pod: name.clone(),
+        reason,
+    };
+
+    // A pod of the same name is left over from an interrupted run: start afresh.
+    if let Some(old) = pods.get_opt(&name).await.map_err(|e| fail(e.to_string()))? {
+        delete(&pods, &name).await;
+        let uid = old.uid().unwrap_or_default();
+        tokio::time::timeout(
+            Duration::from_secs(120),
+            await_condition(pods.clone(), &name, conditions::is_deleted(&uid)),
+        )
+        .await
+        .map_err(|_| {
+            fail("an earlier pod of the same name is still being deleted after 120s".into())
+        })?
+        .map_err(|e| fail(e.to_string()))?;
+    }
+    let started = Instant::now();
+    tracing::info!(node, pod = %name, namespace = %namespace, "verification pod created");
+    let created = pods
+        .create(
+            &PostParams {
+                field_manager: Some(annotations::FIELD_MANAGER.into()),
+                ..PostParams::default()
+            },
+            &pod,
+        )
+        .await
+        .map_err(|e| fail(format!("cannot create it: {e}")))?;
+    let uid = created.uid().unwrap_or_default();
+
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let outcome = watch_until(
+        pods.clone(),
+        config,
+        timeout,
+        format!("verification pod {name} on {node}"),
+        |objects| match objects
+            .iter()
+            .find(|p| p.uid().as_deref() == Some(uid.as_str()))
+        {
+            Some(pod) => judge(pod),
+            None => Check::Failed("the pod was deleted before it finished".into()),
+        },
+    )
+    .await;
+    let seconds = started.elapsed().as_secs_f64();
+    let reason = match outcome {
+        Ok(()) => {
+            tracing::info!(node, pod = %name, seconds, "verification passed");
+            delete(&pods, &name).await;
+            return Ok(NodeVerdict {
+                node: node.to_string(),
+                pod: name,
+                passed: true,
+                reason: None,
+                seconds,
+                kept: false,
+            });
+        }
+        Err(WaitError::Failed { reason, .. }) => reason,
+        Err(WaitError::Timeout { after, .. }) => {
+            let phase = pods
+                .get_opt(&name)
+                .await
+                .ok()
+                .flatten()
+                .map(|p| summary(&p))
+                .unwrap_or_else(|| "gone".into());
+            format!(
+                "no result after {}s (the pod is {phase}); raise --verification-timeout if the check is slow",
+                after.as_secs()
+            )
+        }
+        Err(err) => return Err(fail(err.to_string())),
+    };
+    let details = diagnostics(client, &pods, &name, &uid).await;
+    tracing::warn!(node, pod = %name, %reason, "verification failed");
+    if !keep_failed {
+        delete(&pods, &name).await;
+    }
+    Ok(NodeVerdict {
+        node: node.to_string(),
+        pod: name,
+        passed: false,
+        reason: Some(format!("{reason}\n{details}")),
+        seconds,
+        kept: keep_failed,
+    })
+}
+
+/// Decides a pod's fate from its status.
+fn judge(pod: &Pod) -> Check<()> {
+    let Some(status) = pod.status.as_ref() else {
+        return Check::Pending;
+    };
+    match status.phase.as_deref() {
+        Some("Succeeded") => return Check::Done(()),
+        Some("Failed") => return Check::Failed(format!("the pod failed: {}", containers(pod))),
+        _ => {}
+    }
+    let statuses = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten());
+    for container in statuses {
+        if let Some(waiting) = container.state.as_ref().and_then(|s| s.waiting.as_ref())
+            && let Some(reason) = waiting.reason.as_deref()
+            && HOPELESS_WAITING.contains(&reason)
+        {
+            return Check::Failed(format!(
+                "container {} is {reason}: {}",
+                container.name,
+                waiting.message.as_deref().unwrap_or("")
+            ));
+        }
+    }
+    let unschedulable = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled"
+            && c.status == "False"
+            && c.reason.as_deref() == Some("Unschedulable")
+    });
+    if let Some(condition) = unschedulable {
+        return Check::Failed(format!(
+            "the pod cannot be scheduled: {}",
+            condition.message.as_deref().unwrap_or("no node fits")
+        ));
+    }
+    Check::Pending
+}
+
+/// `phase (container states)`, for messages.
+fn summary(pod: &Pod) -> String {
+    let phase = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_else(|| "Pending".into());
+    format!("{phase}; {}", containers(pod))
+}
+
+fn containers(pod: &Pod) -> String {
+    let status = pod.status.as_ref();
+    let all: Vec<String> = status
+        .into_iter()
+        .flat_map(|s| {
+            s.init_container_statuses
+                .iter()
+                .flatten()
+                .chain(s.container_statuses.iter().flatten())
+        })
+        .map(|c| {
+            let state = c.state.as_ref();
+            if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
+                format!(
+                    "container {} exited with code {} ({}){}",
+                    c.name,
+                    t.exit_code,
+                    t.reason.as_deref().unwrap_or("-"),
+                    t.message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default()
+                )
+            } else if let Some(w) = state.and_then(|s| s.waiting.as_ref()) {
+                format!(
+                    "container {} waiting ({})",
+                    c.name,
+                    w.reason.as_deref().unwrap_or("-")
+                )
+            } else {
+                format!("container {} running", c.name)
+            }
+        })
+        .collect();
+    if all.is_empty() {
+        "no container started".into()
+    } else {
+        all.join(", ")
+    }
+}
+
+/// The pod's status, events and logs, for a failure message.
+async fn diagnostics(client: &Client, pods: &Api<Pod>, name: &str, uid: &str) -> String {
+    let mut out = Vec::new();
+    if let Ok(Some(pod)) = pods.get_opt(name).await {
+        out.push(format!("  status: {}", summary(&pod)));
+        let namespace = pod.namespace().unwrap_or_default();
+        let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
+        match events
+            .list(&ListParams::default().fields(&format!("involvedObject.uid={uid}")))
+            .await
+        {
+            Ok(list) if !list.items.is_empty() => {
+                out.push("  events:".into());
+                for event in list.items.iter().rev().take(10).rev() {
+                    out.push(format!(
+                        "    {} {}: {}",
+                        event.type_.as_deref().unwrap_or(""),
+                        event.reason.as_deref().unwrap_or(""),
+                        event.message.as_deref().unwrap_or("").trim()
+                    ));
+                }
+            }
+            Ok(_) => out.push("  events: none".into()),
+            Err(e) => out.push(format!("  events unavailable: {e}")),
+        }
+        for container in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+            let params = LogParams {
+                container: Some(container.name.clone()),
+                tail_lines: Some(20),
+                ..LogParams::default()
+            };
+            match pods.logs(name, &params).await {
+                Ok(logs) if logs.trim().is_empty() => {
+                    out.push(format!("  logs of {}: empty", container.name))
+                }
+                Ok(logs) => out.push(format!(
+                    "  logs of {} (last 20 lines):\n{}",
+                    container.name,
+                    indent(&logs)
+                )),
+                Err(e) => out.push(format!(
+                    "  logs of {} unavailable: {}",
+                    container.name,
+                    short(&e)
+                )),
+            }
+        }
+    }
+    out.join("\n")
+}
+
+fn short(err: &kube::Error) -> String {
+    match err {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines()
+        .map(|l| format!("    | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn delete(pods: &Api<Pod>, name: &str) {
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::background()
+    };
+    if let Err(err) = pods.delete(name, &params).await
+        && !matches!(&err, kube::Error::Api(s) if s.code == 404)
+    {
+        tracing::warn!(pod = name, error = %err, "could not delete the verification pod");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "status": status}))
+            .unwrap()
+    }
+
+    #[test]
+    fn success_and_failure_are_judged_from_the_phase() {
+        assert!(matches!(
+            judge(&pod(serde_json::json!({"phase": "Succeeded"}))),
+            Check::Done(())
+        ));
+        let failed = pod(serde_json::json!({"phase": "Failed", "containerStatuses": [
+            {"name": "verify", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+             "state": {"terminated": {"exitCode": 3, "reason": "Error"}}}]}));
+        match judge(&failed) {
+            Check::Failed(reason) => assert!(reason.contains("exited with code 3"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            judge(&pod(serde_json::json!({"phase": "Running"}))),
+            Check::Pending
+        ));
+    }
+
+    #[test]
+    fn hopeless_states_fail_fast() {
+        for reason in [
+            "ErrImagePull",
+            "ImagePullBackOff",
+            "CrashLoopBackOff",
+            "CreateContainerConfigError",
+        ] {
+            let waiting = pod(
+                serde_json::json!({"phase": "Pending", "containerStatuses": [
+                {"name": "verify", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                 "state": {"waiting": {"reason": reason, "message": "m"}}}]}),
+            );
+            assert!(
+                matches!(judge(&waiting), Check::Failed(r) if r.contains(reason)),
+                "{reason}"
+            );
+        }
+        let unschedulable = pod(serde_json::json!({"phase": "Pending", "conditions": [
+            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available"}]}));
+        assert!(matches!(judge(&unschedulable), Check::Failed(r) if r.contains("0/3 nodes")));
+        let creating = pod(
+            serde_json::json!({"phase": "Pending", "containerStatuses": [
+            {"name": "verify", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+             "state": {"waiting": {"reason": "ContainerCreating"}}}]}),
+        );
+        assert!(matches!(judge(&creating), Check::Pending));
+    }
+}
