@@ -146,65 +146,57 @@ pub struct Release {
     pub manifest: String,
 }
 
+/// `helm get metadata -o json` (helm 4's `status` no longer shows the chart).
 #[derive(Deserialize)]
-struct StatusJson {
-    version: u32,
-    info: InfoJson,
-    chart: Option<ChartJson>,
-    #[serde(default)]
-    config: Option<Value>,
-    #[serde(default)]
-    manifest: String,
-}
-
-#[derive(Deserialize)]
-struct InfoJson {
-    status: String,
-}
-
-#[derive(Deserialize)]
-struct ChartJson {
-    metadata: ChartMetadata,
-}
-
-#[derive(Deserialize)]
-struct ChartMetadata {
-    name: String,
+struct MetadataJson {
+    chart: String,
     version: String,
     #[serde(default, rename = "appVersion")]
     app_version: String,
+    revision: u32,
+    status: String,
 }
 
 impl ReleaseRef {
-    /// Reads the release's current state through helm.
+    /// Reads the release's current state through helm: its metadata,
+    /// manifest and user-supplied values (three reads, run concurrently).
     pub async fn load(&self, helm: &Helm) -> Result<Release, ReleaseError> {
-        let status: StatusJson = helm
-            .json([
-                "status",
-                self.name.as_str(),
-                "--namespace",
-                self.namespace.as_str(),
-                "--output",
-                "json",
-            ])
-            .await
-            .map_err(|source| self.helm_error(source))?;
-        let metadata = status
-            .chart
-            .map(|c| c.metadata)
-            .ok_or_else(|| ReleaseError::Malformed {
-                name: self.name.clone(),
-                reason: "helm status shows no chart metadata".into(),
-            })?;
+        let (name, namespace) = (self.name.as_str(), self.namespace.as_str());
+        let metadata = helm.json::<MetadataJson, _, _>([
+            "get",
+            "metadata",
+            name,
+            "--namespace",
+            namespace,
+            "--output",
+            "json",
+        ]);
+        let manifest = helm.run(["get", "manifest", name, "--namespace", namespace]);
+        let values = helm.json::<Value, _, _>([
+            "get",
+            "values",
+            name,
+            "--namespace",
+            namespace,
+            "--output",
+            "json",
+        ]);
+        let (metadata, manifest, values) = tokio::join!(metadata, manifest, values);
+        let metadata = metadata.map_err(|source| self.helm_error(source))?;
+        let manifest = manifest.map_err(|source| self.helm_error(source))?;
+        let values = values.map_err(|source| self.helm_error(source))?;
         Ok(Release {
             reference: self.clone(),
-            revision: status.version,
-            status: status.info.status,
-            chart_name: metadata.name,
+            revision: metadata.revision,
+            status: metadata.status,
+            chart_name: metadata.chart,
             chart_version: metadata.version,
             app_version: metadata.app_version,
-            user_values: status.config.unwrap_or(Value::Object(Default::default())),
-            manifest: status.manifest,
+            user_values: match values {
+                Value::Null => Value::Object(Default::default()),
+                other => other,
+            },
+            manifest,
         })
     }
 
