@@ -157,6 +157,17 @@ struct MetadataJson {
     status: String,
 }
 
+/// The chart and version arguments of `helm upgrade`: a reference with
+/// `{version}` gets the version written into it (a directory of packaged
+/// charts), any other reference gets `--version`.
+pub fn chart_arguments(chart: &str, version: &str) -> Vec<std::ffi::OsString> {
+    if chart.contains("{version}") {
+        vec![chart.replace("{version}", version).into()]
+    } else {
+        vec![chart.into(), "--version".into(), version.into()]
+    }
+}
+
 impl ReleaseRef {
     /// Reads the release's current state through helm: its metadata,
     /// manifest and user-supplied values (three reads, run concurrently).
@@ -326,15 +337,7 @@ impl Release {
     pub async fn upgrade(&self, helm: &Helm, upgrade: &Upgrade) -> Result<(), ReleaseError> {
         let mut args: Vec<std::ffi::OsString> =
             vec!["upgrade".into(), self.reference.name.clone().into()];
-        if upgrade.chart.contains("{version}") {
-            args.push(upgrade.chart.replace("{version}", &upgrade.version).into());
-        } else {
-            args.extend([
-                upgrade.chart.clone().into(),
-                "--version".into(),
-                upgrade.version.clone().into(),
-            ]);
-        }
+        args.extend(chart_arguments(&upgrade.chart, &upgrade.version));
         args.extend([
             "--namespace".into(),
             self.reference.namespace.clone().into(),

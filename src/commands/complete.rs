@@ -218,20 +218,21 @@ async fn finish_run(
                 );
             }
             let file = ValuesFile::new(&values)?;
-            let args: Vec<std::ffi::OsString> = vec![
-                "upgrade".into(),
-                record.release.clone().into(),
-                chart.chart.clone().into(),
+            let mut args: Vec<std::ffi::OsString> =
+                vec!["upgrade".into(), record.release.clone().into()];
+            args.extend(crate::release::chart_arguments(
+                &chart.chart,
+                &release.chart_version,
+            ));
+            args.extend([
                 "--namespace".into(),
                 record.namespace.clone().into(),
-                "--version".into(),
-                release.chart_version.clone().into(),
                 "--reset-values".into(),
                 "--values".into(),
                 file.path().as_os_str().to_owned(),
                 "--timeout".into(),
                 format!("{}s", chart.helm_timeout.as_secs()).into(),
-            ];
+            ]);
             helm.run(args).await?;
             report.restored = mechanics.iter().map(|(k, _)| k.clone()).collect();
         }

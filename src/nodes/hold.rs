@@ -252,7 +252,10 @@ pub async fn release(
         {
             return Ok(None);
         }
-        let kept_cordoned = annotation(&current, annotations::WAS_UNSCHEDULABLE) == Some("true");
+        // Only a cordon a run made is lifted: a node no run holds was cordoned
+        // by someone else (or stays cordoned from before a finished run).
+        let kept_cordoned = holder.is_none()
+            || annotation(&current, annotations::WAS_UNSCHEDULABLE) == Some("true");
         let recorded = recorded_taints(&current)?;
         let mut taints: Vec<Taint> = selection::taints(&current).to_vec();
         let before = taints.len();

@@ -45,16 +45,23 @@ impl VerificationPod {
     /// Validates a template for pods in `namespace`.
     pub fn parse(raw: &str, namespace: &str) -> Result<Self, UserError> {
         let documents: Vec<Value> = serde_saphyr::from_multiple(raw)
-            .map_err(|e| bad(format!("the verification pod is not valid YAML: {e}")))?;
+            .map_err(|e| {
+                bad(format!("the verification pod is not valid YAML: {e}"))
+                    .hint(format!("a verification pod looks like:\n{EXAMPLE}"))
+            })?;
         let documents: Vec<&Value> = documents.iter().filter(|d| !d.is_null()).collect();
         let pod = match documents.as_slice() {
             [one] => *one,
-            [] => return Err(bad("the verification pod is empty")),
+            [] => {
+                return Err(bad("the verification pod is empty")
+                    .hint(format!("a verification pod looks like:\n{EXAMPLE}")));
+            }
             many => {
                 return Err(bad(format!(
                     "the verification pod has {} YAML documents; give exactly one Pod",
                     many.len()
-                )));
+                ))
+                .hint("remove the other documents (lines after `---`)"));
             }
         };
         validate(pod, namespace)?;

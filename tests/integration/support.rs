@@ -254,22 +254,21 @@ impl Case {
     /// namespace and chart reference filled in where the subcommand takes them.
     pub async fn klm(&self, args: &[&str]) -> Klm {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_klm"));
+        command.args(args);
+        if !args.contains(&"--kubeconfig") {
+            command.arg("--kubeconfig").arg(&self.sa_kubeconfig);
+        }
         command
-            .args(args)
-            .arg("--kubeconfig")
-            .arg(&self.sa_kubeconfig)
             .env("KLM_HELM", self.rig.helm())
             .env_remove("KUBECONFIG")
             .env_remove("KLM_RUN_ID")
             .env("KLM_LOG", "info");
         let takes_release = !matches!(args.first().copied(), Some("drain" | "uncordon"));
-        if takes_release {
-            command.args([
-                "--helm-release",
-                &self.release,
-                "--helm-namespace",
-                &self.namespace,
-            ]);
+        if takes_release && !args.contains(&"--helm-release") {
+            command.args(["--helm-release", &self.release]);
+        }
+        if takes_release && !args.contains(&"--helm-namespace") {
+            command.args(["--helm-namespace", &self.namespace]);
         }
         if matches!(
             args.first().copied(),
@@ -325,7 +324,8 @@ impl Case {
     pub async fn release_state(&self) -> (u64, String) {
         let out = self
             .helm_admin(&[
-                "status".into(),
+                "get".into(),
+                "metadata".into(),
                 self.release.clone(),
                 "--namespace".into(),
                 self.namespace.clone(),
@@ -333,14 +333,11 @@ impl Case {
                 "json".into(),
             ])
             .await
-            .expect("helm status");
+            .expect("helm get metadata");
         let v: Value = serde_json::from_str(&out).expect("json");
         (
-            v["version"].as_u64().unwrap_or(0),
-            v["chart"]["metadata"]["version"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+            v["revision"].as_u64().unwrap_or(0),
+            v["version"].as_str().unwrap_or_default().to_string(),
         )
     }
 
