@@ -44,11 +44,10 @@ impl VerificationPod {
 
     /// Validates a template for pods in `namespace`.
     pub fn parse(raw: &str, namespace: &str) -> Result<Self, UserError> {
-        let documents: Vec<Value> = serde_saphyr::from_multiple(raw)
-            .map_err(|e| {
-                bad(format!("the verification pod is not valid YAML: {e}"))
-                    .hint(format!("a verification pod looks like:\n{EXAMPLE}"))
-            })?;
+        let documents: Vec<Value> = serde_saphyr::from_multiple(raw).map_err(|e| {
+            bad(format!("the verification pod is not valid YAML: {e}"))
+                .hint(format!("a verification pod looks like:\n{EXAMPLE}"))
+        })?;
         let documents: Vec<&Value> = documents.iter().filter(|d| !d.is_null()).collect();
         let pod = match documents.as_slice() {
             [one] => *one,
