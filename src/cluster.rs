@@ -14,6 +14,15 @@ pub async fn client(args: &GlobalArgs) -> anyhow::Result<Client> {
     Client::try_from(config).context("building the Kubernetes client")
 }
 
+/// A client that returns 429 and 503 answers to the caller instead of
+/// retrying them itself: for evictions, where 429 means a
+/// PodDisruptionBudget refuses now and the caller decides how long to wait.
+pub async fn client_without_retry(args: &GlobalArgs) -> anyhow::Result<Client> {
+    let mut config = config(args).await?;
+    config.default_retry = false;
+    Client::try_from(config).context("building the Kubernetes client")
+}
+
 async fn config(args: &GlobalArgs) -> anyhow::Result<Config> {
     let options = KubeConfigOptions {
         context: args.context.clone(),

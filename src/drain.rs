@@ -1,1 +1,246 @@
-//! PLACEHOLDER
+//! Draining a node: evicting its pods through the Eviction API, so
+//! PodDisruptionBudgets are honoured, and waiting until they are gone.
+//! DaemonSet pods (kata-deploy among them) and mirror pods stay.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use backon::{ConstantBuilder, Retryable};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{EvictParams, ListParams};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+
+use crate::error::{Classify, ExitStatus, KubeError};
+use crate::wait::{Check, WaitError, watch_until};
+
+/// Why a pod is left on the node.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Skipped {
+    /// `namespace/name`.
+    pub pod: String,
+    /// Why it stays.
+    pub reason: String,
+}
+
+/// What draining one node did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Drained {
+    /// The node.
+    pub node: String,
+    /// Pods evicted (`namespace/name`).
+    pub evicted: Vec<String>,
+    /// Pods left alone, with why.
+    pub skipped: Vec<Skipped>,
+}
+
+/// A drain that did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum DrainError {
+    /// Pods are still there at the deadline.
+    #[error("draining {node}: {} pod(s) still there after {}s: {}", .remaining.len(), .after.as_secs(), .remaining.join(", "))]
+    Timeout {
+        /// The node.
+        node: String,
+        /// `namespace/name` of each pod still there.
+        remaining: Vec<String>,
+        /// The timeout.
+        after: Duration,
+    },
+    /// The API refused or failed.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    /// Watching the pods failed.
+    #[error(transparent)]
+    Wait(#[from] WaitError),
+}
+
+impl Classify for DrainError {
+    fn status(&self) -> ExitStatus {
+        match self {
+            DrainError::Kube(e) => e.status(),
+            DrainError::Wait(e) => e.status(),
+            DrainError::Timeout { .. } => ExitStatus::Failed,
+        }
+    }
+    fn hints(&self) -> Vec<String> {
+        match self {
+            DrainError::Timeout { .. } => vec![
+                "a PodDisruptionBudget allows no disruption now (kubectl get pdb -A), or a pod ignores SIGTERM; raise --drain-timeout or free the budget".into(),
+            ],
+            DrainError::Kube(e) => e.hints(),
+            DrainError::Wait(e) => e.hints(),
+        }
+    }
+}
+
+/// Why a pod must stay, or `None` when it is to be evicted.
+pub fn stays(pod: &Pod) -> Option<&'static str> {
+    if pod.owner_references().iter().any(|o| o.kind == "DaemonSet") {
+        return Some("DaemonSet pod");
+    }
+    if pod
+        .annotations()
+        .contains_key("kubernetes.io/config.mirror")
+    {
+        return Some("mirror (static) pod");
+    }
+    if matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
+        return Some("already finished");
+    }
+    if pod.metadata.deletion_timestamp.is_some() {
+        return Some("already terminating");
+    }
+    None
+}
+
+/// Evicts the node's pods and waits, by watching, until they are gone.
+/// Evictions refused by a PodDisruptionBudget (429) are retried until `timeout`.
+pub async fn drain(client: &Client, node: &str, timeout: Duration) -> Result<Drained, DrainError> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let all: Api<Pod> = Api::all(client.clone());
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
+    let pods = all
+        .list(&on_node)
+        .await
+        .map_err(|e| KubeError::new(format!("listing the pods on {node}"), e))?;
+    let mut drained = Drained {
+        node: node.to_string(),
+        ..Drained::default()
+    };
+    let mut evicting = BTreeSet::new();
+    for pod in &pods.items {
+        let id = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+        if let Some(reason) = stays(pod) {
+            drained.skipped.push(Skipped {
+                pod: id,
+                reason: reason.into(),
+            });
+            continue;
+        }
+        evict(client, pod, deadline).await?;
+        tracing::info!(node, pod = %id, "evicted");
+        drained.evicted.push(id);
+        evicting.insert(pod.uid().unwrap_or_default());
+    }
+    if evicting.is_empty() {
+        return Ok(drained);
+    }
+    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let config = watcher::Config::default().fields(&format!("spec.nodeName={node}"));
+    let waited = watch_until(
+        all,
+        config,
+        remaining,
+        format!("the evicted pods of {node}"),
+        |pods| {
+            if pods
+                .iter()
+                .any(|p| evicting.contains(&p.uid().unwrap_or_default()))
+            {
+                Check::Pending
+            } else {
+                Check::Done(())
+            }
+        },
+    )
+    .await;
+    match waited {
+        Ok(()) => Ok(drained),
+        Err(WaitError::Timeout { after, .. }) => {
+            let left = Api::<Pod>::all(client.clone())
+                .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+                .await
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .filter(|p| evicting.contains(&p.uid().unwrap_or_default()))
+                        .map(|p| format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Err(DrainError::Timeout {
+                node: node.into(),
+                remaining: left,
+                after,
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Evicts one pod, retrying while a PodDisruptionBudget refuses (429) and
+/// time remains. A pod already gone counts as evicted.
+async fn evict(
+    client: &Client,
+    pod: &Pod,
+    deadline: tokio::time::Instant,
+) -> Result<(), DrainError> {
+    let namespace = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let attempt = || async { pods.evict(&name, &EvictParams::default()).await };
+    let result = attempt
+        .retry(
+            ConstantBuilder::default()
+                .with_delay(Duration::from_secs(2))
+                .without_max_times(),
+        )
+        .when(|e: &kube::Error| {
+            matches!(e, kube::Error::Api(s) if s.code == 429)
+                && tokio::time::Instant::now() < deadline
+        })
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 429 => Err(DrainError::Timeout {
+            node: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.clone())
+                .unwrap_or_default(),
+            remaining: vec![format!(
+                "{namespace}/{name} (eviction refused: {})",
+                s.message
+            )],
+            after: Duration::ZERO,
+        }),
+        Err(e) => Err(KubeError::new(format!("evicting pod {namespace}/{name}"), e).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(json: serde_json::Value) -> Pod {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn daemonset_mirror_and_finished_pods_stay() {
+        let ds = pod(
+            serde_json::json!({"metadata": {"name": "kata-deploy-x", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "kata-deploy", "uid": "u"}]}}),
+        );
+        assert_eq!(stays(&ds), Some("DaemonSet pod"));
+        let mirror = pod(
+            serde_json::json!({"metadata": {"name": "etcd", "annotations": {"kubernetes.io/config.mirror": "x"}}}),
+        );
+        assert_eq!(stays(&mirror), Some("mirror (static) pod"));
+        let done = pod(
+            serde_json::json!({"metadata": {"name": "job-x"}, "status": {"phase": "Succeeded"}}),
+        );
+        assert_eq!(stays(&done), Some("already finished"));
+        let app = pod(
+            serde_json::json!({"metadata": {"name": "web", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "u"}]}, "status": {"phase": "Running"}}),
+        );
+        assert_eq!(stays(&app), None);
+    }
+}

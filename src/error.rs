@@ -196,6 +196,7 @@ fn classified<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a dy
         crate::run_record::RecordError,
         crate::nodes::hold::HoldError,
         crate::kata_deploy::KataDeployError,
+        crate::drain::DrainError,
     );
     None
 }

@@ -3,13 +3,19 @@
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
+use futures::future::try_join_all;
 
-use crate::cli::{NodesArgs, RunArgs, parse_duration};
+use crate::annotations::NodeStatus;
+use crate::cli::{GlobalArgs, NodesArgs, RunArgs, parse_duration};
+use crate::drain::{Drained, drain};
+use crate::error::ExitStatus;
+use crate::nodes::hold;
+use crate::output::{self, Report};
 
 /// Flags of `klm drain`.
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "DaemonSet pods and mirror pods are left alone; PodDisruptionBudgets are honoured.\n\nExamples:\n  klm drain --nodes worker-1 --drain-timeout 5m"
+    after_help = "DaemonSet pods and mirror pods are left alone; PodDisruptionBudgets are honoured.\nCordon the nodes first (klm cordon), or evicted pods may land on them again.\n\nExamples:\n  klm drain --nodes worker-1 --drain-timeout 5m"
 )]
 pub struct Args {
     /// The nodes (cordon them first).
@@ -25,10 +31,60 @@ pub struct Args {
     pub run: RunArgs,
 }
 
+/// What drain did.
+#[derive(Debug, serde::Serialize)]
+pub struct Drain {
+    /// Per node.
+    pub nodes: Vec<Drained>,
+}
+
+impl Report for Drain {
+    fn text(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|d| {
+                let skipped: Vec<String> = d
+                    .skipped
+                    .iter()
+                    .map(|s| format!("{} ({})", s.pod, s.reason))
+                    .collect();
+                format!(
+                    "{}: evicted {}{}",
+                    d.node,
+                    if d.evicted.is_empty() {
+                        "nothing".to_string()
+                    } else {
+                        d.evicted.join(", ")
+                    },
+                    if skipped.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; left {}", skipped.join(", "))
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 /// Runs the step.
-pub async fn run(
-    _args: Args,
-    _global: &crate::cli::GlobalArgs,
-) -> anyhow::Result<crate::error::ExitStatus> {
-    Err(crate::error::UserError::failed("PLACEHOLDER: not written yet").into())
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let names = args.nodes.names();
+    let client = crate::cluster::client(global).await?;
+    let nodes_api = kube::Api::all(client.clone());
+    try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    for node in &names {
+        hold::set_status(&client, node, NodeStatus::Draining).await?;
+    }
+    // Evictions refused by a PodDisruptionBudget (429) are retried by drain itself, within its timeout.
+    let evicting = crate::cluster::client_without_retry(global).await?;
+    let drained = try_join_all(
+        names
+            .iter()
+            .map(|n| drain(&evicting, n, args.drain_timeout)),
+    )
+    .await?;
+    output::print(global.output, &Drain { nodes: drained })?;
+    Ok(ExitStatus::Done)
 }

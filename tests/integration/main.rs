@@ -2,6 +2,7 @@
 //! of the test rig, run as the chart's ServiceAccount.
 
 mod bad_input;
+mod drain;
 mod job_mode;
 mod support;
 mod upgrade;
