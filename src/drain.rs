@@ -75,8 +75,20 @@ impl Classify for DrainError {
     }
 }
 
-/// Why a pod must stay, or `None` when it is to be evicted.
-pub fn stays(pod: &Pod) -> Option<&'static str> {
+/// The label Argo Workflows puts on a workflow's pods.
+const WORKFLOW_LABEL: &str = "workflows.argoproj.io/workflow";
+
+/// Why a pod must stay, or `None` when it is to be evicted. `run_id` is the
+/// workflow driving the upgrade: its own step pods are never evicted.
+pub fn stays(pod: &Pod, run_id: Option<&str>) -> Option<&'static str> {
+    if run_id.is_some() && pod.labels().get(WORKFLOW_LABEL).map(String::as_str) == run_id {
+        return Some("a pod of the workflow running this upgrade");
+    }
+    if std::env::var("HOSTNAME").ok().as_deref() == Some(pod.name_any().as_str())
+        && std::path::Path::new("/var/run/secrets/kubernetes.io/serviceaccount").exists()
+    {
+        return Some("the pod klm runs in");
+    }
     if pod.owner_references().iter().any(|o| o.kind == "DaemonSet") {
         return Some("DaemonSet pod");
     }
@@ -100,7 +112,12 @@ pub fn stays(pod: &Pod) -> Option<&'static str> {
 
 /// Evicts the node's pods and waits, by watching, until they are gone.
 /// Evictions refused by a PodDisruptionBudget (429) are retried until `timeout`.
-pub async fn drain(client: &Client, node: &str, timeout: Duration) -> Result<Drained, DrainError> {
+pub async fn drain(
+    client: &Client,
+    node: &str,
+    run_id: Option<&str>,
+    timeout: Duration,
+) -> Result<Drained, DrainError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let all: Api<Pod> = Api::all(client.clone());
     let on_node = ListParams::default().fields(&format!("spec.nodeName={node}"));
@@ -115,7 +132,7 @@ pub async fn drain(client: &Client, node: &str, timeout: Duration) -> Result<Dra
     let mut evicting = BTreeSet::new();
     for pod in &pods.items {
         let id = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-        if let Some(reason) = stays(pod) {
+        if let Some(reason) = stays(pod, run_id) {
             drained.skipped.push(Skipped {
                 pod: id,
                 reason: reason.into(),
@@ -228,19 +245,27 @@ mod tests {
             serde_json::json!({"metadata": {"name": "kata-deploy-x", "ownerReferences": [
             {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "kata-deploy", "uid": "u"}]}}),
         );
-        assert_eq!(stays(&ds), Some("DaemonSet pod"));
+        assert_eq!(stays(&ds, None), Some("DaemonSet pod"));
         let mirror = pod(
             serde_json::json!({"metadata": {"name": "etcd", "annotations": {"kubernetes.io/config.mirror": "x"}}}),
         );
-        assert_eq!(stays(&mirror), Some("mirror (static) pod"));
+        assert_eq!(stays(&mirror, None), Some("mirror (static) pod"));
         let done = pod(
             serde_json::json!({"metadata": {"name": "job-x"}, "status": {"phase": "Succeeded"}}),
         );
-        assert_eq!(stays(&done), Some("already finished"));
+        assert_eq!(stays(&done, None), Some("already finished"));
         let app = pod(
             serde_json::json!({"metadata": {"name": "web", "ownerReferences": [
             {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "u"}]}, "status": {"phase": "Running"}}),
         );
-        assert_eq!(stays(&app), None);
+        assert_eq!(stays(&app, None), None);
+        let step = pod(
+            serde_json::json!({"metadata": {"name": "upgrade-x-cordon", "labels": {WORKFLOW_LABEL: "upgrade-x"}}}),
+        );
+        assert_eq!(
+            stays(&step, Some("upgrade-x")),
+            Some("a pod of the workflow running this upgrade")
+        );
+        assert_eq!(stays(&step, Some("another")), None);
     }
 }

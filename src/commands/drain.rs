@@ -82,7 +82,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let drained = try_join_all(
         names
             .iter()
-            .map(|n| drain(&evicting, n, args.drain_timeout)),
+            .map(|n| drain(&evicting, n, args.run.run_id.as_deref(), args.drain_timeout)),
     )
     .await?;
     output::print(global.output, &Drain { nodes: drained })?;
