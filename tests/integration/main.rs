@@ -6,3 +6,4 @@ mod drain;
 mod job_mode;
 mod support;
 mod upgrade;
+mod verify;
