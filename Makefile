@@ -20,7 +20,8 @@ rig-bins:
 
 ## Start the rig with the fixture kata-deploy and upgrade a few simulated nodes with klm, printing each step.
 demo: rig-bins
-	cargo build --bin klm --bin klm-rig
+	cargo build --bin klm
+	cargo build -p klm-rig --bin klm-rig
 	bash tests/demo.sh
 
 ## Start the rig for a person (Ctrl-C stops it); prints how to point kubectl and klm at it.
@@ -43,5 +44,6 @@ integration: rig-bins
 
 ## Speed measurements on the rig (numbers for the notes; not a test).
 bench: rig-bins
-	cargo build --release --bin klm --bin klm-rig
+	cargo build --release --bin klm
+	cargo build --release -p klm-rig --bin klm-rig
 	bash tests/bench.sh

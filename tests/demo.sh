@@ -36,7 +36,7 @@ run helm install kata-deploy "$charts/kata-deploy-3.27.0.tgz" --namespace kata-s
 run kubectl get nodes -o "$columns"
 
 say "Installing kata-lifecycle-manager's chart (Argo's CRDs first: it ships a WorkflowTemplate)"
-run kubectl apply --server-side -f "$root/../shared/argo-crds/v3.7.18/" >/dev/null
+run klm-rig argo-crds v3.7.18
 cat >"$work/verify-pod.yaml" <<'POD'
 apiVersion: v1
 kind: Pod
@@ -59,7 +59,7 @@ spec:
       command: ["sh", "-c", "uname -r"]
 POD
 run helm install klm "$root/chart/kata-lifecycle-manager" --namespace kata-system \
-	--set argoNamespace=kata-system --set defaults.helmNamespace=kata-system \
+	--set argoNamespace=kata-system --set defaults.helmNamespace=kata-system --set defaults.verificationNamespace=kata-system \
 	--set-file defaults.verificationPod="$work/verify-pod.yaml"
 
 say "From here on klm runs as the chart's ServiceAccount, with exactly its RBAC"
@@ -98,5 +98,28 @@ run klm complete --finish-run --target-version 3.28.0 "${release[@]}" "${chart[@
 run klm status "${release[@]}"
 
 say "What the simulated hosts report (like kata-runtime --version on each node)"
-KUBECONFIG=$admin_kubeconfig run kubectl get nodes -o "$columns,STATUS:.metadata.annotations.katacontainers\.io/kata-lifecycle-manager-status,VERIFIED:.metadata.annotations.katacontainers\.io/kata-current-version,SCHEDULABLE:.spec.unschedulable"
+KUBECONFIG=$admin_kubeconfig run kubectl get nodes -o "$columns,STATUS:.metadata.annotations.katacontainers\.io/kata-lifecycle-manager-status,VERIFIED:.metadata.annotations.katacontainers\.io/kata-current-version,UNSCHEDULABLE:.spec.unschedulable"
+say "A second run, to 3.33.0, whose verification fails on kata-2: klm rolls kata-2 back and stops"
+sed 's/    rig.klm.test\/outcome: succeed.*/&\n    node.rig.klm.test\/kata-2: fail  # the check fails on kata-2/' "$work/verify-pod.yaml" >"$work/verify-fails-on-kata-2.yaml"
+failing=(--verification-pod "$work/verify-fails-on-kata-2.yaml" --verification-namespace kata-system)
+export KLM_RUN_ID=demo-run-2
+run klm check-prerequisites --target-version 3.33.0 "${release[@]}" "${failing[@]}"
+run klm helm-upgrade --target-version 3.33.0 "${release[@]}" "${chart[@]}"
+for nodes in kata-1 kata-2 kata-3; do
+	say "Wave: $nodes"
+	if ! run klm status --fail-if-run-failed "${release[@]}" >/dev/null; then
+		echo "the run has failed: no further wave starts"
+		break
+	fi
+	run klm cordon --nodes "$nodes" "${release[@]}"
+	run klm restart-kata-pod --nodes "$nodes" "${release[@]}"
+	if run klm verify --nodes "$nodes" "${release[@]}" "${failing[@]}"; then
+		run klm complete --nodes "$nodes" --target-version 3.33.0 "${release[@]}" "${chart[@]}"
+	else
+		run klm rollback --nodes "$nodes" --reason "verification failed" "${release[@]}" "${chart[@]}" || true
+	fi
+done
+run klm uncordon --all-held
+run klm status "${release[@]}" || true
+KUBECONFIG=$admin_kubeconfig run kubectl get nodes -o "$columns,STATUS:.metadata.annotations.katacontainers\.io/kata-lifecycle-manager-status,VERIFIED:.metadata.annotations.katacontainers\.io/kata-current-version,UNSCHEDULABLE:.spec.unschedulable"
 say "Done. The rig stops now; \`make rig-up\` keeps one running for you."

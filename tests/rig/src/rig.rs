@@ -230,42 +230,48 @@ impl Rig {
         if applied.as_deref() == Some(version) {
             return Ok(());
         }
-        let dir = argo_crds_dir().join(version);
-        let client = self.client().await?;
-        let crds: Api<CustomResourceDefinition> = Api::all(client);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .with_context(|| {
-                format!(
-                    "reading {} (Argo CRDs live in ../shared/argo-crds)",
-                    dir.display()
-                )
-            })?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-            .collect();
-        files.sort();
-        for file in files {
-            let text = std::fs::read_to_string(&file)?;
-            let crd: CustomResourceDefinition = serde_saphyr::from_str(&text)
-                .with_context(|| format!("parsing {}", file.display()))?;
-            let name = crd.name_any();
-            crds.patch(
-                &name,
-                &PatchParams::apply("klm-rig").force(),
-                &Patch::Apply(&crd),
-            )
-            .await
-            .with_context(|| format!("applying {}", file.display()))?;
-            tokio::time::timeout(
-                Duration::from_secs(60),
-                await_condition(crds.clone(), &name, conditions::is_crd_established()),
-            )
-            .await
-            .with_context(|| format!("CRD {name} not established within 60s"))??;
-        }
+        apply_argo_crds(&self.client().await?, version).await?;
         *applied = Some(version.to_string());
         Ok(())
     }
+}
+
+/// Server-side applies Argo Workflows' full CRDs of `version` (a directory
+/// of `../shared/argo-crds`) and waits until they are established.
+pub async fn apply_argo_crds(client: &Client, version: &str) -> Result<()> {
+    let dir = argo_crds_dir().join(version);
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| {
+            format!(
+                "reading {} (Argo CRDs live in ../shared/argo-crds)",
+                dir.display()
+            )
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let text = std::fs::read_to_string(&file)?;
+        let crd: CustomResourceDefinition =
+            serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply("klm-rig").force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("applying {}", file.display()))?;
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .with_context(|| format!("CRD {name} not established within 60s"))??;
+    }
+    Ok(())
 }
 
 /// Where `../shared/argo-crds` is (`KLM_ARGO_CRDS` overrides).

@@ -35,6 +35,14 @@ enum Command {
         #[arg(long)]
         stdin_lifeline: bool,
     },
+    /// Apply Argo Workflows' full CRDs (server-side) and wait until they are established.
+    ArgoCrds {
+        /// v3.7.18 or v4.1.2 (a directory of ../shared/argo-crds).
+        version: String,
+        /// The cluster's kubeconfig.
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: PathBuf,
+    },
     /// Package the fixture kata-deploy chart at every version it imitates.
     Charts {
         /// Where the `kata-deploy-<version>.tgz` files go (default: target/rig/charts).
@@ -59,6 +67,14 @@ async fn main() -> Result<()> {
             ready_file,
             stdin_lifeline,
         } => (nodes, dir, ready_file, stdin_lifeline),
+        Command::ArgoCrds {
+            version,
+            kubeconfig,
+        } => {
+            let client = klm_rig::rig::client_for(&kubeconfig).await?;
+            klm_rig::rig::apply_argo_crds(&client, &version).await?;
+            return Ok(());
+        }
         Command::Charts { dir } => {
             let dir = dir.unwrap_or_else(|| {
                 klm_rig::control_plane::workspace_root().join("target/rig/charts")
