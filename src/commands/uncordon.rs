@@ -58,6 +58,14 @@ impl Report for Uncordoned {
                 .iter()
                 .map(|n| format!("{n}: not held by this run; left as it is")),
         );
+        lines.extend(
+            self.kept_failed
+                .iter()
+                .map(|n| format!("{n}: left cordoned: its rollback failed (see klm status)")),
+        );
+        if lines.is_empty() {
+            return "no node is held: nothing to uncordon".into();
+        }
         lines.join("\n")
     }
 }
