@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod drain;
+mod edges;
 mod job_mode;
 mod support;
 mod upgrade;
