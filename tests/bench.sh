@@ -43,14 +43,23 @@ for _ in $(seq "$runs"); do
 done
 sort -n "$work/samples" | awk -v n="$runs" 'NR == int((n + 1) / 2) {printf "  median: %.0f ms, %d KiB (%.1f MiB)\n", $1, $2, $2 / 1024}'
 python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("  selected %d nodes in %d waves" % (d["count"], len(d["waves"])))' "$work/waves.json"
-requests=$(grep -c '"username":"system:serviceaccount:default:bench".*"stage":"ResponseComplete"' "$work/rig/audit.log" || true)
-echo "  API requests per run: $((requests / runs)) (audit log, $requests over $runs runs)"
-grep '"username":"system:serviceaccount:default:bench".*"stage":"ResponseComplete"' "$work/rig/audit.log" | python3 -c '
-import json, sys, collections
-c = collections.Counter()
-for line in sys.stdin:
-    e = json.loads(line); o = e.get("objectRef", {})
-    c[(e["verb"], o.get("resource", ""))] += 1
-for (verb, res), n in sorted(c.items()): print(f"    {verb} {res}: {n}")'
+python3 - "$work/rig/audit.log" "$runs" <<'PY'
+import collections, json, sys
+counts = collections.Counter()
+for line in open(sys.argv[1]):
+    event = json.loads(line)
+    if event["user"]["username"] != "system:serviceaccount:default:bench" or event["stage"] != "ResponseComplete":
+        continue
+    counts[(event["verb"], event.get("objectRef", {}).get("resource", ""))] += 1
+runs = int(sys.argv[2])
+print(f"  API requests per run: {sum(counts.values()) / runs:g}")
+for (verb, resource), n in sorted(counts.items()):
+    print(f"    {verb} {resource}: {n / runs:g} per run")
+PY
+echo
+echo "for comparison, the same nodes listed by kubectl in one request (JSON, discarded):"
+for _ in 1 2 3; do
+	/usr/bin/time -f '  %e s  %M KiB' "$bin/kubectl" --kubeconfig "$sa" get --raw '/api/v1/nodes?limit=5000' >/dev/null
+done
 exec {RIG[1]}>&-
 wait "$RIG_PID" || true
