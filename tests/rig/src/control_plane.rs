@@ -298,6 +298,25 @@ impl ControlPlane {
         }
     }
 
+    /// Restarts kube-apiserver (same flags, port and storage) and waits until
+    /// it is ready again: for tests that prove watches survive it.
+    pub fn restart_apiserver(&mut self) -> Result<()> {
+        let started = Instant::now();
+        let apiserver = self
+            .components
+            .iter_mut()
+            .find(|c| c.name == "kube-apiserver")
+            .ok_or_else(|| anyhow::anyhow!("no kube-apiserver in this rig"))?;
+        apiserver.restart()?;
+        let port = self
+            .server
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        self.wait_ready(&port, started)
+    }
+
     /// Fails with the log tail of the first component that exited.
     pub fn check_alive(&mut self) -> Result<()> {
         for component in &mut self.components {

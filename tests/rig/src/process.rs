@@ -2,7 +2,7 @@
 //! with its output in a log file, and dies with the thread that started it
 //! (`PR_SET_PDEATHSIG`), so a killed test run leaves nothing behind.
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -17,6 +17,9 @@ pub struct Component {
     pub name: String,
     /// Its combined stdout and stderr.
     pub log: PathBuf,
+    binary: PathBuf,
+    args: Vec<String>,
+    dir: PathBuf,
     child: Child,
 }
 
@@ -24,36 +27,23 @@ impl Component {
     /// Starts `binary args...` with its output in `dir/<name>.log`.
     pub fn start(name: &str, binary: &Path, args: &[String], dir: &Path) -> Result<Component> {
         let log = dir.join(format!("{name}.log"));
-        let out = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let err = out.try_clone()?;
-        let mut command = Command::new(binary);
-        command
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .process_group(0);
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = command.spawn().with_context(|| {
-            format!(
-                "starting {name} ({}): run `make rig-bins` to build the rig's binaries",
-                binary.display()
-            )
-        })?;
+        let child = spawn(name, binary, args, dir, &log)?;
         Ok(Component {
             name: name.to_string(),
             log,
+            binary: binary.to_path_buf(),
+            args: args.to_vec(),
+            dir: dir.to_path_buf(),
             child,
         })
+    }
+
+    /// Stops the component and starts it again with the same arguments; its
+    /// log goes on in the same file.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.child = spawn(&self.name, &self.binary, &self.args, &self.dir, &self.log)?;
+        Ok(())
     }
 
     /// Fails with the log tail when the process has already exited.
@@ -96,6 +86,40 @@ impl Drop for Component {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Starts one process in its own process group, its output appended to
+/// `log`, killed when the thread that started it ends.
+fn spawn(name: &str, binary: &Path, args: &[String], dir: &Path, log: &Path) -> Result<Child> {
+    let out = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut command = Command::new(binary);
+    command
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .process_group(0);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command.spawn().with_context(|| {
+        format!(
+            "starting {name} ({}): run `make rig-bins` to build the rig's binaries",
+            binary.display()
+        )
+    })
 }
 
 /// The last `lines` lines of a file (at most its last 64 KiB).

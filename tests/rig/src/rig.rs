@@ -33,6 +33,13 @@ pub struct Rig {
     audit_log: PathBuf,
     namespaces: AtomicU32,
     crds: tokio::sync::Mutex<Option<String>>,
+    control: Option<tokio::sync::mpsc::UnboundedSender<Control>>,
+}
+
+/// A request to the thread that owns the control plane's processes.
+#[derive(Debug)]
+enum Control {
+    RestartApiserver(tokio::sync::oneshot::Sender<std::result::Result<(), String>>),
 }
 
 static SHARED: OnceLock<std::result::Result<Rig, String>> = OnceLock::new();
@@ -73,7 +80,9 @@ impl Rig {
                     }
                 };
                 let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-                let rig = Rig::from_plane(&plane);
+                let (control, mut requests) = tokio::sync::mpsc::unbounded_channel();
+                let mut rig = Rig::from_plane(&plane);
+                rig.control = Some(control);
                 let ready = runtime.block_on(rig.wait_controllers());
                 if let Err(e) = ready {
                     let _ = sender.send(Err(e.context(plane.log_tails(20))));
@@ -82,17 +91,27 @@ impl Rig {
                 tracing::info!(elapsed = ?started.elapsed(), dir = %plane.dir.display(), "rig ready");
                 let _ = sender.send(Ok(rig));
                 let kubeconfig = plane.admin_kubeconfig.clone();
-                let result = runtime.block_on(async move {
-                    let client = client_for(&kubeconfig).await?;
-                    simulator::run(client).await
+                let mut plane = plane;
+                runtime.block_on(async move {
+                    tokio::spawn(async move {
+                        let result = match client_for(&kubeconfig).await {
+                            Ok(client) => simulator::run(client).await,
+                            Err(e) => Err(e),
+                        };
+                        if let Err(e) = result {
+                            tracing::error!("the kata-deploy simulator stopped: {e:#}");
+                        }
+                    });
+                    // Serve control requests; the processes live as long as this thread.
+                    while let Some(request) = requests.recv().await {
+                        match request {
+                            Control::RestartApiserver(reply) => {
+                                let _ = reply.send(plane.restart_apiserver().map_err(|e| format!("{e:#}")));
+                            }
+                        }
+                    }
+                    std::future::pending::<()>().await;
                 });
-                if let Err(e) = result {
-                    tracing::error!("the kata-deploy simulator stopped: {e:#}");
-                }
-                // Keep the control plane alive as long as the process.
-                loop {
-                    std::thread::park();
-                }
             })?;
         receiver
             .recv()
@@ -115,7 +134,24 @@ impl Rig {
             audit_log: plane.audit_log.clone(),
             namespaces: AtomicU32::new(0),
             crds: tokio::sync::Mutex::new(None),
+            control: None,
         }
+    }
+
+    /// Restarts kube-apiserver and waits until it serves again (clients and
+    /// watches see their connections drop). Only for a rig started with
+    /// [`Rig::start_owned`] or [`Rig::shared`].
+    pub async fn restart_apiserver(&self) -> Result<()> {
+        let control = self
+            .control
+            .as_ref()
+            .ok_or_else(|| anyhow!("this rig cannot restart its apiserver"))?;
+        let (reply, done) = tokio::sync::oneshot::channel();
+        control
+            .send(Control::RestartApiserver(reply))
+            .map_err(|_| anyhow!("the rig thread is gone"))?;
+        done.await?
+            .map_err(|e| anyhow!("restarting the apiserver: {e}"))
     }
 
     /// Waits until the controller-manager has created the `default`
