@@ -63,3 +63,81 @@ for _ in 1 2 3; do
 done
 exec {RIG[1]}>&-
 wait "$RIG_PID" || true
+
+# ---------------------------------------------------------------------------
+# One daemonset-mode wave of one node, as the chart's ServiceAccount: how long
+# from the event a step waits for (the new kata-deploy pod Ready and the node
+# labelled; the verification pod Succeeded) to the step returning, and how
+# many API requests each step makes.
+echo
+echo "one wave of one node (3-node rig, chart's ServiceAccount):"
+work2=$(mktemp -d)
+coproc RIG2 { exec "$root/target/release/klm-rig" up --nodes 3 --dir "$work2/rig" --stdin-lifeline 2>"$work2/rig.log"; }
+read -r ready2 <&"${RIG2[0]}" || { tail -20 "$work2/rig.log" >&2; exit 1; }
+export KUBECONFIG=$work2/rig/admin.kubeconfig
+"$root/target/release/klm-rig" charts --dir "$work2/charts" >/dev/null
+"$bin/helm" install kata-deploy "$work2/charts/kata-deploy-3.27.0.tgz" -n kata-system --create-namespace --wait --timeout 120s >/dev/null
+"$root/target/release/klm-rig" argo-crds v3.7.18
+cat >"$work2/pod.yaml" <<'POD'
+apiVersion: v1
+kind: Pod
+metadata:
+  name: ${TEST_POD}
+  annotations:
+    rig.klm.test/outcome: succeed
+spec:
+  restartPolicy: Never
+  nodeSelector:
+    kubernetes.io/hostname: ${NODE}
+  tolerations:
+    - operator: Exists
+  containers:
+    - name: verify
+      image: registry.invalid/verify:1
+POD
+"$bin/helm" install klm chart/kata-lifecycle-manager -n kata-system --set argoNamespace=kata-system \
+	--set defaults.helmNamespace=kata-system --set defaults.verificationNamespace=kata-system \
+	--set-file defaults.verificationPod="$work2/pod.yaml" >/dev/null
+server=$("$bin/kubectl" config view --minify -o jsonpath='{.clusters[0].cluster.server}')
+sa2=$work2/sa.kubeconfig
+"$bin/kubectl" config --kubeconfig "$sa2" set-cluster rig --server "$server" --certificate-authority "$work2/rig/pki/ca.crt" >/dev/null
+"$bin/kubectl" config --kubeconfig "$sa2" set-credentials klm --token "$("$bin/kubectl" create token klm-kata-lifecycle-manager -n kata-system)" >/dev/null
+"$bin/kubectl" config --kubeconfig "$sa2" set-context rig --cluster rig --user klm >/dev/null
+"$bin/kubectl" config --kubeconfig "$sa2" use-context rig >/dev/null
+common=(--kubeconfig "$sa2" --helm-namespace kata-system --helm "$bin/helm")
+export KLM_RUN_ID=bench-wave
+step() { # name, klm args...: records start and end (epoch seconds)
+	local name=$1
+	shift
+	local start end
+	start=$(date +%s.%N)
+	"$klm" "$@" >/dev/null 2>>"$work2/klm.log"
+	end=$(date +%s.%N)
+	echo "$name $start $end" >>"$work2/steps"
+}
+step check-prerequisites check-prerequisites --target-version 3.28.0 --verification-pod "$work2/pod.yaml" --verification-namespace kata-system "${common[@]}"
+step helm-upgrade helm-upgrade --target-version 3.28.0 --chart "$work2/charts/kata-deploy-{version}.tgz" "${common[@]}"
+step cordon cordon --nodes kata-1 "${common[@]}"
+step restart-kata-pod restart-kata-pod --nodes kata-1 "${common[@]}"
+step verify verify --nodes kata-1 --verification-pod "$work2/pod.yaml" --verification-namespace kata-system "${common[@]}"
+step complete complete --nodes kata-1 --target-version 3.28.0 "${common[@]}"
+python3 - "$work2/rig/audit.log" "$work2/steps" <<'PY'
+import datetime, json, sys
+def ts(text):
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+events = [json.loads(line) for line in open(sys.argv[1])]
+steps = [line.split() for line in open(sys.argv[2])]
+user = "system:serviceaccount:kata-system:klm-kata-lifecycle-manager"
+for name, start, end in steps:
+    start, end = float(start), float(end)
+    mine = [e for e in events if e["user"]["username"] == user and e["stage"] == "ResponseComplete"
+            and start <= ts(e["requestReceivedTimestamp"]) <= end]
+    # the world's last change the step waited for: kwok's pod status or the simulator's node write
+    world = [ts(e["stageTimestamp"]) for e in events if e["user"]["username"] == "rig-admin"
+             and e["stage"] == "ResponseComplete" and start <= ts(e["stageTimestamp"]) <= end]
+    latency = f", {(end - max(world)) * 1000:.0f} ms from the last event it waited for to its return" if world and name in ("restart-kata-pod", "verify") else ""
+    print(f"  {name:20s} {(end - start) * 1000:6.0f} ms, {len(mine):3d} API requests (klm and the helm it runs){latency}")
+PY
+exec {RIG2[1]}>&-
+wait "$RIG2_PID" || true
+rm -rf "$work2"
