@@ -4,6 +4,7 @@
 mod bad_input;
 mod drain;
 mod edges;
+mod idempotence;
 mod job_mode;
 mod support;
 mod upgrade;

@@ -253,6 +253,12 @@ impl Case {
     /// Runs klm as the chart's ServiceAccount, with the case's release,
     /// namespace and chart reference filled in where the subcommand takes them.
     pub async fn klm(&self, args: &[&str]) -> Klm {
+        let output = self.klm_command(args).output().await.expect("klm runs");
+        Klm::from(output)
+    }
+
+    /// The klm command [`Case::klm`] runs, for a test that starts and kills it itself.
+    pub fn klm_command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_klm"));
         command.args(args);
         if !args.contains(&"--kubeconfig") {
@@ -277,8 +283,7 @@ impl Case {
         {
             command.args(["--chart", &chart_reference()]);
         }
-        let output = command.output().await.expect("klm runs");
-        Klm::from(output)
+        command
     }
 
     /// A node of the case by index.
