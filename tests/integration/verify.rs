@@ -87,6 +87,11 @@ async fn verify_passes_fails_and_reports_hopeless_pods_fast() {
         "the pod's events are reported: {}",
         failed.stdout
     );
+    assert!(
+        failed.stdout.contains("simulated container output"),
+        "the pod's logs are reported: {}",
+        failed.stdout
+    );
 
     for (name, outcome, says) in [
         ("crash", "crash", "CrashLoopBackOff"),

@@ -231,8 +231,20 @@ impl ControlPlane {
             ],
         )?;
 
+        // What `kubectl logs` shows for every simulated container.
+        let container_log = dir.join("container.log");
+        std::fs::write(
+            &container_log,
+            "2026-01-01T00:00:00.000000000Z stdout F rig: simulated container output (kwok runs no containers)\n",
+        )?;
         let stages = dir.join("kwok-stages.yaml");
-        std::fs::write(&stages, STAGES)?;
+        std::fs::write(
+            &stages,
+            format!(
+                "{STAGES}\n---\napiVersion: kwok.x-k8s.io/v1alpha1\nkind: ClusterLogs\nmetadata:\n  name: rig-logs\nspec:\n  logs:\n    - logsFile: {}\n",
+                container_log.display()
+            ),
+        )?;
         plane.spawn(
             "kwok",
             &bin.join("kwok"),
