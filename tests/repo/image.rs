@@ -42,6 +42,29 @@ fn every_base_is_pinned_by_digest_or_is_an_earlier_stage() {
 }
 
 #[test]
+fn no_unpinned_frontend_image_is_pulled() {
+    // A `# syntax=` directive makes BuildKit pull and run that frontend image.
+    for file in [
+        "image/Containerfile",
+        "tests/fixtures/e2e/kata-deploy.Containerfile",
+        "tests/fixtures/e2e/klm-with-charts.Containerfile",
+    ] {
+        for line in read(file)
+            .lines()
+            .filter(|l| l.trim_start().starts_with('#'))
+        {
+            let directive = line.trim_start_matches('#').trim();
+            if let Some(frontend) = directive.strip_prefix("syntax=") {
+                assert!(
+                    frontend.contains("@sha256:"),
+                    "{file}: pin the frontend by digest or use the builder's own: {line}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn builders_run_on_the_build_platform_and_the_final_stage_runs_nothing() {
     let file = containerfile();
     let (builders, [runtime]) = file.stages.split_at(file.stages.len() - 1) else {
