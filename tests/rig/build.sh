@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test rig's Go binaries from the pinned module in tests/rig/go into
 # target/rig/bin: kuberig (etcd + kube-apiserver + kube-controller-manager +
-# kube-scheduler + kubectl, linked under each name), kwok and helm.
+# kube-scheduler + kubelet + kubectl, linked under each name), kwok and helm.
 # Skips the build when a stamp of the inputs matches; prints how long it took.
 set -euo pipefail
 
@@ -36,7 +36,7 @@ echo "building kuberig ($kube_version), kwok and helm ($helm_version) into $bin"
 go build -trimpath -ldflags "$kube_ldflags" -o "$bin/kuberig" .
 go build -trimpath -ldflags "-s -w" -o "$bin/kwok" sigs.k8s.io/kwok/cmd/kwok
 go build -trimpath -ldflags "$helm_ldflags" -o "$bin/helm" helm.sh/helm/v4/cmd/helm
-for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl; do
 	ln -sf kuberig "$bin/$name"
 done
 echo "$stamp" > "$bin/.stamp"

@@ -1,12 +1,13 @@
 // Command kuberig is a multi-call binary holding etcd and the Kubernetes
 // control-plane components the test rig runs. It dispatches on the name it is
 // invoked as (kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,
-// etcd), so the rig links it once under each name; "kuberig <component> ..."
+// etcd, kubelet), so the rig links it once under each name; "kuberig <component> ..."
 // works too. Linking one binary instead of five saves minutes of link time and
 // gigabytes of disk on the 2-core test machine.
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -23,6 +24,7 @@ import (
 	kubectlutil "k8s.io/kubectl/pkg/cmd/util"
 	apiserver "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
 )
 
@@ -40,13 +42,15 @@ func main() {
 		os.Exit(cli.Run(controllermanager.NewControllerManagerCommand()))
 	case "kube-scheduler":
 		os.Exit(cli.Run(scheduler.NewSchedulerCommand()))
+	case "kubelet":
+		os.Exit(cli.Run(kubelet.NewKubeletCommand(context.Background())))
 	case "kubectl":
 		logs.GlogSetter(kubectlcmd.GetLogVerbosity(os.Args)) //nolint:errcheck
 		if err := cli.RunNoErrOutput(kubectlcmd.NewDefaultKubectlCommand()); err != nil {
 			kubectlutil.CheckErr(err)
 		}
 	default:
-		fmt.Fprintf(os.Stderr, "kuberig: unknown component %q (want etcd, kube-apiserver, kube-controller-manager, kube-scheduler or kubectl)\n", name)
+		fmt.Fprintf(os.Stderr, "kuberig: unknown component %q (want etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet or kubectl)\n", name)
 		os.Exit(2)
 	}
 }
