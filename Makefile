@@ -12,9 +12,10 @@ all: build
 build:
 	cargo build --bin klm
 
-## Build the rig's Go binaries (control plane, kwok, helm, argolint, actionlint) when missing or stale.
+## Build the rig's Go binaries (control plane, kwok, helm, Argo, argolint, actionlint) when missing or stale.
 rig-bins:
 	bash tests/rig/build.sh
+	bash tests/argo/build.sh
 	@if [ -f tests/argolint/build.sh ]; then bash tests/argolint/build.sh; fi
 	@if [ -f tests/tools/build.sh ]; then bash tests/tools/build.sh; fi
 
