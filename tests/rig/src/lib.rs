@@ -7,6 +7,7 @@
 //! Tests share one rig per test binary ([`Rig::shared`]) and isolate
 //! themselves by namespace and node names.
 
+pub mod argo_crds;
 pub mod audit;
 pub mod charts;
 pub mod control_plane;

@@ -37,7 +37,8 @@ enum Command {
     },
     /// Apply Argo Workflows' full CRDs (server-side) and wait until they are established.
     ArgoCrds {
-        /// v3.7.18 or v4.1.2 (a directory of ../shared/argo-crds).
+        /// The version the repository pins: v3.7.18 (tests/argo) or v4.0.7
+        /// (tests/argolint/v4); read from the Argo module in the Go module cache.
         version: String,
         /// The cluster's kubeconfig.
         #[arg(long, env = "KUBECONFIG")]
@@ -72,7 +73,7 @@ async fn main() -> Result<()> {
             kubeconfig,
         } => {
             let client = klm_rig::rig::client_for(&kubeconfig).await?;
-            klm_rig::rig::apply_argo_crds(&client, &version).await?;
+            klm_rig::argo_crds::apply(&client, &version).await?;
             return Ok(());
         }
         Command::Charts { dir } => {
