@@ -15,7 +15,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client, Config};
 
+use crate::argo::ArgoTier;
 use crate::control_plane::{ControlPlane, bin_dir, workspace_root};
+use crate::pki::Pki;
 use crate::{AuditRequest, NodeSpec, audit, kubeconfig, nodes, simulator};
 
 /// A running control plane with kwok and the kata-deploy simulator.
@@ -33,6 +35,8 @@ pub struct Rig {
     namespaces: AtomicU32,
     crds: tokio::sync::Mutex<Option<String>>,
     control: Option<tokio::sync::mpsc::UnboundedSender<Control>>,
+    pki: Pki,
+    argo: OnceLock<std::result::Result<ArgoTier, String>>,
 }
 
 /// A request to the thread that owns the control plane's processes.
@@ -134,6 +138,8 @@ impl Rig {
             namespaces: AtomicU32::new(0),
             crds: tokio::sync::Mutex::new(None),
             control: None,
+            pki: plane.pki.clone(),
+            argo: OnceLock::new(),
         }
     }
 
@@ -185,6 +191,16 @@ impl Rig {
     /// A binary of the rig (`kubectl`, `helm`, `kwok`, ...).
     pub fn bin(&self, name: &str) -> PathBuf {
         bin_dir().join(name)
+    }
+
+    /// The rig's PKI (certificate and key files).
+    pub fn pki(&self) -> &Pki {
+        &self.pki
+    }
+
+    /// Where the Argo tier of this rig is kept once started (see `argo`).
+    pub(crate) fn argo_slot(&self) -> &OnceLock<std::result::Result<ArgoTier, String>> {
+        &self.argo
     }
 
     /// The rig's working directory (logs, PKI, kubeconfigs).
