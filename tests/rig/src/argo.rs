@@ -85,10 +85,15 @@ impl Rig {
             if std::env::var("CI").as_deref() == Ok("true") {
                 bail!("CI=true but this machine cannot run the rig's real node: {why}");
             }
-            #[allow(clippy::print_stderr)]
-            {
-                eprintln!("skipping the real-node (Argo) tier: {why}");
-            }
+            // Once per test binary, and past libtest's capture (not eprintln!).
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipping the real-node (Argo) tier: {why}"
+                );
+            });
             return Ok(None);
         }
         Rig::shared_with_argo().await.map(Some)
