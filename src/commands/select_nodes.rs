@@ -46,7 +46,7 @@ pub struct Args {
     /// Also write only the waves' indices, `[1,2,...]`, to this file: the
     /// workflow loops over them and each step reads its wave from the run
     /// record (needs --run-id).
-    #[arg(long, value_name = "PATH", requires = "run_id")]
+    #[arg(long, value_name = "PATH")]
     pub index_file: Option<PathBuf>,
 
     /// Record the plan in this run's record, so that steps can take `--wave K`.
@@ -121,6 +121,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .as_deref()
         .map(crate::versions::parse)
         .transpose()?;
+    if args.index_file.is_some() && args.run.run_id.is_none() {
+        return Err(crate::error::UserError::bad_input(
+            "--index-file needs the run: its steps read their wave from the run record",
+        )
+        .hint("pass --run-id (or set KLM_RUN_ID) with --index-file, or use --waves-file")
+        .into());
+    }
     let client = crate::cluster::client(global).await?;
     let helm = super::helm(&args.release, global);
     let selection = select(
