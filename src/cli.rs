@@ -63,7 +63,7 @@ pub struct GlobalArgs {
     pub output: OutputFormat,
 
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KLM_LOG_FORMAT")]
     pub log_format: LogFormat,
 
     /// More log detail (-v debug, -vv trace).
@@ -116,17 +116,31 @@ pub enum Command {
     Status(commands::status::Args),
     /// Show what an upgrade would do, changing nothing.
     Plan(commands::plan::Args),
+    /// End a wave: complete its verified nodes, or roll it back and fail.
+    Settle(commands::settle::Args),
+    /// End a run however it ended: roll back nodes caught mid-upgrade, release the rest, close the record.
+    CloseRun(commands::close_run::Args),
 }
 
 /// Which kata-deploy release to act on.
 #[derive(Debug, Clone, Args)]
 pub struct ReleaseArgs {
     /// Name of the kata-deploy Helm release.
-    #[arg(long, default_value = "kata-deploy", value_name = "NAME")]
+    #[arg(
+        long,
+        default_value = "kata-deploy",
+        env = "KLM_HELM_RELEASE",
+        value_name = "NAME"
+    )]
     pub helm_release: String,
 
     /// Namespace of the kata-deploy Helm release.
-    #[arg(long, default_value = "kube-system", value_name = "NAMESPACE")]
+    #[arg(
+        long,
+        default_value = "kube-system",
+        env = "KLM_HELM_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
     pub helm_namespace: String,
 
     /// The helm binary to run.
@@ -138,11 +152,11 @@ pub struct ReleaseArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ChartArgs {
     /// The kata-deploy chart: an OCI reference, a repo/chart name, or a local path or .tgz.
-    #[arg(long, default_value = crate::release::DEFAULT_CHART, value_name = "REF")]
+    #[arg(long, default_value = crate::release::DEFAULT_CHART, env = "KLM_CHART", value_name = "REF")]
     pub chart: String,
 
     /// How long one helm operation may take.
-    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_HELM_TIMEOUT", value_name = "DURATION")]
     pub helm_timeout: Duration,
 }
 
@@ -154,12 +168,16 @@ pub struct RunArgs {
     pub run_id: Option<String>,
 }
 
-/// The nodes a step acts on.
+/// The nodes a step acts on: named, or one wave of the run's plan.
 #[derive(Debug, Clone, Args)]
 pub struct NodesArgs {
     /// Nodes to act on: names separated by commas, or a JSON list; repeatable.
-    #[arg(long = "nodes", alias = "node", required = true, value_name = "NODES", value_parser = parse_node_list)]
+    #[arg(long = "nodes", alias = "node", required_unless_present = "wave", value_name = "NODES", value_parser = parse_node_list)]
     pub nodes: Vec<NodeList>,
+
+    /// Instead of --nodes: wave K (from 1) of the run's plan, as `select-nodes --run-id` recorded it.
+    #[arg(long, value_name = "K", conflicts_with = "nodes", value_parser = clap::value_parser!(u32).range(1..))]
+    pub wave: Option<u32>,
 }
 
 /// Nodes named on the command line, or (for uncordon) every node a run holds.
@@ -245,11 +263,16 @@ pub struct VerificationArgs {
     pub verification_pod_base64: Option<String>,
 
     /// Namespace the verification pods run in.
-    #[arg(long, default_value = "default", value_name = "NAMESPACE")]
+    #[arg(
+        long,
+        default_value = "default",
+        env = "KLM_VERIFICATION_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
     pub verification_namespace: String,
 
     /// How long one node's verification may take.
-    #[arg(long, default_value = "180s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "180s", value_parser = parse_duration, env = "KLM_VERIFICATION_TIMEOUT", value_name = "DURATION")]
     pub verification_timeout: Duration,
 
     /// Keep a failed verification pod for inspection instead of deleting it.

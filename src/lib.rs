@@ -44,5 +44,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Complete(args) => commands::complete::run(args, global).await,
         Command::Status(args) => commands::status::run(args, global).await,
         Command::Plan(args) => commands::plan::run(args, global).await,
+        Command::Settle(args) => commands::settle::run(args, global).await,
+        Command::CloseRun(args) => commands::close_run::run(args, global).await,
     }
 }

@@ -103,6 +103,17 @@ pub enum RunState {
     Failed,
     /// Every wave completed and the run was finished.
     Completed,
+    /// The run ended before its waves were done without a wave failing
+    /// (stopped, terminated, past a deadline, a step that died); the exit
+    /// handler or `klm close-run` closed it. A new run may start.
+    Interrupted,
+}
+
+impl RunState {
+    /// Whether the run is over: no further wave may start, a new run may.
+    pub fn is_closed(self) -> bool {
+        !matches!(self, RunState::Running)
+    }
 }
 
 /// The release as it was before the run: the rollback target.
@@ -173,9 +184,19 @@ pub struct RunRecord {
     /// install Jobs older than this belong to an earlier wave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wave_started_at: Option<String>,
+    /// The run's plan as `select-nodes --run-id` recorded it: the nodes of
+    /// wave 1, 2, ... (the workflow passes only a wave's index).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waves: Vec<Vec<String>>,
 }
 
 impl RunRecord {
+    /// The nodes of wave `index` (from 1) of the recorded plan.
+    pub fn wave(&self, index: u32) -> Option<&[String]> {
+        let at = usize::try_from(index).ok()?.checked_sub(1)?;
+        self.waves.get(at).map(Vec::as_slice)
+    }
+
     /// The nodes the run touched that are in one of these states.
     pub fn nodes_in(&self, states: &[NodeProgress]) -> Vec<String> {
         self.nodes
@@ -418,11 +439,15 @@ mod tests {
             ]),
             mechanics: BTreeMap::from([("updateStrategy.type".to_string(), json!("OnDelete"))]),
             wave_started_at: None,
+            waves: vec![vec!["a".into()], vec!["b".into()]],
         };
         let text = serde_json::to_string(&record).unwrap();
         assert!(text.contains("\"runId\":\"upgrade-1\""));
         assert!(text.contains("\"rolled-back\"") || text.contains("\"held\""));
         assert_eq!(serde_json::from_str::<RunRecord>(&text).unwrap(), record);
+        assert_eq!(record.wave(2), Some(&["b".to_string()][..]));
+        assert_eq!(record.wave(0), None);
+        assert_eq!(record.wave(3), None);
         assert_eq!(
             record.nodes_in(&[NodeProgress::Held]),
             vec!["b".to_string()]

@@ -1,9 +1,11 @@
 //! `klm check-prerequisites`: can this upgrade start? Records what rollback needs.
 
+use std::time::Duration;
+
 use clap::Args as ClapArgs;
 use kube::Client;
 
-use crate::cli::{GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs};
+use crate::cli::{GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration};
 use crate::error::{ExitStatus, UserError};
 use crate::helm::Helm;
 use crate::output::{self, Report};
@@ -36,6 +38,69 @@ pub struct Args {
     /// The verification pod to validate.
     #[command(flatten)]
     pub verification: VerificationArgs,
+
+    /// The deadline each workflow step gets (the chart's
+    /// workflow.stepDeadlineSeconds): timeouts that a step could not finish
+    /// within are refused. Without it, nothing is checked.
+    #[arg(long, value_parser = parse_duration, env = "KLM_STEP_DEADLINE", value_name = "DURATION")]
+    pub step_deadline: Option<Duration>,
+
+    /// The helm timeout the run's steps use (checked against --step-deadline).
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_HELM_TIMEOUT", value_name = "DURATION")]
+    pub helm_timeout: Duration,
+
+    /// The restart timeout the run's steps use (checked against --step-deadline).
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
+    pub restart_timeout: Duration,
+
+    /// The drain timeout the run's steps use (checked against --step-deadline).
+    #[arg(long, default_value = "300s", value_parser = parse_duration, env = "KLM_DRAIN_TIMEOUT", value_name = "DURATION")]
+    pub drain_timeout: Duration,
+}
+
+/// Time a step needs beyond klm's own timeouts: the pod starting, the API
+/// calls and helm reads around the waits.
+pub const STEP_MARGIN: Duration = Duration::from_secs(120);
+
+/// The longest a step can take with these timeouts: a rollback (a wave's
+/// settle step, the exit handler) runs a helm upgrade, waits for kata-deploy
+/// to come back and verifies again; a drain waits up to its own timeout.
+pub fn longest_step(
+    helm: Duration,
+    restart: Duration,
+    verification: Duration,
+    drain: Duration,
+) -> Duration {
+    (helm + restart + verification).max(drain) + STEP_MARGIN
+}
+
+/// Refuses timeouts that a step deadline would cut short: Argo kills such a
+/// step mid-way (a rollback left half done), and does not retry it.
+pub fn check_step_deadline(
+    deadline: Duration,
+    helm: Duration,
+    restart: Duration,
+    verification: Duration,
+    drain: Duration,
+) -> Result<(), UserError> {
+    let needed = longest_step(helm, restart, verification, drain);
+    if deadline >= needed {
+        return Ok(());
+    }
+    Err(UserError::bad_input(format!(
+        "the step deadline ({}s) is shorter than the longest step can take: {}s (helm-timeout {}s + restart-timeout {}s + verification-timeout {}s for a rollback, or drain-timeout {}s, plus {}s to start)",
+        deadline.as_secs(),
+        needed.as_secs(),
+        helm.as_secs(),
+        restart.as_secs(),
+        verification.as_secs(),
+        drain.as_secs(),
+        STEP_MARGIN.as_secs()
+    ))
+    .hint(format!(
+        "install the chart with workflow.stepDeadlineSeconds={} or more, or submit with shorter timeouts",
+        needed.as_secs()
+    )))
 }
 
 /// What check-prerequisites found.
@@ -105,7 +170,21 @@ impl Report for Prerequisites {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    if args.target_version.trim().is_empty() {
+        return Err(UserError::bad_input("no target version: --target-version is empty")
+            .hint("give the kata-deploy chart version to upgrade to, e.g. `argo submit --from workflowtemplate/kata-lifecycle-manager -p target-version=3.28.0` or `klm check-prerequisites --target-version 3.28.0`")
+            .into());
+    }
     let target = versions::parse(&args.target_version)?;
+    if let Some(deadline) = args.step_deadline {
+        check_step_deadline(
+            deadline,
+            args.helm_timeout,
+            args.restart_timeout,
+            args.verification.verification_timeout,
+            args.drain_timeout,
+        )?;
+    }
     let template = crate::verification::VerificationPod::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
     let helm = super::helm(&args.release, global);
@@ -143,6 +222,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         nodes: Default::default(),
         mechanics: Default::default(),
         wave_started_at: None,
+        waves: Vec::new(),
     };
     let (record, resumed) = match Records::new(&client, &reference.namespace)
         .begin(record)
@@ -272,4 +352,28 @@ fn mode_mismatch(
         reference.namespace
     ))
     .hint("or run with --deployment-mode auto to follow the release's mode")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_step_deadline_must_cover_a_rollback() {
+        let m = |n: u64| Duration::from_secs(n * 60);
+        // The chart's defaults: 10m + 10m + 3m, plus the margin, within 3600s.
+        assert_eq!(
+            longest_step(m(10), m(10), m(3), m(5)).as_secs(),
+            23 * 60 + 120
+        );
+        assert!(check_step_deadline(Duration::from_secs(3600), m(10), m(10), m(3), m(5)).is_ok());
+        let refused =
+            check_step_deadline(Duration::from_secs(3600), m(30), m(30), m(3), m(5)).unwrap_err();
+        assert!(refused.to_string().contains("3900s"), "{refused}");
+        // A long drain counts on its own.
+        assert_eq!(
+            longest_step(m(1), m(1), m(1), m(90)).as_secs(),
+            90 * 60 + 120
+        );
+    }
 }

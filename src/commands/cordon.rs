@@ -69,7 +69,6 @@ impl Report for Cordoned {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let names = args.nodes.names();
     let criteria = Criteria::new(
         None,
         args.selection.node_taint_key.as_deref(),
@@ -78,6 +77,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let client = crate::cluster::client(global).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
     let record = super::active_run(&records, &args.release.helm_release, &args.run).await?;
+    let names = super::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     // Every node must exist before any is changed.
     let nodes_api: Api<Node> = Api::all(client.clone());
     try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;

@@ -6,7 +6,7 @@ use clap::Args as ClapArgs;
 use futures::future::try_join_all;
 
 use crate::annotations::NodeStatus;
-use crate::cli::{GlobalArgs, NodesArgs, RunArgs, parse_duration};
+use crate::cli::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
 use crate::drain::{Drained, drain};
 use crate::error::ExitStatus;
 use crate::nodes::hold;
@@ -23,12 +23,16 @@ pub struct Args {
     pub nodes: NodesArgs,
 
     /// How long evictions may wait for PodDisruptionBudgets and pods to go.
-    #[arg(long, default_value = "300s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "300s", value_parser = parse_duration, env = "KLM_DRAIN_TIMEOUT", value_name = "DURATION")]
     pub drain_timeout: Duration,
 
     /// The run that holds the nodes.
     #[command(flatten)]
     pub run: RunArgs,
+
+    /// Which release (its run record, for --wave).
+    #[command(flatten)]
+    pub release: ReleaseArgs,
 }
 
 /// What drain did.
@@ -70,8 +74,8 @@ impl Report for Drain {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let names = args.nodes.names();
     let client = crate::cluster::client(global).await?;
+    let names = super::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let nodes_api = kube::Api::all(client.clone());
     try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     for node in &names {

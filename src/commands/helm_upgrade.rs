@@ -31,6 +31,10 @@ pub struct Args {
     #[arg(long, value_name = "NODES", value_parser = crate::cli::parse_node_list)]
     pub nodes: Option<crate::cli::NodeList>,
 
+    /// job mode, instead of --nodes: wave K (from 1) of the run's recorded plan.
+    #[arg(long, value_name = "K", conflicts_with = "nodes", value_parser = clap::value_parser!(u32).range(1..))]
+    pub wave: Option<u32>,
+
     /// Extra chart values, as helm's --set (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
@@ -123,7 +127,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let reference = super::release_ref(&args.release);
     let release = reference.load(&helm).await?;
     release.ensure_deployed()?;
-    let wave: Vec<String> = args.nodes.as_ref().map(|n| n.0.clone()).unwrap_or_default();
+    let wave: Vec<String> = match args.wave {
+        Some(index) => super::wave_of(&record, index)?.to_vec(),
+        None => args.nodes.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
+    };
     let mut report = Upgraded {
         release: reference.name.clone(),
         mode,

@@ -3,6 +3,7 @@
 //! a report. The logic lives in the library modules.
 
 pub mod check_prerequisites;
+pub mod close_run;
 pub mod complete;
 pub mod cordon;
 pub mod drain;
@@ -11,11 +12,12 @@ pub mod plan;
 pub mod restart_kata_pod;
 pub mod rollback;
 pub mod select_nodes;
+pub mod settle;
 pub mod status;
 pub mod uncordon;
 pub mod verify;
 
-use crate::cli::{GlobalArgs, ReleaseArgs, RunArgs};
+use crate::cli::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs};
 use crate::error::UserError;
 use crate::helm::Helm;
 use crate::release::ReleaseRef;
@@ -58,9 +60,14 @@ pub(crate) async fn active_run(
     run: &RunArgs,
 ) -> anyhow::Result<RunRecord> {
     let record = records.resolve(release, run.run_id.as_deref()).await?;
-    if record.state == RunState::Failed {
+    if matches!(record.state, RunState::Failed | RunState::Interrupted) {
+        let how = if record.state == RunState::Failed {
+            "failed"
+        } else {
+            "was interrupted"
+        };
         return Err(UserError::precondition(format!(
-            "run {} has failed ({}); no further wave may start",
+            "run {} {how} ({}); no further wave may start",
             record.run_id,
             record.failure.as_deref().unwrap_or("see its rollback")
         ))
@@ -68,4 +75,43 @@ pub(crate) async fn active_run(
         .into());
     }
     Ok(record)
+}
+
+/// The nodes a step acts on: those named with `--nodes`, or wave `--wave K`
+/// of the plan that `select-nodes --run-id` recorded for the run.
+pub(crate) async fn step_nodes(
+    client: &kube::Client,
+    release: &ReleaseArgs,
+    run: &RunArgs,
+    nodes: &NodesArgs,
+) -> anyhow::Result<Vec<String>> {
+    let Some(index) = nodes.wave else {
+        return Ok(nodes.names());
+    };
+    let record = Records::new(client, &release.helm_namespace)
+        .resolve(&release.helm_release, run.run_id.as_deref())
+        .await?;
+    Ok(wave_of(&record, index)?.to_vec())
+}
+
+/// Wave `index` of the run's recorded plan.
+pub(crate) fn wave_of(record: &RunRecord, index: u32) -> Result<&[String], UserError> {
+    if record.waves.is_empty() {
+        return Err(UserError::precondition(format!(
+            "run {} has no recorded plan, so it has no wave {index}",
+            record.run_id
+        ))
+        .hint(format!(
+            "run `klm select-nodes --run-id {}` first (it records the waves), or pass --nodes",
+            record.run_id
+        )));
+    }
+    record.wave(index).ok_or_else(|| {
+        UserError::bad_input(format!(
+            "run {} has {} wave(s), not a wave {index}",
+            record.run_id,
+            record.waves.len()
+        ))
+        .hint("pass a wave index from 1 to the number of waves select-nodes planned")
+    })
 }

@@ -31,7 +31,7 @@ pub struct Args {
     pub deployment_mode: ModeChoice,
 
     /// How long each node may take to come back Ready.
-    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
     pub timeout: Duration,
 
     /// Which release.
@@ -100,8 +100,8 @@ impl Report for Restart {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let names = args.nodes.names();
     let client = crate::cluster::client(global).await?;
+    let names = super::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
     let record = super::active_run(&records, &args.release.helm_release, &args.run).await?;
     let mode = super::mode_of_run(args.deployment_mode, &record)?;

@@ -17,6 +17,7 @@ use crate::error::{ExitStatus, UserError};
 use crate::helm::Helm;
 use crate::kata_deploy::{self, KataDaemonSet};
 use crate::nodes::hold::{self, Release as NodeRelease, Released};
+use crate::nodes::selection::Criteria;
 use crate::output::{self, Report};
 use crate::release::{Release, Upgrade, Values};
 use crate::run_record::{NodeProgress, Records, RunRecord, RunState};
@@ -34,7 +35,7 @@ pub struct Args {
     pub nodes: NodesArgs,
 
     /// How long each node may take to come back Ready at the old version.
-    #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
     pub timeout: Duration,
 
     /// Why (recorded on the run record; the workflow passes the failing step).
@@ -113,9 +114,9 @@ impl Report for RolledBack {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let names = args.nodes.names();
     let template = crate::verification::VerificationPod::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
+    let names = super::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
     let record = records
         .resolve(&args.release.helm_release, args.run.run_id.as_deref())
@@ -135,6 +136,18 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         versions::refuse_pruning_job_mode(&versions::parse(&release.chart_version)?, &before)?;
     }
 
+    // A node in service (the rollback-node entrypoint, a rollback by hand)
+    // is cordoned for its rollback and released only once it is back.
+    for node in &names {
+        hold::hold(
+            &client,
+            node,
+            &record.run_id,
+            &Criteria::default(),
+            &record.target_version,
+        )
+        .await?;
+    }
     for node in &names {
         hold::set_status(&client, node, NodeStatus::RollingBack).await?;
     }

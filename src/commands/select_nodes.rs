@@ -10,7 +10,7 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::annotations::{self, NodeStatus};
-use crate::cli::{GlobalArgs, ReleaseArgs, SelectionArgs};
+use crate::cli::{GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs};
 use crate::error::ExitStatus;
 use crate::helm::Helm;
 use crate::nodes::selection::{self, Criteria};
@@ -42,6 +42,16 @@ pub struct Args {
     /// Also write the waves as a JSON list to this file (for Argo's withParam).
     #[arg(long, value_name = "PATH")]
     pub waves_file: Option<PathBuf>,
+
+    /// Also write only the waves' indices, `[1,2,...]`, to this file: the
+    /// workflow loops over them and each step reads its wave from the run
+    /// record (needs --run-id).
+    #[arg(long, value_name = "PATH")]
+    pub index_file: Option<PathBuf>,
+
+    /// Record the plan in this run's record, so that steps can take `--wave K`.
+    #[command(flatten)]
+    pub run: RunArgs,
 
     /// Which release (to find the nodes that run kata-deploy).
     #[command(flatten)]
@@ -111,6 +121,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .as_deref()
         .map(crate::versions::parse)
         .transpose()?;
+    if args.index_file.is_some() && args.run.run_id.is_none() {
+        return Err(crate::error::UserError::bad_input(
+            "--index-file needs the run: its steps read their wave from the run record",
+        )
+        .hint("pass --run-id (or set KLM_RUN_ID) with --index-file, or use --waves-file")
+        .into());
+    }
     let client = crate::cluster::client(global).await?;
     let helm = super::helm(&args.release, global);
     let selection = select(
@@ -123,6 +140,21 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         skip_completed.map(|v| v.to_string()),
     )
     .await?;
+    if let Some(run_id) = &args.run.run_id {
+        let records = crate::run_record::Records::new(&client, &args.release.helm_namespace);
+        super::active_run(&records, &args.release.helm_release, &args.run).await?;
+        let planned: Vec<Vec<String>> = selection.waves.iter().map(|w| w.nodes.clone()).collect();
+        records
+            .update(&args.release.helm_release, run_id, |r| {
+                r.waves = planned.clone()
+            })
+            .await?;
+    }
+    if let Some(path) = &args.index_file {
+        let indices: Vec<usize> = selection.waves.iter().map(|w| w.index).collect();
+        std::fs::write(path, serde_json::to_string(&indices)?)
+            .with_context(|| format!("writing the wave indices to {}", path.display()))?;
+    }
     if let Some(path) = &args.waves_file {
         let json = serde_json::to_string(&selection.waves)?;
         std::fs::write(path, json)

@@ -195,7 +195,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     };
     let helm = super::helm(&args.release, global);
     let nodes = rows(&client, &helm, &args.release, &criteria).await?;
-    let failed = record.as_ref().is_some_and(|r| r.state == RunState::Failed);
+    let failed = record
+        .as_ref()
+        .is_some_and(|r| matches!(r.state, RunState::Failed | RunState::Interrupted));
     let report = Status {
         run: record.map(RunSummary::from),
         nodes,

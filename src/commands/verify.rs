@@ -71,13 +71,13 @@ impl Report for Verification {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let names = args.nodes.names();
     let Some(template) = VerificationPod::from_args(&args.verification)? else {
         return Err(UserError::bad_input("no verification pod given")
             .hint("pass --verification-pod FILE or --verification-pod-base64 (or KLM_VERIFICATION_POD_BASE64)")
             .into());
     };
     let client = crate::cluster::client(global).await?;
+    let names = super::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let nodes_api = kube::Api::all(client.clone());
     try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     crate::verification::run::dry_run(&client, &template).await?;

@@ -80,16 +80,16 @@ fn argo_lint_catches_broken_wiring() {
         (
             "dangling-input",
             rendered.replacen(
-                "{{inputs.parameters.nodes}}",
-                "{{inputs.parameters.node}}",
+                "{{inputs.parameters.index}}",
+                "{{inputs.parameters.indx}}",
                 1,
             ),
-            "failed to resolve {{inputs.parameters.node}}",
+            "failed to resolve {{inputs.parameters.indx}}",
         ),
         (
             "missing-template",
-            rendered.replacen("template: guard", "template: gaurd", 1),
-            "'gaurd' undefined",
+            rendered.replacen("template: settle", "template: setle", 1),
+            "'setle' undefined",
         ),
     ];
     for (name, text, expected) in broken {

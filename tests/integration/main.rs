@@ -6,6 +6,8 @@ mod drain;
 mod edges;
 mod idempotence;
 mod job_mode;
+mod run_end;
 mod support;
 mod upgrade;
 mod verify;
+mod workflow;

@@ -123,7 +123,14 @@ retryStrategy:
 {{/*
 The klm container of a step, without its args. helm and klm write only under
 /tmp (an emptyDir): the root filesystem is read-only.
-Arguments: dict root, verificationPod (bool: pass the verification pod).
+
+What every step needs reaches it here, once, as the KLM_* variables klm's
+flags read (`klm <subcommand> --help` names them): the release, the run (the
+workflow's name), the chart, the timeouts and the log format. A flag given
+in a step's args still wins.
+Arguments: dict root, verificationPod (bool: pass the verification pod),
+run (bool, default true: set KLM_RUN_ID to this workflow; false for the steps
+that find or name their run themselves).
 */}}
 {{- define "klm.container" -}}
 {{- $root := .root -}}
@@ -140,6 +147,7 @@ env:
     value: /tmp/helm/config
   - name: HELM_DATA_HOME
     value: /tmp/helm/data
+  {{- include "klm.env" . | nindent 2 }}
   {{- if .verificationPod }}
   - name: KLM_VERIFICATION_POD_BASE64
     value: {{`"{{workflow.parameters.verification-pod}}"`}}
@@ -153,16 +161,36 @@ volumeMounts:
     mountPath: /tmp
 {{- end }}
 
-{{/* Flags naming the kata-deploy release (every subcommand that reads it). */}}
-{{- define "klm.releaseArgs" -}}
-- {{`--helm-release={{workflow.parameters.helm-release}}`}}
-- {{`--helm-namespace={{workflow.parameters.helm-namespace}}`}}
+{{/*
+The KLM_* variables of every step (see klm.container).
+Arguments: dict root, run (bool, default true).
+*/}}
+{{- define "klm.env" -}}
+{{- $root := .root -}}
+- name: KLM_HELM_RELEASE
+  value: {{`"{{workflow.parameters.helm-release}}"`}}
+- name: KLM_HELM_NAMESPACE
+  value: {{`"{{workflow.parameters.helm-namespace}}"`}}
+{{- if (ternary true .run (kindIs "invalid" .run)) }}
+- name: KLM_RUN_ID
+  value: {{`"{{workflow.name}}"`}}
 {{- end }}
-
-{{/* Flags naming the kata-deploy chart (steps that run helm upgrade or rollback). */}}
-{{- define "klm.chartArgs" -}}
-- {{ printf "--chart=%s" .Values.kataDeploy.chart | quote }}
-- {{`--helm-timeout={{workflow.parameters.helm-timeout}}`}}
+- name: KLM_LOG_FORMAT
+  value: {{ $root.Values.workflow.logFormat | quote }}
+- name: KLM_CHART
+  value: {{ $root.Values.kataDeploy.chart | quote }}
+- name: KLM_HELM_TIMEOUT
+  value: {{`"{{workflow.parameters.helm-timeout}}"`}}
+- name: KLM_RESTART_TIMEOUT
+  value: {{`"{{workflow.parameters.restart-timeout}}"`}}
+- name: KLM_DRAIN_TIMEOUT
+  value: {{`"{{workflow.parameters.drain-timeout}}"`}}
+- name: KLM_VERIFICATION_NAMESPACE
+  value: {{`"{{workflow.parameters.verification-namespace}}"`}}
+- name: KLM_VERIFICATION_TIMEOUT
+  value: {{`"{{workflow.parameters.verification-timeout}}"`}}
+- name: KLM_STEP_DEADLINE
+  value: {{ $root.Values.workflow.stepDeadlineSeconds | toString | quote }}
 {{- end }}
 
 {{/* Flags of the node selection. */}}
@@ -170,15 +198,4 @@ volumeMounts:
 - {{`--node-selector={{workflow.parameters.node-selector}}`}}
 - {{`--node-taint-key={{workflow.parameters.node-taint-key}}`}}
 - {{`--node-taint-value={{workflow.parameters.node-taint-value}}`}}
-{{- end }}
-
-{{/* Flags of the verification pod (the pod itself comes through the environment). */}}
-{{- define "klm.verificationArgs" -}}
-- {{`--verification-namespace={{workflow.parameters.verification-namespace}}`}}
-- {{`--verification-timeout={{workflow.parameters.verification-timeout}}`}}
-{{- end }}
-
-{{/* Flags every klm invocation gets. */}}
-{{- define "klm.globalArgs" -}}
-- --log-format={{ .Values.workflow.logFormat }}
 {{- end }}

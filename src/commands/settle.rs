@@ -1,0 +1,131 @@
+//! `klm settle`: end one wave. The workflow's last step of every wave: it
+//! completes the wave's verified nodes when the wave's upgrade succeeded, or
+//! rolls back the nodes the run touched and fails, so no later wave starts.
+
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+
+use crate::cli::{
+    ChartArgs, GlobalArgs, NodeList, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs,
+    parse_duration,
+};
+use crate::error::{ExitStatus, UserError};
+use crate::run_record::Records;
+
+/// The Argo status of a wave's upgrade that lets the wave complete.
+pub const SUCCEEDED: &str = "Succeeded";
+
+/// Flags of `klm settle`.
+#[derive(Debug, ClapArgs)]
+#[command(
+    after_help = "With --upgrade-status Succeeded: `klm complete` of the wave's nodes at the run's target.\nWith any other status: `klm rollback` of the wave's nodes that the run touched (none when the wave\nwas refused before it changed anything), then exit 1: the wave failed.\n\nExamples:\n  klm settle --wave 2 --upgrade-status Succeeded --run-id upgrade-1\n  klm settle --wave 2 --upgrade-status Failed --run-id upgrade-1 --verification-pod verify.yaml"
+)]
+pub struct Args {
+    /// The wave (from 1) of the run's recorded plan.
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    pub wave: u32,
+
+    /// How the wave's upgrade ended: Argo's `{{steps.upgrade.status}}`
+    /// (Succeeded, Failed, Error, ...).
+    #[arg(long, value_name = "STATUS")]
+    pub upgrade_status: String,
+
+    /// How long each node may take to come back Ready at the old version.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// Which release.
+    #[command(flatten)]
+    pub release: ReleaseArgs,
+
+    /// Which chart (a rollback reinstalls the recorded version from it).
+    #[command(flatten)]
+    pub chart: ChartArgs,
+
+    /// Which run.
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Verify rolled-back nodes again before they return to service.
+    #[command(flatten)]
+    pub verification: VerificationArgs,
+}
+
+/// Runs the step.
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let status = args.upgrade_status.trim().to_string();
+    if status.is_empty() || status.contains("{{") {
+        return Err(UserError::bad_input(format!(
+            "--upgrade-status {status:?} is not a status"
+        ))
+        .hint("pass how the wave's upgrade ended, e.g. Succeeded or Failed (the workflow passes {{steps.upgrade.status}})")
+        .into());
+    }
+    let client = crate::cluster::client(global).await?;
+    let records = Records::new(&client, &args.release.helm_namespace);
+    let record = records
+        .resolve(&args.release.helm_release, args.run.run_id.as_deref())
+        .await?;
+    let nodes = super::wave_of(&record, args.wave)?.to_vec();
+    if status == SUCCEEDED {
+        let complete = super::complete::Args {
+            nodes: Some(NodeList(nodes)),
+            target_version: record.target_version.clone(),
+            finish_run: false,
+            release: args.release,
+            chart: args.chart,
+            run: RunArgs {
+                run_id: Some(record.run_id.clone()),
+            },
+        };
+        return super::complete::run(complete, global).await;
+    }
+    // Only nodes the run touched are rolled back: a wave refused at its
+    // first step (the run had already failed) changed nothing.
+    let touched: Vec<String> = nodes
+        .iter()
+        .filter(|n| record.nodes.contains_key(*n))
+        .cloned()
+        .collect();
+    let failure = format!(
+        "wave {} ({}) ended {status} in upgrade or verification (run {})",
+        args.wave,
+        nodes.join(","),
+        record.run_id
+    );
+    if touched.is_empty() {
+        return Err(UserError::failed(format!(
+            "{failure}; it changed no node, so nothing was rolled back"
+        ))
+        .hint(format!(
+            "see the wave's first failed step and `klm status --run-id {}`",
+            record.run_id
+        ))
+        .into());
+    }
+    let rollback = super::rollback::Args {
+        nodes: NodesArgs {
+            nodes: vec![NodeList(touched.clone())],
+            wave: None,
+        },
+        timeout: args.timeout,
+        reason: Some(failure.clone()),
+        release: args.release,
+        chart: args.chart,
+        run: RunArgs {
+            run_id: Some(record.run_id.clone()),
+        },
+        verification: args.verification,
+    };
+    super::rollback::run(rollback, global).await?;
+    Err(UserError::failed(format!(
+        "{failure}; rolled back {}: no further wave starts",
+        touched.join(", ")
+    ))
+    .hint(format!(
+        "fix the cause (see the failed step's log), then submit a new run: nodes completed by run {} are skipped",
+        record.run_id
+    ))
+    .into())
+}
