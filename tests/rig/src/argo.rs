@@ -190,12 +190,19 @@ extern "C" fn teardown_at_exit() {
         let node = NODE.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(mut node) = node {
             let report = node.teardown();
-            if !report.mounts_left.is_empty() || !report.cgroups_left.is_empty() {
-                #[allow(clippy::print_stderr)]
-                {
-                    eprintln!("klm-rig: the real node's teardown left {report:?}");
-                }
-            }
+            use std::io::Write;
+            let _ = if report.mounts_left.is_empty() && report.cgroups_left.is_empty() {
+                writeln!(
+                    std::io::stderr(),
+                    "klm-rig: real node torn down in {:.1}s",
+                    report.elapsed.as_secs_f64()
+                )
+            } else {
+                writeln!(
+                    std::io::stderr(),
+                    "klm-rig: the real node's teardown left {report:?}"
+                )
+            };
         }
     });
 }
