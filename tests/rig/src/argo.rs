@@ -53,6 +53,7 @@ pub struct ArgoTier {
     pod_logs: PathBuf,
     node_dir: PathBuf,
     setup: Duration,
+    phases: Vec<(&'static str, Duration)>,
 }
 
 /// The real node of this process, reachable for the teardown at exit.
@@ -228,8 +229,17 @@ async fn start(rig: &Rig) -> Result<(ArgoTier, RealNode)> {
         }
     }
     // Blocking, like the node's start: the tier's thread does nothing else meanwhile.
-    let images = build_images()?;
-    tracing::info!(elapsed = ?started.elapsed(), "Argo tier: images written");
+    let mut phases = Vec::new();
+    let mut lap = Instant::now();
+    let mut phase = |name: &'static str| {
+        phases.push((name, lap.elapsed()));
+        tracing::info!(elapsed = ?lap.elapsed(), "Argo tier: {name}");
+        lap = Instant::now();
+    };
+    let klm = static_klm()?;
+    phase("static klm built (cargo)");
+    let images = build_images(&klm)?;
+    phase("images written");
     let pki = rig.pki();
     let options = RealNodeOptions {
         dir: workspace_root().join("target/rig/real-node"),
@@ -240,12 +250,14 @@ async fn start(rig: &Rig) -> Result<(ArgoTier, RealNode)> {
         images,
     };
     let mut node = RealNode::start(&options)?;
+    phase("containerd up, images imported, kubelet started");
     let client = rig.client().await?;
     node.wait_ready(&client, Duration::from_secs(120)).await?;
-    tracing::info!(elapsed = ?started.elapsed(), "Argo tier: node {REAL_NODE} Ready");
+    phase("node Ready");
 
     rig.apply_argo_crds(ARGO_VERSION).await?;
     apply_namespace_and_config(&client, api_port(rig.server())?).await?;
+    phase("Argo CRDs, namespace, RBAC, configmap");
     let controller = bin_dir().join("workflow-controller");
     node.start_companion(
         "workflow-controller",
@@ -262,6 +274,7 @@ async fn start(rig: &Rig) -> Result<(ArgoTier, RealNode)> {
         &rig.kubeconfig().display().to_string(),
     )?;
     node.check_alive()?;
+    phase("workflow-controller started");
     let setup = started.elapsed();
     tracing::info!(elapsed = ?setup, "Argo tier ready");
     let tier = ArgoTier {
@@ -269,22 +282,22 @@ async fn start(rig: &Rig) -> Result<(ArgoTier, RealNode)> {
         pod_logs: node.pod_logs_dir().to_path_buf(),
         node_dir: node.dir().to_path_buf(),
         setup,
+        phases,
     };
     Ok((tier, node))
 }
 
 /// The three images as docker-archive tarballs under `target/rig/images`:
-/// pause, argoexec and the image under test (a static klm built by
-/// `tests/argo/static-klm.sh`, helm, the fixture charts).
-pub fn build_images() -> Result<Vec<PathBuf>> {
+/// pause, argoexec and the image under test (`klm`, a static klm from
+/// [`static_klm`], helm, the fixture charts).
+pub fn build_images(klm: &Path) -> Result<Vec<PathBuf>> {
     let root = workspace_root();
     let out = root.join("target/rig/images");
     let charts = root.join("target/rig/charts");
     crate::charts::package_all(&charts)?;
-    let klm = static_klm()?;
     let bin = bin_dir();
     let mut klm_files = vec![
-        ImageFile::executable("/usr/local/bin/klm", &klm),
+        ImageFile::executable("/usr/local/bin/klm", klm),
         ImageFile::executable("/usr/local/bin/helm", bin.join("helm")),
     ];
     for (version, _) in crate::charts::VERSIONS {
@@ -490,6 +503,11 @@ impl ArgoTier {
     /// How long the tier took to start (images, node Ready, CRDs, controller).
     pub fn setup_time(&self) -> Duration {
         self.setup
+    }
+
+    /// The setup's phases and how long each took.
+    pub fn setup_phases(&self) -> &[(&'static str, Duration)] {
+        &self.phases
     }
 
     /// The real `argo` CLI, talking to the apiserver with the admin kubeconfig.

@@ -32,6 +32,9 @@ async fn a_workflow_of_klm_steps_runs_on_the_real_node() -> Result<()> {
         started.elapsed().as_secs_f64(),
         tier.setup_time().as_secs_f64()
     );
+    for (phase, took) in tier.setup_phases() {
+        eprintln!("  {:>6.1}s  {phase}", took.as_secs_f64());
+    }
     let client = rig.client().await?;
 
     // The node: Ready, its own address, only for pods that ask for it.
