@@ -6,6 +6,7 @@ mod drain;
 mod edges;
 mod idempotence;
 mod job_mode;
+mod side_by_side;
 mod support;
 mod upgrade;
 mod verify;
