@@ -69,3 +69,26 @@ pub(crate) async fn active_run(
     }
     Ok(record)
 }
+
+/// Refuses (bad input, nothing changed) a `--target-version` that is not the
+/// run's: a step acts only at the version its run upgrades to.
+pub(crate) fn ensure_run_target(record: &RunRecord, target: &str) -> Result<(), UserError> {
+    let same = match (
+        crate::versions::parse(target),
+        crate::versions::parse(&record.target_version),
+    ) {
+        (Ok(given), Ok(recorded)) => given == recorded,
+        _ => target == record.target_version,
+    };
+    if same {
+        return Ok(());
+    }
+    Err(UserError::bad_input(format!(
+        "--target-version {target} differs from run {}'s target {}",
+        record.run_id, record.target_version
+    ))
+    .hint(format!(
+        "pass --target-version {} (the run's), or start a new run with check-prerequisites",
+        record.target_version
+    )))
+}

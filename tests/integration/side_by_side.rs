@@ -179,7 +179,10 @@ async fn rollback_reverts_first_when_the_new_version_broke_the_verification_pod(
     let verified = verify(&case, run, node, &pod).await.code(1);
     let all = format!("{}{}", verified.stdout, verified.stderr);
     assert!(all.contains("RuntimeClass"), "the admission message: {all}");
-    assert!(!all.contains("lacks this permission"), "no RBAC hint: {all}");
+    assert!(
+        !all.contains("lacks this permission"),
+        "no RBAC hint: {all}"
+    );
 
     case.klm(&[
         "rollback",
@@ -337,7 +340,10 @@ async fn a_failed_rollback_of_one_node_leaves_the_rest_of_the_wave_rolled_back()
     .code(1);
     let good = case.get_node(case.node(0)).await;
     assert_eq!(annotation(&good, STATUS).as_deref(), Some("rolled-back"));
-    assert!(!unschedulable(&good), "the node that rolled back is released");
+    assert!(
+        !unschedulable(&good),
+        "the node that rolled back is released"
+    );
     assert_eq!(host_version(&good).as_deref(), Some("3.27.0"));
     let bad = case.get_node(case.node(1)).await;
     assert_eq!(annotation(&bad, STATUS).as_deref(), Some("failed"));
