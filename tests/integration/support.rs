@@ -278,7 +278,7 @@ impl Case {
             .env_remove("KUBECONFIG")
             .env_remove("KLM_RUN_ID")
             .env("KLM_LOG", "info");
-        let takes_release = !matches!(args.first().copied(), Some("drain" | "uncordon"));
+        let takes_release = !matches!(args.first().copied(), Some("drain"));
         if takes_release && !args.contains(&"--helm-release") {
             command.args(["--helm-release", &self.release]);
         }

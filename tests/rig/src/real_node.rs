@@ -93,7 +93,10 @@ pub fn host_check() -> std::result::Result<(), String> {
     } else {
         PathBuf::from("/sys/fs/cgroup/pids")
     };
-    let probe = probe_parent.join(format!("klm-rig-probe-{}", std::process::id()));
+    // Unique per call: tests of one binary check the host concurrently.
+    static PROBES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = probe_parent.join(format!("klm-rig-probe-{}-{n}", std::process::id()));
     std::fs::create_dir(&probe)
         .map_err(|e| format!("cannot create a cgroup in {}: {e}", probe_parent.display()))?;
     let _ = std::fs::remove_dir(&probe);

@@ -48,6 +48,9 @@ enum Command {
         #[arg(long, env = "KUBECONFIG")]
         kubeconfig: PathBuf,
     },
+    /// Tear down what a crashed run of the real node left on this machine
+    /// (processes, mounts, cgroups, sysctls; every setup does this first too).
+    RealNodeDown,
     /// Package the fixture kata-deploy chart at every version it imitates.
     Charts {
         /// Where the `kata-deploy-<version>.tgz` files go (default: target/rig/charts).
@@ -79,6 +82,12 @@ async fn main() -> Result<()> {
         } => {
             let client = klm_rig::rig::client_for(&kubeconfig).await?;
             klm_rig::argo_crds::apply(&client, &version).await?;
+            return Ok(());
+        }
+        Command::RealNodeDown => {
+            let _lock = klm_rig::real_node::lock_host()?;
+            let report = klm_rig::real_node::teardown_stale();
+            writeln!(std::io::stdout(), "{report:#?}")?;
             return Ok(());
         }
         Command::Charts { dir } => {
