@@ -76,7 +76,7 @@ run helm install klm "$root/chart/kata-lifecycle-manager" --namespace kata-syste
 	--set-file defaults.verificationPod="$work/verify-pod.yaml" \
 	--set image.repository=localhost/kata-lifecycle-manager --set image.tag=test --set image.pullPolicy=Never \
 	--set "kataDeploy.chart=/charts/kata-deploy-{version}.tgz" \
-	--set 'nodeSelector.rig\.klm/real-node=true' \
+	--set-string 'nodeSelector.rig\.klm/real-node=true' \
 	--set 'tolerations[0].key=rig.klm/real-node' --set 'tolerations[0].operator=Exists' --set 'tolerations[0].effect=NoSchedule'
 run kubectl get workflowtemplates --namespace kata-system
 

@@ -155,7 +155,6 @@ impl Flow {
             format!("image.tag={tag}"),
             "image.pullPolicy=Never".into(),
             format!("kataDeploy.chart={}", self.argo.chart_in_image()),
-            format!("nodeSelector.{}=true", node_label.replace('.', "\\.")),
             format!("tolerations[0].key={node_label}"),
             "tolerations[0].operator=Exists".into(),
             "tolerations[0].effect=NoSchedule".into(),
@@ -163,6 +162,8 @@ impl Flow {
             args.push("--set".into());
             args.push(set);
         }
+        args.push("--set-string".into());
+        args.push(format!("nodeSelector.{}=true", node_label.replace('.', "\\.")));
         args.push("--set-file".into());
         args.push(format!("defaults.verificationPod={}", pod_file.display()));
         self.case.helm_admin(&args).await?;
