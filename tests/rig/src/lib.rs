@@ -6,6 +6,10 @@
 //!
 //! Tests share one rig per test binary ([`Rig::shared`]) and isolate
 //! themselves by namespace and node names.
+//!
+//! The Argo tier ([`argo`], [`Rig::shared_with_argo`]) adds a real node
+//! (containerd, runc and a kubelet, [`real_node`]) and Argo's
+//! workflow-controller, with the image under test imported ([`image`]).
 
 pub mod argo;
 pub mod argo_crds;
@@ -20,6 +24,7 @@ pub mod process;
 pub mod real_node;
 pub mod rig;
 pub mod simulator;
+pub mod verdicts;
 
 pub use audit::AuditRequest;
 pub use nodes::NodeSpec;
