@@ -258,7 +258,14 @@ async fn verify_node(
     };
     let uid = created.uid().unwrap_or_default();
 
-    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    // A consistent first list (not the apiserver's cache): an earlier pod of
+    // this name, deleted just before our create, must not replay its
+    // deletion into the watch, where it would read as ours being deleted.
+    let config = watcher::Config::default()
+        .fields(&format!("metadata.name={name}"))
+        .list_semantic(watcher::ListSemantic::MostRecent);
+    // Ours is gone only once it has been seen and then vanished.
+    let mut seen = false;
     let outcome = watch_until(
         pods.clone(),
         config,
@@ -268,8 +275,12 @@ async fn verify_node(
             .iter()
             .find(|p| p.uid().as_deref() == Some(uid.as_str()))
         {
-            Some(pod) => judge(pod),
-            None => Check::Failed("the pod was deleted before it finished".into()),
+            Some(pod) => {
+                seen = true;
+                judge(pod)
+            }
+            None if seen => Check::Failed("the pod was deleted before it finished".into()),
+            None => Check::Pending,
         },
     )
     .await;

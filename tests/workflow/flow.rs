@@ -163,7 +163,10 @@ impl Flow {
             args.push(set);
         }
         args.push("--set-string".into());
-        args.push(format!("nodeSelector.{}=true", node_label.replace('.', "\\.")));
+        args.push(format!(
+            "nodeSelector.{}=true",
+            node_label.replace('.', "\\.")
+        ));
         args.push("--set-file".into());
         args.push(format!("defaults.verificationPod={}", pod_file.display()));
         self.case.helm_admin(&args).await?;
@@ -382,6 +385,18 @@ pub fn verification_pod(fail_on: &[&str], outcome: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ${{TEST_POD}}\n  annotations:\n{annotations}spec:\n  restartPolicy: Never\n  nodeSelector:\n    kubernetes.io/hostname: ${{NODE}}\n  tolerations:\n    - key: node.kubernetes.io/unschedulable\n      operator: Exists\n      effect: NoSchedule\n  containers:\n    - name: verify\n      image: registry.invalid/kata-verify:1\n      command: [\"true\"]\n"
     )
+}
+
+/// A verification pod that fails on `nodes` while their simulated host runs
+/// `version` and passes otherwise (the rig decides it from the host, as a
+/// real check of the runtime would): a broken new version, rolled back.
+pub fn verification_pod_broken_at(version: &str, nodes: &[&str]) -> String {
+    let pod = verification_pod(&[], "pending");
+    let annotations = format!(
+        "  labels:\n    rig.klm.test/verdict: by-version\n  annotations:\n    rig.klm.test/broken-version: \"{version}\"\n    rig.klm.test/broken-nodes: \"{}\"\n",
+        nodes.join(",")
+    );
+    pod.replacen("  annotations:\n", &annotations, 1)
 }
 
 /// A verification pod as the `verification-pod` parameter takes it (base64).

@@ -17,8 +17,9 @@ use crate::flow::{
 };
 use crate::support::CaseSpec;
 
-/// Until dropped, turns every verification pod of the case that holds into
-/// one that succeeds, except the pods named in `keep`: "the check passes
+/// Until aborted, turns every verification pod of the case that holds into
+/// one that succeeds, except the pods whose UIDs are in `keep` (a later pod
+/// of the same name is a new pod): "the check passes
 /// now", for the re-verification that follows an interrupted wave.
 fn release_held_pods(flow: &Flow, keep: Vec<String>) -> tokio::task::JoinHandle<()> {
     let pods: Api<Pod> = Api::namespaced(flow.case.admin.clone(), &flow.case.namespace);
@@ -28,7 +29,7 @@ fn release_held_pods(flow: &Flow, keep: Vec<String>) -> tokio::task::JoinHandle<
         );
         while let Some(Ok(pod)) = events.next().await {
             let name = pod.name_any();
-            if keep.contains(&name) || !is_held(&pod) {
+            if pod.uid().is_some_and(|uid| keep.contains(&uid)) || !is_held(&pod) {
                 continue;
             }
             let patch = json!({"metadata": {"annotations": {"rig.klm.test/outcome": "succeed"}}});
@@ -73,7 +74,7 @@ async fn run_until_verifying(flow: &Flow) -> (String, Vec<String>) {
     let held = tokio::time::timeout(Duration::from_secs(120), async {
         while let Some(Ok(pod)) = events.next().await {
             if is_held(&pod) {
-                return vec![pod.name_any()];
+                return vec![pod.uid().unwrap_or_default()];
             }
         }
         Vec::new()
@@ -100,28 +101,7 @@ async fn argo_stop_while_verifying_rolls_the_wave_back_and_frees_the_release() {
     let run = flow.wait(&name).await.unwrap();
     releaser.abort();
     run.failed();
-    let report = run.report();
-    let nodes = flow.nodes().await;
-    let (first, second) = (flow.case.node(0), flow.case.node(1));
-    // The node whose new version was never verified went back to its own version.
-    assert_eq!(
-        host_version(&nodes[first]).as_deref(),
-        Some("3.27.0"),
-        "{report}"
-    );
-    assert_eq!(
-        annotation(&nodes[first], STATUS).as_deref(),
-        Some("rolled-back"),
-        "{report}"
-    );
-    assert!(!unschedulable(&nodes[first]), "{report}");
-    assert_eq!(annotation(&nodes[second], STATUS), None, "{report}");
-    assert!(!unschedulable(&nodes[second]), "{report}");
-    assert_ne!(
-        flow.case.run_record().await.unwrap()["state"],
-        json!("running"),
-        "{report}"
-    );
+    assert_first_wave_rolled_back(&flow, &run.report()).await;
     // The next submission is not refused, and finishes the job.
     let selector = format!("klm.test/case={}", flow.case.namespace);
     flow.run(
@@ -180,5 +160,122 @@ async fn two_submissions_take_turns_on_the_release() {
         Some("3.32.0"),
         "{}",
         second.report()
+    );
+}
+
+/// After an interrupted first wave of two nodes: the first node is back on
+/// its version and serves, the second was never touched, the run is closed.
+async fn assert_first_wave_rolled_back(flow: &Flow, report: &str) {
+    let nodes = flow.nodes().await;
+    let (first, second) = (flow.case.node(0), flow.case.node(1));
+    assert_eq!(
+        host_version(&nodes[first]).as_deref(),
+        Some("3.27.0"),
+        "{report}"
+    );
+    assert_eq!(
+        annotation(&nodes[first], STATUS).as_deref(),
+        Some("rolled-back"),
+        "{report}"
+    );
+    assert!(!unschedulable(&nodes[first]), "{report}");
+    assert_eq!(annotation(&nodes[second], STATUS), None, "{report}");
+    assert!(!unschedulable(&nodes[second]), "{report}");
+    assert_ne!(
+        flow.case.run_record().await.unwrap()["state"],
+        json!("running"),
+        "{report}"
+    );
+}
+
+#[tokio::test]
+async fn argo_terminate_then_the_close_run_entrypoint_cleans_up() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start(rig, CaseSpec::new("wf-term", 2, "3.27.0"))
+        .await
+        .unwrap();
+    let (name, held) = run_until_verifying(&flow).await;
+    let terminate = flow
+        .argo()
+        .args(["terminate", &name])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        terminate.status.success(),
+        "argo terminate: {}",
+        String::from_utf8_lossy(&terminate.stderr)
+    );
+    let run = flow.wait(&name).await.unwrap();
+    run.failed();
+    // Terminate runs no exit handler: the wave's node is still held.
+    let node = flow.case.get_node(flow.case.node(0)).await;
+    assert!(
+        unschedulable(&node),
+        "nothing released the node after a terminate\n{}",
+        run.report()
+    );
+    assert_eq!(
+        flow.case.run_record().await.unwrap()["state"],
+        json!("running")
+    );
+
+    // The one command the README gives for after a terminate.
+    let releaser = release_held_pods(&flow, held);
+    let close = flow
+        .run(Some("close-run"), &[("run-id", &name)])
+        .await
+        .unwrap();
+    releaser.abort();
+    close.succeeded();
+    assert_first_wave_rolled_back(&flow, &close.report()).await;
+}
+
+#[tokio::test]
+async fn a_killed_step_is_retried_and_the_run_goes_on() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start(rig, CaseSpec::new("wf-kill", 1, "3.27.0"))
+        .await
+        .unwrap();
+    let (name, held) = run_until_verifying(&flow).await;
+    // The verify step's pod and its klm process on the real node.
+    let pods: Api<Pod> = Api::namespaced(flow.case.admin.clone(), &flow.case.namespace);
+    let selector = format!("workflows.argoproj.io/workflow={name}");
+    let step = pods
+        .list(&kube::api::ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| p.name_any())
+        .find(|p| p.contains("-verify-"))
+        .expect("the verify step's pod");
+    let pid = flow
+        .argo
+        .klm_pid(&flow.case.namespace, &step)
+        .unwrap()
+        .expect("klm runs in the verify step");
+    // What the OOM killer or a node problem does: klm dies with no verdict.
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "kill -KILL {pid}");
+    let releaser = release_held_pods(&flow, held);
+    let run = flow.wait(&name).await.unwrap();
+    releaser.abort();
+    run.succeeded();
+    let verify_pods = run
+        .steps
+        .iter()
+        .filter(|(step, _)| step.starts_with("verify"))
+        .count();
+    assert!(verify_pods >= 2, "verify was retried\n{}", run.report());
+    let node = flow.case.get_node(flow.case.node(0)).await;
+    assert_eq!(
+        annotation(&node, STATUS).as_deref(),
+        Some("completed"),
+        "{}",
+        run.report()
     );
 }

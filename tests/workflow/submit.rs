@@ -14,7 +14,8 @@ async fn bad_input_fails_before_anything_changes() {
     let selector = format!("klm.test/case={}", flow.case.namespace);
     let before = flow.case.snapshot().await;
 
-    // A mode outside the parameter's enum: Argo refuses the submission itself.
+    // A mode outside the parameter's enum: Argo refuses it, at submit or
+    // before the first step runs.
     let refused = flow
         .submit_output(
             None,
@@ -22,15 +23,30 @@ async fn bad_input_fails_before_anything_changes() {
         )
         .await
         .unwrap();
-    assert!(
-        !refused.status.success(),
-        "argo accepted deployment-mode=rolling"
-    );
-    assert!(
-        String::from_utf8_lossy(&refused.stderr).contains("rolling"),
-        "the refusal names the value: {}",
-        String::from_utf8_lossy(&refused.stderr)
-    );
+    if refused.status.success() {
+        let name = String::from_utf8_lossy(&refused.stdout)
+            .trim()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let run = flow.wait(&name).await.unwrap();
+        // Argo v3.7 does not enforce a parameter's enum for `--from`:
+        // check-prerequisites refuses it, before anything changes.
+        run.failed();
+        assert!(!run.ran("cordon"), "{}", run.report());
+        assert!(
+            run.logs.contains("rolling"),
+            "klm's refusal names the value\n{}",
+            run.report()
+        );
+    } else {
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("rolling"),
+            "the refusal names the value: {}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+    }
 
     // Not a version: check-prerequisites fails with klm's message.
     let run = flow

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::flow::{
     Flow, STATUS, VERIFIED, annotation, argo_rig, host_version, unschedulable,
-    verification_parameter, verification_pod,
+    verification_parameter, verification_pod_broken_at,
 };
 use crate::support::CaseSpec;
 
@@ -128,7 +128,7 @@ async fn a_failed_verification_rolls_its_node_back_and_stops() {
         .await
         .unwrap();
     let [first, second, third] = [flow.case.node(0), flow.case.node(1), flow.case.node(2)];
-    let pod = verification_parameter(&verification_pod(&[second], "succeed"));
+    let pod = verification_parameter(&verification_pod_broken_at("3.28.0", &[second]));
     let selector = selector(&flow);
     let run = flow
         .run(

@@ -24,6 +24,7 @@ pub mod process;
 pub mod real_node;
 pub mod rig;
 pub mod simulator;
+pub mod verdicts;
 
 pub use audit::AuditRequest;
 pub use nodes::NodeSpec;

@@ -42,6 +42,12 @@ const FIELD_MANAGER: &str = "klm-rig-simulator";
 
 /// Runs the simulator until the watches end (never, in practice).
 pub async fn run(client: Client) -> Result<()> {
+    let verdicts = client.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::verdicts::run(verdicts).await {
+            warn!("the verification verdicts stopped: {e:#}");
+        }
+    });
     let pods: Api<Pod> = Api::all(client.clone());
     let config = watcher::Config::default().labels(ROLE_LABEL);
     let mut events = std::pin::pin!(watcher(pods, config).default_backoff().applied_objects());
