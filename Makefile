@@ -4,7 +4,7 @@
 BIN := target/rig/bin
 CHART := chart/kata-lifecycle-manager
 
-.PHONY: all build rig-bins demo rig-up test lint unit integration bench clean-rig
+.PHONY: all build rig-bins host-packages static-klm demo rig-up test lint unit integration bench clean-rig
 
 all: build
 
@@ -12,11 +12,20 @@ all: build
 build:
 	cargo build --bin klm
 
-## Build the rig's Go binaries (control plane, kwok, helm, argolint, actionlint) when missing or stale.
+## Build the rig's Go binaries (control plane, kwok, helm, Argo, argolint, actionlint) when missing or stale.
 rig-bins:
 	bash tests/rig/build.sh
+	bash tests/argo/build.sh
 	@if [ -f tests/argolint/build.sh ]; then bash tests/argolint/build.sh; fi
 	@if [ -f tests/tools/build.sh ]; then bash tests/tools/build.sh; fi
+
+## Debian packages of the rig's real node (containerd, runc, CNI plugins), installed when missing (root).
+host-packages:
+	bash tests/argo/host-packages.sh
+
+## A static klm (crt-static, the host's own target) for the image the Argo tier's steps run.
+static-klm:
+	bash tests/argo/static-klm.sh
 
 ## Start the rig with the fixture kata-deploy and upgrade a few simulated nodes with klm, printing each step.
 demo: rig-bins
@@ -39,7 +48,7 @@ lint:
 unit:
 	cargo test --workspace --lib --bins
 
-integration: rig-bins
+integration: rig-bins host-packages
 	cargo test --workspace --tests -- --test-threads=4
 
 ## Speed measurements on the rig (numbers for the notes; not a test).

@@ -10,6 +10,9 @@ pub const STATUS: &str = "katacontainers.io/kata-lifecycle-manager-status";
 pub const CURRENT_VERSION: &str = "katacontainers.io/kata-current-version";
 /// The run (Argo workflow name or `--run-id`) that currently holds the node.
 pub const RUN: &str = "katacontainers.io/kata-lifecycle-manager-run";
+/// The release (`namespace/name`) whose run holds the node: run ids are
+/// unique only per release (Argo names workflows per namespace).
+pub const RELEASE: &str = "katacontainers.io/kata-lifecycle-manager-release";
 /// `"true"` when the node was already unschedulable before the run held it:
 /// such a node is never uncordoned by klm.
 pub const WAS_UNSCHEDULABLE: &str = "katacontainers.io/kata-lifecycle-manager-was-unschedulable";
@@ -26,6 +29,11 @@ pub const POD_RUN_LABEL: &str = "katacontainers.io/kata-lifecycle-manager-run";
 pub const POD_NODE_LABEL: &str = "katacontainers.io/kata-lifecycle-manager-node";
 /// The field manager klm uses for server-side apply and patches.
 pub const FIELD_MANAGER: &str = "kata-lifecycle-manager";
+
+/// How a release is named on nodes: `namespace/name`.
+pub fn release_id(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
 
 /// The state machine of a node during an upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -116,6 +116,28 @@ impl Classify for ReleaseError {
     }
 }
 
+/// The shell command that puts the user's values (those of revision
+/// `revision`, before a run) back on a release at `version`: what klm tells
+/// a person when it cannot do it itself.
+pub fn restore_command(
+    reference: &ReleaseRef,
+    chart: &str,
+    version: &str,
+    revision: u32,
+    no_hooks: bool,
+) -> String {
+    let (name, namespace) = (&reference.name, &reference.namespace);
+    let chart = if chart.contains("{version}") {
+        chart.replace("{version}", version)
+    } else {
+        format!("{chart} --version {version}")
+    };
+    let hooks = if no_hooks { " --no-hooks" } else { "" };
+    format!(
+        "helm get values {name} -n {namespace} --revision {revision} -o yaml > {name}-values.yaml && helm upgrade {name} {chart} -n {namespace} --reset-values -f {name}-values.yaml{hooks}"
+    )
+}
+
 /// A release's name and namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleaseRef {
@@ -227,6 +249,29 @@ impl ReleaseRef {
         .map_err(|source| self.helm_error(source))
     }
 
+    /// The values the user supplied at one revision.
+    pub async fn values_at(&self, helm: &Helm, revision: u32) -> Result<Value, ReleaseError> {
+        let revision = revision.to_string();
+        let values: Value = helm
+            .json([
+                "get",
+                "values",
+                self.name.as_str(),
+                "--namespace",
+                self.namespace.as_str(),
+                "--revision",
+                revision.as_str(),
+                "--output",
+                "json",
+            ])
+            .await
+            .map_err(|source| self.helm_error(source))?;
+        Ok(match values {
+            Value::Null => Value::Object(Default::default()),
+            other => other,
+        })
+    }
+
     /// The history of the release (oldest first).
     pub async fn history(&self, helm: &Helm) -> Result<Vec<HistoryEntry>, ReleaseError> {
         helm.json([
@@ -270,6 +315,40 @@ pub struct HistoryEntry {
     /// The chart's appVersion.
     #[serde(default)]
     pub app_version: String,
+    /// What helm (or klm, with `--description`) said of the revision.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The description klm gives a revision that only puts the user's values
+/// back, without running hooks (job mode: the installer did not run).
+pub const VALUES_ONLY_DESCRIPTION: &str =
+    "kata-lifecycle-manager: the user's values restored; hooks not run";
+
+impl HistoryEntry {
+    /// The chart version of the revision (`chart` without the chart's name).
+    pub fn chart_version(&self, chart_name: &str) -> String {
+        self.chart
+            .strip_prefix(&format!("{chart_name}-"))
+            .map(String::from)
+            .unwrap_or_else(|| {
+                self.chart
+                    .rsplit_once('-')
+                    .map(|(_, v)| v.to_string())
+                    .unwrap_or_else(|| self.chart.clone())
+            })
+    }
+
+    /// Whether the revision was deployed at some point (its hooks ran,
+    /// unless klm restored values only).
+    pub fn was_deployed(&self) -> bool {
+        matches!(self.status.as_str(), "deployed" | "superseded")
+    }
+
+    /// Whether klm wrote this revision to restore values only (no hooks ran).
+    pub fn values_only(&self) -> bool {
+        self.description == VALUES_ONLY_DESCRIPTION
+    }
 }
 
 /// A namespaced object in the release's manifest.
@@ -370,6 +449,51 @@ impl Release {
             format!("{}s", upgrade.timeout.as_secs()).into(),
         ]);
         tracing::info!(release = %self.reference.name, version = %upgrade.version, "helm upgrade");
+        helm.run(args).await.map_err(|source| ReleaseError::Helm {
+            name: self.reference.name.clone(),
+            source,
+        })?;
+        Ok(())
+    }
+
+    /// Puts exactly `values` back on the release at `version`
+    /// (`--reset-values --values FILE`). With `no_hooks`, no hook runs (job
+    /// mode: the installer dispatcher does not run again) and the revision is
+    /// described as [`VALUES_ONLY_DESCRIPTION`], so it is never taken for an
+    /// install.
+    pub async fn restore_values(
+        &self,
+        helm: &Helm,
+        chart: &str,
+        version: &str,
+        values: &Value,
+        no_hooks: bool,
+        timeout: std::time::Duration,
+    ) -> Result<(), ReleaseError> {
+        let file = crate::helm::ValuesFile::new(values).map_err(|e| ReleaseError::Malformed {
+            name: self.reference.name.clone(),
+            reason: format!("cannot write a values file: {e}"),
+        })?;
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["upgrade".into(), self.reference.name.clone().into()];
+        args.extend(chart_arguments(chart, version));
+        args.extend([
+            "--namespace".into(),
+            self.reference.namespace.clone().into(),
+            "--reset-values".into(),
+            "--values".into(),
+            file.path().as_os_str().to_owned(),
+            "--timeout".into(),
+            format!("{}s", timeout.as_secs()).into(),
+        ]);
+        if no_hooks {
+            args.extend([
+                "--no-hooks".into(),
+                "--description".into(),
+                VALUES_ONLY_DESCRIPTION.into(),
+            ]);
+        }
+        tracing::info!(release = %self.reference.name, version, no_hooks, "helm upgrade: restoring the user's values");
         helm.run(args).await.map_err(|source| ReleaseError::Helm {
             name: self.reference.name.clone(),
             source,

@@ -185,17 +185,37 @@ pub struct RunRecord {
     /// install Jobs older than this belong to an earlier wave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wave_started_at: Option<String>,
-    /// The run's plan as `select-nodes --run-id` recorded it: the nodes of
-    /// wave 1, 2, ... (the workflow passes only a wave's index).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub waves: Vec<Vec<String>>,
+    /// The waves select-nodes planned for this run, each a list of node
+    /// names (wave K is `waves[K-1]`); None until select-nodes ran with the
+    /// run's id. An empty plan means the run has nothing to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<Vec<Vec<String>>>,
+    /// Per node, the kata-deploy version it ran before the run first touched
+    /// it (recorded at cordon): what rollback returns that node to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_versions: BTreeMap<String, String>,
 }
 
 impl RunRecord {
+    /// The release as `namespace/name`: what node holds name (a run id is
+    /// unique only together with its release).
+    pub fn release_id(&self) -> String {
+        crate::annotations::release_id(&self.namespace, &self.release)
+    }
+
+    /// The version a node returns to on rollback: the one it ran before the
+    /// run touched it, else the release's version before the run.
+    pub fn version_before(&self, node: &str) -> &str {
+        self.node_versions
+            .get(node)
+            .map(String::as_str)
+            .unwrap_or(&self.before.chart_version)
+    }
+
     /// The nodes of wave `index` (from 1) of the recorded plan.
     pub fn wave(&self, index: u32) -> Option<&[String]> {
         let at = usize::try_from(index).ok()?.checked_sub(1)?;
-        self.waves.get(at).map(Vec::as_slice)
+        self.waves.as_ref()?.get(at).map(Vec::as_slice)
     }
 
     /// The nodes the run touched that are in one of these states.
@@ -440,8 +460,12 @@ mod tests {
             ]),
             mechanics: BTreeMap::from([("updateStrategy.type".to_string(), json!("OnDelete"))]),
             wave_started_at: None,
-            waves: vec![vec!["a".into()], vec!["b".into()]],
+            waves: Some(vec![vec!["a".into()], vec!["b".into()]]),
+            node_versions: BTreeMap::from([("b".to_string(), "3.26.0".to_string())]),
         };
+        assert_eq!(record.version_before("a"), "3.27.0");
+        assert_eq!(record.version_before("b"), "3.26.0");
+        assert_eq!(record.release_id(), "kube-system/kata-deploy");
         let text = serde_json::to_string(&record).unwrap();
         assert!(text.contains("\"runId\":\"upgrade-1\""));
         assert!(text.contains("\"rolled-back\"") || text.contains("\"held\""));

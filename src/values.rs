@@ -44,6 +44,30 @@ pub fn restore(values: &mut Value, key: &str, value: Option<Value>) {
     }
 }
 
+/// Like [`restore`], against the user's own values `original`: a key the
+/// user did not have is removed together with the maps that held only it
+/// and that the user did not have either (no `updateStrategy: {}` is left).
+pub fn restore_from(values: &mut Value, key: &str, original: &Value) {
+    match lookup(original, key) {
+        Some(v) => set(values, key, v.clone()),
+        None => {
+            remove(values, key);
+            let (parents, _) = split(key);
+            for depth in (1..=parents.len()).rev() {
+                let path = parents[..depth].join(".");
+                let empty = lookup(values, &path)
+                    .and_then(Value::as_object)
+                    .is_some_and(|m| m.is_empty());
+                if empty && lookup(original, &path).is_none() {
+                    remove(values, &path);
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 fn split(key: &str) -> (Vec<&str>, &str) {
     let mut parts: Vec<&str> = key.split('.').collect();
     let last = parts.pop().unwrap_or(key);
@@ -74,5 +98,42 @@ mod tests {
         assert!(values.get("x").is_none());
         restore(&mut values, "job.nodes", Some(json!(["a"])));
         assert_eq!(lookup(&values, "job.nodes"), Some(&json!(["a"])));
+    }
+
+    #[test]
+    fn restoring_leaves_no_map_the_user_did_not_have() {
+        let original = json!({"env": {"x": 1}, "job": {}});
+        let mut values = json!({
+            "env": {"x": 1},
+            "updateStrategy": {"type": "OnDelete"},
+            "verification": {"pod": ""},
+            "job": {"nodes": ["a"], "parallelism": 1},
+        });
+        for key in [
+            "updateStrategy.type",
+            "verification.pod",
+            "job.nodes",
+            "job.parallelism",
+        ] {
+            restore_from(&mut values, key, &original);
+        }
+        assert_eq!(
+            values, original,
+            "the user's empty job map stays, the others go"
+        );
+        let mut kept =
+            json!({"updateStrategy": {"type": "OnDelete", "rollingUpdate": {"maxUnavailable": 2}}});
+        restore_from(&mut kept, "updateStrategy.type", &json!({}));
+        assert_eq!(
+            kept,
+            json!({"updateStrategy": {"rollingUpdate": {"maxUnavailable": 2}}})
+        );
+        let mut theirs = json!({"updateStrategy": {"type": "OnDelete"}});
+        restore_from(
+            &mut theirs,
+            "updateStrategy.type",
+            &json!({"updateStrategy": {"type": "RollingUpdate"}}),
+        );
+        assert_eq!(theirs, json!({"updateStrategy": {"type": "RollingUpdate"}}));
     }
 }

@@ -222,7 +222,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         nodes: Default::default(),
         mechanics: Default::default(),
         wave_started_at: None,
-        waves: Vec::new(),
+        waves: None,
+        node_versions: Default::default(),
     };
     let (record, resumed) = match Records::new(&client, &reference.namespace)
         .begin(record)

@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::annotations::NodeStatus;
 use crate::cli::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs};
 use crate::error::{ExitStatus, UserError};
-use crate::helm::{Helm, ValuesFile};
+use crate::helm::Helm;
 use crate::nodes::hold::{self, Release, Released};
 use crate::output::{self, Report};
 use crate::run_record::{NodeProgress, Records, RunRecord, RunState};
@@ -71,6 +71,8 @@ pub struct LeftInPlace {
     pub value: Value,
     /// Why it stays.
     pub reason: String,
+    /// The command that puts the user's values back.
+    pub command: String,
 }
 
 impl Report for Completed {
@@ -112,6 +114,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let client = crate::cluster::client(global).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
     let record = super::active_run(&records, &args.release.helm_release, &args.run).await?;
+    super::ensure_run_target(&record, &target)?;
     let mut report = Completed {
         run_id: record.run_id.clone(),
         version: target.clone(),
@@ -125,6 +128,24 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         finish_run(&client, &helm, &records, &record, &args.chart, &mut report).await?;
     }
     output::print(global.output, &report)?;
+    if let Some(left) = report.left_in_place.first() {
+        return Err(UserError::failed(format!(
+            "run {} is finished, but the release keeps values it set for its own mechanics: {}",
+            record.run_id,
+            report
+                .left_in_place
+                .iter()
+                .map(|l| format!("{}={}", l.key, l.value))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .hint(left.reason.clone())
+        .hint(format!(
+            "once that is resolved, put the values you had before the run back with: {}",
+            left.command
+        ))
+        .into());
+    }
     Ok(ExitStatus::Done)
 }
 
@@ -164,6 +185,7 @@ async fn complete_nodes(
         current_version: Some(Some(target.to_string())),
         remove_selection_taints: true,
         uncordon: true,
+        release: Some(record.release_id()),
         ..Default::default()
     };
     let released = try_join_all(
@@ -203,37 +225,43 @@ async fn finish_run(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let restorable = match record.mode {
-        DeploymentMode::Daemonset => daemonset_fully_rolled(client, &release).await?,
-        DeploymentMode::Job => Err("restoring it re-runs kata-deploy's installer on every node it selects; it is harmless until the next upgrade, which klm scopes again".to_string()),
+    // job mode: the values go back without hooks, so the installer does not
+    // run again on any node (the release's values then say what the user
+    // asked for; each node runs what klm verified on it).
+    let (restorable, no_hooks) = match record.mode {
+        DeploymentMode::Daemonset => (daemonset_fully_rolled(client, &release).await?, false),
+        DeploymentMode::Job => (Ok(()), true),
     };
+    let command = crate::release::restore_command(
+        &reference,
+        &chart.chart,
+        &release.chart_version,
+        record.before.revision,
+        no_hooks,
+    );
     match restorable {
         Ok(()) if !mechanics.is_empty() => {
             let mut values = release.user_values.clone();
             for (key, _) in &mechanics {
-                crate::values::restore(
-                    &mut values,
-                    key,
-                    crate::values::lookup(&record.before.user_values, key).cloned(),
-                );
+                crate::values::restore_from(&mut values, key, &record.before.user_values);
             }
-            let file = ValuesFile::new(&values)?;
-            let mut args: Vec<std::ffi::OsString> =
-                vec!["upgrade".into(), record.release.clone().into()];
-            args.extend(crate::release::chart_arguments(
-                &chart.chart,
-                &release.chart_version,
-            ));
-            args.extend([
-                "--namespace".into(),
-                record.namespace.clone().into(),
-                "--reset-values".into(),
-                "--values".into(),
-                file.path().as_os_str().to_owned(),
-                "--timeout".into(),
-                format!("{}s", chart.helm_timeout.as_secs()).into(),
-            ]);
-            helm.run(args).await?;
+            release
+                .restore_values(
+                    helm,
+                    &chart.chart,
+                    &release.chart_version,
+                    &values,
+                    no_hooks,
+                    chart.helm_timeout,
+                )
+                .await
+                .map_err(|err| {
+                    UserError::failed(format!(
+                        "the release's values could not be restored: {}",
+                        crate::error::describe(&err.into())
+                    ))
+                    .hint(format!("retry `klm complete --finish-run --run-id {}`, or restore them with: {command}", record.run_id))
+                })?;
             report.restored = mechanics.iter().map(|(k, _)| k.clone()).collect();
         }
         Ok(()) => {}
@@ -244,6 +272,7 @@ async fn finish_run(
                     key,
                     value,
                     reason: reason.clone(),
+                    command: command.clone(),
                 })
                 .collect();
         }

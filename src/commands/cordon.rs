@@ -81,11 +81,28 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     // Every node must exist before any is changed.
     let nodes_api: Api<Node> = Api::all(client.clone());
     try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    // What each node runs before this run touches it: its rollback target.
+    let unrecorded: Vec<String> = names
+        .iter()
+        .filter(|n| !record.node_versions.contains_key(*n) && !record.nodes.contains_key(*n))
+        .cloned()
+        .collect();
+    let helm = super::helm(&args.release, global);
+    let versions = crate::nodes::installed::observe(
+        &client,
+        &helm,
+        &super::release_ref(&args.release),
+        record.mode,
+        &unrecorded,
+    )
+    .await?;
+    let release_id = record.release_id();
     let held = try_join_all(names.iter().map(|n| {
-        hold::hold(
+        hold::hold_for_release(
             &client,
             n,
             &record.run_id,
+            Some(&release_id),
             &criteria,
             &record.target_version,
         )
@@ -95,6 +112,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .update(&record.release, &record.run_id, |r| {
             for node in &names {
                 r.nodes.entry(node.clone()).or_insert(NodeProgress::Held);
+            }
+            for (node, version) in &versions {
+                r.node_versions
+                    .entry(node.clone())
+                    .or_insert_with(|| version.clone());
             }
         })
         .await?;

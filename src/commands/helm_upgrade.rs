@@ -16,7 +16,7 @@ pub const CORDON_TOLERATION: &str = "node.kubernetes.io/unschedulable";
 /// Flags of `klm helm-upgrade`.
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "daemonset mode: run once before any wave, with updateStrategy.type=OnDelete (nothing restarts).\njob mode: run once per wave with --nodes (job.nodes and job.parallelism are scoped to the wave).\n\nExamples:\n  klm helm-upgrade --target-version 3.28.0\n  klm helm-upgrade --target-version 3.32.1 --deployment-mode job --nodes worker-1,worker-2\n  klm helm-upgrade --target-version 3.28.0 --set image.reference=mirror.example/kata-deploy"
+    after_help = "daemonset mode: run once before any wave, with updateStrategy.type=OnDelete (nothing restarts);\nwhen select-nodes recorded an empty plan for the run, nothing is upgraded.\njob mode: run once per wave with --nodes (job.nodes and job.parallelism are scoped to the wave).\n\nExamples:\n  klm helm-upgrade --target-version 3.28.0\n  klm helm-upgrade --target-version 3.32.1 --deployment-mode job --nodes worker-1,worker-2\n  klm helm-upgrade --target-version 3.28.0 --set image.reference=mirror.example/kata-deploy"
 )]
 pub struct Args {
     /// The kata-deploy chart version to upgrade to.
@@ -74,10 +74,18 @@ pub struct Upgraded {
     pub already_done: bool,
     /// The values this step set for the run's mechanics.
     pub mechanics: Vec<String>,
+    /// True when the run's plan (from select-nodes) has no node: nothing changed.
+    pub nothing_selected: bool,
 }
 
 impl Report for Upgraded {
     fn text(&self) -> String {
+        if self.nothing_selected {
+            return format!(
+                "the run selected no node: {} stays at {}; nothing to do",
+                self.release, self.from_version
+            );
+        }
         if self.already_done {
             return format!(
                 "{} is already at {} for this run; nothing to do",
@@ -139,6 +147,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         nodes: wave.clone(),
         already_done: false,
         mechanics: Vec::new(),
+        nothing_selected: false,
     };
     let mut mechanics: Vec<(String, Value)> = vec![("verification.pod".into(), json!(""))];
     let mut upgrade = Upgrade {
@@ -155,6 +164,18 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
                 return Err(UserError::bad_input("--nodes scopes job-mode waves; in daemonset mode helm-upgrade runs once, before the waves")
                     .hint("drop --nodes; restart-kata-pod then moves one node at a time")
                     .into());
+            }
+            // A run whose plan has no node changes nothing: an upgraded
+            // template would reach any node whose kata-deploy pod restarts,
+            // unverified.
+            if record
+                .waves
+                .as_ref()
+                .is_some_and(|waves| waves.iter().all(Vec::is_empty))
+            {
+                report.nothing_selected = true;
+                output::print(global.output, &report)?;
+                return Ok(ExitStatus::Done);
             }
             let on_delete = crate::values::lookup(&release.user_values, "updateStrategy.type")
                 == Some(&json!("OnDelete"));

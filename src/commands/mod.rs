@@ -96,7 +96,7 @@ pub(crate) async fn step_nodes(
 
 /// Wave `index` of the run's recorded plan.
 pub(crate) fn wave_of(record: &RunRecord, index: u32) -> Result<&[String], UserError> {
-    if record.waves.is_empty() {
+    if record.waves.as_ref().is_none_or(|w| w.is_empty()) {
         return Err(UserError::precondition(format!(
             "run {} has no recorded plan, so it has no wave {index}",
             record.run_id
@@ -110,8 +110,31 @@ pub(crate) fn wave_of(record: &RunRecord, index: u32) -> Result<&[String], UserE
         UserError::bad_input(format!(
             "run {} has {} wave(s), not a wave {index}",
             record.run_id,
-            record.waves.len()
+            record.waves.as_ref().map_or(0, Vec::len)
         ))
         .hint("pass a wave index from 1 to the number of waves select-nodes planned")
     })
+}
+
+/// Refuses (bad input, nothing changed) a `--target-version` that is not the
+/// run's: a step acts only at the version its run upgrades to.
+pub(crate) fn ensure_run_target(record: &RunRecord, target: &str) -> Result<(), UserError> {
+    let same = match (
+        crate::versions::parse(target),
+        crate::versions::parse(&record.target_version),
+    ) {
+        (Ok(given), Ok(recorded)) => given == recorded,
+        _ => target == record.target_version,
+    };
+    if same {
+        return Ok(());
+    }
+    Err(UserError::bad_input(format!(
+        "--target-version {target} differs from run {}'s target {}",
+        record.run_id, record.target_version
+    ))
+    .hint(format!(
+        "pass --target-version {} (the run's), or start a new run with check-prerequisites",
+        record.target_version
+    )))
 }

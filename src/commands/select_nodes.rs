@@ -20,7 +20,7 @@ use crate::output::{self, Report};
 /// Flags of `klm select-nodes`.
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "Without a selector, the nodes that run kata-deploy are selected.\n\nExamples:\n  klm select-nodes --batch-size 2\n  klm select-nodes --node-selector node-pool=kata --node-taint-key maintenance -o json\n  klm select-nodes --skip-completed 3.28.0 --waves-file /tmp/waves.json"
+    after_help = "Without a selector, the nodes that run this release's kata-deploy are selected: in daemonset\nmode the nodes of its DaemonSet's pods, in job mode the nodes its installer targets (its node\nselector), never those of another kata-deploy release.\nWith --run-id, the plan is recorded in the run (an empty plan: helm-upgrade then changes nothing).\nA plan with more waves than one workflow carries (--max-waves) is refused before anything changes.\n\nExamples:\n  klm select-nodes --batch-size 2\n  klm select-nodes --node-selector node-pool=kata --node-taint-key maintenance -o json\n  klm select-nodes --skip-completed 3.28.0 --waves-file /tmp/waves.json"
 )]
 pub struct Args {
     /// How nodes are selected.
@@ -49,13 +49,18 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub index_file: Option<PathBuf>,
 
-    /// Record the plan in this run's record, so that steps can take `--wave K`.
-    #[command(flatten)]
-    pub run: RunArgs,
+    /// At most this many waves (what one Argo workflow carries); 0 = no bound
+    /// (Argo with node status offloading).
+    #[arg(long, value_name = "N", default_value_t = waves::DEFAULT_MAX_WAVES)]
+    pub max_waves: usize,
 
-    /// Which release (to find the nodes that run kata-deploy).
+    /// Which release (to find the nodes that run its kata-deploy).
     #[command(flatten)]
     pub release: ReleaseArgs,
+
+    /// The run to record the plan in (optional).
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// What select-nodes found.
@@ -140,13 +145,19 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         skip_completed.map(|v| v.to_string()),
     )
     .await?;
-    if let Some(run_id) = &args.run.run_id {
+    waves::check_capacity(
+        selection.waves.len(),
+        selection.count,
+        batch_size,
+        args.max_waves,
+    )?;
+    if args.run.run_id.is_some() {
         let records = crate::run_record::Records::new(&client, &args.release.helm_namespace);
-        super::active_run(&records, &args.release.helm_release, &args.run).await?;
+        let record = super::active_run(&records, &args.release.helm_release, &args.run).await?;
         let planned: Vec<Vec<String>> = selection.waves.iter().map(|w| w.nodes.clone()).collect();
         records
-            .update(&args.release.helm_release, run_id, |r| {
-                r.waves = planned.clone()
+            .update(&record.release, &record.run_id, |r| {
+                r.waves = Some(planned.clone())
             })
             .await?;
     }
@@ -177,10 +188,11 @@ pub async fn select(
     let nodes =
         crate::nodes::listing::list_for_selection(client, criteria.label_selector.as_deref())
             .await?;
-    let with_kata_pod = if criteria.is_empty() {
-        nodes_with_kata_deploy_pod(client, helm, release).await
+    let (with_kata_pod, described) = if criteria.is_empty() {
+        let (found, how) = release_nodes(client, helm, release, &nodes).await?;
+        (found, Some(how))
     } else {
-        BTreeSet::new()
+        (BTreeSet::new(), None)
     };
     let chosen = selection::choose(&nodes, criteria, &with_kata_pod);
     let mut skipped = Vec::new();
@@ -207,41 +219,93 @@ pub async fn select(
         nodes,
         waves,
         skipped,
-        criteria: describe(criteria),
+        criteria: described.unwrap_or_else(|| describe(criteria)),
     })
 }
 
-/// Nodes where the release's kata-deploy DaemonSet has a pod: they run Kata
-/// even if the label is missing (an install in progress or broken). A release
-/// that cannot be read adds nothing; the label still selects.
-async fn nodes_with_kata_deploy_pod(
+/// The nodes that run this release's kata-deploy, and how they were found
+/// (for the plan): daemonset mode, the nodes of its DaemonSet's pods; job
+/// mode, the nodes its installer's node selector matches (`job.nodeSelector`
+/// and `job.nodeSelectorExpressions` before 4.1, `nodeSelector` since).
+async fn release_nodes(
     client: &Client,
     helm: &Helm,
     release: &ReleaseArgs,
-) -> BTreeSet<String> {
+    nodes: &[k8s_openapi::api::core::v1::Node],
+) -> anyhow::Result<(BTreeSet<String>, String)> {
     let reference = super::release_ref(release);
-    let Ok(found) = reference.load(helm).await else {
-        return BTreeSet::new();
-    };
-    let Ok(daemonset) = found.daemonset() else {
-        return BTreeSet::new();
-    };
-    let Ok(ds) = crate::kata_deploy::KataDaemonSet::find(client, &daemonset).await else {
-        return BTreeSet::new();
-    };
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ds.namespace);
-    match pods
-        .list(&ListParams::default().labels(ds.selector()))
-        .await
-    {
-        Ok(list) => list
-            .items
-            .iter()
-            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
-            .collect(),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot list kata-deploy pods; selecting by label only");
-            BTreeSet::new()
+    let found = reference.load(helm).await?;
+    let coalesced = reference.coalesced_values(helm).await?;
+    let mode = crate::release::detect_mode(&coalesced).map_err(|why| {
+        crate::error::UserError::precondition(format!("release {}: {why}", reference.name))
+    })?;
+    let id = annotations::release_id(&reference.namespace, &reference.name);
+    match mode {
+        crate::versions::DeploymentMode::Daemonset => {
+            let daemonset = found.daemonset()?;
+            let ds = crate::kata_deploy::KataDaemonSet::find(client, &daemonset).await?;
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &ds.namespace);
+            let list = pods
+                .list(&ListParams::default().labels(ds.selector()))
+                .await
+                .map_err(|e| {
+                    crate::error::KubeError::new(
+                        format!("listing the pods of DaemonSet {}/{}", ds.namespace, ds.name),
+                        e,
+                    )
+                })?;
+            let owned: BTreeSet<String> = list
+                .items
+                .iter()
+                .filter(|p| {
+                    p.owner_references()
+                        .iter()
+                        .any(|o| o.kind == "DaemonSet" && o.name == ds.name)
+                })
+                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                .collect();
+            Ok((
+                owned,
+                format!(
+                    "default selection: the nodes that run release {id}'s kata-deploy (the pods of DaemonSet {}/{})",
+                    ds.namespace, ds.name
+                ),
+            ))
+        }
+        crate::versions::DeploymentMode::Job => {
+            let version = crate::versions::parse(&found.chart_version)?;
+            let (labels_key, expressions_key) = if crate::versions::job_mode_prunes(&version) {
+                ("nodeSelector", None)
+            } else {
+                ("job.nodeSelector", Some("job.nodeSelectorExpressions"))
+            };
+            let labels: std::collections::BTreeMap<String, String> =
+                crate::values::lookup(&coalesced, labels_key)
+                    .and_then(|v| serde_json::from_value(v.clone()).ok())
+                    .unwrap_or_default();
+            let expressions: Vec<selection::Expression> = expressions_key
+                .and_then(|key| crate::values::lookup(&coalesced, key))
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default();
+            let targeted: BTreeSet<String> = nodes
+                .iter()
+                .filter(|n| selection::matches_selector(n, &labels, &expressions))
+                .filter(|n| !selection::is_control_plane(n) || selection::runs_kata(n))
+                .map(|n| n.name_any())
+                .collect();
+            let mut how: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            how.extend(expressions.iter().map(|e| e.to_string()));
+            let how = if how.is_empty() {
+                "every node".to_string()
+            } else {
+                how.join(",")
+            };
+            Ok((
+                targeted,
+                format!(
+                    "default selection: the nodes release {id}'s kata-deploy installer targets ({labels_key}: {how})"
+                ),
+            ))
         }
     }
 }

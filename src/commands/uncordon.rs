@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
 use crate::annotations::{self, NodeStatus};
-use crate::cli::{GlobalArgs, OptionalNodesArgs, RunArgs};
+use crate::cli::{GlobalArgs, OptionalNodesArgs, ReleaseArgs, RunArgs};
 use crate::error::{ExitStatus, KubeResultExt};
 use crate::nodes::hold::{self, Release, Released};
 use crate::nodes::selection;
@@ -16,7 +16,7 @@ use kube::ResourceExt;
 /// Flags of `klm uncordon`.
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "A node that was unschedulable before the run is left unschedulable.\n\nExamples:\n  klm uncordon --nodes worker-1\n  klm uncordon --nodes worker-1 --run-id upgrade-1\n  klm uncordon --all-held --run-id upgrade-1   # the workflow's exit handler"
+    after_help = "A node that was unschedulable before the run is left unschedulable.\n\nExamples:\n  klm uncordon --nodes worker-1\n  klm uncordon --nodes worker-1 --run-id upgrade-1\n  klm uncordon --all-held --run-id upgrade-1 --helm-namespace kata-system   # the workflow's exit handler"
 )]
 pub struct Args {
     /// The nodes.
@@ -26,6 +26,10 @@ pub struct Args {
     /// Only release nodes held by this run (default: whichever run holds them).
     #[command(flatten)]
     pub run: RunArgs,
+
+    /// With --run-id: the release whose run it is (a run id is unique only per release).
+    #[command(flatten)]
+    pub release: ReleaseArgs,
 }
 
 /// What uncordon did.
@@ -79,9 +83,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         not_held: Vec::new(),
         kept_failed: Vec::new(),
     };
+    let release_id =
+        annotations::release_id(&args.release.helm_namespace, &args.release.helm_release);
     let names = if args.nodes.all_held {
         let run_id = args.run.run_id.as_deref().unwrap_or_default();
-        let held = held_by(&nodes_api, run_id).await?;
+        let held = held_by(&nodes_api, run_id, &release_id).await?;
         let (failed, rest): (Vec<Node>, Vec<Node>) = held.into_iter().partition(|n| {
             selection::annotation(n, annotations::STATUS) == Some(NodeStatus::Failed.as_str())
         });
@@ -94,6 +100,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     };
     let how = Release {
         uncordon: true,
+        release: Some(release_id),
         ..Default::default()
     };
     let outcomes = try_join_all(
@@ -112,8 +119,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     Ok(ExitStatus::Done)
 }
 
-/// The nodes a run holds (one LIST, filtered by the run annotation).
-async fn held_by(nodes: &Api<Node>, run_id: &str) -> anyhow::Result<Vec<Node>> {
+/// The nodes a run of a release holds (one LIST, filtered by the run and
+/// release annotations; a hold that names no release matches any).
+async fn held_by(nodes: &Api<Node>, run_id: &str, release_id: &str) -> anyhow::Result<Vec<Node>> {
     let all = nodes
         .list(&kube::api::ListParams::default())
         .await
@@ -122,5 +130,11 @@ async fn held_by(nodes: &Api<Node>, run_id: &str) -> anyhow::Result<Vec<Node>> {
         .items
         .into_iter()
         .filter(|n| selection::annotation(n, annotations::RUN) == Some(run_id))
+        .filter(|n| {
+            hold::same_release(
+                selection::annotation(n, annotations::RELEASE),
+                Some(release_id),
+            )
+        })
         .collect())
 }

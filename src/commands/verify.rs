@@ -80,7 +80,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let names = super::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let nodes_api = kube::Api::all(client.clone());
     try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
-    crate::verification::run::dry_run(&client, &template).await?;
+    crate::verification::run::dry_run_access(&client, &template).await?;
 
     let records = Records::new(&client, &args.release.helm_namespace);
     let record = records

@@ -49,6 +49,18 @@ pub async fn patch_annotations(
 /// Why a node cannot be held or released.
 #[derive(Debug, thiserror::Error)]
 pub enum HoldError {
+    /// A run of the same id for another release is working on the node.
+    #[error("node {node} is held by run {run} of release {release} (status {status})")]
+    HeldByAnotherRelease {
+        /// The node.
+        node: String,
+        /// The run holding it.
+        run: String,
+        /// Its release (`namespace/name`).
+        release: String,
+        /// Its status annotation.
+        status: String,
+    },
     /// Another run is working on the node.
     #[error("node {node} is held by run {holder} (status {status})")]
     HeldByAnotherRun {
@@ -88,7 +100,9 @@ impl crate::error::Classify for HoldError {
     fn status(&self) -> crate::error::ExitStatus {
         use crate::error::ExitStatus;
         match self {
-            HoldError::HeldByAnotherRun { .. } => ExitStatus::Precondition,
+            HoldError::HeldByAnotherRun { .. } | HoldError::HeldByAnotherRelease { .. } => {
+                ExitStatus::Precondition
+            }
             HoldError::NoSuchNode { .. } => ExitStatus::BadInput,
             HoldError::Kube(inner) => crate::error::Classify::status(inner),
             _ => ExitStatus::Failed,
@@ -98,6 +112,9 @@ impl crate::error::Classify for HoldError {
         match self {
             HoldError::HeldByAnotherRun { node, holder, .. } => vec![format!(
                 "wait for run {holder} to finish; if it is dead, release the node with `klm uncordon --nodes {node} --run-id {holder}` or roll it back with `klm rollback --nodes {node}`"
+            )],
+            HoldError::HeldByAnotherRelease { release, .. } => vec![format!(
+                "another kata-deploy release ({release}) upgrades this node: select only this release's nodes (the default selection), or wait for that run to finish"
             )],
             HoldError::NoSuchNode { .. } => {
                 vec!["check the node name with `kubectl get nodes`".into()]
@@ -132,23 +149,46 @@ pub async fn hold(
     selection: &Criteria,
     target_version: &str,
 ) -> Result<Held, HoldError> {
+    hold_for_release(client, node, run_id, None, selection, target_version).await
+}
+
+/// [`hold`], naming the release (`namespace/name`) whose run holds the node:
+/// a node held by a run of the same id for another release is refused.
+pub async fn hold_for_release(
+    client: &Client,
+    node: &str,
+    run_id: &str,
+    release: Option<&str>,
+    selection: &Criteria,
+    target_version: &str,
+) -> Result<Held, HoldError> {
     let nodes: Api<Node> = Api::all(client.clone());
     for _ in 0..CONFLICT_RETRIES {
         let current = get(&nodes, node).await?;
         let holder = annotation(&current, annotations::RUN);
+        let holder_release = annotation(&current, annotations::RELEASE);
         let status =
             annotation(&current, annotations::STATUS).and_then(|s| s.parse::<NodeStatus>().ok());
+        let same_release = same_release(holder_release, release);
         if let Some(holder) = holder
-            && holder != run_id
+            && (holder != run_id || !same_release)
             && status.is_some_and(NodeStatus::in_progress)
         {
+            if holder == run_id {
+                return Err(HoldError::HeldByAnotherRelease {
+                    node: node.to_string(),
+                    run: holder.to_string(),
+                    release: holder_release.unwrap_or_default().to_string(),
+                    status: status.map(|s| s.to_string()).unwrap_or_default(),
+                });
+            }
             return Err(HoldError::HeldByAnotherRun {
                 node: node.to_string(),
                 holder: holder.to_string(),
                 status: status.map(|s| s.to_string()).unwrap_or_default(),
             });
         }
-        if holder == Some(run_id) {
+        if holder == Some(run_id) && same_release {
             let was_unschedulable =
                 annotation(&current, annotations::WAS_UNSCHEDULABLE) == Some("true");
             let recorded = recorded_taints(&current)?;
@@ -171,6 +211,7 @@ pub async fn hold(
                 "resourceVersion": current.metadata.resource_version,
                 "annotations": {
                     annotations::RUN: run_id,
+                    annotations::RELEASE: release,
                     annotations::WAS_UNSCHEDULABLE: was_unschedulable.to_string(),
                     annotations::SELECTION_TAINTS: if taints.is_empty() { Value::Null } else { json!(serde_json::to_string(&taints).unwrap_or_default()) },
                     annotations::TARGET_VERSION: target_version,
@@ -203,17 +244,31 @@ pub async fn hold(
 /// leaves it as it was); a node another finished run still holds changes
 /// holder but keeps what that hold recorded; the selection taints recorded
 /// by an earlier hold are kept, so the rollback restores them.
-pub async fn hold_for_rollback(client: &Client, node: &str, run_id: &str) -> Result<(), HoldError> {
+pub async fn hold_for_rollback(
+    client: &Client,
+    node: &str,
+    run_id: &str,
+    release: &str,
+) -> Result<(), HoldError> {
     let nodes: Api<Node> = Api::all(client.clone());
     for _ in 0..CONFLICT_RETRIES {
         let current = get(&nodes, node).await?;
         let holder = annotation(&current, annotations::RUN);
+        let holder_release = annotation(&current, annotations::RELEASE);
         let status =
             annotation(&current, annotations::STATUS).and_then(|s| s.parse::<NodeStatus>().ok());
         if let Some(holder) = holder
-            && holder != run_id
+            && (holder != run_id || !same_release(holder_release, Some(release)))
             && status.is_some_and(NodeStatus::in_progress)
         {
+            if holder == run_id {
+                return Err(HoldError::HeldByAnotherRelease {
+                    node: node.to_string(),
+                    run: holder.to_string(),
+                    release: holder_release.unwrap_or_default().to_string(),
+                    status: status.map(|s| s.to_string()).unwrap_or_default(),
+                });
+            }
             return Err(HoldError::HeldByAnotherRun {
                 node: node.to_string(),
                 holder: holder.to_string(),
@@ -229,6 +284,7 @@ pub async fn hold_for_rollback(client: &Client, node: &str, run_id: &str) -> Res
                 "resourceVersion": current.metadata.resource_version,
                 "annotations": {
                     annotations::RUN: run_id,
+                    annotations::RELEASE: release,
                     annotations::WAS_UNSCHEDULABLE: was_unschedulable.to_string(),
                 }
             },
@@ -261,6 +317,9 @@ pub struct Release {
     pub restore_selection_taints: bool,
     /// Return the node to service (never one that was unschedulable before).
     pub uncordon: bool,
+    /// With a run id: only a node held for this release (`namespace/name`);
+    /// a node held by a run of the same id for another release is left alone.
+    pub release: Option<String>,
 }
 
 /// What releasing a node did.
@@ -291,7 +350,11 @@ pub async fn release(
         let current = get(&nodes, node).await?;
         let holder = annotation(&current, annotations::RUN);
         if let (Some(wanted), Some(holder)) = (run_id, holder)
-            && wanted != holder
+            && (wanted != holder
+                || !same_release(
+                    annotation(&current, annotations::RELEASE),
+                    how.release.as_deref(),
+                ))
         {
             return Ok(None);
         }
@@ -340,6 +403,7 @@ pub async fn release(
         if how.uncordon {
             for key in [
                 annotations::RUN,
+                annotations::RELEASE,
                 annotations::WAS_UNSCHEDULABLE,
                 annotations::TARGET_VERSION,
             ] {
@@ -414,6 +478,15 @@ pub fn recorded_taints(node: &Node) -> Result<Vec<Taint>, HoldError> {
             node: node.metadata.name.clone().unwrap_or_default(),
             key: annotations::SELECTION_TAINTS,
         }),
+    }
+}
+
+/// Whether the release recorded on a node is the one asked for; a node held
+/// before holds named their release, or a caller that names none, matches.
+pub fn same_release(on_node: Option<&str>, wanted: Option<&str>) -> bool {
+    match (on_node, wanted) {
+        (Some(found), Some(wanted)) => found == wanted,
+        _ => true,
     }
 }
 

@@ -2,6 +2,7 @@
 //! run holds them (cordon ownership, selection taints).
 
 pub mod hold;
+pub mod installed;
 pub mod listing;
 pub mod selection;
 pub mod waves;

@@ -1,5 +1,5 @@
 //! Node selection: label selector, taint key and value, or both; by default
-//! the nodes that run kata-deploy. One LIST of nodes, filtered here.
+//! the nodes that run the release's kata-deploy. One LIST of nodes, filtered here.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -121,25 +121,75 @@ pub fn annotation<'a>(node: &'a Node, key: &str) -> Option<&'a str> {
 }
 
 /// Chooses the nodes: with criteria, the nodes the label selector returned
-/// (already filtered by the API) that carry the taint; without, the nodes that
-/// run kata-deploy (label or a kata-deploy pod), never control-plane nodes
-/// without it.
+/// (already filtered by the API) that carry the taint; without, the nodes
+/// that run the release's kata-deploy (`release_nodes`), never those of
+/// another release that merely carry the kata-runtime label.
 pub fn choose<'a>(
     nodes: &'a [Node],
     criteria: &Criteria,
-    nodes_with_kata_pod: &BTreeSet<String>,
+    release_nodes: &BTreeSet<String>,
 ) -> Vec<&'a Node> {
     nodes
         .iter()
         .filter(|node| {
             if criteria.is_empty() {
                 let name = node.metadata.name.as_deref().unwrap_or_default();
-                runs_kata(node) || nodes_with_kata_pod.contains(name)
+                release_nodes.contains(name)
             } else {
                 criteria.taint_matches(node)
             }
         })
         .collect()
+}
+
+/// One `matchExpressions` term (`job.nodeSelectorExpressions`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct Expression {
+    /// The label key.
+    pub key: String,
+    /// In, NotIn, Exists, DoesNotExist.
+    pub operator: String,
+    /// The values for In and NotIn.
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+impl std::fmt::Display for Expression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.operator.as_str() {
+            "Exists" => write!(f, "{}", self.key),
+            "DoesNotExist" => write!(f, "!{}", self.key),
+            op => write!(
+                f,
+                "{} {} ({})",
+                self.key,
+                op.to_lowercase(),
+                self.values.join(",")
+            ),
+        }
+    }
+}
+
+/// Whether a node's labels match a nodeSelector map and expressions (an
+/// unknown operator matches nothing).
+pub fn matches_selector(
+    node: &Node,
+    labels: &BTreeMap<String, String>,
+    expressions: &[Expression],
+) -> bool {
+    labels
+        .iter()
+        .all(|(k, v)| label(node, k) == Some(v.as_str()))
+        && expressions.iter().all(|e| {
+            let value = label(node, &e.key);
+            match e.operator.as_str() {
+                "In" => value.is_some_and(|v| e.values.iter().any(|x| x == v)),
+                "NotIn" => value.is_none_or(|v| !e.values.iter().any(|x| x == v)),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                _ => false,
+            }
+        })
 }
 
 /// Validates a label selector in kubectl syntax: `k=v`, `k==v`, `k!=v`, `k`,
@@ -382,19 +432,64 @@ mod tests {
     }
 
     #[test]
-    fn the_default_is_nodes_running_kata_never_bare_control_planes() {
+    fn the_default_is_the_releases_nodes_never_another_releases() {
         let nodes = vec![
             node("cp", &[("node-role.kubernetes.io/control-plane", "")], &[]),
-            node("kata", &[(annotations::KATA_RUNTIME_LABEL, "true")], &[]),
-            node("pod-only", &[], &[]),
-            node("plain", &[], &[]),
+            node(
+                "other-release",
+                &[(annotations::KATA_RUNTIME_LABEL, "true")],
+                &[],
+            ),
+            node("mine", &[(annotations::KATA_RUNTIME_LABEL, "true")], &[]),
+            node("mine-unlabelled", &[], &[]),
         ];
-        let with_pod = BTreeSet::from(["pod-only".to_string()]);
-        let chosen: Vec<_> = choose(&nodes, &Criteria::default(), &with_pod)
+        let mine = BTreeSet::from(["mine".to_string(), "mine-unlabelled".to_string()]);
+        let chosen: Vec<_> = choose(&nodes, &Criteria::default(), &mine)
             .iter()
             .map(|n| n.metadata.name.clone().unwrap())
             .collect();
-        assert_eq!(chosen, vec!["kata", "pod-only"]);
+        assert_eq!(chosen, vec!["mine", "mine-unlabelled"]);
         assert!(is_control_plane(&nodes[0]));
+    }
+
+    #[test]
+    fn job_mode_selectors_match_labels_and_expressions() {
+        let n = node("a", &[("pool", "kata"), ("zone", "x")], &[]);
+        let labels = BTreeMap::from([("pool".to_string(), "kata".to_string())]);
+        assert!(matches_selector(&n, &labels, &[]));
+        assert!(matches_selector(&n, &BTreeMap::new(), &[]));
+        let expr = |key: &str, operator: &str, values: &[&str]| Expression {
+            key: key.into(),
+            operator: operator.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        };
+        assert!(matches_selector(
+            &n,
+            &labels,
+            &[expr("zone", "In", &["x", "y"])]
+        ));
+        assert!(!matches_selector(
+            &n,
+            &labels,
+            &[expr("zone", "NotIn", &["x"])]
+        ));
+        assert!(matches_selector(
+            &n,
+            &labels,
+            &[expr("gpu", "DoesNotExist", &[])]
+        ));
+        assert!(!matches_selector(
+            &n,
+            &labels,
+            &[expr("gpu", "Exists", &[])]
+        ));
+        assert!(!matches_selector(
+            &n,
+            &labels,
+            &[expr("zone", "Gt", &["1"])]
+        ));
+        assert_eq!(expr("zone", "In", &["x", "y"]).to_string(), "zone in (x,y)");
+        let other = BTreeMap::from([("pool".to_string(), "gpu".to_string())]);
+        assert!(!matches_selector(&n, &other, &[]));
     }
 }

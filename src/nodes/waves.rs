@@ -60,6 +60,38 @@ pub fn plan(nodes: &[String], batch_size: usize) -> Vec<Wave> {
         .collect()
 }
 
+/// How many waves one Argo workflow carries, by default. The workflow
+/// object (its status included) must stay under etcd's 1 MiB; the fixed part
+/// takes about 51 KB, which leaves about 997 KB for the per-wave status
+/// nodes. With the chart's template (a wave's loop item carries only its
+/// index, so the cost does not grow with the batch size) a wave costs about
+/// 1.0 to 1.3 KB compressed: 997 KB / 1.3 KB is about 766 waves, rounded down
+/// for margin. Past it the workflow fails mid-wave with no exit handler.
+pub const DEFAULT_MAX_WAVES: usize = 750;
+
+/// Refuses a plan with more waves than one workflow carries (`max_waves`;
+/// 0 = no bound, for Argo with node status offloading), saying which
+/// batch size fits.
+pub fn check_capacity(
+    waves: usize,
+    nodes: usize,
+    batch_size: usize,
+    max_waves: usize,
+) -> Result<(), UserError> {
+    if max_waves == 0 || waves <= max_waves {
+        return Ok(());
+    }
+    let fits = nodes.div_ceil(max_waves);
+    Err(UserError::bad_input(format!(
+        "{nodes} node(s) at batch size {batch_size} make {waves} waves; one workflow carries at most {max_waves} (--max-waves)"
+    ))
+    .hint(format!(
+        "pass --batch-size {fits} (or more) to fit {nodes} node(s) in {max_waves} waves"
+    ))
+    .hint("or split the fleet into several runs with --node-selector, each resumed with --skip-completed")
+    .hint("with Argo node status offloading configured (persistence.nodeStatusOffLoad), pass --max-waves 0"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +125,21 @@ mod tests {
         assert_eq!(waves[2].index, 3);
         assert!(plan(&[], 3).is_empty());
         assert_eq!(plan(&nodes, 10).len(), 1);
+    }
+
+    #[test]
+    fn plans_beyond_the_workflow_capacity_are_refused_with_a_batch_size_that_fits() {
+        assert!(check_capacity(750, 750, 1, DEFAULT_MAX_WAVES).is_ok());
+        assert!(check_capacity(500, 5000, 10, DEFAULT_MAX_WAVES).is_ok());
+        assert!(
+            check_capacity(100_000, 100_000, 1, 0).is_ok(),
+            "0 = unlimited"
+        );
+        let err = check_capacity(3, 3, 1, 2).unwrap_err();
+        assert!(err.message.contains("3 waves"), "{}", err.message);
+        assert!(err.hints.iter().any(|h| h.contains("--batch-size 2")));
+        let err = check_capacity(1001, 1001, 1, 750).unwrap_err();
+        assert!(err.hints.iter().any(|h| h.contains("--batch-size 2")));
     }
 
     #[test]

@@ -101,33 +101,89 @@ pub async fn reverify(
         .collect())
 }
 
+/// Why the apiserver refused to create a pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The identity klm runs as may not create pods there (RBAC).
+    NotPermitted,
+    /// The namespace does not exist.
+    NoNamespace,
+    /// The pod itself is invalid (a mistake in the template).
+    Invalid(String),
+    /// An admission check rejected the pod (e.g. its RuntimeClass is gone):
+    /// on a node being upgraded, that node fails its verification.
+    Rejected(String),
+}
+
+/// Classifies an apiserver refusal of a pod creation; None for anything
+/// that is not a refusal (a lost connection, a timeout).
+pub fn refusal(err: &kube::Error) -> Option<Refusal> {
+    let kube::Error::Api(status) = err else {
+        return None;
+    };
+    match status.code {
+        404 => Some(Refusal::NoNamespace),
+        400 | 422 => Some(Refusal::Invalid(status.message.clone())),
+        // RBAC says "User ... cannot create resource ..."; admission plugins
+        // and webhooks answer 403 with their own reason.
+        403 if status.message.contains("cannot create resource") => Some(Refusal::NotPermitted),
+        403 => Some(Refusal::Rejected(status.message.clone())),
+        _ => None,
+    }
+}
+
 /// Checks, with a server-side dry run of the pod for a sample node, that the
 /// namespace exists and the apiserver accepts the pod, before anything changes.
 pub async fn dry_run(client: &Client, template: &VerificationPod) -> anyhow::Result<()> {
+    dry_run_checking(client, template, true).await
+}
+
+/// Like [`dry_run`] for a step that verifies nodes: a pod rejected by
+/// admission is not refused here (it fails each node's verification, with
+/// the apiserver's message); a missing namespace, an invalid pod or missing
+/// permissions still are.
+pub async fn dry_run_access(client: &Client, template: &VerificationPod) -> anyhow::Result<()> {
+    dry_run_checking(client, template, false).await
+}
+
+async fn dry_run_checking(
+    client: &Client,
+    template: &VerificationPod,
+    refuse_rejected: bool,
+) -> anyhow::Result<()> {
     let pod = template.for_node("klm-dry-run", "dry-run")?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), template.namespace());
     let params = PostParams {
         dry_run: true,
         field_manager: Some(annotations::FIELD_MANAGER.into()),
     };
-    match pods.create(&params, &pod).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.code == 404 => {
+    let err = match pods.create(&params, &pod).await {
+        Ok(_) => return Ok(()),
+        Err(err) => err,
+    };
+    match refusal(&err) {
+        Some(Refusal::NoNamespace) => Err(crate::error::UserError::precondition(format!(
+            "the verification namespace {:?} does not exist",
+            template.namespace()
+        ))
+        .hint("create it, or pass --verification-namespace with an existing namespace")
+        .into()),
+        Some(Refusal::Invalid(message)) => Err(crate::error::UserError::bad_input(format!(
+            "the apiserver refuses the verification pod: {message}"
+        ))
+        .into()),
+        Some(Refusal::Rejected(message)) if refuse_rejected => {
             Err(crate::error::UserError::precondition(format!(
-                "the verification namespace {:?} does not exist",
-                template.namespace()
+                "the apiserver rejects the verification pod: {message}"
             ))
-            .hint("create it, or pass --verification-namespace with an existing namespace")
+            .hint("fix what the message names (a RuntimeClass, a policy) or the pod template")
             .into())
         }
-        Err(kube::Error::Api(status)) if status.code == 422 || status.code == 400 => {
-            Err(crate::error::UserError::bad_input(format!(
-                "the apiserver refuses the verification pod: {}",
-                status.message
-            ))
-            .into())
+        Some(Refusal::Rejected(message)) => {
+            tracing::warn!(%message, "the apiserver rejects the verification pod; each node's verification fails");
+            Ok(())
         }
-        Err(err) => Err(crate::error::KubeError::new(
+        Some(Refusal::NotPermitted) | None => Err(crate::error::KubeError::new(
             format!(
                 "checking the verification pod in namespace {}",
                 template.namespace()
@@ -170,7 +226,7 @@ async fn verify_node(
     }
     let started = Instant::now();
     tracing::info!(node, pod = %name, namespace = %namespace, "verification pod created");
-    let created = pods
+    let created = match pods
         .create(
             &PostParams {
                 field_manager: Some(annotations::FIELD_MANAGER.into()),
@@ -179,7 +235,27 @@ async fn verify_node(
             &pod,
         )
         .await
-        .map_err(|e| fail(format!("cannot create it: {e}")))?;
+    {
+        Ok(created) => created,
+        // Rejected at creation (admission: the RuntimeClass the new version
+        // removed, a policy): this node fails its verification.
+        Err(err) => match refusal(&err) {
+            Some(Refusal::Rejected(message) | Refusal::Invalid(message)) => {
+                tracing::warn!(node, pod = %name, %message, "verification pod rejected at creation");
+                return Ok(NodeVerdict {
+                    node: node.to_string(),
+                    pod: name,
+                    passed: false,
+                    reason: Some(format!(
+                        "the apiserver rejected the verification pod: {message}"
+                    )),
+                    seconds: started.elapsed().as_secs_f64(),
+                    kept: false,
+                });
+            }
+            _ => return Err(fail(format!("cannot create it: {err}"))),
+        },
+    };
     let uid = created.uid().unwrap_or_default();
 
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));

@@ -142,15 +142,15 @@ async fn job_mode_upgrades_one_wave_at_a_time() {
         .await
         .ok()
         .json();
-    let left: Vec<&str> = finished["leftInPlace"]
+    let restored: Vec<&str> = finished["restored"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| l["key"].as_str().unwrap())
+        .map(|l| l.as_str().unwrap())
         .collect();
     assert!(
-        left.contains(&"job.nodes"),
-        "job.nodes left in place is reported: {finished}"
+        restored.contains(&"job.nodes"),
+        "job.nodes is restored (without re-running the installer): {finished}"
     );
     for node in &case.nodes {
         assert_eq!(

@@ -95,7 +95,16 @@ impl Case {
         spec: CaseSpec<'_>,
         extra: impl Fn(&str) -> Vec<String>,
     ) -> Result<Case> {
-        let rig = Rig::shared().await?;
+        Self::start_on(Rig::shared().await?, spec, extra).await
+    }
+
+    /// Like [`Case::start_with`], on a given rig (the workflow tier's rig
+    /// with a real node and Argo).
+    pub async fn start_on(
+        rig: &'static Rig,
+        spec: CaseSpec<'_>,
+        extra: impl Fn(&str) -> Vec<String>,
+    ) -> Result<Case> {
         let admin = rig.client().await?;
         let namespace = rig.namespace(spec.name).await?;
         let nodes: Vec<String> = (1..=spec.nodes)
@@ -269,7 +278,7 @@ impl Case {
             .env_remove("KUBECONFIG")
             .env_remove("KLM_RUN_ID")
             .env("KLM_LOG", "info");
-        let takes_release = !matches!(args.first().copied(), Some("drain" | "uncordon"));
+        let takes_release = !matches!(args.first().copied(), Some("drain"));
         if takes_release && !args.contains(&"--helm-release") {
             command.args(["--helm-release", &self.release]);
         }

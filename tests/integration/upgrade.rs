@@ -667,7 +667,7 @@ async fn finishing_a_partial_run_reports_the_values_it_leaves() {
             "json",
         ])
         .await
-        .ok()
+        .code(1)
         .json();
     let left: Vec<&str> = finished["leftInPlace"]
         .as_array()

@@ -151,6 +151,8 @@ impl ControlPlane {
                     pki.sa_key.display()
                 ),
                 "--authorization-mode=Node,RBAC".into(),
+                // Only the real node's kubelet has a node identity: this restricts it alone.
+                "--enable-admission-plugins=NodeRestriction".into(),
                 "--service-cluster-ip-range=10.96.0.0/16".into(),
                 "--allow-privileged=true".into(),
                 format!("--audit-policy-file={}", audit_policy.display()),

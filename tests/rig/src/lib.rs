@@ -7,13 +7,17 @@
 //! Tests share one rig per test binary ([`Rig::shared`]) and isolate
 //! themselves by namespace and node names.
 
+pub mod argo;
+pub mod argo_crds;
 pub mod audit;
 pub mod charts;
 pub mod control_plane;
+pub mod image;
 pub mod kubeconfig;
 pub mod nodes;
 pub mod pki;
 pub mod process;
+pub mod real_node;
 pub mod rig;
 pub mod simulator;
 

@@ -1,6 +1,6 @@
 //! The rig's certificates and keys, generated fresh for every rig: a cluster
 //! CA, the apiserver's serving certificate, client certificates (admin and
-//! one per control-plane component) and the ServiceAccount token signing key.
+//! one per control-plane component, one for the real node's kubelet) and the ServiceAccount token signing key.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +9,10 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
+
+/// The name of the rig's real node (a kubelet with containerd, see
+/// `real_node`); its client certificate is issued with the rest.
+pub const REAL_NODE: &str = "rig-node";
 
 /// A certificate and its key, written as PEM files.
 #[derive(Debug, Clone)]
@@ -36,6 +40,9 @@ pub struct Pki {
     pub controller_manager: CertFiles,
     /// `system:kube-scheduler`.
     pub scheduler: CertFiles,
+    /// The real node's kubelet: `system:node:<REAL_NODE>` in group
+    /// `system:nodes` (the Node authorizer and NodeRestriction know it).
+    pub kubelet_client: CertFiles,
     /// ServiceAccount token signing key (private).
     pub sa_key: PathBuf,
     /// ServiceAccount token verification key (public).
@@ -109,6 +116,13 @@ impl Pki {
                 false,
             )?,
             scheduler: issue("scheduler", "system:kube-scheduler", None, &[], false)?,
+            kubelet_client: issue(
+                "kubelet-client",
+                &format!("system:node:{REAL_NODE}"),
+                Some("system:nodes"),
+                &[],
+                false,
+            )?,
             sa_key: dir.join("sa.key"),
             sa_pub: dir.join("sa.pub"),
             ca_cert,

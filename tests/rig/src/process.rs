@@ -19,6 +19,7 @@ pub struct Component {
     pub log: PathBuf,
     binary: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     dir: PathBuf,
     child: Child,
 }
@@ -26,23 +27,47 @@ pub struct Component {
 impl Component {
     /// Starts `binary args...` with its output in `dir/<name>.log`.
     pub fn start(name: &str, binary: &Path, args: &[String], dir: &Path) -> Result<Component> {
+        Component::start_with_env(name, binary, args, &[], dir)
+    }
+
+    /// Like [`Component::start`], with `env` set on top of the rig's environment.
+    pub fn start_with_env(
+        name: &str,
+        binary: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        dir: &Path,
+    ) -> Result<Component> {
         let log = dir.join(format!("{name}.log"));
-        let child = spawn(name, binary, args, dir, &log)?;
+        let child = spawn(name, binary, args, env, dir, &log)?;
         Ok(Component {
             name: name.to_string(),
             log,
             binary: binary.to_path_buf(),
             args: args.to_vec(),
+            env: env.to_vec(),
             dir: dir.to_path_buf(),
             child,
         })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Stops the component and starts it again with the same arguments; its
     /// log goes on in the same file.
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
-        self.child = spawn(&self.name, &self.binary, &self.args, &self.dir, &self.log)?;
+        self.child = spawn(
+            &self.name,
+            &self.binary,
+            &self.args,
+            &self.env,
+            &self.dir,
+            &self.log,
+        )?;
         Ok(())
     }
 
@@ -90,7 +115,14 @@ impl Drop for Component {
 
 /// Starts one process in its own process group, its output appended to
 /// `log`, killed when the thread that started it ends.
-fn spawn(name: &str, binary: &Path, args: &[String], dir: &Path, log: &Path) -> Result<Child> {
+fn spawn(
+    name: &str,
+    binary: &Path,
+    args: &[String],
+    env: &[(String, String)],
+    dir: &Path,
+    log: &Path,
+) -> Result<Child> {
     let out = OpenOptions::new()
         .create(true)
         .append(true)
@@ -100,6 +132,7 @@ fn spawn(name: &str, binary: &Path, args: &[String], dir: &Path, log: &Path) -> 
     let mut command = Command::new(binary);
     command
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(out)

@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Api, Client, Config, ResourceExt};
+use kube::runtime::wait::await_condition;
+use kube::{Api, Client, Config};
 
+use crate::argo::ArgoTier;
 use crate::control_plane::{ControlPlane, bin_dir, workspace_root};
+use crate::pki::Pki;
 use crate::{AuditRequest, NodeSpec, audit, kubeconfig, nodes, simulator};
 
 /// A running control plane with kwok and the kata-deploy simulator.
@@ -34,6 +35,8 @@ pub struct Rig {
     namespaces: AtomicU32,
     crds: tokio::sync::Mutex<Option<String>>,
     control: Option<tokio::sync::mpsc::UnboundedSender<Control>>,
+    pki: Pki,
+    argo: OnceLock<std::result::Result<ArgoTier, String>>,
 }
 
 /// A request to the thread that owns the control plane's processes.
@@ -135,6 +138,8 @@ impl Rig {
             namespaces: AtomicU32::new(0),
             crds: tokio::sync::Mutex::new(None),
             control: None,
+            pki: plane.pki.clone(),
+            argo: OnceLock::new(),
         }
     }
 
@@ -186,6 +191,16 @@ impl Rig {
     /// A binary of the rig (`kubectl`, `helm`, `kwok`, ...).
     pub fn bin(&self, name: &str) -> PathBuf {
         bin_dir().join(name)
+    }
+
+    /// The rig's PKI (certificate and key files).
+    pub fn pki(&self) -> &Pki {
+        &self.pki
+    }
+
+    /// Where the Argo tier of this rig is kept once started (see `argo`).
+    pub(crate) fn argo_slot(&self) -> &OnceLock<std::result::Result<ArgoTier, String>> {
+        &self.argo
     }
 
     /// The rig's working directory (logs, PKI, kubeconfigs).
@@ -258,63 +273,19 @@ impl Rig {
         audit::requests(&self.audit_log, user)
     }
 
-    /// Installs Argo Workflows' full CRDs of `version` (a directory of
-    /// `../shared/argo-crds`) with server-side apply and waits until they are
-    /// established. Serialised: the versions share CRD names.
+    /// Installs Argo Workflows' full CRDs of `version` (one the repository's
+    /// Go modules pin, see [`argo_crds`](crate::argo_crds)) with server-side
+    /// apply and waits until they are established. Serialised: the versions
+    /// share CRD names.
     pub async fn apply_argo_crds(&self, version: &str) -> Result<()> {
         let mut applied = self.crds.lock().await;
         if applied.as_deref() == Some(version) {
             return Ok(());
         }
-        apply_argo_crds(&self.client().await?, version).await?;
+        crate::argo_crds::apply(&self.client().await?, version).await?;
         *applied = Some(version.to_string());
         Ok(())
     }
-}
-
-/// Server-side applies Argo Workflows' full CRDs of `version` (a directory
-/// of `../shared/argo-crds`) and waits until they are established.
-pub async fn apply_argo_crds(client: &Client, version: &str) -> Result<()> {
-    let dir = argo_crds_dir().join(version);
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| {
-            format!(
-                "reading {} (Argo CRDs live in ../shared/argo-crds)",
-                dir.display()
-            )
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
-        .collect();
-    files.sort();
-    for file in files {
-        let text = std::fs::read_to_string(&file)?;
-        let crd: CustomResourceDefinition =
-            serde_saphyr::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply("klm-rig").force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("applying {}", file.display()))?;
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .with_context(|| format!("CRD {name} not established within 60s"))??;
-    }
-    Ok(())
-}
-
-/// Where `../shared/argo-crds` is (`KLM_ARGO_CRDS` overrides).
-pub fn argo_crds_dir() -> PathBuf {
-    std::env::var_os("KLM_ARGO_CRDS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("../shared/argo-crds"))
 }
 
 /// A client from a kubeconfig file.

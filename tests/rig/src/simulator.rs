@@ -182,7 +182,11 @@ async fn dispatch(client: &Client, pod: &Pod) -> Result<()> {
     let args = DispatchArgs::parse(container.args.as_deref().unwrap_or_default());
     let nodes_api: Api<Node> = Api::all(client.clone());
     let desired: Vec<String> = if args.nodes.is_empty() {
-        let selector = args.node_selector.clone().unwrap_or_default();
+        // Never the rig's real node: it runs only workflow step pods.
+        let selector = match args.node_selector.as_deref() {
+            Some(s) if !s.is_empty() => format!("{s},!{}", crate::real_node::REAL_NODE_LABEL),
+            _ => format!("!{}", crate::real_node::REAL_NODE_LABEL),
+        };
         nodes_api
             .list(&ListParams::default().labels(&selector))
             .await?

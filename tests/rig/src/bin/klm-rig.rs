@@ -34,15 +34,23 @@ enum Command {
         /// Stop when stdin closes (for scripts that start the rig in the background).
         #[arg(long)]
         stdin_lifeline: bool,
+        /// Also start the Argo tier: a real node (containerd, runc, kubelet; root
+        /// only) and Argo's workflow-controller, with the image under test imported.
+        #[arg(long)]
+        argo: bool,
     },
     /// Apply Argo Workflows' full CRDs (server-side) and wait until they are established.
     ArgoCrds {
-        /// v3.7.18 or v4.1.2 (a directory of ../shared/argo-crds).
+        /// The version the repository pins: v3.7.18 (tests/argo) or v4.0.7
+        /// (tests/argolint/v4); read from the Argo module in the Go module cache.
         version: String,
         /// The cluster's kubeconfig.
         #[arg(long, env = "KUBECONFIG")]
         kubeconfig: PathBuf,
     },
+    /// Tear down what a crashed run of the real node left on this machine
+    /// (processes, mounts, cgroups, sysctls; every setup does this first too).
+    RealNodeDown,
     /// Package the fixture kata-deploy chart at every version it imitates.
     Charts {
         /// Where the `kata-deploy-<version>.tgz` files go (default: target/rig/charts).
@@ -60,19 +68,26 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let (nodes, dir, ready_file, stdin_lifeline) = match Cli::parse().command {
+    let (nodes, dir, ready_file, stdin_lifeline, argo) = match Cli::parse().command {
         Command::Up {
             nodes,
             dir,
             ready_file,
             stdin_lifeline,
-        } => (nodes, dir, ready_file, stdin_lifeline),
+            argo,
+        } => (nodes, dir, ready_file, stdin_lifeline, argo),
         Command::ArgoCrds {
             version,
             kubeconfig,
         } => {
             let client = klm_rig::rig::client_for(&kubeconfig).await?;
-            klm_rig::rig::apply_argo_crds(&client, &version).await?;
+            klm_rig::argo_crds::apply(&client, &version).await?;
+            return Ok(());
+        }
+        Command::RealNodeDown => {
+            let _lock = klm_rig::real_node::lock_host()?;
+            let report = klm_rig::real_node::teardown_stale();
+            writeln!(std::io::stdout(), "{report:#?}")?;
             return Ok(());
         }
         Command::Charts { dir } => {
@@ -121,6 +136,30 @@ async fn main() -> Result<()> {
         rig.bin("kubectl").display(),
         rig.dir().display()
     )?;
+    let mut argo_guard = None;
+    if argo {
+        let started = Instant::now();
+        let guard = rig.start_argo_foreground().await?;
+        let tier = rig.argo()?;
+        writeln!(
+            out,
+            "\nArgo tier ready in {:.1}s: real node {} (label and taint {}=true), workflow-controller {} watching namespace {}\n\n  alias argo='KUBECONFIG={} {}'\n  argo -n {} submit --wait WORKFLOW.yaml\n\nstep pods run only on {} (the controller's workflowDefaults); image under test {} \n(fixture charts at {}); step logs under {} (never through the apiserver);\nnode logs: {}",
+            started.elapsed().as_secs_f64(),
+            tier.node(),
+            tier.node_label(),
+            klm_rig::argo::ARGO_VERSION,
+            tier.namespace(),
+            rig.kubeconfig().display(),
+            rig.bin("argo").display(),
+            tier.namespace(),
+            tier.node(),
+            tier.klm_image(),
+            tier.chart_in_image(),
+            tier.pod_logs_dir().display(),
+            tier.node_dir().display(),
+        )?;
+        argo_guard = Some(guard);
+    }
     drop(out);
     if let Some(file) = ready_file {
         std::fs::write(file, rig.kubeconfig().display().to_string())?;
@@ -137,6 +176,10 @@ async fn main() -> Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = lifeline => {}
         result = simulator => { tracing::error!("simulator stopped: {result:?}"); }
+    }
+    if let Some(mut guard) = argo_guard {
+        let report = guard.teardown();
+        tracing::info!(?report, "Argo tier torn down");
     }
     plane.stop();
     Ok(())

@@ -1,0 +1,139 @@
+//! Which kata-deploy version each node runs now, before a run changes it:
+//! what rollback returns that node to. In one release, nodes may run
+//! different versions (daemonset mode keeps OnDelete; job mode installs one
+//! wave at a time), so the release's version is not the node's.
+//!
+//! * daemonset mode: the image tag of the node's kata-deploy pod;
+//! * job mode: the chart version of the newest revision whose installer ran
+//!   on the node (`job.nodes` empty or naming it), from helm's history; else
+//!   the version klm last verified on the node.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, Client};
+use serde_json::Value;
+
+use crate::annotations;
+use crate::helm::Helm;
+use crate::kata_deploy::{self, KataDaemonSet};
+use crate::release::ReleaseRef;
+use crate::versions::DeploymentMode;
+
+/// The version each node runs, for the nodes the cluster can tell; nodes
+/// missing from the answer run the release's version as far as klm knows.
+pub async fn observe(
+    client: &Client,
+    helm: &Helm,
+    reference: &ReleaseRef,
+    mode: DeploymentMode,
+    nodes: &[String],
+) -> anyhow::Result<BTreeMap<String, String>> {
+    if nodes.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    match mode {
+        DeploymentMode::Daemonset => daemonset(client, helm, reference, nodes).await,
+        DeploymentMode::Job => job(client, helm, reference, nodes).await,
+    }
+}
+
+async fn daemonset(
+    client: &Client,
+    helm: &Helm,
+    reference: &ReleaseRef,
+    nodes: &[String],
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let release = reference.load(helm).await?;
+    let daemonset = KataDaemonSet::find(client, &release.daemonset()?).await?;
+    let current = daemonset
+        .current_revision(std::time::Duration::from_secs(60))
+        .await?;
+    let mut found = BTreeMap::new();
+    for node in nodes {
+        let pods = daemonset.pods_on(node).await?;
+        let Some(pod) = pods.first() else {
+            continue;
+        };
+        // A pod of the current template runs the release's chart version;
+        // an older one, the version its image names.
+        let version = if kata_deploy::revision_of(pod) == Some(current.hash.as_str()) {
+            Some(release.chart_version.clone())
+        } else {
+            kata_deploy::pod_version(pod)
+        };
+        if let Some(version) = version {
+            found.insert(node.clone(), version);
+        }
+    }
+    Ok(found)
+}
+
+async fn job(
+    client: &Client,
+    helm: &Helm,
+    reference: &ReleaseRef,
+    nodes: &[String],
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let release = reference.load(helm).await?;
+    let mut history = reference.history(helm).await?;
+    history.sort_by_key(|h| std::cmp::Reverse(h.revision));
+    let mut found = BTreeMap::new();
+    for entry in history
+        .iter()
+        .filter(|h| h.was_deployed() && !h.values_only())
+    {
+        let pending: Vec<&String> = nodes.iter().filter(|n| !found.contains_key(*n)).collect();
+        if pending.is_empty() {
+            break;
+        }
+        let values = reference.values_at(helm, entry.revision).await?;
+        let scope = installer_scope(&values);
+        let version = entry.chart_version(&release.chart_name);
+        for node in pending {
+            if scope.as_ref().is_none_or(|listed| listed.contains(node)) {
+                found.insert(node.clone(), version.clone());
+            }
+        }
+    }
+    let api: Api<Node> = Api::all(client.clone());
+    let missing: Vec<&String> = nodes.iter().filter(|n| !found.contains_key(*n)).collect();
+    for node in missing {
+        if let Some(version) = api
+            .get_opt(node)
+            .await?
+            .as_ref()
+            .and_then(|n| crate::nodes::selection::annotation(n, annotations::CURRENT_VERSION))
+        {
+            found.insert(node.clone(), version.to_string());
+        }
+    }
+    Ok(found)
+}
+
+/// The nodes a job-mode revision's installer ran on: `job.nodes`, or None
+/// (every node its selector matches) when the list is empty.
+pub fn installer_scope(values: &Value) -> Option<Vec<String>> {
+    let listed: Vec<String> = crate::values::lookup(values, "job.nodes")?
+        .as_array()?
+        .iter()
+        .filter_map(|n| n.as_str().map(String::from))
+        .collect();
+    (!listed.is_empty()).then_some(listed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn an_empty_job_node_list_means_every_selected_node() {
+        assert_eq!(installer_scope(&json!({})), None);
+        assert_eq!(installer_scope(&json!({"job": {"nodes": []}})), None);
+        assert_eq!(
+            installer_scope(&json!({"job": {"nodes": ["a", "b"]}})),
+            Some(vec!["a".to_string(), "b".to_string()])
+        );
+    }
+}

@@ -1,0 +1,566 @@
+//! The Argo tier: the rig's real node ([`crate::real_node`]) plus a real
+//! Argo Workflows workflow-controller (v3.7.18, built from its Go module by
+//! `tests/argo/build.sh`) as a host process, and the images the steps run:
+//! argoexec, and the image under test of the shape of `image/Containerfile`
+//! (a static klm and helm, no shell, user 65532) with the fixture
+//! kata-deploy chart packages in [`CHARTS_IN_IMAGE`].
+//!
+//! The controller's `workflowDefaults` put every step pod on the real node
+//! (host network, its label and toleration), never pull, and point in-pod
+//! clients at the rig's apiserver on loopback (`KUBERNETES_SERVICE_HOST`).
+//!
+//! Tests get the tier with [`Rig::shared_with_argo`] (or
+//! [`Rig::shared_with_argo_or_skip`]); `klm-rig up --argo` brings it up for a
+//! person.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::{Api, Client};
+
+use crate::control_plane::{bin_dir, workspace_root};
+use crate::image::{ImageFile, ImageSpec, write_docker_archive};
+use crate::real_node::{
+    self, PAUSE_IMAGE, REAL_NODE, REAL_NODE_LABEL, RealNode, RealNodeOptions, TeardownReport,
+};
+use crate::rig::Rig;
+
+/// The Argo Workflows version the tier runs (its CRDs, controller, argoexec).
+pub const ARGO_VERSION: &str = "v3.7.18";
+/// The argoexec image (init and wait containers, and the emissary in main).
+pub const ARGOEXEC_IMAGE: &str = "localhost/rig/argoexec:v3.7.18";
+/// The image under test: klm and helm, no shell, user 65532.
+pub const KLM_IMAGE: &str = "localhost/kata-lifecycle-manager:test";
+/// Where the fixture kata-deploy packages are inside [`KLM_IMAGE`]
+/// (`/charts/kata-deploy-<version>.tgz`).
+pub const CHARTS_IN_IMAGE: &str = "/charts";
+/// The namespace the controller watches (and whose `default`
+/// ServiceAccount may write `workflowtaskresults`).
+pub const ARGO_NAMESPACE: &str = "argo";
+const CONTROLLER_CONFIGMAP: &str = "workflow-controller-configmap";
+const FIELD_MANAGER: &str = "klm-rig-argo";
+
+/// The running tier: what tests need besides the [`Rig`].
+#[derive(Debug)]
+pub struct ArgoTier {
+    kubeconfig: PathBuf,
+    pod_logs: PathBuf,
+    node_dir: PathBuf,
+    setup: Duration,
+    phases: Vec<(&'static str, Duration)>,
+}
+
+/// The real node of this process, reachable for the teardown at exit.
+static NODE: Mutex<Option<RealNode>> = Mutex::new(None);
+
+impl Rig {
+    /// The rig of this test binary ([`Rig::shared`]) with the Argo tier
+    /// started on it (once per test binary; at most one test binary per
+    /// machine runs it at a time, the others wait). Fails when the machine
+    /// cannot run a real node ([`real_node::host_check`]).
+    pub async fn shared_with_argo() -> Result<&'static Rig> {
+        let rig = Rig::shared().await?;
+        let result = tokio::task::spawn_blocking(move || {
+            rig.argo_slot()
+                .get_or_init(|| start_owned(rig).map_err(|e| format!("{e:#}")))
+                .as_ref()
+                .map(|_| ())
+                .map_err(Clone::clone)
+        })
+        .await?;
+        result.map_err(|e| anyhow!("the Argo tier did not start: {e}"))?;
+        Ok(rig)
+    }
+
+    /// Like [`Rig::shared_with_argo`], but `None` (after printing one line
+    /// saying why) when this machine cannot run a real node, unless
+    /// `CI=true`, where that is an error: CI must run the tier.
+    pub async fn shared_with_argo_or_skip() -> Result<Option<&'static Rig>> {
+        if let Err(why) = real_node::host_check() {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                bail!("CI=true but this machine cannot run the rig's real node: {why}");
+            }
+            // Once per test binary, and past libtest's capture (not eprintln!).
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipping the real-node (Argo) tier: {why}"
+                );
+            });
+            return Ok(None);
+        }
+        Rig::shared_with_argo().await.map(Some)
+    }
+
+    /// The Argo tier of this rig (after [`Rig::shared_with_argo`] or
+    /// [`Rig::start_argo_foreground`]).
+    pub fn argo(&self) -> Result<&ArgoTier> {
+        match self.argo_slot().get() {
+            Some(Ok(tier)) => Ok(tier),
+            Some(Err(e)) => Err(anyhow!("the Argo tier did not start: {e}")),
+            None => Err(anyhow!(
+                "the Argo tier is not started: use Rig::shared_with_argo"
+            )),
+        }
+    }
+
+    /// Starts the Argo tier on a rig the caller owns (`klm-rig up --argo`);
+    /// it is torn down when the returned guard drops. It blocks its thread
+    /// while it starts, and the node's processes die with that thread (a
+    /// worker of a multi-thread runtime lives as long as the runtime).
+    pub async fn start_argo_foreground(&self) -> Result<ArgoGuard> {
+        let (tier, node) = start(self).await?;
+        self.argo_slot()
+            .set(Ok(tier))
+            .map_err(|_| anyhow!("the Argo tier was already started"))?;
+        Ok(ArgoGuard { node: Some(node) })
+    }
+}
+
+/// Owns a foreground tier's node and controller; dropping it tears them down.
+#[derive(Debug)]
+pub struct ArgoGuard {
+    node: Option<RealNode>,
+}
+
+impl ArgoGuard {
+    /// Tears the tier down now and says what that took and left.
+    pub fn teardown(&mut self) -> TeardownReport {
+        self.node
+            .take()
+            .map(|mut n| n.teardown())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for ArgoGuard {
+    fn drop(&mut self) {
+        self.teardown();
+    }
+}
+
+/// Starts the tier on a dedicated thread that lives as long as this process
+/// (the node's processes die with the thread that started them), and
+/// registers its teardown to run when the process exits.
+fn start_owned(rig: &'static Rig) -> Result<ArgoTier> {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("klm-rig-argo".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = sender.send(Err(e.into()));
+                    return;
+                }
+            };
+            match runtime.block_on(start(rig)) {
+                Ok((tier, node)) => {
+                    *NODE.lock().unwrap_or_else(|e| e.into_inner()) = Some(node);
+                    // SAFETY: registering a plain extern "C" function.
+                    unsafe { libc::atexit(teardown_at_exit) };
+                    let _ = sender.send(Ok(tier));
+                }
+                Err(e) => {
+                    let _ = sender.send(Err(e));
+                    return;
+                }
+            }
+            loop {
+                std::thread::park();
+            }
+        })?;
+    receiver
+        .recv()
+        .context("the Argo tier's thread died while starting")?
+}
+
+extern "C" fn teardown_at_exit() {
+    let _ = std::panic::catch_unwind(|| {
+        let node = NODE.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut node) = node {
+            let report = node.teardown();
+            use std::io::Write;
+            let _ = if report.mounts_left.is_empty() && report.cgroups_left.is_empty() {
+                writeln!(
+                    std::io::stderr(),
+                    "klm-rig: real node torn down in {:.1}s",
+                    report.elapsed.as_secs_f64()
+                )
+            } else {
+                writeln!(
+                    std::io::stderr(),
+                    "klm-rig: the real node's teardown left {report:?}"
+                )
+            };
+        }
+    });
+}
+
+/// Images, node, Argo's CRDs and RBAC, the controller.
+async fn start(rig: &Rig) -> Result<(ArgoTier, RealNode)> {
+    let started = Instant::now();
+    if let Err(why) = real_node::host_check() {
+        bail!("this machine cannot run the rig's real node: {why}");
+    }
+    for name in [
+        "kubelet",
+        "workflow-controller",
+        "argoexec",
+        "argo",
+        "pause",
+    ] {
+        if !bin_dir().join(name).exists() {
+            bail!(
+                "{} is missing: run `make rig-bins` (tests/rig/build.sh, tests/argo/build.sh)",
+                bin_dir().join(name).display()
+            );
+        }
+    }
+    // Blocking, like the node's start: the tier's thread does nothing else meanwhile.
+    let mut phases = Vec::new();
+    let mut lap = Instant::now();
+    let mut phase = |name: &'static str| {
+        phases.push((name, lap.elapsed()));
+        tracing::info!(elapsed = ?lap.elapsed(), "Argo tier: {name}");
+        lap = Instant::now();
+    };
+    let klm = static_klm()?;
+    phase("static klm built (cargo)");
+    let images = build_images(&klm)?;
+    phase("images written");
+    let pki = rig.pki();
+    let options = RealNodeOptions {
+        dir: workspace_root().join("target/rig/real-node"),
+        server: rig.server().to_string(),
+        ca: pki.ca_cert.clone(),
+        kubelet_client: pki.kubelet_client.clone(),
+        admin_kubeconfig: rig.kubeconfig().to_path_buf(),
+        images,
+    };
+    let mut node = RealNode::start(&options)?;
+    phase("containerd up, images imported, kubelet started");
+    let client = rig.client().await?;
+    node.wait_ready(&client, Duration::from_secs(120)).await?;
+    phase("node Ready");
+
+    rig.apply_argo_crds(ARGO_VERSION).await?;
+    apply_namespace_and_config(&client, api_port(rig.server())?).await?;
+    phase("Argo CRDs, namespace, RBAC, configmap");
+    let controller = bin_dir().join("workflow-controller");
+    node.start_companion(
+        "workflow-controller",
+        &controller,
+        &[
+            format!("--kubeconfig={}", rig.kubeconfig().display()),
+            format!("--namespace={ARGO_NAMESPACE}"),
+            format!("--configmap={CONTROLLER_CONFIGMAP}"),
+            format!("--executor-image={ARGOEXEC_IMAGE}"),
+            "--executor-image-pull-policy=Never".into(),
+            "--loglevel=info".into(),
+        ],
+        &[("LEADER_ELECTION_DISABLE".into(), "true".into())],
+        &rig.kubeconfig().display().to_string(),
+    )?;
+    node.check_alive()?;
+    phase("workflow-controller started");
+    let setup = started.elapsed();
+    tracing::info!(elapsed = ?setup, "Argo tier ready");
+    let tier = ArgoTier {
+        kubeconfig: rig.kubeconfig().to_path_buf(),
+        pod_logs: node.pod_logs_dir().to_path_buf(),
+        node_dir: node.dir().to_path_buf(),
+        setup,
+        phases,
+    };
+    Ok((tier, node))
+}
+
+/// The three images as docker-archive tarballs under `target/rig/images`:
+/// pause, argoexec and the image under test (`klm`, a static klm from
+/// [`static_klm`], helm, the fixture charts).
+pub fn build_images(klm: &Path) -> Result<Vec<PathBuf>> {
+    let root = workspace_root();
+    let out = root.join("target/rig/images");
+    let charts = root.join("target/rig/charts");
+    crate::charts::package_all(&charts)?;
+    let bin = bin_dir();
+    let mut klm_files = vec![
+        ImageFile::executable("/usr/local/bin/klm", klm),
+        ImageFile::executable("/usr/local/bin/helm", bin.join("helm")),
+    ];
+    for (version, _) in crate::charts::VERSIONS {
+        let name = format!("kata-deploy-{version}.tgz");
+        klm_files.push(ImageFile::data(
+            &format!("{CHARTS_IN_IMAGE}/{name}"),
+            charts.join(&name),
+        ));
+    }
+    let specs = [
+        (
+            "pause.tar",
+            ImageSpec {
+                tag: PAUSE_IMAGE.into(),
+                entrypoint: vec!["/pause".into()],
+                env: vec![],
+                files: vec![ImageFile::executable("/pause", bin.join("pause"))],
+            },
+        ),
+        (
+            "argoexec.tar",
+            ImageSpec {
+                tag: ARGOEXEC_IMAGE.into(),
+                entrypoint: vec!["argoexec".into()],
+                env: vec![],
+                files: vec![ImageFile::executable("/bin/argoexec", bin.join("argoexec"))],
+            },
+        ),
+        (
+            "klm.tar",
+            ImageSpec {
+                tag: KLM_IMAGE.into(),
+                entrypoint: vec!["/usr/local/bin/klm".into()],
+                env: [
+                    "HOME=/tmp",
+                    "HELM_CACHE_HOME=/tmp/helm/cache",
+                    "HELM_CONFIG_HOME=/tmp/helm/config",
+                    "HELM_DATA_HOME=/tmp/helm/data",
+                ]
+                .map(String::from)
+                .to_vec(),
+                files: klm_files,
+            },
+        ),
+    ];
+    let mut tarballs = Vec::new();
+    for (file, spec) in specs {
+        let path = out.join(file);
+        write_docker_archive(&spec, &path)
+            .with_context(|| format!("writing image {}", spec.tag))?;
+        tarballs.push(path);
+    }
+    Ok(tarballs)
+}
+
+/// Builds (or finds up to date) the static klm: `tests/argo/static-klm.sh`.
+pub fn static_klm() -> Result<PathBuf> {
+    let script = workspace_root().join("tests/argo/static-klm.sh");
+    let mut command = Command::new("bash");
+    command.arg(&script).current_dir(workspace_root());
+    if let Some(cargo) = std::env::var_os("CARGO") {
+        // The cargo of the outer build, first on PATH.
+        if let Some(dir) = Path::new(&cargo).parent() {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let paths = std::iter::once(dir.to_path_buf()).chain(std::env::split_paths(&path));
+            command.env("PATH", std::env::join_paths(paths)?);
+        }
+    }
+    let output = command
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !output.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let path = String::from_utf8(output.stdout)?.trim().to_string();
+    Ok(PathBuf::from(path))
+}
+
+fn api_port(server: &str) -> Result<u16> {
+    server
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .ok_or_else(|| anyhow!("no port in apiserver URL {server}"))
+}
+
+/// The controller's configuration: every step pod on the real node with
+/// host networking, nothing pulled, in-pod clients on the loopback apiserver,
+/// no metrics listener.
+pub fn controller_config(api_port: u16) -> std::collections::BTreeMap<String, String> {
+    let env = format!(
+        "env:\n  - name: KUBERNETES_SERVICE_HOST\n    value: 127.0.0.1\n  - name: KUBERNETES_SERVICE_PORT\n    value: \"{api_port}\"\n"
+    );
+    [
+        ("metricsConfig", "enabled: false\n".to_string()),
+        ("telemetryConfig", "enabled: false\n".to_string()),
+        (
+            "workflowDefaults",
+            format!(
+                "spec:\n  hostNetwork: true\n  nodeSelector:\n    {REAL_NODE_LABEL}: \"true\"\n  tolerations:\n    - key: {REAL_NODE_LABEL}\n      operator: Exists\n      effect: NoSchedule\n"
+            ),
+        ),
+        ("executor", format!("imagePullPolicy: Never\n{env}")),
+        ("mainContainer", format!("imagePullPolicy: Never\n{env}")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// The `argo` namespace, the executor's Role (emissary: write
+/// `workflowtaskresults`) bound to its `default` ServiceAccount, and the
+/// controller's ConfigMap.
+async fn apply_namespace_and_config(client: &Client, api_port: u16) -> Result<()> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let meta = |name: &str| ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some(ARGO_NAMESPACE.into()),
+        ..ObjectMeta::default()
+    };
+    let namespace = Namespace {
+        metadata: ObjectMeta {
+            name: Some(ARGO_NAMESPACE.into()),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    Api::<Namespace>::all(client.clone())
+        .patch(ARGO_NAMESPACE, &params, &Patch::Apply(&namespace))
+        .await
+        .context("creating namespace argo")?;
+    let role = Role {
+        metadata: meta("executor"),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["argoproj.io".into()]),
+            resources: Some(vec!["workflowtaskresults".into()]),
+            verbs: vec!["create".into(), "patch".into()],
+            ..PolicyRule::default()
+        }]),
+    };
+    Api::<Role>::namespaced(client.clone(), ARGO_NAMESPACE)
+        .patch("executor", &params, &Patch::Apply(&role))
+        .await?;
+    let binding = RoleBinding {
+        metadata: meta("executor-default"),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: "executor".into(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: "default".into(),
+            namespace: Some(ARGO_NAMESPACE.into()),
+            ..Subject::default()
+        }]),
+    };
+    Api::<RoleBinding>::namespaced(client.clone(), ARGO_NAMESPACE)
+        .patch("executor-default", &params, &Patch::Apply(&binding))
+        .await?;
+    let config = ConfigMap {
+        metadata: meta(CONTROLLER_CONFIGMAP),
+        data: Some(controller_config(api_port)),
+        ..ConfigMap::default()
+    };
+    Api::<ConfigMap>::namespaced(client.clone(), ARGO_NAMESPACE)
+        .patch(CONTROLLER_CONFIGMAP, &params, &Patch::Apply(&config))
+        .await?;
+    Ok(())
+}
+
+impl ArgoTier {
+    /// The real node's name.
+    pub fn node(&self) -> &'static str {
+        REAL_NODE
+    }
+
+    /// The label (and taint key) of the real node, `=true`.
+    pub fn node_label(&self) -> &'static str {
+        REAL_NODE_LABEL
+    }
+
+    /// The image under test ([`KLM_IMAGE`]).
+    pub fn klm_image(&self) -> &'static str {
+        KLM_IMAGE
+    }
+
+    /// Where the fixture kata-deploy packages are in the image:
+    /// `/charts/kata-deploy-{version}.tgz` for the chart's `kataDeploy.chart`.
+    pub fn chart_in_image(&self) -> String {
+        format!("{CHARTS_IN_IMAGE}/kata-deploy-{{version}}.tgz")
+    }
+
+    /// The namespace the controller watches.
+    pub fn namespace(&self) -> &'static str {
+        ARGO_NAMESPACE
+    }
+
+    /// How long the tier took to start (images, node Ready, CRDs, controller).
+    pub fn setup_time(&self) -> Duration {
+        self.setup
+    }
+
+    /// The setup's phases and how long each took.
+    pub fn setup_phases(&self) -> &[(&'static str, Duration)] {
+        &self.phases
+    }
+
+    /// The real `argo` CLI, talking to the apiserver with the admin kubeconfig.
+    pub fn argo(&self) -> Command {
+        self.argo_as(&self.kubeconfig)
+    }
+
+    /// The real `argo` CLI with `kubeconfig` (e.g. a ServiceAccount's from
+    /// [`Rig::service_account_kubeconfig`]).
+    pub fn argo_as(&self, kubeconfig: &Path) -> Command {
+        let mut command = Command::new(bin_dir().join("argo"));
+        command
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("ARGO_SERVER")
+            .env_remove("ARGO_TOKEN")
+            .env_remove("ARGO_NAMESPACE");
+        command
+    }
+
+    /// The kubelet's pod log directory.
+    pub fn pod_logs_dir(&self) -> &Path {
+        &self.pod_logs
+    }
+
+    /// The real node's working directory (containerd, kubelet and
+    /// workflow-controller logs).
+    pub fn node_dir(&self) -> &Path {
+        &self.node_dir
+    }
+
+    /// The log of a step pod's `main` container, from the kubelet's pod log
+    /// directory (never through the apiserver).
+    pub fn step_log(&self, namespace: &str, pod: &str) -> Result<String> {
+        self.container_log(namespace, pod, "main")
+    }
+
+    /// The log of any container of a pod on the real node (`init`, `wait`, `main`).
+    pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> Result<String> {
+        real_node::read_pod_log(&self.pod_logs, namespace, pod, container)
+    }
+
+    /// Host PIDs of the processes named `program` (e.g. `klm`) in pod
+    /// `namespace/pod` on the real node (to kill a step mid-way); empty when
+    /// none runs (yet).
+    pub fn pod_pids(&self, namespace: &str, pod: &str, program: &str) -> Result<Vec<u32>> {
+        let dir = real_node::pod_log_dir(&self.pod_logs, namespace, pod)?;
+        let uid = real_node::pod_uid_of_log_dir(&dir)
+            .ok_or_else(|| anyhow!("no pod uid in {}", dir.display()))?;
+        Ok(real_node::pod_processes(&uid, program))
+    }
+
+    /// The host PID of the `klm` process of a step pod, if it runs.
+    pub fn klm_pid(&self, namespace: &str, pod: &str) -> Result<Option<u32>> {
+        Ok(self.pod_pids(namespace, pod, "klm")?.into_iter().next())
+    }
+}

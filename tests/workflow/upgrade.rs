@@ -1,0 +1,255 @@
+//! Upgrades that run to their end: node by node, in waves, job mode, a
+//! failed verification rolled back, `rollback-node` after a success, and a
+//! larger fleet.
+
+use serde_json::json;
+
+use crate::flow::{
+    Flow, STATUS, VERIFIED, annotation, argo_rig, host_version, unschedulable,
+    verification_parameter, verification_pod,
+};
+use crate::support::CaseSpec;
+
+/// The selector of a case's nodes (the rig holds other cases' nodes too).
+fn selector(flow: &Flow) -> String {
+    format!("klm.test/case={}", flow.case.namespace)
+}
+
+fn job_values(case_label: &str) -> Vec<String> {
+    vec![
+        "deploymentMode=job".into(),
+        format!("job.nodeSelector.klm\\.test/case={case_label}"),
+    ]
+}
+
+/// Asserts every node of the case ended completed at `version`, schedulable,
+/// with the simulated host at `version`.
+async fn assert_all_completed(flow: &Flow, version: &str, report: &str) {
+    for (name, node) in flow.nodes().await {
+        assert_eq!(
+            annotation(&node, STATUS).as_deref(),
+            Some("completed"),
+            "{name}\n{report}"
+        );
+        assert_eq!(
+            annotation(&node, VERIFIED).as_deref(),
+            Some(version),
+            "{name}\n{report}"
+        );
+        assert_eq!(
+            host_version(&node).as_deref(),
+            Some(version),
+            "{name}\n{report}"
+        );
+        assert!(!unschedulable(&node), "{name} is still cordoned\n{report}");
+    }
+}
+
+#[tokio::test]
+async fn daemonset_mode_node_by_node() {
+    let Some(rig) = argo_rig().await else { return };
+    // The release lives in the case's namespace (never kube-system) with its
+    // own env.multiInstallSuffix: every step must find it there.
+    let flow = Flow::start(rig, CaseSpec::new("wf-ds", 3, "3.27.0"))
+        .await
+        .unwrap();
+    let values_before = flow.release_values().await;
+    let selector = selector(&flow);
+    let run = flow
+        .run(
+            None,
+            &[
+                ("target-version", "3.28.0"),
+                ("batch-size", "1"),
+                ("node-selector", &selector),
+            ],
+        )
+        .await
+        .unwrap();
+    run.succeeded();
+    let report = run.report();
+    assert_all_completed(&flow, "3.28.0", &report).await;
+    assert_eq!(flow.case.release_state().await.1, "3.28.0", "{report}");
+    assert_eq!(
+        flow.release_values().await,
+        values_before,
+        "the values klm set for its own mechanics are restored\n{report}"
+    );
+    assert_eq!(
+        flow.case.run_record().await.unwrap()["state"],
+        json!("completed"),
+        "{report}"
+    );
+    assert!(
+        run.workflow["status"]["nodes"]
+            .as_object()
+            .unwrap()
+            .values()
+            .any(|n| n["displayName"]
+                .as_str()
+                .is_some_and(|d| d.ends_with(".onExit"))
+                && n["phase"] == "Succeeded"),
+        "the exit handler ran\n{report}"
+    );
+}
+
+#[tokio::test]
+async fn job_mode_in_waves_of_two() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start_with(rig, CaseSpec::new("wf-job", 4, "3.32.0"), job_values)
+        .await
+        .unwrap();
+    let selector = selector(&flow);
+    let run = flow
+        .run(
+            None,
+            &[
+                ("target-version", "3.33.0"),
+                ("batch-size", "2"),
+                ("node-selector", &selector),
+            ],
+        )
+        .await
+        .unwrap();
+    run.succeeded();
+    let report = run.report();
+    assert_all_completed(&flow, "3.33.0", &report).await;
+    let values = flow.release_values().await;
+    assert!(
+        values["job"].get("nodes").is_none(),
+        "job.nodes is the user's again: {values}\n{report}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_verification_rolls_its_node_back_and_stops() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start(rig, CaseSpec::new("wf-fail", 3, "3.27.0"))
+        .await
+        .unwrap();
+    let [first, second, third] = [flow.case.node(0), flow.case.node(1), flow.case.node(2)];
+    let pod = verification_parameter(&verification_pod(&[second], "succeed"));
+    let selector = selector(&flow);
+    let run = flow
+        .run(
+            None,
+            &[
+                ("target-version", "3.28.0"),
+                ("batch-size", "1"),
+                ("node-selector", &selector),
+                ("verification-pod", &pod),
+            ],
+        )
+        .await
+        .unwrap();
+    run.failed();
+    let report = run.report();
+    let nodes = flow.nodes().await;
+    // The first wave passed and stays completed.
+    assert_eq!(
+        annotation(&nodes[first], STATUS).as_deref(),
+        Some("completed"),
+        "{report}"
+    );
+    assert_eq!(
+        host_version(&nodes[first]).as_deref(),
+        Some("3.28.0"),
+        "{report}"
+    );
+    // The second was rolled back to the version it ran before, and serves again.
+    assert_eq!(
+        annotation(&nodes[second], STATUS).as_deref(),
+        Some("rolled-back"),
+        "{report}"
+    );
+    assert_eq!(
+        host_version(&nodes[second]).as_deref(),
+        Some("3.27.0"),
+        "{report}"
+    );
+    assert!(!unschedulable(&nodes[second]), "{report}");
+    // The third was never touched.
+    assert_eq!(annotation(&nodes[third], STATUS), None, "{report}");
+    assert_eq!(
+        host_version(&nodes[third]).as_deref(),
+        Some("3.27.0"),
+        "{report}"
+    );
+    assert!(!unschedulable(&nodes[third]), "{report}");
+    assert_eq!(
+        flow.case.run_record().await.unwrap()["state"],
+        json!("failed"),
+        "{report}"
+    );
+    assert!(
+        run.logs.contains(second),
+        "the step logs name the failed node\n{report}"
+    );
+}
+
+#[tokio::test]
+async fn rollback_node_returns_a_node_to_its_version_before_the_run() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start(rig, CaseSpec::new("wf-rbnode", 2, "3.27.0"))
+        .await
+        .unwrap();
+    let selector = selector(&flow);
+    flow.run(
+        None,
+        &[("target-version", "3.28.0"), ("node-selector", &selector)],
+    )
+    .await
+    .unwrap()
+    .succeeded();
+    let node = flow.case.node(1).to_string();
+    // Exactly the command the README shows: no target-version.
+    let run = flow
+        .run(Some("rollback-node"), &[("node-name", &node)])
+        .await
+        .unwrap();
+    run.succeeded();
+    let report = run.report();
+    let nodes = flow.nodes().await;
+    assert_eq!(
+        host_version(&nodes[&node]).as_deref(),
+        Some("3.27.0"),
+        "{report}"
+    );
+    assert_eq!(
+        annotation(&nodes[&node], STATUS).as_deref(),
+        Some("rolled-back"),
+        "{report}"
+    );
+    assert!(
+        !unschedulable(&nodes[&node]),
+        "released after its re-verification\n{report}"
+    );
+    let other = flow.case.node(0);
+    assert_eq!(
+        host_version(&nodes[other]).as_deref(),
+        Some("3.28.0"),
+        "the other node is untouched\n{report}"
+    );
+}
+
+#[tokio::test]
+async fn thirty_nodes_one_by_one() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start(rig, CaseSpec::new("wf-30", 30, "3.27.0"))
+        .await
+        .unwrap();
+    let selector = selector(&flow);
+    let run = flow
+        .run(
+            None,
+            &[
+                ("target-version", "3.28.0"),
+                ("batch-size", "1"),
+                ("node-selector", &selector),
+            ],
+        )
+        .await
+        .unwrap();
+    run.succeeded();
+    assert_all_completed(&flow, "3.28.0", &run.report()).await;
+}
