@@ -3,7 +3,8 @@
 //! Helm keeps 10 revisions by default and job mode writes one per wave.
 //!
 //! It also serves as the run's lock (one active run per release) and as the
-//! mark the per-wave guard reads to stop after a failed wave.
+//! mark each wave's first step reads to stop after a failed wave, and the
+//! run's plan (the nodes of each wave) that steps given `--wave K` read.
 
 use std::collections::BTreeMap;
 

@@ -238,6 +238,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let workflow_status = non_empty(&args.workflow_status);
     let failures = non_empty(&args.failures);
     let succeeded = workflow_status.as_deref() == Some("Succeeded");
+    let release_id =
+        annotations::release_id(&args.release.helm_namespace, &args.release.helm_release);
     let client = crate::cluster::client(global).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
     let record = match records
@@ -289,6 +291,14 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .items
         .into_iter()
         .filter(|n| selection::annotation(n, annotations::RUN) == Some(run_id.as_str()))
+        // A run id is unique only per release: another release's run of the
+        // same name is not this one.
+        .filter(|n| {
+            hold::same_release(
+                selection::annotation(n, annotations::RELEASE),
+                Some(&release_id),
+            )
+        })
         .collect();
     let mut release = Vec::new();
     let mut roll_back = Vec::new();
@@ -307,6 +317,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     // 3. Release what is safe, before any slow rollback.
     let how = Release {
         uncordon: true,
+        release: Some(release_id.clone()),
         ..Default::default()
     };
     let released = try_join_all(

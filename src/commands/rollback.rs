@@ -18,7 +18,6 @@ use crate::error::{ExitStatus, UserError};
 use crate::helm::Helm;
 use crate::kata_deploy::{self, KataDaemonSet};
 use crate::nodes::hold::{self, Release as NodeRelease, Released};
-use crate::nodes::selection::Criteria;
 use crate::output::{self, Report};
 use crate::release::{Release, Upgrade, Values};
 use crate::run_record::{NodeProgress, Records, RunRecord, RunState};
@@ -152,14 +151,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     // A node in service (the rollback-node entrypoint, a rollback by hand)
     // is cordoned for its rollback and released only once it is back.
     for node in &names {
-        hold::hold(
-            &client,
-            node,
-            &record.run_id,
-            &Criteria::default(),
-            &record.target_version,
-        )
-        .await?;
+        hold::hold_for_rollback(&client, node, &record.run_id, &record.release_id()).await?;
     }
     for node in &names {
         hold::set_status(&client, node, NodeStatus::RollingBack).await?;

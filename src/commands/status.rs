@@ -19,14 +19,14 @@ use crate::run_record::{Records, RunRecord, RunState};
 /// Flags of `klm status`.
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "Examples:\n  klm status\n  klm status --node-selector node-pool=kata -o json\n  klm status --run-id upgrade-1 --fail-if-run-failed   # the workflow's per-wave guard"
+    after_help = "Examples:\n  klm status\n  klm status --node-selector node-pool=kata -o json\n  klm status --run-id upgrade-1 --fail-if-run-failed   # exit 3 once the run failed or was interrupted"
 )]
 pub struct Args {
     /// Which nodes (default: the nodes that run kata-deploy or carry klm's annotations).
     #[command(flatten)]
     pub selection: SelectionArgs,
 
-    /// Exit 3 if the run has failed (used as a guard before each wave).
+    /// Exit 3 if the run has failed or was interrupted (a guard for scripts).
     #[arg(long, requires = "run_id")]
     pub fail_if_run_failed: bool,
 

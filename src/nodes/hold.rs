@@ -239,6 +239,71 @@ pub async fn hold_for_release(
     })
 }
 
+/// Cordons a node for a rollback under `run_id`. A node no run holds is held
+/// (recording whether it was unschedulable, so that the rollback's release
+/// leaves it as it was); a node another finished run still holds changes
+/// holder but keeps what that hold recorded; the selection taints recorded
+/// by an earlier hold are kept, so the rollback restores them.
+pub async fn hold_for_rollback(
+    client: &Client,
+    node: &str,
+    run_id: &str,
+    release: &str,
+) -> Result<(), HoldError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    for _ in 0..CONFLICT_RETRIES {
+        let current = get(&nodes, node).await?;
+        let holder = annotation(&current, annotations::RUN);
+        let holder_release = annotation(&current, annotations::RELEASE);
+        let status =
+            annotation(&current, annotations::STATUS).and_then(|s| s.parse::<NodeStatus>().ok());
+        if let Some(holder) = holder
+            && (holder != run_id || !same_release(holder_release, Some(release)))
+            && status.is_some_and(NodeStatus::in_progress)
+        {
+            if holder == run_id {
+                return Err(HoldError::HeldByAnotherRelease {
+                    node: node.to_string(),
+                    run: holder.to_string(),
+                    release: holder_release.unwrap_or_default().to_string(),
+                    status: status.map(|s| s.to_string()).unwrap_or_default(),
+                });
+            }
+            return Err(HoldError::HeldByAnotherRun {
+                node: node.to_string(),
+                holder: holder.to_string(),
+                status: status.map(|s| s.to_string()).unwrap_or_default(),
+            });
+        }
+        let was_unschedulable = match holder {
+            Some(_) => annotation(&current, annotations::WAS_UNSCHEDULABLE) == Some("true"),
+            None => is_unschedulable(&current),
+        };
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": current.metadata.resource_version,
+                "annotations": {
+                    annotations::RUN: run_id,
+                    annotations::RELEASE: release,
+                    annotations::WAS_UNSCHEDULABLE: was_unschedulable.to_string(),
+                }
+            },
+            "spec": { "unschedulable": true }
+        });
+        match merge(&nodes, node, &patch).await {
+            Ok(()) => {
+                tracing::info!(node, was_unschedulable, "node cordoned for its rollback");
+                return Ok(());
+            }
+            Err(err) if err.code() == Some(409) => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(HoldError::Contended {
+        node: node.to_string(),
+    })
+}
+
 /// How a node leaves a run.
 #[derive(Debug, Clone, Default)]
 pub struct Release {

@@ -1140,9 +1140,12 @@ fn a_wave_is_small() {
     let wf = Workflow::render(&[]);
     let daemonset = wave_cost(&wf, "daemonset", "false");
     let job = wave_cost(&wf, "job", "true");
-    println!(
-        "per successful wave: daemonset {daemonset:?}, job mode with drain {job:?} (pods, status nodes)"
-    );
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "per successful wave: daemonset {daemonset:?}, job mode with drain {job:?} (pods, status nodes)"
+        );
+    }
     assert_eq!(
         daemonset,
         (4, 19),

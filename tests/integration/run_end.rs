@@ -497,3 +497,72 @@ async fn an_empty_selection_changes_nothing() {
     );
     assert_eq!(case.run_record().await.unwrap()["state"], "completed");
 }
+
+/// Job mode through the template: upgrade-wave scopes the release to wave K
+/// read from the record; a run stopped right after that helm upgrade (the
+/// installer ran, the status still says `cordoned`) has the node rolled back
+/// by the exit handler, decided from the record.
+#[tokio::test]
+async fn job_mode_waves_from_the_record_and_a_stop_after_the_wave_upgrade() {
+    let job_values = |label: &str| {
+        vec![
+            "deploymentMode=job".to_string(),
+            format!("job.nodeSelector.klm\\.test/case={label}"),
+        ]
+    };
+    let case = Case::start_with(CaseSpec::new("jobflow", 2, "3.32.0"), job_values)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let [n1, n2] = [case.node(0), case.node(1)];
+    let wf = Workflow::render(&case, &verification_pod(dir.path(), &[])).await;
+    let run = submit(
+        &case,
+        &wf,
+        "wf-jobflow",
+        &[("target-version", "3.33.0"), ("drain-enabled", "true")],
+        dir.path(),
+    );
+    run.step("check-prerequisites", &[]).await.ok();
+    run.step("select-nodes", &[]).await.ok();
+    assert_eq!(
+        case.run_record().await.unwrap()["waves"],
+        json!([[n1], [n2]])
+    );
+
+    // Wave 1, whole: cordon, drain, upgrade-wave, restart-kata-pod, verify, settle.
+    for step in [
+        "cordon",
+        "drain",
+        "upgrade-wave",
+        "restart-kata-pod",
+        "verify",
+    ] {
+        run.step(step, &[("index", "1")]).await.ok();
+    }
+    run.step("settle", &[("index", "1"), ("upgrade-status", "Succeeded")])
+        .await
+        .ok();
+    let n = case.get_node(n1).await;
+    assert_eq!(annotation(&n, STATUS).as_deref(), Some("completed"));
+    assert_eq!(host_version(&n).as_deref(), Some("3.33.0"));
+    assert_eq!(
+        host_version(&case.get_node(n2).await).as_deref(),
+        Some("3.32.0"),
+        "job mode installs on the wave's nodes only"
+    );
+
+    // Wave 2 stopped right after its helm upgrade.
+    run.step("cordon", &[("index", "2")]).await.ok();
+    run.step("upgrade-wave", &[("index", "2")]).await.ok();
+    assert_eq!(case.run_record().await.unwrap()["nodes"][n2], "upgraded");
+    exit_handler(&run, "Failed", STOPPED).await.ok();
+    let n = case.get_node(n2).await;
+    assert_eq!(annotation(&n, STATUS).as_deref(), Some("rolled-back"));
+    assert_eq!(host_version(&n).as_deref(), Some("3.32.0"));
+    assert!(!unschedulable(&n));
+    let n = case.get_node(n1).await;
+    assert_eq!(host_version(&n).as_deref(), Some("3.33.0"));
+    assert!(!unschedulable(&n));
+    assert_eq!(case.run_record().await.unwrap()["state"], "interrupted");
+}

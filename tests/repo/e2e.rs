@@ -99,7 +99,12 @@ fn the_chart_renders_with_the_e2e_values_into_the_template_the_workflow_submits(
     assert_eq!(template["metadata"]["namespace"], "argo");
     assert!(manifests.contains("image: klm.test/kata-lifecycle-manager:e2e"));
     assert!(manifests.contains("imagePullPolicy: Never"));
-    assert!(manifests.contains("--chart=/charts/kata-deploy-{version}.tgz"));
+    // Every step reads the chart from its KLM_CHART variable.
+    assert!(
+        manifests.contains(
+            "- name: KLM_CHART\n            value: \"/charts/kata-deploy-{version}.tgz\""
+        )
+    );
     let workflow = e2e_workflow();
     assert!(
         workflow.contains("-t klm.test/kata-lifecycle-manager:e2e"),
