@@ -197,30 +197,46 @@ async fn dry_run_checking(
 async fn verify_node(
     client: &Client,
     node: &str,
-    pod: Pod,
+    mut pod: Pod,
     timeout: Duration,
     keep_failed: bool,
 ) -> Result<NodeVerdict, VerificationError> {
-    let name = pod.name_any();
     let namespace = pod.namespace().unwrap_or_default();
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    // Every attempt gets a pod of its own name: a watch by name would mix
+    // an earlier attempt's deletion up with this one's pod.
+    let name = attempt_name(&pod.name_any());
+    pod.metadata.name = Some(name.clone());
     let fail = |reason: String| VerificationError::Run {
         node: node.to_string(),
         pod: name.clone(),
         reason,
     };
 
-    // A pod of the same name is left over from an interrupted run: start afresh.
-    if let Some(old) = pods.get_opt(&name).await.map_err(|e| fail(e.to_string()))? {
-        delete(&pods, &name).await;
-        let uid = old.uid().unwrap_or_default();
+    // Pods of this run on this node left over from an interrupted attempt:
+    // start afresh.
+    let labels = pod.labels();
+    let selector = [annotations::POD_RUN_LABEL, annotations::POD_NODE_LABEL]
+        .iter()
+        .filter_map(|key| labels.get(*key).map(|value| format!("{key}={value}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let leftovers = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+    for old in leftovers.items {
+        let (old_name, uid) = (old.name_any(), old.uid().unwrap_or_default());
+        delete(&pods, &old_name).await;
         tokio::time::timeout(
             Duration::from_secs(120),
-            await_condition(pods.clone(), &name, conditions::is_deleted(&uid)),
+            await_condition(pods.clone(), &old_name, conditions::is_deleted(&uid)),
         )
         .await
         .map_err(|_| {
-            fail("an earlier pod of the same name is still being deleted after 120s".into())
+            fail(format!(
+                "an earlier verification pod {old_name} is still being deleted after 120s"
+            ))
         })?
         .map_err(|e| fail(e.to_string()))?;
     }
@@ -484,6 +500,17 @@ fn indent(text: &str) -> String {
         .map(|l| format!("    | {l}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// `base` with a suffix of its own for one verification attempt, within the
+/// 63 characters of a pod name.
+fn attempt_name(base: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32))
+        .unwrap_or_default();
+    let base: String = base.chars().take(57).collect();
+    format!("{}-{:05x}", base.trim_end_matches('-'), nanos & 0xf_ffff)
 }
 
 async fn delete(pods: &Api<Pod>, name: &str) {
