@@ -125,6 +125,15 @@ async fn main() -> Result<()> {
     let client = rig.client().await?;
     let simulator = tokio::spawn(simulator::run(client));
     rig.add_nodes(&specs).await?;
+    // Scripts read the first line of stdout as "ready": the Argo tier
+    // starts before anything is printed.
+    let argo_started = Instant::now();
+    let argo_guard = if argo {
+        Some(rig.start_argo_foreground().await?)
+    } else {
+        None
+    };
+    let argo_ready = argo_started.elapsed();
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -136,15 +145,12 @@ async fn main() -> Result<()> {
         rig.bin("kubectl").display(),
         rig.dir().display()
     )?;
-    let mut argo_guard = None;
-    if argo {
-        let started = Instant::now();
-        let guard = rig.start_argo_foreground().await?;
+    if argo_guard.is_some() {
         let tier = rig.argo()?;
         writeln!(
             out,
             "\nArgo tier ready in {:.1}s: real node {} (label and taint {}=true), workflow-controller {} watching namespace {}\n\n  alias argo='KUBECONFIG={} {}'\n  argo -n {} submit --wait WORKFLOW.yaml\n\nstep pods run only on {} (the controller's workflowDefaults); image under test {} \n(fixture charts at {}); step logs under {} (never through the apiserver);\nnode logs: {}",
-            started.elapsed().as_secs_f64(),
+            argo_ready.as_secs_f64(),
             tier.node(),
             tier.node_label(),
             klm_rig::argo::ARGO_VERSION,
@@ -158,7 +164,6 @@ async fn main() -> Result<()> {
             tier.pod_logs_dir().display(),
             tier.node_dir().display(),
         )?;
-        argo_guard = Some(guard);
     }
     drop(out);
     if let Some(file) = ready_file {
