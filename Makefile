@@ -27,8 +27,9 @@ host-packages:
 static-klm:
 	bash tests/argo/static-klm.sh
 
-## Start the rig with the fixture kata-deploy and upgrade a few simulated nodes with klm, printing each step.
-demo: rig-bins
+## The way users run it, on the rig: helm install both charts, then argo submit an upgrade of three
+## simulated nodes (steps on a real kubelet node, a real Argo controller) and one that rolls back.
+demo: rig-bins host-packages
 	cargo build --bin klm
 	cargo build -p klm-rig --bin klm-rig
 	bash tests/demo.sh
