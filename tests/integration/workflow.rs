@@ -118,14 +118,17 @@ impl<'a> Submission<'a> {
     }
 
     fn substitute(&self, text: &str, inputs: &BTreeMap<String, String>) -> String {
-        let mut out = text.replace("{{workflow.name}}", &self.name);
+        // The template's own /tmp paths, before any value is put in (a value,
+        // such as the chart's path, may itself lie under /tmp).
+        let mut out = text
+            .replace("/tmp/", &format!("{}/", self.tmp.display()))
+            .replace("{{workflow.name}}", &self.name);
         for (key, value) in &self.parameters {
             out = out.replace(&format!("{{{{workflow.parameters.{key}}}}}"), value);
         }
         for (key, value) in inputs {
             out = out.replace(&format!("{{{{inputs.parameters.{key}}}}}"), value);
         }
-        out = out.replace("/tmp/", &format!("{}/", self.tmp.display()));
         assert!(
             !out.contains("{{"),
             "unresolved Argo variable in {text:?}: {out:?}"
