@@ -118,11 +118,14 @@ impl<'a> Submission<'a> {
     }
 
     fn substitute(&self, text: &str, inputs: &BTreeMap<String, String>) -> String {
-        // The template's own /tmp paths, before any value is put in (a value,
-        // such as the chart's path, may itself lie under /tmp).
-        let mut out = text
-            .replace("/tmp/", &format!("{}/", self.tmp.display()))
-            .replace("{{workflow.name}}", &self.name);
+        // The steps' own /tmp paths (a value that is one, or a flag's), not
+        // every "/tmp/": the chart's path may itself lie under /tmp.
+        let tmp = format!("{}/", self.tmp.display());
+        let mut out = match text.strip_prefix("/tmp/") {
+            Some(rest) => format!("{tmp}{rest}"),
+            None => text.replace("=/tmp/", &format!("={tmp}")),
+        }
+        .replace("{{workflow.name}}", &self.name);
         for (key, value) in &self.parameters {
             out = out.replace(&format!("{{{{workflow.parameters.{key}}}}}"), value);
         }
