@@ -121,9 +121,10 @@ impl<'a> Submission<'a> {
         // The steps' own /tmp paths (a value that is one, or a flag's), not
         // every "/tmp/": the chart's path may itself lie under /tmp.
         let tmp = format!("{}/", self.tmp.display());
+        let repo = repo_root().display().to_string();
         let mut out = match text.strip_prefix("/tmp/") {
-            Some(rest) => format!("{tmp}{rest}"),
-            None => text.replace("=/tmp/", &format!("={tmp}")),
+            Some(rest) if !text.starts_with(&repo) => format!("{tmp}{rest}"),
+            _ => text.replace("=/tmp/", &format!("={tmp}")),
         }
         .replace("{{workflow.name}}", &self.name);
         for (key, value) in &self.parameters {
