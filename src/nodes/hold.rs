@@ -170,24 +170,7 @@ pub async fn hold_for_release(
         let status =
             annotation(&current, annotations::STATUS).and_then(|s| s.parse::<NodeStatus>().ok());
         let same_release = same_release(holder_release, release);
-        if let Some(holder) = holder
-            && (holder != run_id || !same_release)
-            && status.is_some_and(NodeStatus::in_progress)
-        {
-            if holder == run_id {
-                return Err(HoldError::HeldByAnotherRelease {
-                    node: node.to_string(),
-                    run: holder.to_string(),
-                    release: holder_release.unwrap_or_default().to_string(),
-                    status: status.map(|s| s.to_string()).unwrap_or_default(),
-                });
-            }
-            return Err(HoldError::HeldByAnotherRun {
-                node: node.to_string(),
-                holder: holder.to_string(),
-                status: status.map(|s| s.to_string()).unwrap_or_default(),
-            });
-        }
+        refuse_other_holder(node, holder, holder_release, status, run_id, same_release)?;
         if holder == Some(run_id) && same_release {
             let was_unschedulable =
                 annotation(&current, annotations::WAS_UNSCHEDULABLE) == Some("true");
@@ -257,24 +240,14 @@ pub async fn hold_for_rollback(
         let holder_release = annotation(&current, annotations::RELEASE);
         let status =
             annotation(&current, annotations::STATUS).and_then(|s| s.parse::<NodeStatus>().ok());
-        if let Some(holder) = holder
-            && (holder != run_id || !same_release(holder_release, Some(release)))
-            && status.is_some_and(NodeStatus::in_progress)
-        {
-            if holder == run_id {
-                return Err(HoldError::HeldByAnotherRelease {
-                    node: node.to_string(),
-                    run: holder.to_string(),
-                    release: holder_release.unwrap_or_default().to_string(),
-                    status: status.map(|s| s.to_string()).unwrap_or_default(),
-                });
-            }
-            return Err(HoldError::HeldByAnotherRun {
-                node: node.to_string(),
-                holder: holder.to_string(),
-                status: status.map(|s| s.to_string()).unwrap_or_default(),
-            });
-        }
+        refuse_other_holder(
+            node,
+            holder,
+            holder_release,
+            status,
+            run_id,
+            same_release(holder_release, Some(release)),
+        )?;
         let was_unschedulable = match holder {
             Some(_) => annotation(&current, annotations::WAS_UNSCHEDULABLE) == Some("true"),
             None => is_unschedulable(&current),
@@ -507,6 +480,36 @@ async fn merge(nodes: &Api<Node>, node: &str, patch: &Value) -> Result<(), KubeE
 }
 
 const CONFLICT_RETRIES: usize = 8;
+
+/// Refuses a node that another run holds mid-upgrade, or that this run id
+/// holds for another release (`same_release` false).
+fn refuse_other_holder(
+    node: &str,
+    holder: Option<&str>,
+    holder_release: Option<&str>,
+    status: Option<NodeStatus>,
+    run_id: &str,
+    same_release: bool,
+) -> Result<(), HoldError> {
+    let Some(holder) = holder else { return Ok(()) };
+    if (holder == run_id && same_release) || !status.is_some_and(NodeStatus::in_progress) {
+        return Ok(());
+    }
+    let status = status.map(|s| s.to_string()).unwrap_or_default();
+    if holder == run_id {
+        return Err(HoldError::HeldByAnotherRelease {
+            node: node.to_string(),
+            run: holder.to_string(),
+            release: holder_release.unwrap_or_default().to_string(),
+            status,
+        });
+    }
+    Err(HoldError::HeldByAnotherRun {
+        node: node.to_string(),
+        holder: holder.to_string(),
+        status,
+    })
+}
 
 #[cfg(test)]
 mod tests {
