@@ -19,6 +19,10 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Classify, ExitStatus};
 
+/// How long a watch that has listed once keeps retrying 403s: a restarted
+/// apiserver refuses requests until its RBAC caches are synced.
+const FORBIDDEN_AFTER_LIST_GRACE: Duration = Duration::from_secs(30);
+
 /// What a check decided after looking at the watched objects.
 #[derive(Debug)]
 pub enum Check<T> {
@@ -108,21 +112,33 @@ where
     let mut stream = std::pin::pin!(stream);
     let mut last_seen: Option<String> = None;
     let mut listed = false;
+    let mut forbidden_since: Option<tokio::time::Instant> = None;
 
     let waited = tokio::time::timeout(timeout, async {
         while let Some(event) = stream.next().await {
             match event {
-                Ok(Event::InitDone) => listed = true,
+                Ok(Event::InitDone) => {
+                    listed = true;
+                    forbidden_since = None;
+                }
                 Ok(Event::Init | Event::InitApply(_)) => continue,
-                Ok(Event::Apply(_) | Event::Delete(_)) => {}
+                Ok(Event::Apply(_) | Event::Delete(_)) => forbidden_since = None,
                 Err(source) => {
-                    // Permission errors will not heal by retrying; the backoff
-                    // handles everything else (disconnects, restarts).
+                    // A permission error on the first list will not heal by
+                    // retrying. Once the watch has listed, the permission is
+                    // proven: a 403 then comes from an apiserver that restarted
+                    // and has not yet synced its RBAC caches, and heals within
+                    // seconds. The backoff handles everything else.
                     if is_forbidden(&source) {
-                        return Err(WaitError::Watch {
-                            what: what.clone(),
-                            source,
-                        });
+                        let since = *forbidden_since.get_or_insert_with(tokio::time::Instant::now);
+                        if !listed || since.elapsed() > FORBIDDEN_AFTER_LIST_GRACE {
+                            return Err(WaitError::Watch {
+                                what: what.clone(),
+                                source,
+                            });
+                        }
+                        tracing::info!(error = %source, "watch refused after it had listed (an apiserver restarting?); resuming");
+                        continue;
                     }
                     tracing::debug!(error = %source, "watch interrupted; resuming");
                     continue;

@@ -3,52 +3,27 @@
 # notes; not a test): a run of NODES kwok nodes at batch-size 1, submitted
 # with the argo CLI. Prints the wall time; per wave the time klm's
 # containers ran versus the time Argo added (pod creation to the end of its
-# step, from the pods' own timestamps) and the step pods; and the workflow
-# object's size and status node count at the end.
+# step, from the pods' own timestamps) and the step pods; the workflow
+# object's size and status node count at the end; and from those, how many
+# waves one workflow carries under Argo's 1 MiB limit, raw and compressed as
+# Argo's packer compresses the status nodes of a large workflow.
 #   NODES=10 bash tests/bench-workflow.sh
 #   KLM_RIG_ARGO_REQUEUE=10s bash tests/bench-workflow.sh   # Argo's default requeue
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 nodes=${NODES:-10}
-bin=$root/target/rig/bin
 work=$root/target/rig/bench-workflow
 rm -rf "$work"
 mkdir -p "$work"
-PATH=$bin:$root/target/debug:$PATH
+source tests/lib/argo-rig.sh
 
-coproc RIG { exec klm-rig up --argo --nodes "$nodes" --dir "$work/rig" --stdin-lifeline 2>"$work/rig.log"; }
-read -r _ <&"${RIG[0]}" || { tail -20 "$work/rig.log" >&2; exit 1; }
-trap 'exec {RIG[1]}>&-; wait "$RIG_PID" 2>/dev/null || true' EXIT
-export KUBECONFIG=$work/rig/admin.kubeconfig
-klm-rig charts --dir "$work/charts" >/dev/null
+argo_rig_start "$nodes" >/dev/null
+trap argo_rig_stop EXIT
 helm install kata-deploy "$work/charts/kata-deploy-3.27.0.tgz" --namespace kata-system --create-namespace --wait --timeout 300s >/dev/null
-cat >"$work/verify-pod.yaml" <<'POD'
-apiVersion: v1
-kind: Pod
-metadata:
-  name: ${TEST_POD}
-  annotations:
-    rig.klm.test/outcome: succeed
-spec:
-  restartPolicy: Never
-  nodeSelector:
-    kubernetes.io/hostname: ${NODE}
-  tolerations:
-    - key: node.kubernetes.io/unschedulable
-      operator: Exists
-      effect: NoSchedule
-  containers:
-    - name: verify
-      image: registry.invalid/verify:1
-POD
-helm install klm "$root/chart/kata-lifecycle-manager" --namespace kata-system \
-	--set defaults.helmNamespace=kata-system --set defaults.verificationNamespace=kata-system \
-	--set-file defaults.verificationPod="$work/verify-pod.yaml" \
-	--set image.repository=localhost/kata-lifecycle-manager --set image.tag=test --set image.pullPolicy=Never \
-	--set "kataDeploy.chart=/charts/kata-deploy-{version}.tgz" \
-	--set-string 'nodeSelector.rig\.klm/real-node=true' \
-	--set 'tolerations[0].key=rig.klm/real-node' --set 'tolerations[0].operator=Exists' --set 'tolerations[0].effect=NoSchedule' >/dev/null
+verification_pod "$work/verify-pod.yaml"
+# Pods kept after success: their timestamps are the measurement.
+klm_chart_install "$work/verify-pod.yaml" --set workflow.podGC=null >/dev/null
 
 start=$(date +%s.%N)
 name=$(argo submit --namespace kata-system --from workflowtemplate/klm-kata-lifecycle-manager \
@@ -59,7 +34,7 @@ kubectl get workflow --namespace kata-system "$name" -o json >"$work/workflow.js
 kubectl get pods --namespace kata-system -l "workflows.argoproj.io/workflow=$name" -o json >"$work/pods.json"
 echo "requeue: ${KLM_RIG_ARGO_REQUEUE:-1s}; nodes: $nodes; wall: $(echo "$end - $start" | bc) s"
 python3 - "$work/workflow.json" "$work/pods.json" <<'PY'
-import json, sys
+import base64, gzip, json, sys
 from datetime import datetime
 
 def t(s):
@@ -68,8 +43,29 @@ def t(s):
 wf = json.load(open(sys.argv[1]))
 pods = {p["metadata"]["name"]: p for p in json.load(open(sys.argv[2]))["items"]}
 status = wf["status"]
-print(f"phase {status['phase']}; workflow object {len(json.dumps(wf))} bytes; "
-      f"status nodes {len(status.get('nodes', {}))}")
+def compact(value):
+    return json.dumps(value, separators=(",", ":"))
+
+def packed(nodes):
+    # Argo's packer: status.nodes as JSON, gzip (default level), base64.
+    return len(base64.b64encode(gzip.compress(compact(nodes).encode(), compresslevel=6)))
+
+nodes = status.get("nodes", {})
+in_wave = {k: v for k, v in nodes.items() if "wave(" in v["name"]}
+outside = {k: v for k, v in nodes.items() if k not in in_wave}
+waves_run = len({v["name"].split("wave(")[1].split(")")[0] for v in in_wave.values()})
+rest = len(compact({**wf, "status": {**status, "nodes": None}}))
+print(f"phase {status['phase']}; workflow object {len(compact(wf))} bytes; "
+      f"status nodes {len(nodes)} ({len(outside)} outside the {waves_run} waves)")
+if waves_run:
+    limit = 1024 * 1024  # Argo's MAX_WORKFLOW_SIZE default
+    raw_wave = (len(compact(nodes)) - len(compact(outside))) / waves_run
+    packed_wave = (packed(nodes) - packed(outside)) / waves_run
+    print(f"per wave: {len(in_wave) / waves_run:.0f} status nodes, {raw_wave:.0f} bytes, "
+          f"{packed_wave:.0f} bytes compressed")
+    print(f"capacity of one workflow (1 MiB): {(limit - rest - len(compact(outside))) / raw_wave:.0f} waves "
+          f"uncompressed, {(limit - rest - packed(outside)) / packed_wave:.0f} waves once Argo "
+          f"compresses the nodes (the rest of the object: {rest} bytes)")
 # Each wave: its step pods, by the wave index in the status node names.
 waves = {}
 for node in status.get("nodes", {}).values():

@@ -8,11 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-bin=$root/target/rig/bin
 work=$root/target/rig/demo
 rm -rf "$work"
 mkdir -p "$work"
-PATH=$bin:$root/target/debug:$PATH
+source tests/lib/argo-rig.sh
 
 bold=$'\e[1m' dim=$'\e[2m' reset=$'\e[0m'
 [[ -t 1 ]] || bold='' dim='' reset=''
@@ -21,23 +20,14 @@ say() { printf '\n%s# %s%s\n' "$bold" "$*" "$reset"; }
 run() { printf '%s$ %s%s\n' "$dim" "$*" "$reset" >&3; "$@"; }
 
 say "Starting the rig: control plane, 3 kwok Kata nodes, a real kubelet node and Argo's workflow-controller"
-coproc RIG { exec klm-rig up --argo --nodes 3 --dir "$work/rig" --stdin-lifeline 2>"$work/rig.log"; }
-if ! read -r ready <&"${RIG[0]}"; then
-	echo "the rig did not start; see $work/rig.log" >&2
-	tail -20 "$work/rig.log" >&2
-	exit 1
-fi
-echo "$ready"
+argo_rig_start 3
 watcher=
 cleanup() {
 	[[ -n $watcher ]] && kill "$watcher" 2>/dev/null
-	exec {RIG[1]}>&-
-	wait "$RIG_PID" 2>/dev/null || true
+	argo_rig_stop
 }
 trap cleanup EXIT
-export KUBECONFIG=$work/rig/admin.kubeconfig
 charts=$work/charts
-klm-rig charts --dir "$charts" >/dev/null
 columns="custom-columns=NODE:.metadata.name,HOST VERSION:.metadata.annotations.rig\.klm\.test/installed-version"
 columns+=",STATUS:.metadata.annotations.katacontainers\.io/kata-lifecycle-manager-status"
 columns+=",VERIFIED:.metadata.annotations.katacontainers\.io/kata-current-version,UNSCHEDULABLE:.spec.unschedulable"
@@ -47,37 +37,11 @@ say "An operator installed Kata with kata-deploy 3.27.0 (the fixture chart; kwok
 run helm install kata-deploy "$charts/kata-deploy-3.27.0.tgz" --namespace kata-system --create-namespace --wait --timeout 120s
 run kubectl get nodes -o wide
 
-cat >"$work/verify-pod.yaml" <<'POD'
-apiVersion: v1
-kind: Pod
-metadata:
-  name: ${TEST_POD}
-  annotations:
-    rig.klm.test/outcome: succeed   # the rig's simulated container exits 0
-spec:
-  runtimeClassName: kata-qemu
-  restartPolicy: Never
-  nodeSelector:
-    kubernetes.io/hostname: ${NODE}
-  tolerations:
-    - key: node.kubernetes.io/unschedulable
-      operator: Exists
-      effect: NoSchedule
-  containers:
-    - name: verify
-      image: quay.io/kata-containers/verify:latest
-      command: ["sh", "-c", "uname -r"]
-POD
+verification_pod "$work/verify-pod.yaml"
 say "Installing kata-lifecycle-manager's chart: its WorkflowTemplate, ServiceAccount and RBAC"
 echo "(the image is the one under test, built here and imported into the real node's containerd;"
 echo " the fixture kata-deploy charts are inside it, and the steps run on the real node)"
-run helm install klm "$root/chart/kata-lifecycle-manager" --namespace kata-system \
-	--set defaults.helmNamespace=kata-system --set defaults.verificationNamespace=kata-system \
-	--set-file defaults.verificationPod="$work/verify-pod.yaml" \
-	--set image.repository=localhost/kata-lifecycle-manager --set image.tag=test --set image.pullPolicy=Never \
-	--set "kataDeploy.chart=/charts/kata-deploy-{version}.tgz" \
-	--set-string 'nodeSelector.rig\.klm/real-node=true' \
-	--set 'tolerations[0].key=rig.klm/real-node' --set 'tolerations[0].operator=Exists' --set 'tolerations[0].effect=NoSchedule'
+CHART_RUNNER=run klm_chart_install "$work/verify-pod.yaml"
 run kubectl get workflowtemplates --namespace kata-system
 
 # Progress, live: one line per node change while a workflow runs.
@@ -98,31 +62,8 @@ run argo get --namespace kata-system "$name" --no-color
 run kubectl get nodes "${kata_nodes[@]}" -o "$columns"
 
 say "A second upgrade, to 3.33.0, whose verification fails on kata-2: kata-2 is rolled back and the run stops"
-cat >"$work/verify-fails-on-kata-2.yaml" <<'POD'
-apiVersion: v1
-kind: Pod
-metadata:
-  name: ${TEST_POD}
-  labels:
-    rig.klm.test/verdict: by-version   # the rig decides from what the host runs:
-  annotations:
-    rig.klm.test/outcome: pending
-    rig.klm.test/broken-version: "3.33.0" # 3.33.0 is broken on kata-2
-    rig.klm.test/broken-nodes: kata-2
-spec:
-  runtimeClassName: kata-qemu
-  restartPolicy: Never
-  nodeSelector:
-    kubernetes.io/hostname: ${NODE}
-  tolerations:
-    - key: node.kubernetes.io/unschedulable
-      operator: Exists
-      effect: NoSchedule
-  containers:
-    - name: verify
-      image: quay.io/kata-containers/verify:latest
-      command: ["sh", "-c", "uname -r"]
-POD
+# The rig decides from what the host runs: 3.33.0 is broken on kata-2.
+verification_pod "$work/verify-fails-on-kata-2.yaml" 3.33.0 kata-2
 watch_nodes
 name=$(run argo submit --namespace kata-system --from workflowtemplate/klm-kata-lifecycle-manager \
 	-p target-version=3.33.0 -p verification-pod="$(base64 -w0 "$work/verify-fails-on-kata-2.yaml")" --output name)

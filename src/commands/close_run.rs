@@ -174,8 +174,7 @@ pub fn closing(
     reason: Option<&str>,
 ) -> (RunState, String) {
     let messages: Vec<String> = failures
-        .and_then(|raw| serde_json::from_str::<Value>(raw).ok())
-        .and_then(|v| v.as_array().cloned())
+        .map(failed_steps)
         .unwrap_or_default()
         .iter()
         .map(|f| {
@@ -216,6 +215,29 @@ pub fn closing(
         }
     };
     (state, why)
+}
+
+/// The failed steps in Argo's `{{workflow.failures}}`. The controller stores
+/// it Go-quoted (`"[{\"displayName\":...}]"`, so that substitution keeps the
+/// inner quotes), which reaches klm as a JSON string holding the JSON list;
+/// the bare list is accepted too.
+fn failed_steps(raw: &str) -> Vec<Value> {
+    let mut value: Value = match serde_json::from_str(raw) {
+        Ok(value) => value,
+        Err(_) => return Vec::new(),
+    };
+    // At most a few layers of quoting; never loop on a plain string.
+    for _ in 0..3 {
+        match value {
+            Value::Array(steps) => return steps,
+            Value::String(inner) => match serde_json::from_str(&inner) {
+                Ok(parsed) => value = parsed,
+                Err(_) => return Vec::new(),
+            },
+            _ => return Vec::new(),
+        }
+    }
+    Vec::new()
 }
 
 fn non_empty(value: &Option<String>) -> Option<String> {
@@ -425,6 +447,11 @@ mod tests {
             why.starts_with("the workflow ended Failed: finish-run"),
             "{why}"
         );
+        // As the exit handler really receives it: Go-quoted by the controller.
+        let quoted = serde_json::to_string(stopped).unwrap();
+        let (state, why) = closing(Some("Failed"), Some(&quoted), None);
+        assert_eq!(state, RunState::Interrupted, "{why}");
+        assert!(why.contains("verify(0)"), "{why}");
         assert_eq!(
             closing(Some("Error"), Some("null"), None).0,
             RunState::Interrupted

@@ -211,16 +211,27 @@ impl Case {
     /// WorkflowTemplate) as admin, and returns a kubeconfig for its
     /// ServiceAccount: klm runs with exactly the chart's rights.
     async fn install_chart_rbac(&self) -> Result<PathBuf> {
+        self.install_chart_in(&format!("klm-{}", self.namespace), &self.namespace)
+            .await?;
+        self.rig
+            .service_account_kubeconfig(&self.namespace, &self.service_account())
+            .await
+    }
+
+    /// `helm install` of the kata-lifecycle-manager chart as `chart_release`
+    /// in `argo_namespace` (its WorkflowTemplate and ServiceAccount), driving
+    /// this case's kata-deploy release.
+    pub async fn install_chart_in(&self, chart_release: &str, argo_namespace: &str) -> Result<()> {
         self.rig.apply_argo_crds("v3.7.18").await?;
         let chart = repo_root().join("chart/kata-lifecycle-manager");
         let args = vec![
             "install".to_string(),
-            format!("klm-{}", self.namespace),
+            chart_release.to_string(),
             chart.display().to_string(),
             "--namespace".into(),
-            self.namespace.clone(),
+            argo_namespace.to_string(),
             "--set".into(),
-            format!("argoNamespace={}", self.namespace),
+            format!("argoNamespace={argo_namespace}"),
             "--set".into(),
             format!("defaults.helmNamespace={}", self.namespace),
             "--set".into(),
@@ -231,9 +242,7 @@ impl Case {
             "defaults.verificationPod=apiVersion: v1".into(),
         ];
         self.helm_admin(&args).await?;
-        self.rig
-            .service_account_kubeconfig(&self.namespace, &self.service_account())
-            .await
+        Ok(())
     }
 
     /// The chart's ServiceAccount name for this case.

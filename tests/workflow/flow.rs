@@ -5,6 +5,7 @@
 //! WorkflowTemplate driven through the real `argo` CLI.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -36,9 +37,13 @@ pub async fn argo_rig() -> Option<&'static Rig> {
 /// One test's corner of the rig, with the chart installed for real.
 pub struct Flow {
     /// The case: namespace, nodes, kata-deploy release, the chart's ServiceAccount.
-    pub case: Case,
+    pub case: Arc<Case>,
     /// The real node and the Argo controller.
     pub argo: &'static ArgoTier,
+    /// The chart's helm release.
+    pub chart_release: String,
+    /// Where the chart put its WorkflowTemplate, and workflows run.
+    pub argo_namespace: String,
     /// The WorkflowTemplate's name.
     pub template: String,
 }
@@ -117,15 +122,36 @@ impl Flow {
         extra: impl Fn(&str) -> Vec<String>,
     ) -> Result<Flow> {
         let case = Case::start_on(rig, spec, extra).await?;
-        let argo = rig.argo()?;
+        let namespace = case.namespace.clone();
+        Self::installed(Arc::new(case), rig, &namespace).await
+    }
+
+    /// The chart as the case installed it into `argo_namespace`, made ready
+    /// for real runs (see [`Flow::install_chart`]).
+    async fn installed(case: Arc<Case>, rig: &'static Rig, argo_namespace: &str) -> Result<Flow> {
+        let chart_release = format!("klm-{argo_namespace}");
         let flow = Flow {
-            template: format!("klm-{}-kata-lifecycle-manager", case.namespace),
+            template: format!("{chart_release}-kata-lifecycle-manager"),
+            chart_release,
+            argo_namespace: argo_namespace.to_string(),
             case,
-            argo,
+            argo: rig.argo()?,
         };
         flow.install_chart(&verification_pod(&[], "succeed"))
             .await?;
         Ok(flow)
+    }
+
+    /// A second install of the chart, in a namespace of its own, driving the
+    /// same kata-deploy release (two teams, or a ClusterWorkflowTemplate used
+    /// from two namespaces).
+    pub async fn install_again(&self, name: &str) -> Result<Flow> {
+        let rig = self.case.rig;
+        let namespace = rig.namespace(name).await?;
+        self.case
+            .install_chart_in(&format!("klm-{namespace}"), &namespace)
+            .await?;
+        Self::installed(self.case.clone(), rig, &namespace).await
     }
 
     /// `helm upgrade` of the chart the case installed, as a user installs it
@@ -144,10 +170,10 @@ impl Flow {
         let chart = crate::support::repo_root().join("chart/kata-lifecycle-manager");
         let mut args: Vec<String> = vec![
             "upgrade".into(),
-            format!("klm-{}", self.case.namespace),
+            self.chart_release.clone(),
             chart.display().to_string(),
             "--namespace".into(),
-            self.case.namespace.clone(),
+            self.argo_namespace.clone(),
             "--reuse-values".into(),
         ];
         for set in [
@@ -173,10 +199,10 @@ impl Flow {
         Ok(())
     }
 
-    /// The `argo` CLI, as a user in the case's namespace runs it.
+    /// The `argo` CLI, as a user in the chart's namespace runs it.
     pub fn argo(&self) -> tokio::process::Command {
         let mut command = tokio::process::Command::from(self.argo.argo());
-        command.args(["--namespace", &self.case.namespace]);
+        command.args(["--namespace", &self.argo_namespace]);
         command
     }
 
@@ -243,7 +269,7 @@ impl Flow {
     pub async fn workflow(&self, name: &str) -> Result<Value> {
         let api: Api<DynamicObject> = Api::namespaced_with(
             self.case.admin.clone(),
-            &self.case.namespace,
+            &self.argo_namespace,
             &workflow_resource(),
         );
         let object = api.get(name).await?;
@@ -285,7 +311,7 @@ impl Flow {
     /// first, read from the kubelet's log files (never through the apiserver:
     /// nothing may connect to the real node).
     pub async fn step_logs(&self, workflow: &str) -> String {
-        let pods: Api<Pod> = Api::namespaced(self.case.admin.clone(), &self.case.namespace);
+        let pods: Api<Pod> = Api::namespaced(self.case.admin.clone(), &self.argo_namespace);
         let selector = format!("workflows.argoproj.io/workflow={workflow}");
         let Ok(list) = pods.list(&ListParams::default().labels(&selector)).await else {
             return String::new();
@@ -297,7 +323,7 @@ impl Flow {
             let name = pod.name_any();
             let log = self
                 .argo
-                .step_log(&self.case.namespace, &name)
+                .step_log(&self.argo_namespace, &name)
                 .unwrap_or_else(|e| format!("(no log: {e:#})"));
             logs.push_str(&format!("--- {name}\n{log}\n"));
         }
