@@ -252,12 +252,20 @@ impl Flow {
         self.wait(&name).await
     }
 
-    /// `argo wait` for a workflow, then what it did.
+    /// `argo wait` for a workflow (at most 20 minutes), then what it did.
     pub async fn wait(&self, name: &str) -> Result<Finished> {
+        self.wait_within(name, Duration::from_secs(20 * 60)).await
+    }
+
+    /// `argo wait` for a workflow, at most `limit`, then what it did.
+    pub async fn wait_within(&self, name: &str, limit: Duration) -> Result<Finished> {
         let wait = self.argo().args(["wait", name]).output();
-        let output = tokio::time::timeout(Duration::from_secs(1200), wait)
-            .await
-            .with_context(|| format!("workflow {name} did not end within 20 minutes"))??;
+        let output = tokio::time::timeout(limit, wait).await.with_context(|| {
+            format!(
+                "workflow {name} did not end within {} minutes",
+                limit.as_secs() / 60
+            )
+        })??;
         if !output.status.success() {
             // `argo wait` exits non-zero for a failed workflow too; the phase says.
             tracing::debug!(stderr = %String::from_utf8_lossy(&output.stderr), "argo wait");

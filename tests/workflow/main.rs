@@ -8,6 +8,7 @@
 #[allow(dead_code)]
 mod support;
 
+mod capacity;
 mod flow;
 mod interrupted;
 mod submit;

@@ -11,7 +11,7 @@ use crate::flow::{
 use crate::support::CaseSpec;
 
 /// The selector of a case's nodes (the rig holds other cases' nodes too).
-fn selector(flow: &Flow) -> String {
+pub fn selector(flow: &Flow) -> String {
     format!("klm.test/case={}", flow.case.namespace)
 }
 
@@ -24,7 +24,7 @@ fn job_values(case_label: &str) -> Vec<String> {
 
 /// Asserts every node of the case ended completed at `version`, schedulable,
 /// with the simulated host at `version`.
-async fn assert_all_completed(flow: &Flow, version: &str, report: &str) {
+pub async fn assert_all_completed(flow: &Flow, version: &str, report: &str) {
     for (name, node) in flow.nodes().await {
         assert_eq!(
             annotation(&node, STATUS).as_deref(),
@@ -230,26 +230,4 @@ async fn rollback_node_returns_a_node_to_its_version_before_the_run() {
         Some("3.28.0"),
         "the other node is untouched\n{report}"
     );
-}
-
-#[tokio::test]
-async fn thirty_nodes_one_by_one() {
-    let Some(rig) = argo_rig().await else { return };
-    let flow = Flow::start(rig, CaseSpec::new("wf-30", 30, "3.27.0"))
-        .await
-        .unwrap();
-    let selector = selector(&flow);
-    let run = flow
-        .run(
-            None,
-            &[
-                ("target-version", "3.28.0"),
-                ("batch-size", "1"),
-                ("node-selector", &selector),
-            ],
-        )
-        .await
-        .unwrap();
-    run.succeeded();
-    assert_all_completed(&flow, "3.28.0", &run.report()).await;
 }
