@@ -4,7 +4,7 @@
 BIN := target/rig/bin
 CHART := chart/kata-lifecycle-manager
 
-.PHONY: all build rig-bins host-packages static-klm demo rig-up test lint unit integration bench clean-rig
+.PHONY: all build rig-bins host-packages static-klm demo rig-up test lint unit integration bench bench-workflow clean-rig
 
 all: build
 
@@ -57,3 +57,10 @@ bench: rig-bins
 	cargo build --release --bin klm
 	cargo build --release -p klm-rig --bin klm-rig
 	bash tests/bench.sh
+
+## The WorkflowTemplate on the real controller: wall time, Argo's share of each wave, the
+## workflow's size and capacity (NODES=10 by default; KLM_RIG_ARGO_REQUEUE=10s for Argo's default).
+bench-workflow: rig-bins host-packages
+	cargo build --bin klm
+	cargo build -p klm-rig --bin klm-rig
+	bash tests/bench-workflow.sh

@@ -7,8 +7,8 @@
 # object's size and status node count at the end; and from those, how many
 # waves one workflow carries under Argo's 1 MiB limit, raw and compressed as
 # Argo's packer compresses the status nodes of a large workflow.
-#   NODES=10 bash tests/bench-workflow.sh
-#   KLM_RIG_ARGO_REQUEUE=10s bash tests/bench-workflow.sh   # Argo's default requeue
+#   make bench-workflow                             # NODES=10
+#   KLM_RIG_ARGO_REQUEUE=10s make bench-workflow    # Argo's default requeue
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
