@@ -6,7 +6,8 @@
 //! Jobs on nodes), [`verification`] (verification pods), [`drain`],
 //! [`run_record`] (what a run needs to roll back), [`wait`] (watches with
 //! deadlines), [`annotations`] (the vocabulary on nodes), [`output`] and
-//! [`error`]. `commands` composes them, one module per subcommand.
+//! [`error`]. `commands` composes them, one module per subcommand; [`exit`]
+//! turns a step's error into the process's exit code and message.
 
 pub mod annotations;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod cluster;
 pub mod commands;
 pub mod drain;
 pub mod error;
+pub mod exit;
 pub mod helm;
 pub mod kata_deploy;
 pub mod nodes;
