@@ -6,10 +6,12 @@
 //! Jobs on nodes), [`verification`] (verification pods), [`drain`],
 //! [`run_record`] (what a run needs to roll back), [`wait`] (watches with
 //! deadlines), [`annotations`] (the vocabulary on nodes), [`output`] and
-//! [`error`]. `commands` composes them, one module per subcommand; [`exit`]
-//! turns a step's error into the process's exit code and message.
+//! [`error`], and [`args`] (the flags steps share). `commands` composes
+//! them, one module per subcommand, and [`cli`] lists the subcommands;
+//! [`exit`] turns a step's error into the process's exit code and message.
 
 pub mod annotations;
+pub mod args;
 pub mod cli;
 pub mod cluster;
 pub mod commands;

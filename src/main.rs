@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kata_lifecycle_manager::cli::{Cli, LogFormat};
+use kata_lifecycle_manager::args::LogFormat;
+use kata_lifecycle_manager::cli::Cli;
 use kata_lifecycle_manager::{exit, run};
 
 fn main() -> ExitCode {

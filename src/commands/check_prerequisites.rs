@@ -5,7 +5,7 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 use kube::Client;
 
-use crate::cli::{GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration};
+use crate::args::{GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration};
 use crate::error::{ExitStatus, UserError};
 use crate::helm::Helm;
 use crate::output::{self, Report};
@@ -349,7 +349,7 @@ fn mode_mismatch(
     base.hint(format!(
         "switch once, for all nodes at once, with: helm upgrade {} {} -n {} --version {version} --reuse-values --set deploymentMode={asked} (use your mirror's chart reference if you have one)",
         reference.name,
-        release::DEFAULT_CHART,
+        crate::args::DEFAULT_CHART,
         reference.namespace
     ))
     .hint("or run with --deployment-mode auto to follow the release's mode")

@@ -18,7 +18,7 @@ use kube::{Api, ResourceExt};
 use serde_json::Value;
 
 use crate::annotations::{self, NodeStatus};
-use crate::cli::{
+use crate::args::{
     ChartArgs, GlobalArgs, NodeList, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs,
     parse_duration,
 };

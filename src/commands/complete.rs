@@ -7,7 +7,7 @@ use kube::{Api, Client};
 use serde_json::Value;
 
 use crate::annotations::NodeStatus;
-use crate::cli::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs};
+use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs};
 use crate::error::{ExitStatus, UserError};
 use crate::helm::Helm;
 use crate::nodes::hold::{self, Release, Released};
@@ -22,8 +22,8 @@ use crate::versions::DeploymentMode;
 )]
 pub struct Args {
     /// The nodes (names separated by commas, or a JSON list).
-    #[arg(long, value_name = "NODES", value_parser = crate::cli::parse_node_list, required_unless_present = "finish_run")]
-    pub nodes: Option<crate::cli::NodeList>,
+    #[arg(long, value_name = "NODES", value_parser = crate::args::parse_node_list, required_unless_present = "finish_run")]
+    pub nodes: Option<crate::args::NodeList>,
 
     /// The version the nodes were verified at.
     #[arg(long, value_name = "VERSION")]

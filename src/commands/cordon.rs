@@ -5,7 +5,7 @@ use futures::future::try_join_all;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
-use crate::cli::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, SelectionArgs};
+use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, SelectionArgs};
 use crate::error::ExitStatus;
 use crate::nodes::hold::{self, Held};
 use crate::nodes::selection::Criteria;

@@ -6,7 +6,7 @@ use clap::Args as ClapArgs;
 use futures::future::try_join_all;
 
 use crate::annotations::NodeStatus;
-use crate::cli::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
+use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
 use crate::drain::{Drained, drain};
 use crate::error::ExitStatus;
 use crate::nodes::hold;

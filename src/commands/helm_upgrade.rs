@@ -3,7 +3,7 @@
 use clap::Args as ClapArgs;
 use serde_json::{Value, json};
 
-use crate::cli::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, split_set_values};
+use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, split_set_values};
 use crate::error::{ExitStatus, UserError};
 use crate::output::{self, Report};
 use crate::release::{Upgrade, Values};
@@ -28,8 +28,8 @@ pub struct Args {
     pub deployment_mode: ModeChoice,
 
     /// job mode: the wave's nodes (names separated by commas, or a JSON list).
-    #[arg(long, value_name = "NODES", value_parser = crate::cli::parse_node_list)]
-    pub nodes: Option<crate::cli::NodeList>,
+    #[arg(long, value_name = "NODES", value_parser = crate::args::parse_node_list)]
+    pub nodes: Option<crate::args::NodeList>,
 
     /// job mode, instead of --nodes: wave K (from 1) of the run's recorded plan.
     #[arg(long, value_name = "K", conflicts_with = "nodes", value_parser = clap::value_parser!(u32).range(1..))]

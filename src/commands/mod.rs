@@ -17,7 +17,7 @@ pub mod status;
 pub mod uncordon;
 pub mod verify;
 
-use crate::cli::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs};
+use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs};
 use crate::error::UserError;
 use crate::helm::Helm;
 use crate::release::ReleaseRef;

@@ -4,7 +4,7 @@ use clap::Args as ClapArgs;
 
 use super::check_prerequisites::{self, Checked};
 use super::select_nodes::{self, Selection};
-use crate::cli::{GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs};
+use crate::args::{GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs};
 use crate::error::ExitStatus;
 use crate::nodes::selection::Criteria;
 use crate::nodes::waves;

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
 use crate::annotations::NodeStatus;
-use crate::cli::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
+use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
 use crate::error::{ExitStatus, UserError};
 use crate::kata_deploy::{self, Installed, KataDaemonSet, Restarted};
 use crate::nodes::hold;

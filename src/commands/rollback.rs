@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::restart_kata_pod::NodeFailure;
 use crate::annotations::NodeStatus;
-use crate::cli::{
+use crate::args::{
     ChartArgs, GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration,
 };
 use crate::error::{ExitStatus, UserError};

@@ -10,7 +10,7 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::annotations::{self, NodeStatus};
-use crate::cli::{GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs};
+use crate::args::{GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs};
 use crate::error::ExitStatus;
 use crate::helm::Helm;
 use crate::nodes::selection::{self, Criteria};

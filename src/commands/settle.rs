@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
-use crate::cli::{
+use crate::args::{
     ChartArgs, GlobalArgs, NodeList, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs,
     parse_duration,
 };

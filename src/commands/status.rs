@@ -8,7 +8,7 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::annotations;
-use crate::cli::{GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs};
+use crate::args::{GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs};
 use crate::error::{ExitStatus, KubeResultExt, UserError};
 use crate::kata_deploy::{self, KataDaemonSet};
 use crate::nodes::hold;

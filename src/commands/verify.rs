@@ -4,7 +4,7 @@ use clap::Args as ClapArgs;
 use futures::future::try_join_all;
 
 use crate::annotations::NodeStatus;
-use crate::cli::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs};
+use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs};
 use crate::error::{ExitStatus, UserError};
 use crate::nodes::hold;
 use crate::output::{self, Report};

@@ -75,7 +75,7 @@ pub async fn verify_nodes(
 pub async fn reverify(
     client: &Client,
     template: &VerificationPod,
-    args: &crate::cli::VerificationArgs,
+    args: &crate::args::VerificationArgs,
     nodes: &[String],
     run_id: &str,
 ) -> Result<Vec<crate::commands::restart_kata_pod::NodeFailure>, VerificationError> {
