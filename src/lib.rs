@@ -6,7 +6,8 @@
 //! Jobs on nodes), [`verification`] (verification pods), [`drain`],
 //! [`run_record`] (what a run needs to roll back), [`wait`] (watches with
 //! deadlines), [`annotations`] (the vocabulary on nodes), [`output`] and
-//! [`error`], and [`args`] (the flags steps share). `commands` composes
+//! [`error`], [`args`] (the flags steps share) and [`step`] (what a step
+//! resolves from them: the release, helm, the run, its nodes). `commands` composes
 //! them, one module per subcommand, and [`cli`] lists the subcommands;
 //! [`exit`] turns a step's error into the process's exit code and message.
 
@@ -24,6 +25,7 @@ pub mod nodes;
 pub mod output;
 pub mod release;
 pub mod run_record;
+pub mod step;
 pub mod values;
 pub mod verification;
 pub mod versions;

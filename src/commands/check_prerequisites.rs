@@ -11,6 +11,7 @@ use crate::helm::Helm;
 use crate::output::{self, Report};
 use crate::release::{self, Release, ReleaseRef};
 use crate::run_record::{self, Before, Begun, Records, RunRecord, RunState};
+use crate::step;
 use crate::versions::{self, DeploymentMode, ModeChoice};
 
 /// Flags of `klm check-prerequisites`.
@@ -187,8 +188,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     }
     let template = crate::verification::VerificationPod::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
-    let helm = super::helm(&args.release, global);
-    let reference = super::release_ref(&args.release);
+    let helm = step::helm(&args.release, global);
+    let reference = step::release_ref(&args.release);
     let checked = check(
         &client,
         &helm,

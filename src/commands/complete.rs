@@ -13,6 +13,7 @@ use crate::helm::Helm;
 use crate::nodes::hold::{self, Release, Released};
 use crate::output::{self, Report};
 use crate::run_record::{NodeProgress, Records, RunRecord, RunState};
+use crate::step;
 use crate::versions::DeploymentMode;
 
 /// Flags of `klm complete`.
@@ -113,8 +114,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let target = crate::versions::parse(&args.target_version)?.to_string();
     let client = crate::cluster::client(global).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
-    let record = super::active_run(&records, &args.release.helm_release, &args.run).await?;
-    super::ensure_run_target(&record, &target)?;
+    let record = step::active_run(
+        &records,
+        &args.release.helm_release,
+        args.run.run_id.as_deref(),
+    )
+    .await?;
+    step::ensure_run_target(&record, &target)?;
     let mut report = Completed {
         run_id: record.run_id.clone(),
         version: target.clone(),
@@ -124,7 +130,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         report.nodes = complete_nodes(&client, &records, &record, &nodes.0, &target).await?;
     }
     if args.finish_run {
-        let helm = super::helm(&args.release, global);
+        let helm = step::helm(&args.release, global);
         finish_run(&client, &helm, &records, &record, &args.chart, &mut report).await?;
     }
     output::print(global.output, &report)?;

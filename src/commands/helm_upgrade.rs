@@ -8,6 +8,7 @@ use crate::error::{ExitStatus, UserError};
 use crate::output::{self, Report};
 use crate::release::{Upgrade, Values};
 use crate::run_record::{NodeProgress, Records};
+use crate::step;
 use crate::versions::{self, DeploymentMode, ModeChoice};
 
 /// The toleration job-mode installers need to run on cordoned nodes.
@@ -121,7 +122,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     }
     let client = crate::cluster::client(global).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
-    let record = super::active_run(&records, &args.release.helm_release, &args.run).await?;
+    let record = step::active_run(
+        &records,
+        &args.release.helm_release,
+        args.run.run_id.as_deref(),
+    )
+    .await?;
     if versions::parse(&record.target_version)? != target {
         return Err(UserError::bad_input(format!(
             "run {} upgrades to {}, not {target}",
@@ -130,13 +136,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .hint("pass the run's --target-version, or start a new run with check-prerequisites")
         .into());
     }
-    let mode = super::mode_of_run(args.deployment_mode, &record)?;
-    let helm = super::helm(&args.release, global);
-    let reference = super::release_ref(&args.release);
+    let mode = step::mode_of_run(args.deployment_mode, &record)?;
+    let helm = step::helm(&args.release, global);
+    let reference = step::release_ref(&args.release);
     let release = reference.load(&helm).await?;
     release.ensure_deployed()?;
     let wave: Vec<String> = match args.wave {
-        Some(index) => super::wave_of(&record, index)?.to_vec(),
+        Some(index) => step::wave_of(&record, index)?.to_vec(),
         None => args.nodes.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
     };
     let mut report = Upgraded {

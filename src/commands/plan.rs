@@ -9,6 +9,7 @@ use crate::error::ExitStatus;
 use crate::nodes::selection::Criteria;
 use crate::nodes::waves;
 use crate::output::{self, Report};
+use crate::step;
 use crate::versions::{self, DeploymentMode, ModeChoice};
 
 /// Flags of `klm plan`.
@@ -106,8 +107,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     )?;
     let template = crate::verification::VerificationPod::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
-    let helm = super::helm(&args.release, global);
-    let reference = super::release_ref(&args.release);
+    let helm = step::helm(&args.release, global);
+    let reference = step::release_ref(&args.release);
     let Checked {
         release,
         mode,

@@ -14,6 +14,7 @@ use crate::kata_deploy::{self, Installed, KataDaemonSet, Restarted};
 use crate::nodes::hold;
 use crate::output::{self, Report};
 use crate::run_record::{NodeProgress, Records};
+use crate::step;
 use crate::versions::{DeploymentMode, ModeChoice};
 
 /// Flags of `klm restart-kata-pod`.
@@ -101,17 +102,22 @@ impl Report for Restart {
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let client = crate::cluster::client(global).await?;
-    let names = super::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
+    let names = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
-    let record = super::active_run(&records, &args.release.helm_release, &args.run).await?;
-    let mode = super::mode_of_run(args.deployment_mode, &record)?;
+    let record = step::active_run(
+        &records,
+        &args.release.helm_release,
+        args.run.run_id.as_deref(),
+    )
+    .await?;
+    let mode = step::mode_of_run(args.deployment_mode, &record)?;
     let nodes_api: Api<Node> = Api::all(client.clone());
     futures::future::try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     let mut report = Restart::default();
     match mode {
         DeploymentMode::Daemonset => {
-            let helm = super::helm(&args.release, global);
-            let release = super::release_ref(&args.release).load(&helm).await?;
+            let helm = step::helm(&args.release, global);
+            let release = step::release_ref(&args.release).load(&helm).await?;
             let daemonset = KataDaemonSet::find(&client, &release.daemonset()?).await?;
             let revision = daemonset.current_revision(args.timeout).await?;
             let outcomes = join_all(names.iter().map(|node| {

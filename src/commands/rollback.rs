@@ -21,6 +21,7 @@ use crate::nodes::hold::{self, Release as NodeRelease, Released};
 use crate::output::{self, Report};
 use crate::release::{Release, Upgrade, Values};
 use crate::run_record::{NodeProgress, Records, RunRecord, RunState};
+use crate::step;
 use crate::values;
 use crate::versions::{self, DeploymentMode};
 
@@ -122,7 +123,7 @@ impl Report for RolledBack {
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let template = crate::verification::VerificationPod::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
-    let names = super::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
+    let names = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
     let record = records
         .resolve(&args.release.helm_release, args.run.run_id.as_deref())
@@ -132,8 +133,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     // No dry run of the verification pod here: what the new version broke
     // (a RuntimeClass it removed) must not stop the way back. The pod is
     // checked when it runs, after the revert, as each node's verification.
-    let helm = super::helm(&args.release, global);
-    let release = super::release_ref(&args.release).load(&helm).await?;
+    let helm = step::helm(&args.release, global);
+    let release = step::release_ref(&args.release).load(&helm).await?;
     if release.status.starts_with("pending-") {
         release.ensure_deployed()?;
     }
@@ -394,7 +395,7 @@ async fn revert_daemonset(
         ("updateStrategy.type", json!("OnDelete")),
         ("verification.pod", json!("")),
     ];
-    let reference = super::release_ref(&args.release);
+    let reference = step::release_ref(&args.release);
     let chart_name = reference.load(helm).await?.chart_name;
     let plan = revert_plan(helm, &reference, &chart_name, record, names, report).await?;
     let mut failures = Vec::new();
@@ -504,7 +505,7 @@ async fn revert_job(
     args: &Args,
     report: &mut RolledBack,
 ) -> anyhow::Result<()> {
-    let reference = super::release_ref(&args.release);
+    let reference = step::release_ref(&args.release);
     let chart_name = reference.load(helm).await?.chart_name;
     let plan = revert_plan(helm, &reference, &chart_name, record, names, report).await?;
     for (version, base, nodes) in plan.iter().filter(|(_, _, nodes)| !nodes.is_empty()) {

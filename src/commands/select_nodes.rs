@@ -16,6 +16,7 @@ use crate::helm::Helm;
 use crate::nodes::selection::{self, Criteria};
 use crate::nodes::waves::{self, Ordered, Wave};
 use crate::output::{self, Report};
+use crate::step;
 
 /// Flags of `klm select-nodes`.
 #[derive(Debug, ClapArgs)]
@@ -134,7 +135,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .into());
     }
     let client = crate::cluster::client(global).await?;
-    let helm = super::helm(&args.release, global);
+    let helm = step::helm(&args.release, global);
     let selection = select(
         &client,
         &helm,
@@ -153,7 +154,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     )?;
     if args.run.run_id.is_some() {
         let records = crate::run_record::Records::new(&client, &args.release.helm_namespace);
-        let record = super::active_run(&records, &args.release.helm_release, &args.run).await?;
+        let record = step::active_run(
+            &records,
+            &args.release.helm_release,
+            args.run.run_id.as_deref(),
+        )
+        .await?;
         let planned: Vec<Vec<String>> = selection.waves.iter().map(|w| w.nodes.clone()).collect();
         records
             .update(&record.release, &record.run_id, |r| {
@@ -233,7 +239,7 @@ async fn release_nodes(
     release: &ReleaseArgs,
     nodes: &[k8s_openapi::api::core::v1::Node],
 ) -> anyhow::Result<(BTreeSet<String>, String)> {
-    let reference = super::release_ref(release);
+    let reference = step::release_ref(release);
     let found = reference.load(helm).await?;
     let coalesced = reference.coalesced_values(helm).await?;
     let mode = crate::release::detect_mode(&coalesced).map_err(|why| {

@@ -12,6 +12,7 @@ use crate::args::{
 };
 use crate::error::{ExitStatus, UserError};
 use crate::run_record::Records;
+use crate::step;
 
 /// The Argo status of a wave's upgrade that lets the wave complete.
 pub const SUCCEEDED: &str = "Succeeded";
@@ -67,7 +68,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let record = records
         .resolve(&args.release.helm_release, args.run.run_id.as_deref())
         .await?;
-    let nodes = super::wave_of(&record, args.wave)?.to_vec();
+    let nodes = step::wave_of(&record, args.wave)?.to_vec();
     if status == SUCCEEDED {
         let complete = super::complete::Args {
             nodes: Some(NodeList(nodes)),

@@ -15,6 +15,7 @@ use crate::nodes::hold;
 use crate::nodes::selection::{self, Criteria};
 use crate::output::{self, Report};
 use crate::run_record::{Records, RunRecord, RunState};
+use crate::step;
 
 /// Flags of `klm status`.
 #[derive(Debug, ClapArgs)]
@@ -193,7 +194,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             .await?
             .map(|(r, _)| r),
     };
-    let helm = super::helm(&args.release, global);
+    let helm = step::helm(&args.release, global);
     let nodes = rows(&client, &helm, &args.release, &criteria).await?;
     let failed = record
         .as_ref()
@@ -274,7 +275,7 @@ async fn kata_deploy_pods(
     helm: &crate::helm::Helm,
     release: &ReleaseArgs,
 ) -> (BTreeMap<String, Pod>, Option<String>) {
-    let Ok(found) = super::release_ref(release).load(helm).await else {
+    let Ok(found) = step::release_ref(release).load(helm).await else {
         return Default::default();
     };
     let Ok(object) = found.daemonset() else {
