@@ -11,7 +11,7 @@ use crate::annotations::NodeStatus;
 use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
 use crate::error::{ExitStatus, UserError};
 use crate::kata_deploy::{self, Installed, KataDaemonSet, Restarted};
-use crate::nodes::hold;
+use crate::nodes::{NodeFailure, hold};
 use crate::output::{self, Report};
 use crate::run_record::{NodeProgress, Records};
 use crate::step;
@@ -54,15 +54,6 @@ pub struct Restart {
     pub installed: Vec<Installed>,
     /// Nodes that did not come back, with why.
     pub failed: Vec<NodeFailure>,
-}
-
-/// A node that failed a step.
-#[derive(Debug, serde::Serialize)]
-pub struct NodeFailure {
-    /// The node.
-    pub node: String,
-    /// Why.
-    pub reason: String,
 }
 
 impl Report for Restart {
@@ -134,10 +125,9 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             for (node, outcome) in names.iter().zip(outcomes) {
                 match outcome {
                     Ok(restarted) => report.restarted.push(restarted),
-                    Err(err) => report.failed.push(NodeFailure {
-                        node: node.clone(),
-                        reason: crate::error::describe(&err),
-                    }),
+                    Err(err) => report
+                        .failed
+                        .push(NodeFailure::new(node, crate::error::describe(&err))),
                 }
             }
         }
@@ -157,13 +147,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
                 Ok(installed) => report.installed = installed,
                 Err(err) => {
                     let reason = crate::error::describe(&anyhow::Error::from(err));
-                    report.failed = names
-                        .iter()
-                        .map(|n| NodeFailure {
-                            node: n.clone(),
-                            reason: reason.clone(),
-                        })
-                        .collect();
+                    report.failed = NodeFailure::each(&names, &reason);
                 }
             }
         }

@@ -9,7 +9,6 @@ use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-use super::restart_kata_pod::NodeFailure;
 use crate::annotations::NodeStatus;
 use crate::args::{
     ChartArgs, GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration,
@@ -17,6 +16,7 @@ use crate::args::{
 use crate::error::{ExitStatus, UserError};
 use crate::helm::Helm;
 use crate::kata_deploy::{self, KataDaemonSet};
+use crate::nodes::NodeFailure;
 use crate::nodes::hold::{self, Release as NodeRelease, Released};
 use crate::output::{self, Report};
 use crate::release::{Release, Upgrade, Values};
@@ -193,13 +193,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         && report.failed.is_empty()
     {
         let why = crate::error::describe(&err);
-        report.failed = names
-            .iter()
-            .map(|n| NodeFailure {
-                node: n.clone(),
-                reason: why.clone(),
-            })
-            .collect();
+        report.failed = NodeFailure::each(&names, &why);
     }
     let mut back: Vec<String> = names
         .iter()
@@ -220,13 +214,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .await
         {
             Ok(failures) => failures,
-            Err(err) => back
-                .iter()
-                .map(|n| NodeFailure {
-                    node: n.clone(),
-                    reason: format!("verification after rollback could not run: {err}"),
-                })
-                .collect(),
+            Err(err) => NodeFailure::each(
+                &back,
+                &format!("verification after rollback could not run: {err}"),
+            ),
         };
         report.reverified = true;
         back.retain(|n| !failures.iter().any(|f| &f.node == n));
@@ -452,10 +443,9 @@ async fn revert_daemonset(
         )
         .await;
         failures.extend(nodes.iter().zip(outcomes).filter_map(|(node, outcome)| {
-            outcome.err().map(|e| NodeFailure {
-                node: node.clone(),
-                reason: crate::error::describe(&e.into()),
-            })
+            outcome
+                .err()
+                .map(|e| NodeFailure::new(node, crate::error::describe(&e.into())))
         }));
     }
     let still_new: Vec<String> = record
@@ -550,10 +540,7 @@ async fn revert_job(
         .await
         {
             let why = crate::error::describe(&err.into());
-            report.failed.extend(nodes.iter().map(|n| NodeFailure {
-                node: n.clone(),
-                reason: why.clone(),
-            }));
+            report.failed.extend(NodeFailure::each(nodes, &why));
         }
     }
     let current = reference.load(helm).await?;

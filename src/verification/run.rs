@@ -16,6 +16,7 @@ use kube::{Api, Client, ResourceExt};
 use super::VerificationError;
 use super::template::VerificationPod;
 use crate::annotations;
+use crate::nodes::NodeFailure;
 use crate::wait::{Check, WaitError, watch_until};
 
 /// Container waiting reasons that mean the pod will not get better by itself.
@@ -78,7 +79,7 @@ pub async fn reverify(
     args: &crate::args::VerificationArgs,
     nodes: &[String],
     run_id: &str,
-) -> Result<Vec<crate::commands::restart_kata_pod::NodeFailure>, VerificationError> {
+) -> Result<Vec<NodeFailure>, VerificationError> {
     let verdicts = verify_nodes(
         client,
         template,
@@ -91,12 +92,14 @@ pub async fn reverify(
     Ok(verdicts
         .into_iter()
         .filter(|v| !v.passed)
-        .map(|v| crate::commands::restart_kata_pod::NodeFailure {
-            node: v.node,
-            reason: format!(
-                "verification after rollback failed: {}",
-                v.reason.unwrap_or_default()
-            ),
+        .map(|v| {
+            NodeFailure::new(
+                v.node,
+                format!(
+                    "verification after rollback failed: {}",
+                    v.reason.unwrap_or_default()
+                ),
+            )
         })
         .collect())
 }
