@@ -25,6 +25,7 @@ pub mod nodes;
 pub mod output;
 pub mod release;
 pub mod run_record;
+pub mod run_values;
 pub mod step;
 pub mod values;
 pub mod verification;

@@ -248,9 +248,11 @@ async fn finish_run(
     match restorable {
         Ok(()) if !mechanics.is_empty() => {
             let mut values = release.user_values.clone();
-            for (key, _) in &mechanics {
-                crate::values::restore_from(&mut values, key, &record.before.user_values);
-            }
+            crate::run_values::restore_user_values(
+                &mut values,
+                mechanics.iter().map(|(k, _)| k.as_str()),
+                &record.before.user_values,
+            );
             release
                 .restore_values(
                     helm,

@@ -1,18 +1,15 @@
 //! `klm helm-upgrade`: move the kata-deploy release to the target version.
 
 use clap::Args as ClapArgs;
-use serde_json::{Value, json};
 
 use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, split_set_values};
 use crate::error::{ExitStatus, UserError};
 use crate::output::{self, Report};
 use crate::release::{Upgrade, Values};
 use crate::run_record::{NodeProgress, Records};
+use crate::run_values;
 use crate::step;
 use crate::versions::{self, DeploymentMode, ModeChoice};
-
-/// The toleration job-mode installers need to run on cordoned nodes.
-pub const CORDON_TOLERATION: &str = "node.kubernetes.io/unschedulable";
 
 /// Flags of `klm helm-upgrade`.
 #[derive(Debug, ClapArgs)]
@@ -155,7 +152,6 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         mechanics: Vec::new(),
         nothing_selected: false,
     };
-    let mut mechanics: Vec<(String, Value)> = vec![("verification.pod".into(), json!(""))];
     let mut upgrade = Upgrade {
         chart: args.chart.chart.clone(),
         version: target.to_string(),
@@ -164,7 +160,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         set_json: Vec::new(),
         timeout: args.chart.helm_timeout,
     };
-    match mode {
+    let mechanics = match mode {
         DeploymentMode::Daemonset => {
             if !wave.is_empty() {
                 return Err(UserError::bad_input("--nodes scopes job-mode waves; in daemonset mode helm-upgrade runs once, before the waves")
@@ -183,17 +179,15 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
                 output::print(global.output, &report)?;
                 return Ok(ExitStatus::Done);
             }
-            let on_delete = crate::values::lookup(&release.user_values, "updateStrategy.type")
-                == Some(&json!("OnDelete"));
             if release.chart_version == target.to_string()
-                && on_delete
+                && run_values::is_on_delete(&release.user_values)
                 && release.revision > record.before.revision
             {
                 report.already_done = true;
                 output::print(global.output, &report)?;
                 return Ok(ExitStatus::Done);
             }
-            mechanics.push(("updateStrategy.type".into(), json!("OnDelete")));
+            run_values::daemonset()
         }
         DeploymentMode::Job => {
             if wave.is_empty() {
@@ -213,31 +207,23 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             });
             if done
                 && release.chart_version == target.to_string()
-                && crate::values::lookup(&coalesced, "job.nodes") == Some(&json!(wave))
+                && run_values::is_scoped_to(&coalesced, &wave)
             {
                 report.already_done = true;
                 output::print(global.output, &report)?;
                 return Ok(ExitStatus::Done);
             }
-            mechanics.push(("job.nodes".into(), json!(wave)));
-            mechanics.push(("job.parallelism".into(), json!(wave.len())));
-            mechanics.push((
-                "tolerations".into(),
-                with_cordon_toleration(coalesced.get("tolerations")),
-            ));
             records
                 .update(&record.release, &record.run_id, |r| {
                     r.wave_started_at = Some(crate::run_record::now())
                 })
                 .await?;
+            run_values::job_wave(&wave, &coalesced)
         }
-    }
-    for (key, value) in &mechanics {
-        match value {
-            Value::String(s) => upgrade.set.push(format!("{key}={s}")),
-            other => upgrade.set_json.push(format!("{key}={other}")),
-        }
-    }
+    };
+    let (set, set_json) = run_values::as_set_flags(&mechanics);
+    upgrade.set.extend(set);
+    upgrade.set_json.extend(set_json);
     release.upgrade(&helm, &upgrade).await?;
     report.mechanics = mechanics.iter().map(|(k, _)| k.clone()).collect();
     records
@@ -252,39 +238,4 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .await?;
     output::print(global.output, &report)?;
     Ok(ExitStatus::Done)
-}
-
-/// The release's tolerations plus the one that lets installers run on
-/// cordoned nodes, unless an equivalent one is there.
-pub fn with_cordon_toleration(existing: Option<&Value>) -> Value {
-    let mut tolerations: Vec<Value> = existing
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let covered = tolerations.iter().any(|t| {
-        let exists_all = t.get("operator") == Some(&json!("Exists"))
-            && t.get("key")
-                .is_none_or(|k| k == "" || k == CORDON_TOLERATION);
-        exists_all && t.get("effect").is_none_or(|e| e == "" || e == "NoSchedule")
-    });
-    if !covered {
-        tolerations
-            .push(json!({"key": CORDON_TOLERATION, "operator": "Exists", "effect": "NoSchedule"}));
-    }
-    Value::Array(tolerations)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cordon_toleration_is_added_once() {
-        let added = with_cordon_toleration(Some(&json!([{"key": "gpu", "operator": "Exists"}])));
-        assert_eq!(added.as_array().unwrap().len(), 2);
-        assert_eq!(with_cordon_toleration(Some(&added)), added);
-        let wildcard = json!([{"operator": "Exists"}]);
-        assert_eq!(with_cordon_toleration(Some(&wildcard)), wildcard);
-        assert_eq!(with_cordon_toleration(None).as_array().unwrap().len(), 1);
-    }
 }

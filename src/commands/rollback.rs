@@ -7,7 +7,7 @@ use clap::Args as ClapArgs;
 use futures::future::{join_all, try_join_all};
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::annotations::NodeStatus;
 use crate::args::{
@@ -21,8 +21,8 @@ use crate::nodes::hold::{self, Release as NodeRelease, Released};
 use crate::output::{self, Report};
 use crate::release::{Release, Upgrade, Values};
 use crate::run_record::{NodeProgress, Records, RunRecord, RunState};
+use crate::run_values::{self, SCOPE_KEYS};
 use crate::step;
-use crate::values;
 use crate::versions::{self, DeploymentMode};
 
 /// Flags of `klm rollback`.
@@ -275,14 +275,6 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     Ok(ExitStatus::Done)
 }
 
-/// Values klm sets for one rollback or one wave, never the user's own.
-const SCOPE_KEYS: [&str; 4] = [
-    "job.nodes",
-    "job.parallelism",
-    "verification.pod",
-    "updateStrategy.type",
-];
-
 /// The named nodes grouped by the version each returns to; the group at
 /// the release's version before the run comes last (the release ends there).
 fn by_version(record: &RunRecord, names: &[String]) -> Vec<(String, Vec<String>)> {
@@ -320,9 +312,7 @@ async fn values_for_version(
         return Ok(None);
     };
     let mut values = reference.values_at(helm, entry.revision).await?;
-    for key in SCOPE_KEYS {
-        values::restore_from(&mut values, key, &record.before.user_values);
-    }
+    run_values::restore_user_values(&mut values, SCOPE_KEYS, &record.before.user_values);
     Ok(Some((entry.chart_version(chart_name), values)))
 }
 
@@ -382,10 +372,8 @@ async fn revert_daemonset(
     args: &Args,
     report: &mut RolledBack,
 ) -> anyhow::Result<()> {
-    let mechanics = [
-        ("updateStrategy.type", json!("OnDelete")),
-        ("verification.pod", json!("")),
-    ];
+    let mechanics = run_values::daemonset();
+    let mechanic_keys: Vec<&str> = mechanics.iter().map(|(k, _)| k.as_str()).collect();
     let reference = step::release_ref(&args.release);
     let chart_name = reference.load(helm).await?.chart_name;
     let plan = revert_plan(helm, &reference, &chart_name, record, names, report).await?;
@@ -394,25 +382,17 @@ async fn revert_daemonset(
         let current = reference.load(helm).await?;
         let at_before = *version == record.before.chart_version;
         let differs = if at_before {
-            needs_revert(
-                &current,
-                record,
-                &mechanics.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
-            )
+            needs_revert(&current, record, &mechanic_keys)
         } else {
             current.chart_version != *version || current.status != "deployed" || {
                 let mut wanted = values.clone();
-                for (key, value) in &mechanics {
-                    values::set(&mut wanted, key, value.clone());
-                }
+                run_values::apply(&mut wanted, &mechanics);
                 wanted != current.user_values
             }
         };
         if differs {
             let mut values = values.clone();
-            for (key, value) in &mechanics {
-                values::set(&mut values, key, value.clone());
-            }
+            run_values::apply(&mut values, &mechanics);
             current
                 .upgrade(
                     helm,
@@ -501,14 +481,7 @@ async fn revert_job(
     for (version, base, nodes) in plan.iter().filter(|(_, _, nodes)| !nodes.is_empty()) {
         let coalesced = reference.coalesced_values(helm).await?;
         let mut values = base.clone();
-        values::set(&mut values, "job.nodes", json!(nodes));
-        values::set(&mut values, "job.parallelism", json!(nodes.len()));
-        values::set(&mut values, "verification.pod", json!(""));
-        values::set(
-            &mut values,
-            "tolerations",
-            super::helm_upgrade::with_cordon_toleration(coalesced.get("tolerations")),
-        );
+        run_values::apply(&mut values, &run_values::job_wave(nodes, &coalesced));
         let started = crate::run_record::now();
         records
             .update(&record.release, &record.run_id, |r| {
@@ -579,13 +552,7 @@ async fn revert_job(
 /// Whether the release differs from the recorded one (version, status or
 /// the user's values, ignoring the run's own mechanics).
 fn needs_revert(release: &Release, record: &RunRecord, mechanics: &[&str]) -> bool {
-    let strip = |values: &Value| {
-        let mut values = values.clone();
-        for key in mechanics {
-            values::remove(&mut values, key);
-        }
-        values
-    };
+    let strip = |values: &Value| run_values::without(values, mechanics);
     release.chart_version != record.before.chart_version
         || release.status != "deployed"
         || strip(&release.user_values) != strip(&record.before.user_values)
