@@ -2,13 +2,13 @@
 
 use clap::Args as ClapArgs;
 
-use super::check_prerequisites::{self, Checked};
 use super::select_nodes::{self, Selection};
 use crate::args::{GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs};
 use crate::error::ExitStatus;
 use crate::nodes::selection::Criteria;
 use crate::nodes::waves;
 use crate::output::{self, Report};
+use crate::preflight::{self, Checked};
 use crate::step;
 use crate::versions::{self, DeploymentMode, ModeChoice};
 
@@ -114,7 +114,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         mode,
         warnings,
         ..
-    } = check_prerequisites::check(
+    } = preflight::check(
         &client,
         &helm,
         &reference,
