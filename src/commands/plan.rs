@@ -2,9 +2,9 @@
 
 use clap::Args as ClapArgs;
 
-use super::select_nodes::{self, Selection};
 use crate::args::{GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs};
 use crate::error::ExitStatus;
+use crate::nodes::planning::{self, Selection};
 use crate::nodes::selection::Criteria;
 use crate::nodes::waves;
 use crate::output::{self, Report};
@@ -123,10 +123,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         template.as_ref(),
     )
     .await?;
-    let selection = select_nodes::select(
+    let selection = planning::select(
         &client,
         &helm,
-        &args.release,
+        &reference,
         &criteria,
         args.pool_label.as_deref(),
         batch_size,
