@@ -141,13 +141,7 @@ pub struct OptionalNodesArgs {
 impl NodesArgs {
     /// The node names, in the order given, without duplicates.
     pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = Vec::new();
-        for name in self.nodes.iter().flat_map(|list| list.0.iter()) {
-            if !names.contains(name) {
-                names.push(name.clone());
-            }
-        }
-        names
+        crate::nodes::unique(self.nodes.iter().flat_map(|list| list.0.iter().cloned()))
     }
 }
 

@@ -25,6 +25,7 @@ pub mod nodes;
 pub mod output;
 pub mod preflight;
 pub mod release;
+pub mod rollback;
 pub mod run_record;
 pub mod run_values;
 pub mod step;

@@ -3,11 +3,13 @@
 //! of [`crate::args`] into the library's types, and refuse (bad input or a
 //! precondition, nothing changed) a step that does not fit its run.
 
-use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs};
+use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs};
 use crate::error::UserError;
 use crate::helm::Helm;
 use crate::release::ReleaseRef;
+use crate::rollback::Reverify;
 use crate::run_record::{Records, RunRecord, RunState};
+use crate::verification::VerificationPod;
 use crate::versions::{DeploymentMode, ModeChoice};
 
 /// The release named by the flags (`--helm-release`, `--helm-namespace`).
@@ -123,6 +125,16 @@ pub fn ensure_run_target(record: &RunRecord, target: &str) -> Result<(), UserErr
         "pass --target-version {} (the run's), or start a new run with check-prerequisites",
         record.target_version
     )))
+}
+
+/// Verifying rolled-back nodes again with the verification pod given (none
+/// given: no verification), at the flags' timeout.
+pub fn reverify(template: Option<VerificationPod>, args: &VerificationArgs) -> Option<Reverify> {
+    template.map(|pod| Reverify {
+        pod,
+        timeout: args.verification_timeout,
+        keep_failed: args.keep_failed,
+    })
 }
 
 #[cfg(test)]

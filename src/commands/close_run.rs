@@ -18,15 +18,15 @@ use kube::{Api, ResourceExt};
 use serde_json::Value;
 
 use crate::annotations::{self, NodeStatus};
-use crate::args::{
-    ChartArgs, GlobalArgs, NodeList, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs,
-    parse_duration,
-};
+use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration};
 use crate::error::{ExitStatus, KubeResultExt, UserError};
 use crate::nodes::hold::{self, Release, Released};
-use crate::nodes::selection;
+use crate::nodes::{self, selection};
 use crate::output::{self, Report};
+use crate::rollback::{self, Request};
 use crate::run_record::{NodeProgress, RecordError, Records, RunRecord, RunState};
+use crate::step;
+use crate::verification::VerificationPod;
 
 /// Flags of `klm close-run`.
 #[derive(Debug, ClapArgs)]
@@ -377,21 +377,21 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .clone()
         .or(record.failure.clone())
         .unwrap_or_else(|| format!("run {run_id} ended with nodes mid-upgrade"));
-    let rollback = super::rollback::Args {
-        nodes: NodesArgs {
-            nodes: vec![NodeList(roll_back)],
-            wave: None,
-        },
-        timeout: args.timeout,
+    let template = VerificationPod::from_args(&args.verification)?;
+    let request = Request {
+        nodes: nodes::unique(roll_back),
         reason: Some(reason),
-        release: args.release,
-        chart: args.chart,
-        run: RunArgs {
-            run_id: Some(record.run_id.clone()),
-        },
-        verification: args.verification,
+        release: step::release_ref(&args.release),
+        run_id: Some(record.run_id.clone()),
+        chart: args.chart.chart,
+        helm_timeout: args.chart.helm_timeout,
+        timeout: args.timeout,
+        reverify: step::reverify(template, &args.verification),
     };
-    super::rollback::run(rollback, global).await
+    let report = rollback::roll_back(&client, &step::helm(&args.release, global), &request).await?;
+    output::print(global.output, &report)?;
+    report.outcome()?;
+    Ok(ExitStatus::Done)
 }
 
 #[cfg(test)]

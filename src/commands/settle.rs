@@ -7,12 +7,15 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 
 use crate::args::{
-    ChartArgs, GlobalArgs, NodeList, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs,
-    parse_duration,
+    ChartArgs, GlobalArgs, NodeList, ReleaseArgs, RunArgs, VerificationArgs, parse_duration,
 };
 use crate::error::{ExitStatus, UserError};
+use crate::nodes;
+use crate::output;
+use crate::rollback::{self, Request};
 use crate::run_record::Records;
 use crate::step;
+use crate::verification::VerificationPod;
 
 /// The Argo status of a wave's upgrade that lets the wave complete.
 pub const SUCCEEDED: &str = "Succeeded";
@@ -105,21 +108,20 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         ))
         .into());
     }
-    let rollback = super::rollback::Args {
-        nodes: NodesArgs {
-            nodes: vec![NodeList(touched.clone())],
-            wave: None,
-        },
-        timeout: args.timeout,
+    let template = VerificationPod::from_args(&args.verification)?;
+    let request = Request {
+        nodes: nodes::unique(touched.clone()),
         reason: Some(failure.clone()),
-        release: args.release,
-        chart: args.chart,
-        run: RunArgs {
-            run_id: Some(record.run_id.clone()),
-        },
-        verification: args.verification,
+        release: step::release_ref(&args.release),
+        run_id: Some(record.run_id.clone()),
+        chart: args.chart.chart,
+        helm_timeout: args.chart.helm_timeout,
+        timeout: args.timeout,
+        reverify: step::reverify(template, &args.verification),
     };
-    super::rollback::run(rollback, global).await?;
+    let report = rollback::roll_back(&client, &step::helm(&args.release, global), &request).await?;
+    output::print(global.output, &report)?;
+    report.outcome()?;
     Err(UserError::failed(format!(
         "{failure}; rolled back {}: no further wave starts",
         touched.join(", ")

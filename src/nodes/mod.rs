@@ -36,6 +36,17 @@ impl NodeFailure {
     }
 }
 
+/// The names in the order given, without duplicates.
+pub fn unique(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut unique: Vec<String> = Vec::new();
+    for name in names {
+        if !unique.contains(&name) {
+            unique.push(name);
+        }
+    }
+    unique
+}
+
 /// Checks that a string can be a node name (a DNS subdomain).
 pub fn validate_node_name(name: &str) -> Result<(), String> {
     let valid = !name.is_empty()
@@ -61,6 +72,12 @@ pub fn validate_node_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_keep_their_first_place() {
+        let names = ["b", "a", "b", "c", "a"].map(String::from);
+        assert_eq!(unique(names), ["b", "a", "c"]);
+    }
 
     #[test]
     fn an_error_naming_no_node_fails_each_node() {

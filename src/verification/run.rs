@@ -76,19 +76,12 @@ pub async fn verify_nodes(
 pub async fn reverify(
     client: &Client,
     template: &VerificationPod,
-    args: &crate::args::VerificationArgs,
     nodes: &[String],
     run_id: &str,
+    timeout: Duration,
+    keep_failed: bool,
 ) -> Result<Vec<NodeFailure>, VerificationError> {
-    let verdicts = verify_nodes(
-        client,
-        template,
-        nodes,
-        run_id,
-        args.verification_timeout,
-        args.keep_failed,
-    )
-    .await?;
+    let verdicts = verify_nodes(client, template, nodes, run_id, timeout, keep_failed).await?;
     Ok(verdicts
         .into_iter()
         .filter(|v| !v.passed)
