@@ -16,6 +16,7 @@ pub mod args;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod complete;
 pub mod drain;
 pub mod error;
 pub mod exit;
