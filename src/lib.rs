@@ -30,6 +30,7 @@ pub mod rollback;
 pub mod run_record;
 pub mod run_values;
 pub mod step;
+pub mod upgrade;
 pub mod values;
 pub mod verification;
 pub mod versions;
