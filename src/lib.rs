@@ -14,6 +14,7 @@
 pub mod annotations;
 pub mod args;
 pub mod cli;
+pub mod close_run;
 pub mod cluster;
 pub mod commands;
 pub mod complete;
