@@ -27,6 +27,7 @@ pub mod nodes;
 pub mod output;
 pub mod preflight;
 pub mod release;
+pub mod restart;
 pub mod rollback;
 pub mod run_record;
 pub mod run_values;
