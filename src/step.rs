@@ -3,9 +3,10 @@
 //! of [`crate::args`] into the library's types, and refuse (bad input or a
 //! precondition, nothing changed) a step that does not fit its run.
 
-use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs};
+use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, SelectionArgs, VerificationArgs};
 use crate::error::UserError;
 use crate::helm::Helm;
+use crate::nodes::selection::Criteria;
 use crate::release::ReleaseRef;
 use crate::rollback::Reverify;
 use crate::run_record::{Records, RunRecord, RunState};
@@ -125,6 +126,16 @@ pub fn ensure_run_target(record: &RunRecord, target: &str) -> Result<(), UserErr
         "pass --target-version {} (the run's), or start a new run with check-prerequisites",
         record.target_version
     )))
+}
+
+/// The selection criteria of the flags (`--node-selector`,
+/// `--node-taint-key`, `--node-taint-value`), validated.
+pub fn criteria(args: &SelectionArgs) -> Result<Criteria, UserError> {
+    Criteria::new(
+        args.node_selector.as_deref(),
+        args.node_taint_key.as_deref(),
+        args.node_taint_value.as_deref(),
+    )
 }
 
 /// Verifying rolled-back nodes again with the verification pod given (none

@@ -5,7 +5,6 @@ use clap::Args as ClapArgs;
 use crate::args::{GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs};
 use crate::error::ExitStatus;
 use crate::nodes::planning::{self, Selection};
-use crate::nodes::selection::Criteria;
 use crate::nodes::waves;
 use crate::output::{self, Report};
 use crate::preflight::{self, Checked};
@@ -100,11 +99,7 @@ impl Report for Plan {
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let target = versions::parse(&args.target_version)?;
     let batch_size = waves::parse_batch_size(&args.batch_size)?;
-    let criteria = Criteria::new(
-        args.selection.node_selector.as_deref(),
-        args.selection.node_taint_key.as_deref(),
-        args.selection.node_taint_value.as_deref(),
-    )?;
+    let criteria = step::criteria(&args.selection)?;
     let template = crate::verification::VerificationPod::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
     let helm = step::helm(&args.release, global);

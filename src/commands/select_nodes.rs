@@ -8,7 +8,6 @@ use clap::Args as ClapArgs;
 use crate::args::{GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs};
 use crate::error::ExitStatus;
 use crate::nodes::planning;
-use crate::nodes::selection::Criteria;
 use crate::nodes::waves;
 use crate::output;
 use crate::step;
@@ -62,11 +61,7 @@ pub struct Args {
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let batch_size = waves::parse_batch_size(&args.batch_size)?;
-    let criteria = Criteria::new(
-        args.selection.node_selector.as_deref(),
-        args.selection.node_taint_key.as_deref(),
-        args.selection.node_taint_value.as_deref(),
-    )?;
+    let criteria = step::criteria(&args.selection)?;
     let skip_completed = args
         .skip_completed
         .as_deref()

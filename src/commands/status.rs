@@ -176,11 +176,7 @@ impl Report for Status {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let criteria = Criteria::new(
-        args.selection.node_selector.as_deref(),
-        args.selection.node_taint_key.as_deref(),
-        args.selection.node_taint_value.as_deref(),
-    )?;
+    let criteria = step::criteria(&args.selection)?;
     let client = crate::cluster::client(global).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
     let record = match &args.run.run_id {
