@@ -5,7 +5,7 @@ use anyhow::Context;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use crate::cli::GlobalArgs;
+use crate::args::GlobalArgs;
 use crate::error::UserError;
 
 /// Builds a client from the global flags.

@@ -1,8 +1,12 @@
-//! How failures become exit codes and messages.
+//! The vocabulary of failures: the documented exit codes ([`ExitStatus`]),
+//! the [`Classify`] trait every error type implements, the small shared
+//! error types ([`UserError`], [`KubeError`]) and [`describe`], which reads
+//! an error chain as one line.
 //!
 //! Every module has its own `thiserror` enum describing its failures; each
-//! implements [`Classify`] so the binary's edge can map any of them to one of
-//! the documented exit codes and print the hints that say what to do.
+//! implements [`Classify`]. This module imports nothing from the crate: the
+//! binary's edge (`exit.rs`) maps any of them to an exit code and the
+//! hints that say what to do.
 
 use std::fmt;
 
@@ -167,40 +171,6 @@ impl<T> KubeResultExt<T> for Result<T, kube::Error> {
     }
 }
 
-/// Finds the classification of an error chain: the outermost error that
-/// knows its exit status wins; anything unclassified is a failure (exit 1).
-pub fn classify(err: &anyhow::Error) -> (ExitStatus, Vec<String>) {
-    for cause in err.chain() {
-        if let Some(found) = classified(cause) {
-            return (found.status(), found.hints());
-        }
-    }
-    (ExitStatus::Failed, Vec::new())
-}
-
-/// The registry of classified error types: every `Classify` type of the
-/// crate is listed here once, so `classify` can find it in an error chain.
-fn classified<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a dyn Classify> {
-    macro_rules! try_types {
-        ($($ty:ty),* $(,)?) => {
-            $(if let Some(e) = cause.downcast_ref::<$ty>() { return Some(e); })*
-        };
-    }
-    try_types!(
-        UserError,
-        KubeError,
-        crate::helm::HelmError,
-        crate::release::ReleaseError,
-        crate::verification::VerificationError,
-        crate::wait::WaitError,
-        crate::run_record::RecordError,
-        crate::nodes::hold::HoldError,
-        crate::kata_deploy::KataDeployError,
-        crate::drain::DrainError,
-    );
-    None
-}
-
 /// The error chain as one line, `<what>: <why>`, skipping layers that only
 /// repeat the one above.
 pub fn describe(err: &anyhow::Error) -> String {
@@ -230,62 +200,4 @@ pub fn describe(err: &anyhow::Error) -> String {
         parts.push(text);
     }
     parts.join(": ")
-}
-
-/// Renders an error for stderr: `klm: error: <what>: <why>` then `hint:` lines.
-pub fn render(err: &anyhow::Error, hints: &[String]) -> String {
-    let mut out = format!("klm: error: {}", describe(err));
-    for hint in hints {
-        out.push_str("\nhint: ");
-        out.push_str(hint);
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use anyhow::Context;
-
-    #[test]
-    fn classification_finds_the_typed_error_under_context() {
-        let err = Err::<(), _>(
-            UserError::bad_input("batch size must be at least 1")
-                .hint("pass --batch-size 1 or more"),
-        )
-        .context("while planning waves")
-        .unwrap_err();
-        let (status, hints) = classify(&err);
-        assert_eq!(status, ExitStatus::BadInput);
-        assert_eq!(status.code(), 2);
-        assert_eq!(hints, vec!["pass --batch-size 1 or more".to_string()]);
-        assert_eq!(
-            render(&err, &hints),
-            "klm: error: while planning waves: batch size must be at least 1\nhint: pass --batch-size 1 or more"
-        );
-    }
-
-    #[test]
-    fn api_errors_read_as_the_apiservers_message() {
-        let status = kube::core::Status::failure(
-            "nodes is forbidden: User \"x\" cannot list resource \"nodes\"",
-            "Forbidden",
-        )
-        .with_code(403);
-        let err = anyhow::Error::new(KubeError::new(
-            "listing nodes",
-            kube::Error::Api(Box::new(status)),
-        ));
-        assert_eq!(classify(&err).0, ExitStatus::Precondition);
-        assert_eq!(
-            describe(&err),
-            "listing nodes: nodes is forbidden: User \"x\" cannot list resource \"nodes\""
-        );
-    }
-
-    #[test]
-    fn unclassified_errors_are_failures() {
-        let err = anyhow::anyhow!("boom");
-        assert_eq!(classify(&err).0, ExitStatus::Failed);
-    }
 }

@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 use serde::de::DeserializeOwned;
 
-use crate::cli::GlobalArgs;
+use crate::args::GlobalArgs;
 use crate::error::{Classify, ExitStatus};
 
 /// Why a helm invocation failed.
@@ -206,6 +206,7 @@ fn tail(text: &str, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::args::{LogFormat, OutputFormat};
 
     #[test]
     fn display_quotes_only_what_needs_it() {
@@ -224,8 +225,8 @@ mod tests {
             context: None,
             cluster: None,
             user: None,
-            output: crate::cli::OutputFormat::Text,
-            log_format: crate::cli::LogFormat::Text,
+            output: OutputFormat::Text,
+            log_format: LogFormat::Text,
             verbose: 0,
         };
         let helm = Helm::new(PathBuf::from("echo"), &global);
@@ -240,8 +241,8 @@ mod tests {
             context: None,
             cluster: None,
             user: None,
-            output: crate::cli::OutputFormat::Text,
-            log_format: crate::cli::LogFormat::Text,
+            output: OutputFormat::Text,
+            log_format: LogFormat::Text,
             verbose: 0,
         };
         let helm = Helm::new(PathBuf::from("false"), &global);

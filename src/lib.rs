@@ -1,25 +1,50 @@
 //! kata-lifecycle-manager: the library behind `klm`.
 //!
-//! Modules by concern: [`cluster`] (connecting), [`release`] and [`helm`] (the
-//! kata-deploy Helm release), [`versions`] (version rules), [`nodes`]
-//! (selection, waves, holding nodes), [`kata_deploy`] (kata-deploy's pods and
-//! Jobs on nodes), [`verification`] (verification pods), [`drain`],
-//! [`run_record`] (what a run needs to roll back), [`wait`] (watches with
-//! deadlines), [`annotations`] (the vocabulary on nodes), [`output`] and
-//! [`error`]. `commands` composes them, one module per subcommand.
+//! From the top down (a module uses only those below it):
+//!
+//! * [`cli`] lists the subcommands; [`exit`] turns a step's error into the
+//!   process's exit code and message (both used by `main.rs` only).
+//! * `commands`: one short module per subcommand, which parses its flags and
+//!   calls the library; no command imports another.
+//! * The steps: [`preflight`] (the checks before a run), [`nodes::planning`]
+//!   (which nodes, in which waves), [`upgrade`] (the release's helm
+//!   upgrade), [`restart`] (kata-deploy back on nodes), [`rollback`],
+//!   [`complete`] and [`close_run`] (ending a run), with [`run_values`] (the
+//!   values a run sets on kata-deploy) and [`step`] (what a step resolves
+//!   from its flags: the release, helm, the run, its nodes).
+//! * Modules by concern: [`cluster`] (connecting), [`release`] and [`helm`]
+//!   (the kata-deploy Helm release), [`versions`] (version rules),
+//!   [`nodes`] (selection, waves, holding nodes), [`kata_deploy`]
+//!   (kata-deploy's pods and Jobs on nodes), [`verification`] (verification
+//!   pods), [`drain`], [`run_record`] (what a run needs to roll back),
+//!   [`wait`] (watches with deadlines), [`annotations`] (the vocabulary on
+//!   nodes), [`values`] (Helm values by dotted key), [`output`] (reports).
+//! * At the bottom: [`args`] (the flags steps share; it uses only the node
+//!   name rules of [`nodes`]) and [`error`] (exit statuses and the shared
+//!   error types; it imports nothing from the crate).
 
 pub mod annotations;
+pub mod args;
 pub mod cli;
+pub mod close_run;
 pub mod cluster;
 pub mod commands;
+pub mod complete;
 pub mod drain;
 pub mod error;
+pub mod exit;
 pub mod helm;
 pub mod kata_deploy;
 pub mod nodes;
 pub mod output;
+pub mod preflight;
 pub mod release;
+pub mod restart;
+pub mod rollback;
 pub mod run_record;
+pub mod run_values;
+pub mod step;
+pub mod upgrade;
 pub mod values;
 pub mod verification;
 pub mod versions;

@@ -3,8 +3,9 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kata_lifecycle_manager::cli::{Cli, LogFormat};
-use kata_lifecycle_manager::{error, run};
+use kata_lifecycle_manager::args::LogFormat;
+use kata_lifecycle_manager::cli::Cli;
+use kata_lifecycle_manager::{exit, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(kubectl_plugin_args(std::env::args_os()));
@@ -30,10 +31,10 @@ fn kubectl_plugin_args(args: std::env::ArgsOs) -> impl Iterator<Item = std::ffi:
 }
 
 fn report(err: &anyhow::Error) -> ExitCode {
-    let (status, hints) = error::classify(err);
+    let (status, hints) = exit::classify(err);
     #[allow(clippy::print_stderr)]
     {
-        eprintln!("{}", error::render(err, &hints));
+        eprintln!("{}", exit::render(err, &hints));
     }
     ExitCode::from(status.code())
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::cli::OutputFormat;
+use crate::args::OutputFormat;
 
 /// A command result that can be shown to a person as well as serialised.
 pub trait Report: Serialize {

@@ -9,9 +9,6 @@ use crate::error::{Classify, ExitStatus};
 use crate::helm::{Helm, HelmError};
 use crate::versions::DeploymentMode;
 
-/// The official kata-deploy chart.
-pub const DEFAULT_CHART: &str = "oci://ghcr.io/kata-containers/kata-deploy-charts/kata-deploy";
-
 /// Why the release cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ReleaseError {

@@ -431,6 +431,35 @@ fn is_conflict(err: &KubeError) -> bool {
     matches!(err.code(), Some(409))
 }
 
+/// A run record for unit tests: run `upgrade-1` of `kube-system/kata-deploy`
+/// in daemonset mode, from 3.27.0 (revision 3) to 3.28.0, running, with
+/// nothing done yet.
+#[cfg(test)]
+pub(crate) fn example() -> RunRecord {
+    RunRecord {
+        run_id: "upgrade-1".into(),
+        release: "kata-deploy".into(),
+        namespace: "kube-system".into(),
+        mode: DeploymentMode::Daemonset,
+        target_version: "3.28.0".into(),
+        before: Before {
+            revision: 3,
+            chart_version: "3.27.0".into(),
+            app_version: "3.27.0".into(),
+            user_values: serde_json::json!({}),
+        },
+        state: RunState::Running,
+        failure: None,
+        started_at: now(),
+        updated_at: now(),
+        nodes: BTreeMap::new(),
+        mechanics: BTreeMap::new(),
+        wave_started_at: None,
+        waves: None,
+        node_versions: BTreeMap::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

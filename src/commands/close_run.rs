@@ -1,32 +1,20 @@
 //! `klm close-run`: end a run however it ended (the workflow's exit handler,
-//! or by hand after `argo terminate`). It decides per node, from what the
-//! run did to it, and closes the run record so the next run may start:
-//!
-//! * nodes caught mid-upgrade (`upgrading`, `verifying`, `rolling-back`, or
-//!   recorded as upgraded or verified but not completed) are rolled back and
-//!   verified again, or marked `failed` and kept cordoned;
-//! * nodes the run held but never changed (`cordoned`, `draining`) and nodes
-//!   it finished with (`completed`, `rolled-back`) are released;
-//! * `failed` nodes stay cordoned: they need a person.
+//! or by hand after `argo terminate`): close its record, release the nodes
+//! it held safely, roll back those caught mid-upgrade (see
+//! [`crate::close_run`] for the rules).
 
 use std::time::Duration;
 
 use clap::Args as ClapArgs;
-use futures::future::try_join_all;
-use k8s_openapi::api::core::v1::Node;
-use kube::{Api, ResourceExt};
-use serde_json::Value;
 
-use crate::annotations::{self, NodeStatus};
-use crate::cli::{
-    ChartArgs, GlobalArgs, NodeList, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs,
-    parse_duration,
-};
-use crate::error::{ExitStatus, KubeResultExt, UserError};
-use crate::nodes::hold::{self, Release, Released};
-use crate::nodes::selection;
-use crate::output::{self, Report};
-use crate::run_record::{NodeProgress, RecordError, Records, RunRecord, RunState};
+use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration};
+use crate::close_run::{self, Closing, Leftover, Request};
+use crate::error::{ExitStatus, UserError};
+use crate::nodes;
+use crate::output;
+use crate::rollback;
+use crate::step;
+use crate::verification::VerificationPod;
 
 /// Flags of `klm close-run`.
 #[derive(Debug, ClapArgs)]
@@ -68,178 +56,7 @@ pub struct Args {
     pub verification: VerificationArgs,
 }
 
-/// What close-run did.
-#[derive(Debug, Default, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Closed {
-    /// The run.
-    pub run_id: String,
-    /// The record's state afterwards (none: this run was never recorded).
-    pub state: Option<RunState>,
-    /// The reason recorded by this call, when it closed the record.
-    pub closed_with: Option<String>,
-    /// Nodes released.
-    pub released: Vec<Released>,
-    /// Nodes caught mid-upgrade, handed to rollback.
-    pub rolled_back: Vec<String>,
-    /// Nodes kept cordoned (their rollback failed, or the run has no record to roll back with).
-    pub kept_failed: Vec<String>,
-}
-
-impl Report for Closed {
-    fn text(&self) -> String {
-        let mut lines = Vec::new();
-        match (&self.state, &self.closed_with) {
-            (None, _) => lines.push(format!(
-                "run {} was never recorded: no record to close",
-                self.run_id
-            )),
-            (Some(state), Some(reason)) => lines.push(format!(
-                "run {} closed as {}: {reason}",
-                self.run_id,
-                state_name(*state)
-            )),
-            (Some(state), None) => {
-                lines.push(format!("run {} is {}", self.run_id, state_name(*state)))
-            }
-        }
-        for r in &self.released {
-            if r.kept_cordoned {
-                lines.push(format!(
-                    "{}: released; left unschedulable because it was unschedulable before the run",
-                    r.node
-                ));
-            } else {
-                lines.push(format!("{}: released, back in service", r.node));
-            }
-        }
-        for n in &self.rolled_back {
-            lines.push(format!(
-                "{n}: caught mid-upgrade; rolled back (see the rollback report)"
-            ));
-        }
-        for n in &self.kept_failed {
-            lines.push(format!(
-                "{n}: left cordoned, marked failed (see klm status)"
-            ));
-        }
-        lines.join("\n")
-    }
-}
-
-fn state_name(state: RunState) -> &'static str {
-    match state {
-        RunState::Running => "running",
-        RunState::Failed => "failed",
-        RunState::Completed => "completed",
-        RunState::Interrupted => "interrupted",
-    }
-}
-
-/// What to do with one node the run holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
-    /// Return it to service: the run never changed it, or finished with it.
-    Release,
-    /// Roll it back and verify it again: its new version was never verified
-    /// through to completion, or its rollback was cut short.
-    RollBack,
-    /// Keep it cordoned: its rollback failed.
-    Keep,
-}
-
-/// Decides from the node's status annotation and what the record says the
-/// run did to it.
-pub fn decide(status: Option<NodeStatus>, progress: Option<NodeProgress>) -> Decision {
-    match status {
-        Some(NodeStatus::Failed) => return Decision::Keep,
-        Some(NodeStatus::Upgrading | NodeStatus::Verifying | NodeStatus::RollingBack) => {
-            return Decision::RollBack;
-        }
-        _ => {}
-    }
-    match progress {
-        Some(NodeProgress::Failed) => Decision::Keep,
-        // job mode records the wave's nodes upgraded when its helm upgrade
-        // starts their installers, before the status moves on.
-        Some(NodeProgress::Upgraded | NodeProgress::Verified) => Decision::RollBack,
-        _ => Decision::Release,
-    }
-}
-
-/// How the run ended, for the record: the state and the reason.
-pub fn closing(
-    workflow_status: Option<&str>,
-    failures: Option<&str>,
-    reason: Option<&str>,
-) -> (RunState, String) {
-    let messages: Vec<String> = failures
-        .map(failed_steps)
-        .unwrap_or_default()
-        .iter()
-        .map(|f| {
-            let step = f["displayName"].as_str().unwrap_or("a step");
-            let message = f["message"].as_str().unwrap_or("").trim();
-            if message.is_empty() {
-                format!("{step} {}", f["phase"].as_str().unwrap_or("failed"))
-            } else {
-                format!("{step}: {message}")
-            }
-        })
-        .collect();
-    let stopped = |m: &String| {
-        let m = m.to_lowercase();
-        m.contains("stopped with strategy")
-            || m.contains("terminated")
-            || m.contains("deadline")
-            || m.contains("pod deleted")
-    };
-    let interrupted = workflow_status.is_none()
-        || workflow_status == Some("Error")
-        || messages.iter().any(stopped);
-    let state = if interrupted {
-        RunState::Interrupted
-    } else {
-        RunState::Failed
-    };
-    let why = match (reason, workflow_status) {
-        (Some(reason), _) if !reason.trim().is_empty() => reason.trim().to_string(),
-        (_, None) => "closed by hand (the workflow ended without its exit handler)".to_string(),
-        (_, Some(status)) if messages.is_empty() => format!("the workflow ended {status}"),
-        (_, Some(status)) => {
-            let mut shown: Vec<String> = messages.iter().take(3).cloned().collect();
-            if messages.len() > 3 {
-                shown.push(format!("and {} more", messages.len() - 3));
-            }
-            format!("the workflow ended {status}: {}", shown.join("; "))
-        }
-    };
-    (state, why)
-}
-
-/// The failed steps in Argo's `{{workflow.failures}}`. The controller stores
-/// it Go-quoted (`"[{\"displayName\":...}]"`, so that substitution keeps the
-/// inner quotes), which reaches klm as a JSON string holding the JSON list;
-/// the bare list is accepted too.
-fn failed_steps(raw: &str) -> Vec<Value> {
-    let mut value: Value = match serde_json::from_str(raw) {
-        Ok(value) => value,
-        Err(_) => return Vec::new(),
-    };
-    // At most a few layers of quoting; never loop on a plain string.
-    for _ in 0..3 {
-        match value {
-            Value::Array(steps) => return steps,
-            Value::String(inner) => match serde_json::from_str(&inner) {
-                Ok(parsed) => value = parsed,
-                Err(_) => return Vec::new(),
-            },
-            _ => return Vec::new(),
-        }
-    }
-    Vec::new()
-}
-
+/// A flag's value, trimmed; None when it is empty.
 fn non_empty(value: &Option<String>) -> Option<String> {
     value
         .as_deref()
@@ -257,209 +74,38 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
                 .into(),
         );
     };
-    let workflow_status = non_empty(&args.workflow_status);
-    let failures = non_empty(&args.failures);
-    let succeeded = workflow_status.as_deref() == Some("Succeeded");
-    let release_id =
-        annotations::release_id(&args.release.helm_namespace, &args.release.helm_release);
     let client = crate::cluster::client(global).await?;
-    let records = Records::new(&client, &args.release.helm_namespace);
-    let record = match records
-        .resolve(&args.release.helm_release, Some(&run_id))
-        .await
-    {
-        Ok(record) => Some(record),
-        // Failed before it was recorded (or another run holds the release):
-        // never close someone else's record.
-        Err(RecordError::NoRecord { .. } | RecordError::RunMismatch { .. }) => None,
-        Err(err) => return Err(err.into()),
+    let request = Request {
+        release: step::release_ref(&args.release),
+        run_id,
+        workflow_status: non_empty(&args.workflow_status),
+        failures: non_empty(&args.failures),
+        reason: args.reason,
     };
-    let mut report = Closed {
-        run_id: run_id.clone(),
-        ..Default::default()
-    };
-
-    // 1. Close the record first: even if a rollback below is cut short, the
-    // next run is not refused.
-    let mut record: Option<RunRecord> = record;
-    if let Some(current) = &record
-        && current.state == RunState::Running
-        && !succeeded
-    {
-        let (state, why) = closing(
-            workflow_status.as_deref(),
-            failures.as_deref(),
-            args.reason.as_deref(),
-        );
-        let updated = records
-            .update(&current.release, &current.run_id, |r| {
-                if r.state == RunState::Running {
-                    r.state = state;
-                    r.failure = Some(why.clone());
-                }
-            })
-            .await?;
-        report.closed_with = Some(why);
-        record = Some(updated);
-    }
-    report.state = record.as_ref().map(|r| r.state);
-
-    // 2. Decide per node the run holds.
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    let held: Vec<Node> = nodes_api
-        .list(&kube::api::ListParams::default())
-        .await
-        .during(|| "listing nodes".to_string())?
-        .items
-        .into_iter()
-        .filter(|n| selection::annotation(n, annotations::RUN) == Some(run_id.as_str()))
-        // A run id is unique only per release: another release's run of the
-        // same name is not this one.
-        .filter(|n| {
-            hold::same_release(
-                selection::annotation(n, annotations::RELEASE),
-                Some(&release_id),
-            )
-        })
-        .collect();
-    let mut release = Vec::new();
-    let mut roll_back = Vec::new();
-    for node in &held {
-        let name = node.name_any();
-        let status = selection::annotation(node, annotations::STATUS)
-            .and_then(|s| s.parse::<NodeStatus>().ok());
-        let progress = record.as_ref().and_then(|r| r.nodes.get(&name).copied());
-        match decide(status, progress) {
-            Decision::Release => release.push(name),
-            Decision::RollBack => roll_back.push(name),
-            Decision::Keep => report.kept_failed.push(name),
-        }
-    }
-
-    // 3. Release what is safe, before any slow rollback.
-    let how = Release {
-        uncordon: true,
-        release: Some(release_id.clone()),
-        ..Default::default()
-    };
-    let released = try_join_all(
-        release
-            .iter()
-            .map(|n| hold::release(&client, n, Some(&run_id), &how)),
-    )
-    .await?;
-    report.released = released.into_iter().flatten().collect();
-
-    // 4. Roll back the nodes caught mid-upgrade (verified again when the
-    // verification pod is given); without a record there is nothing to roll
-    // back to, so they stay cordoned, marked failed.
-    if roll_back.is_empty() {
-        output::print(global.output, &report)?;
-        return Ok(ExitStatus::Done);
-    }
-    let Some(record) = record else {
-        for node in &roll_back {
-            hold::set_status(&client, node, NodeStatus::Failed).await?;
-        }
-        report.kept_failed.extend(roll_back);
-        output::print(global.output, &report)?;
-        return Err(UserError::failed(format!(
-            "run {run_id} has no record to roll back with: {} stay cordoned, marked failed",
-            report.kept_failed.join(", ")
-        ))
-        .hint("roll them back with `klm rollback --nodes ...` against the release's latest run")
-        .into());
-    };
-    report.rolled_back = roll_back.clone();
+    let Closing { report, leftover } = close_run::close(&client, &request).await?;
     output::print(global.output, &report)?;
-    let reason = report
-        .closed_with
-        .clone()
-        .or(record.failure.clone())
-        .unwrap_or_else(|| format!("run {run_id} ended with nodes mid-upgrade"));
-    let rollback = super::rollback::Args {
-        nodes: NodesArgs {
-            nodes: vec![NodeList(roll_back)],
-            wave: None,
-        },
-        timeout: args.timeout,
-        reason: Some(reason),
-        release: args.release,
-        chart: args.chart,
-        run: RunArgs {
-            run_id: Some(record.run_id.clone()),
-        },
-        verification: args.verification,
+    let (run_id, reason, nodes) = match leftover {
+        Leftover::Nothing => return Ok(ExitStatus::Done),
+        Leftover::Unrecorded => return Err(report.unrecorded().into()),
+        Leftover::RollBack {
+            run_id,
+            reason,
+            nodes,
+        } => (run_id, reason, nodes),
     };
-    super::rollback::run(rollback, global).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn in_flight_nodes_are_rolled_back_and_the_rest_released() {
-        use Decision::*;
-        for status in [
-            NodeStatus::Upgrading,
-            NodeStatus::Verifying,
-            NodeStatus::RollingBack,
-        ] {
-            assert_eq!(decide(Some(status), Some(NodeProgress::Held)), RollBack);
-        }
-        for status in [
-            NodeStatus::Preparing,
-            NodeStatus::Cordoned,
-            NodeStatus::Draining,
-            NodeStatus::Completed,
-            NodeStatus::RolledBack,
-        ] {
-            assert_eq!(decide(Some(status), Some(NodeProgress::Held)), Release);
-        }
-        assert_eq!(decide(Some(NodeStatus::Failed), None), Keep);
-        // job mode: upgraded by the wave's helm upgrade, status still cordoned.
-        assert_eq!(
-            decide(Some(NodeStatus::Cordoned), Some(NodeProgress::Upgraded)),
-            RollBack
-        );
-        assert_eq!(
-            decide(Some(NodeStatus::Draining), Some(NodeProgress::Verified)),
-            RollBack
-        );
-        assert_eq!(decide(None, None), Release);
-    }
-
-    #[test]
-    fn the_reason_names_the_failed_steps() {
-        let stopped = r#"[{"displayName":"verify(0)","message":"Stopped with strategy 'Stop'","templateName":"verify","phase":"Failed"}]"#;
-        let (state, why) = closing(Some("Failed"), Some(stopped), None);
-        assert_eq!(state, RunState::Interrupted);
-        assert!(
-            why.contains("verify(0): Stopped with strategy 'Stop'"),
-            "{why}"
-        );
-        let failed =
-            r#"[{"displayName":"finish-run","message":"Error (exit code 1)","phase":"Failed"}]"#;
-        let (state, why) = closing(Some("Failed"), Some(failed), None);
-        assert_eq!(state, RunState::Failed);
-        assert!(
-            why.starts_with("the workflow ended Failed: finish-run"),
-            "{why}"
-        );
-        // As the exit handler really receives it: Go-quoted by the controller.
-        let quoted = serde_json::to_string(stopped).unwrap();
-        let (state, why) = closing(Some("Failed"), Some(&quoted), None);
-        assert_eq!(state, RunState::Interrupted, "{why}");
-        assert!(why.contains("verify(0)"), "{why}");
-        assert_eq!(
-            closing(Some("Error"), Some("null"), None).0,
-            RunState::Interrupted
-        );
-        let (state, why) = closing(None, None, Some("terminated by hand"));
-        assert_eq!(
-            (state, why.as_str()),
-            (RunState::Interrupted, "terminated by hand")
-        );
-    }
+    let template = VerificationPod::from_args(&args.verification)?;
+    let request = rollback::Request {
+        nodes: nodes::unique(nodes),
+        reason: Some(reason),
+        release: step::release_ref(&args.release),
+        run_id: Some(run_id),
+        chart: args.chart.chart,
+        helm_timeout: args.chart.helm_timeout,
+        timeout: args.timeout,
+        reverify: step::reverify(template, &args.verification),
+    };
+    let report = rollback::roll_back(&client, &step::helm(&args.release, global), &request).await?;
+    output::print(global.output, &report)?;
+    report.outcome()?;
+    Ok(ExitStatus::Done)
 }

@@ -5,12 +5,13 @@ use futures::future::try_join_all;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
-use crate::cli::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, SelectionArgs};
+use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, SelectionArgs};
 use crate::error::ExitStatus;
 use crate::nodes::hold::{self, Held};
 use crate::nodes::selection::Criteria;
 use crate::output::{self, Report};
 use crate::run_record::{NodeProgress, Records};
+use crate::step;
 
 /// Flags of `klm cordon`.
 #[derive(Debug, ClapArgs)]
@@ -76,8 +77,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     )?;
     let client = crate::cluster::client(global).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
-    let record = super::active_run(&records, &args.release.helm_release, &args.run).await?;
-    let names = super::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
+    let record = step::active_run(
+        &records,
+        &args.release.helm_release,
+        args.run.run_id.as_deref(),
+    )
+    .await?;
+    let names = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     // Every node must exist before any is changed.
     let nodes_api: Api<Node> = Api::all(client.clone());
     try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
@@ -87,11 +93,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .filter(|n| !record.node_versions.contains_key(*n) && !record.nodes.contains_key(*n))
         .cloned()
         .collect();
-    let helm = super::helm(&args.release, global);
+    let helm = step::helm(&args.release, global);
     let versions = crate::nodes::installed::observe(
         &client,
         &helm,
-        &super::release_ref(&args.release),
+        &step::release_ref(&args.release),
         record.mode,
         &unrecorded,
     )

@@ -6,11 +6,12 @@ use clap::Args as ClapArgs;
 use futures::future::try_join_all;
 
 use crate::annotations::NodeStatus;
-use crate::cli::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
+use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
 use crate::drain::{Drained, drain};
 use crate::error::ExitStatus;
 use crate::nodes::hold;
 use crate::output::{self, Report};
+use crate::step;
 
 /// Flags of `klm drain`.
 #[derive(Debug, ClapArgs)]
@@ -75,7 +76,7 @@ impl Report for Drain {
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let client = crate::cluster::client(global).await?;
-    let names = super::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
+    let names = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let nodes_api = kube::Api::all(client.clone());
     try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     for node in &names {

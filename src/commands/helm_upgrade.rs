@@ -1,17 +1,13 @@
 //! `klm helm-upgrade`: move the kata-deploy release to the target version.
 
 use clap::Args as ClapArgs;
-use serde_json::{Value, json};
 
-use crate::cli::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, split_set_values};
+use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, split_set_values};
 use crate::error::{ExitStatus, UserError};
-use crate::output::{self, Report};
-use crate::release::{Upgrade, Values};
-use crate::run_record::{NodeProgress, Records};
-use crate::versions::{self, DeploymentMode, ModeChoice};
-
-/// The toleration job-mode installers need to run on cordoned nodes.
-pub const CORDON_TOLERATION: &str = "node.kubernetes.io/unschedulable";
+use crate::output;
+use crate::step;
+use crate::upgrade::{self, Request};
+use crate::versions::{self, ModeChoice};
 
 /// Flags of `klm helm-upgrade`.
 #[derive(Debug, ClapArgs)]
@@ -28,8 +24,8 @@ pub struct Args {
     pub deployment_mode: ModeChoice,
 
     /// job mode: the wave's nodes (names separated by commas, or a JSON list).
-    #[arg(long, value_name = "NODES", value_parser = crate::cli::parse_node_list)]
-    pub nodes: Option<crate::cli::NodeList>,
+    #[arg(long, value_name = "NODES", value_parser = crate::args::parse_node_list)]
+    pub nodes: Option<crate::args::NodeList>,
 
     /// job mode, instead of --nodes: wave K (from 1) of the run's recorded plan.
     #[arg(long, value_name = "K", conflicts_with = "nodes", value_parser = clap::value_parser!(u32).range(1..))]
@@ -56,55 +52,6 @@ pub struct Args {
     pub run: RunArgs,
 }
 
-/// What helm-upgrade did.
-#[derive(Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Upgraded {
-    /// The release.
-    pub release: String,
-    /// The mode.
-    pub mode: DeploymentMode,
-    /// The chart version before this step.
-    pub from_version: String,
-    /// The chart version now.
-    pub to_version: String,
-    /// job mode: the wave's nodes.
-    pub nodes: Vec<String>,
-    /// True when the release was already upgraded by this run (a retried step).
-    pub already_done: bool,
-    /// The values this step set for the run's mechanics.
-    pub mechanics: Vec<String>,
-    /// True when the run's plan (from select-nodes) has no node: nothing changed.
-    pub nothing_selected: bool,
-}
-
-impl Report for Upgraded {
-    fn text(&self) -> String {
-        if self.nothing_selected {
-            return format!(
-                "the run selected no node: {} stays at {}; nothing to do",
-                self.release, self.from_version
-            );
-        }
-        if self.already_done {
-            return format!(
-                "{} is already at {} for this run; nothing to do",
-                self.release, self.to_version
-            );
-        }
-        let scope = match self.mode {
-            DeploymentMode::Daemonset => {
-                "no pod restarts until each node's turn (updateStrategy OnDelete)".to_string()
-            }
-            DeploymentMode::Job => format!("installed on {}", self.nodes.join(", ")),
-        };
-        format!(
-            "upgraded {} from {} to {} in {} mode: {scope}",
-            self.release, self.from_version, self.to_version, self.mode
-        )
-    }
-}
-
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let target = versions::parse(&args.target_version)?;
@@ -120,165 +67,18 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         );
     }
     let client = crate::cluster::client(global).await?;
-    let records = Records::new(&client, &args.release.helm_namespace);
-    let record = super::active_run(&records, &args.release.helm_release, &args.run).await?;
-    if versions::parse(&record.target_version)? != target {
-        return Err(UserError::bad_input(format!(
-            "run {} upgrades to {}, not {target}",
-            record.run_id, record.target_version
-        ))
-        .hint("pass the run's --target-version, or start a new run with check-prerequisites")
-        .into());
-    }
-    let mode = super::mode_of_run(args.deployment_mode, &record)?;
-    let helm = super::helm(&args.release, global);
-    let reference = super::release_ref(&args.release);
-    let release = reference.load(&helm).await?;
-    release.ensure_deployed()?;
-    let wave: Vec<String> = match args.wave {
-        Some(index) => super::wave_of(&record, index)?.to_vec(),
-        None => args.nodes.as_ref().map(|n| n.0.clone()).unwrap_or_default(),
-    };
-    let mut report = Upgraded {
-        release: reference.name.clone(),
-        mode,
-        from_version: release.chart_version.clone(),
-        to_version: target.to_string(),
-        nodes: wave.clone(),
-        already_done: false,
-        mechanics: Vec::new(),
-        nothing_selected: false,
-    };
-    let mut mechanics: Vec<(String, Value)> = vec![("verification.pod".into(), json!(""))];
-    let mut upgrade = Upgrade {
-        chart: args.chart.chart.clone(),
-        version: target.to_string(),
-        values: Values::ResetThenReuse,
+    let request = Request {
+        release: step::release_ref(&args.release),
+        run_id: args.run.run_id,
+        target,
+        mode: args.deployment_mode,
+        nodes: args.nodes.map(|nodes| nodes.0),
+        wave: args.wave,
         set: user_set,
-        set_json: Vec::new(),
-        timeout: args.chart.helm_timeout,
+        chart: args.chart.chart,
+        helm_timeout: args.chart.helm_timeout,
     };
-    match mode {
-        DeploymentMode::Daemonset => {
-            if !wave.is_empty() {
-                return Err(UserError::bad_input("--nodes scopes job-mode waves; in daemonset mode helm-upgrade runs once, before the waves")
-                    .hint("drop --nodes; restart-kata-pod then moves one node at a time")
-                    .into());
-            }
-            // A run whose plan has no node changes nothing: an upgraded
-            // template would reach any node whose kata-deploy pod restarts,
-            // unverified.
-            if record
-                .waves
-                .as_ref()
-                .is_some_and(|waves| waves.iter().all(Vec::is_empty))
-            {
-                report.nothing_selected = true;
-                output::print(global.output, &report)?;
-                return Ok(ExitStatus::Done);
-            }
-            let on_delete = crate::values::lookup(&release.user_values, "updateStrategy.type")
-                == Some(&json!("OnDelete"));
-            if release.chart_version == target.to_string()
-                && on_delete
-                && release.revision > record.before.revision
-            {
-                report.already_done = true;
-                output::print(global.output, &report)?;
-                return Ok(ExitStatus::Done);
-            }
-            mechanics.push(("updateStrategy.type".into(), json!("OnDelete")));
-        }
-        DeploymentMode::Job => {
-            if wave.is_empty() {
-                return Err(UserError::bad_input(
-                    "job mode upgrades one wave at a time: --nodes is required",
-                )
-                .hint("pass the wave's nodes, e.g. --nodes worker-1,worker-2")
-                .into());
-            }
-            versions::refuse_pruning_job_mode(&versions::parse(&release.chart_version)?, &target)?;
-            let coalesced = reference.coalesced_values(&helm).await?;
-            let done = wave.iter().all(|n| {
-                matches!(
-                    record.nodes.get(n),
-                    Some(NodeProgress::Upgraded | NodeProgress::Verified | NodeProgress::Completed)
-                )
-            });
-            if done
-                && release.chart_version == target.to_string()
-                && crate::values::lookup(&coalesced, "job.nodes") == Some(&json!(wave))
-            {
-                report.already_done = true;
-                output::print(global.output, &report)?;
-                return Ok(ExitStatus::Done);
-            }
-            mechanics.push(("job.nodes".into(), json!(wave)));
-            mechanics.push(("job.parallelism".into(), json!(wave.len())));
-            mechanics.push((
-                "tolerations".into(),
-                with_cordon_toleration(coalesced.get("tolerations")),
-            ));
-            records
-                .update(&record.release, &record.run_id, |r| {
-                    r.wave_started_at = Some(crate::run_record::now())
-                })
-                .await?;
-        }
-    }
-    for (key, value) in &mechanics {
-        match value {
-            Value::String(s) => upgrade.set.push(format!("{key}={s}")),
-            other => upgrade.set_json.push(format!("{key}={other}")),
-        }
-    }
-    release.upgrade(&helm, &upgrade).await?;
-    report.mechanics = mechanics.iter().map(|(k, _)| k.clone()).collect();
-    records
-        .update(&record.release, &record.run_id, |r| {
-            for (key, value) in &mechanics {
-                r.mechanics.insert(key.clone(), value.clone());
-            }
-            for node in &wave {
-                r.nodes.insert(node.clone(), NodeProgress::Upgraded);
-            }
-        })
-        .await?;
+    let report = upgrade::upgrade(&client, &step::helm(&args.release, global), &request).await?;
     output::print(global.output, &report)?;
     Ok(ExitStatus::Done)
-}
-
-/// The release's tolerations plus the one that lets installers run on
-/// cordoned nodes, unless an equivalent one is there.
-pub fn with_cordon_toleration(existing: Option<&Value>) -> Value {
-    let mut tolerations: Vec<Value> = existing
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let covered = tolerations.iter().any(|t| {
-        let exists_all = t.get("operator") == Some(&json!("Exists"))
-            && t.get("key")
-                .is_none_or(|k| k == "" || k == CORDON_TOLERATION);
-        exists_all && t.get("effect").is_none_or(|e| e == "" || e == "NoSchedule")
-    });
-    if !covered {
-        tolerations
-            .push(json!({"key": CORDON_TOLERATION, "operator": "Exists", "effect": "NoSchedule"}));
-    }
-    Value::Array(tolerations)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_cordon_toleration_is_added_once() {
-        let added = with_cordon_toleration(Some(&json!([{"key": "gpu", "operator": "Exists"}])));
-        assert_eq!(added.as_array().unwrap().len(), 2);
-        assert_eq!(with_cordon_toleration(Some(&added)), added);
-        let wildcard = json!([{"operator": "Exists"}]);
-        assert_eq!(with_cordon_toleration(Some(&wildcard)), wildcard);
-        assert_eq!(with_cordon_toleration(None).as_array().unwrap().len(), 1);
-    }
 }

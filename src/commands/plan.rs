@@ -2,13 +2,13 @@
 
 use clap::Args as ClapArgs;
 
-use super::check_prerequisites::{self, Checked};
-use super::select_nodes::{self, Selection};
-use crate::cli::{GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs};
+use crate::args::{GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs};
 use crate::error::ExitStatus;
-use crate::nodes::selection::Criteria;
+use crate::nodes::planning::{self, Selection};
 use crate::nodes::waves;
 use crate::output::{self, Report};
+use crate::preflight::{self, Checked};
+use crate::step;
 use crate::versions::{self, DeploymentMode, ModeChoice};
 
 /// Flags of `klm plan`.
@@ -99,21 +99,17 @@ impl Report for Plan {
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let target = versions::parse(&args.target_version)?;
     let batch_size = waves::parse_batch_size(&args.batch_size)?;
-    let criteria = Criteria::new(
-        args.selection.node_selector.as_deref(),
-        args.selection.node_taint_key.as_deref(),
-        args.selection.node_taint_value.as_deref(),
-    )?;
+    let criteria = step::criteria(&args.selection)?;
     let template = crate::verification::VerificationPod::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
-    let helm = super::helm(&args.release, global);
-    let reference = super::release_ref(&args.release);
+    let helm = step::helm(&args.release, global);
+    let reference = step::release_ref(&args.release);
     let Checked {
         release,
         mode,
         warnings,
         ..
-    } = check_prerequisites::check(
+    } = preflight::check(
         &client,
         &helm,
         &reference,
@@ -122,10 +118,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         template.as_ref(),
     )
     .await?;
-    let selection = select_nodes::select(
+    let selection = planning::select(
         &client,
         &helm,
-        &args.release,
+        &reference,
         &criteria,
         args.pool_label.as_deref(),
         batch_size,

@@ -6,12 +6,16 @@ use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
-use crate::cli::{
-    ChartArgs, GlobalArgs, NodeList, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs,
-    parse_duration,
-};
+use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration};
+use crate::complete;
 use crate::error::{ExitStatus, UserError};
+use crate::nodes;
+use crate::output;
+use crate::rollback;
 use crate::run_record::Records;
+use crate::step;
+use crate::verification::VerificationPod;
+use crate::versions;
 
 /// The Argo status of a wave's upgrade that lets the wave complete.
 pub const SUCCEEDED: &str = "Succeeded";
@@ -67,19 +71,22 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let record = records
         .resolve(&args.release.helm_release, args.run.run_id.as_deref())
         .await?;
-    let nodes = super::wave_of(&record, args.wave)?.to_vec();
+    let nodes = step::wave_of(&record, args.wave)?.to_vec();
     if status == SUCCEEDED {
-        let complete = super::complete::Args {
-            nodes: Some(NodeList(nodes)),
-            target_version: record.target_version.clone(),
+        let request = complete::Request {
+            release: step::release_ref(&args.release),
+            run_id: Some(record.run_id.clone()),
+            target: versions::parse(&record.target_version)?.to_string(),
+            nodes: Some(nodes),
             finish_run: false,
-            release: args.release,
-            chart: args.chart,
-            run: RunArgs {
-                run_id: Some(record.run_id.clone()),
-            },
+            chart: args.chart.chart,
+            helm_timeout: args.chart.helm_timeout,
         };
-        return super::complete::run(complete, global).await;
+        let report =
+            complete::complete(&client, &step::helm(&args.release, global), &request).await?;
+        output::print(global.output, &report)?;
+        report.outcome()?;
+        return Ok(ExitStatus::Done);
     }
     // Only nodes the run touched are rolled back: a wave refused at its
     // first step (the run had already failed) changed nothing.
@@ -104,21 +111,20 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         ))
         .into());
     }
-    let rollback = super::rollback::Args {
-        nodes: NodesArgs {
-            nodes: vec![NodeList(touched.clone())],
-            wave: None,
-        },
-        timeout: args.timeout,
+    let template = VerificationPod::from_args(&args.verification)?;
+    let request = rollback::Request {
+        nodes: nodes::unique(touched.clone()),
         reason: Some(failure.clone()),
-        release: args.release,
-        chart: args.chart,
-        run: RunArgs {
-            run_id: Some(record.run_id.clone()),
-        },
-        verification: args.verification,
+        release: step::release_ref(&args.release),
+        run_id: Some(record.run_id.clone()),
+        chart: args.chart.chart,
+        helm_timeout: args.chart.helm_timeout,
+        timeout: args.timeout,
+        reverify: step::reverify(template, &args.verification),
     };
-    super::rollback::run(rollback, global).await?;
+    let report = rollback::roll_back(&client, &step::helm(&args.release, global), &request).await?;
+    output::print(global.output, &report)?;
+    report.outcome()?;
     Err(UserError::failed(format!(
         "{failure}; rolled back {}: no further wave starts",
         touched.join(", ")

@@ -8,13 +8,14 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::annotations;
-use crate::cli::{GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs};
+use crate::args::{GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs};
 use crate::error::{ExitStatus, KubeResultExt, UserError};
 use crate::kata_deploy::{self, KataDaemonSet};
 use crate::nodes::hold;
 use crate::nodes::selection::{self, Criteria};
 use crate::output::{self, Report};
 use crate::run_record::{Records, RunRecord, RunState};
+use crate::step;
 
 /// Flags of `klm status`.
 #[derive(Debug, ClapArgs)]
@@ -175,11 +176,7 @@ impl Report for Status {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let criteria = Criteria::new(
-        args.selection.node_selector.as_deref(),
-        args.selection.node_taint_key.as_deref(),
-        args.selection.node_taint_value.as_deref(),
-    )?;
+    let criteria = step::criteria(&args.selection)?;
     let client = crate::cluster::client(global).await?;
     let records = Records::new(&client, &args.release.helm_namespace);
     let record = match &args.run.run_id {
@@ -193,7 +190,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             .await?
             .map(|(r, _)| r),
     };
-    let helm = super::helm(&args.release, global);
+    let helm = step::helm(&args.release, global);
     let nodes = rows(&client, &helm, &args.release, &criteria).await?;
     let failed = record
         .as_ref()
@@ -274,7 +271,7 @@ async fn kata_deploy_pods(
     helm: &crate::helm::Helm,
     release: &ReleaseArgs,
 ) -> (BTreeMap<String, Pod>, Option<String>) {
-    let Ok(found) = super::release_ref(release).load(helm).await else {
+    let Ok(found) = step::release_ref(release).load(helm).await else {
         return Default::default();
     };
     let Ok(object) = found.daemonset() else {

@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
 use crate::annotations::{self, NodeStatus};
-use crate::cli::{GlobalArgs, OptionalNodesArgs, ReleaseArgs, RunArgs};
+use crate::args::{GlobalArgs, OptionalNodesArgs, ReleaseArgs, RunArgs};
 use crate::error::{ExitStatus, KubeResultExt};
 use crate::nodes::hold::{self, Release, Released};
 use crate::nodes::selection;

@@ -4,11 +4,12 @@ use clap::Args as ClapArgs;
 use futures::future::try_join_all;
 
 use crate::annotations::NodeStatus;
-use crate::cli::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs};
+use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs};
 use crate::error::{ExitStatus, UserError};
 use crate::nodes::hold;
 use crate::output::{self, Report};
 use crate::run_record::{NodeProgress, Records};
+use crate::step;
 use crate::verification::{NodeVerdict, VerificationPod, verify_nodes};
 
 /// Flags of `klm verify`.
@@ -77,7 +78,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             .into());
     };
     let client = crate::cluster::client(global).await?;
-    let names = super::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
+    let names = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let nodes_api = kube::Api::all(client.clone());
     try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     crate::verification::run::dry_run_access(&client, &template).await?;

@@ -16,6 +16,7 @@ use kube::{Api, Client, ResourceExt};
 use super::VerificationError;
 use super::template::VerificationPod;
 use crate::annotations;
+use crate::nodes::NodeFailure;
 use crate::wait::{Check, WaitError, watch_until};
 
 /// Container waiting reasons that mean the pod will not get better by itself.
@@ -75,28 +76,23 @@ pub async fn verify_nodes(
 pub async fn reverify(
     client: &Client,
     template: &VerificationPod,
-    args: &crate::cli::VerificationArgs,
     nodes: &[String],
     run_id: &str,
-) -> Result<Vec<crate::commands::restart_kata_pod::NodeFailure>, VerificationError> {
-    let verdicts = verify_nodes(
-        client,
-        template,
-        nodes,
-        run_id,
-        args.verification_timeout,
-        args.keep_failed,
-    )
-    .await?;
+    timeout: Duration,
+    keep_failed: bool,
+) -> Result<Vec<NodeFailure>, VerificationError> {
+    let verdicts = verify_nodes(client, template, nodes, run_id, timeout, keep_failed).await?;
     Ok(verdicts
         .into_iter()
         .filter(|v| !v.passed)
-        .map(|v| crate::commands::restart_kata_pod::NodeFailure {
-            node: v.node,
-            reason: format!(
-                "verification after rollback failed: {}",
-                v.reason.unwrap_or_default()
-            ),
+        .map(|v| {
+            NodeFailure::new(
+                v.node,
+                format!(
+                    "verification after rollback failed: {}",
+                    v.reason.unwrap_or_default()
+                ),
+            )
         })
         .collect())
 }

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
 use crate::annotations;
-use crate::cli::VerificationArgs;
+use crate::args::VerificationArgs;
 use crate::error::UserError;
 
 /// The placeholder for the node's name.

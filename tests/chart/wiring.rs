@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use clap::{CommandFactory, Parser};
-use kata_lifecycle_manager::cli::{Cli, OutputFormat};
+use kata_lifecycle_manager::args::OutputFormat;
+use kata_lifecycle_manager::cli::Cli;
 use kata_lifecycle_manager::commands::check_prerequisites::Prerequisites;
 use kata_lifecycle_manager::versions::DeploymentMode;
 use serde_json::Value;

@@ -1,0 +1,315 @@
+//! The flags steps share: the global flags every subcommand accepts, the
+//! argument groups several subcommands flatten in (the release, the chart,
+//! the run, the nodes, the selection, the verification pod), and their
+//! parsers. Commands and library modules import them from here, never from
+//! `cli` (which only lists the subcommands).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// The official kata-deploy chart (the default of `--chart`).
+pub const DEFAULT_CHART: &str = "oci://ghcr.io/kata-containers/kata-deploy-charts/kata-deploy";
+
+/// Flags every subcommand accepts.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Path to a kubeconfig; without it, $KUBECONFIG, ~/.kube/config, then the in-cluster config.
+    #[arg(
+        long,
+        global = true,
+        env = "KUBECONFIG",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The kubeconfig context to use.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// The kubeconfig cluster to use.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub cluster: Option<String>,
+
+    /// The kubeconfig user to use.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// Result format on stdout: text for people, json for machines (Argo).
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KLM_LOG_FORMAT")]
+    pub log_format: LogFormat,
+
+    /// More log detail (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// How results are printed on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Readable text.
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// How logs are written on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Which kata-deploy release to act on.
+#[derive(Debug, Clone, Args)]
+pub struct ReleaseArgs {
+    /// Name of the kata-deploy Helm release.
+    #[arg(
+        long,
+        default_value = "kata-deploy",
+        env = "KLM_HELM_RELEASE",
+        value_name = "NAME"
+    )]
+    pub helm_release: String,
+
+    /// Namespace of the kata-deploy Helm release.
+    #[arg(
+        long,
+        default_value = "kube-system",
+        env = "KLM_HELM_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    pub helm_namespace: String,
+
+    /// The helm binary to run.
+    #[arg(long, default_value = "helm", env = "KLM_HELM", value_name = "PATH")]
+    pub helm: PathBuf,
+}
+
+/// Where the kata-deploy chart comes from (for upgrades and rollbacks).
+#[derive(Debug, Clone, Args)]
+pub struct ChartArgs {
+    /// The kata-deploy chart: an OCI reference, a repo/chart name, or a local path or .tgz.
+    #[arg(long, default_value = DEFAULT_CHART, env = "KLM_CHART", value_name = "REF")]
+    pub chart: String,
+
+    /// How long one helm operation may take.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_HELM_TIMEOUT", value_name = "DURATION")]
+    pub helm_timeout: Duration,
+}
+
+/// Identifies the run a step belongs to.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The run this step belongs to (the Argo workflow name); default: the release's active run.
+    #[arg(long, env = "KLM_RUN_ID", value_name = "ID")]
+    pub run_id: Option<String>,
+}
+
+/// The nodes a step acts on: named, or one wave of the run's plan.
+#[derive(Debug, Clone, Args)]
+pub struct NodesArgs {
+    /// Nodes to act on: names separated by commas, or a JSON list; repeatable.
+    #[arg(long = "nodes", alias = "node", required_unless_present = "wave", value_name = "NODES", value_parser = parse_node_list)]
+    pub nodes: Vec<NodeList>,
+
+    /// Instead of --nodes: wave K (from 1) of the run's plan, as `select-nodes --run-id` recorded it.
+    #[arg(long, value_name = "K", conflicts_with = "nodes", value_parser = clap::value_parser!(u32).range(1..))]
+    pub wave: Option<u32>,
+}
+
+/// Nodes named on the command line, or (for uncordon) every node a run holds.
+#[derive(Debug, Clone, Args)]
+pub struct OptionalNodesArgs {
+    /// Nodes to act on: names separated by commas, or a JSON list; repeatable.
+    #[arg(long = "nodes", alias = "node", value_name = "NODES", value_parser = parse_node_list, required_unless_present = "all_held")]
+    pub nodes: Vec<NodeList>,
+
+    /// Every node held by --run-id, except those whose rollback failed (the workflow's exit handler).
+    #[arg(long, requires = "run_id", conflicts_with = "nodes")]
+    pub all_held: bool,
+}
+
+impl NodesArgs {
+    /// The node names, in the order given, without duplicates.
+    pub fn names(&self) -> Vec<String> {
+        crate::nodes::unique(self.nodes.iter().flat_map(|list| list.0.iter().cloned()))
+    }
+}
+
+/// A list of node names from one `--nodes` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeList(pub Vec<String>);
+
+/// Parses `a,b,c` or `["a","b"]` into node names, refusing empty or invalid names.
+pub fn parse_node_list(raw: &str) -> Result<NodeList, String> {
+    let trimmed = raw.trim();
+    let names: Vec<String> = if trimmed.starts_with('[') {
+        serde_json::from_str(trimmed).map_err(|e| format!("not a JSON list of node names: {e}"))?
+    } else {
+        trimmed
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    };
+    if names.is_empty() {
+        return Err("no node names given".into());
+    }
+    for name in &names {
+        crate::nodes::validate_node_name(name)?;
+    }
+    Ok(NodeList(names))
+}
+
+/// How nodes are selected.
+#[derive(Debug, Clone, Default, Args)]
+pub struct SelectionArgs {
+    /// Label selector for the nodes (e.g. `node-pool=kata,zone in (a,b)`).
+    #[arg(long, value_name = "SELECTOR")]
+    pub node_selector: Option<String>,
+
+    /// Select only nodes carrying a taint with this key.
+    #[arg(long, value_name = "KEY")]
+    pub node_taint_key: Option<String>,
+
+    /// With --node-taint-key: only taints with this value.
+    #[arg(long, value_name = "VALUE", requires = "node_taint_key")]
+    pub node_taint_value: Option<String>,
+}
+
+/// The verification pod and how it runs.
+#[derive(Debug, Clone, Args)]
+pub struct VerificationArgs {
+    /// The verification pod YAML (a file path, or - for stdin); ${NODE} and ${TEST_POD} are substituted.
+    #[arg(long, value_name = "PATH", conflicts_with = "verification_pod_base64")]
+    pub verification_pod: Option<PathBuf>,
+
+    /// The verification pod YAML, base64-encoded (how the workflow passes it).
+    #[arg(
+        long,
+        value_name = "BASE64",
+        env = "KLM_VERIFICATION_POD_BASE64",
+        hide_env_values = true
+    )]
+    pub verification_pod_base64: Option<String>,
+
+    /// Namespace the verification pods run in.
+    #[arg(
+        long,
+        default_value = "default",
+        env = "KLM_VERIFICATION_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    pub verification_namespace: String,
+
+    /// How long one node's verification may take.
+    #[arg(long, default_value = "180s", value_parser = parse_duration, env = "KLM_VERIFICATION_TIMEOUT", value_name = "DURATION")]
+    pub verification_timeout: Duration,
+
+    /// Keep a failed verification pod for inspection instead of deleting it.
+    #[arg(long)]
+    pub keep_failed: bool,
+}
+
+/// Parses `90s`, `10m`, `1h30m` or a bare number of seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    if let Ok(seconds) = raw.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    let parsed = humantime::parse_duration(raw)
+        .map_err(|e| format!("{e} (expected e.g. 90s, 10m, 1h30m)"))?;
+    if parsed.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(parsed)
+}
+
+/// Parses the `--set`-style list the workflow passes (`a=1,b.c=x`) into
+/// separate `key=value` items, keeping commas inside `{...}` and escaped `\,`.
+pub fn split_set_values(raw: &str) -> Result<Vec<String>, String> {
+    let mut items = Vec::new();
+    let mut current = String::new();
+    let mut depth = 0usize;
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek() == Some(&',') => {
+                current.push('\\');
+                current.push(chars.next().unwrap_or(','));
+            }
+            '{' | '[' => {
+                depth += 1;
+                current.push(c);
+            }
+            '}' | ']' => {
+                depth = depth.saturating_sub(1);
+                current.push(c);
+            }
+            ',' if depth == 0 => items.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    items.push(current);
+    let items: Vec<String> = items
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for item in &items {
+        match item.split_once('=') {
+            Some((key, _)) if !key.trim().is_empty() => {}
+            _ => return Err(format!("{item:?} is not key=value")),
+        }
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_lists_accept_commas_and_json() {
+        assert_eq!(
+            parse_node_list("a, b,c").unwrap(),
+            NodeList(vec!["a".into(), "b".into(), "c".into()])
+        );
+        assert_eq!(
+            parse_node_list(r#"["a","b"]"#).unwrap(),
+            NodeList(vec!["a".into(), "b".into()])
+        );
+        assert!(parse_node_list(" , ").is_err());
+        assert!(parse_node_list("Bad_Name").is_err());
+    }
+
+    #[test]
+    fn durations_accept_units_and_seconds() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn set_values_split_on_top_level_commas_only() {
+        assert_eq!(split_set_values("a=1,b.c=x").unwrap(), vec!["a=1", "b.c=x"]);
+        assert_eq!(
+            split_set_values("list={a,b},c=2").unwrap(),
+            vec!["list={a,b}", "c=2"]
+        );
+        assert_eq!(split_set_values(r"x=a\,b").unwrap(), vec![r"x=a\,b"]);
+        assert_eq!(split_set_values("").unwrap(), Vec::<String>::new());
+        assert!(split_set_values("novalue").is_err());
+    }
+}

@@ -1,0 +1,263 @@
+//! Planning an upgrade's nodes, shared by `select-nodes` and `plan`: which
+//! nodes (by the selection criteria, or those that run the release's
+//! kata-deploy), less those already completed, in which order and waves.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::ListParams;
+use kube::{Api, Client, ResourceExt};
+
+use crate::annotations::{self, NodeStatus};
+use crate::helm::Helm;
+use crate::nodes::selection::{self, Criteria};
+use crate::nodes::waves::{self, Ordered, Wave};
+use crate::output::Report;
+use crate::release::ReleaseRef;
+
+/// The nodes selected for an upgrade, and its waves.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Selection {
+    /// The selected nodes, in upgrade order.
+    pub nodes: Vec<String>,
+    /// How many.
+    pub count: usize,
+    /// The waves.
+    pub waves: Vec<Wave>,
+    /// Nodes skipped because they are completed at the target version.
+    pub skipped: Vec<String>,
+    /// How nodes were selected, for people.
+    pub criteria: String,
+}
+
+impl Report for Selection {
+    fn text(&self) -> String {
+        if self.nodes.is_empty() {
+            let mut text = format!("No nodes matched {}: nothing to do.", self.criteria);
+            if !self.skipped.is_empty() {
+                text.push_str(&format!(
+                    "\n{} already completed at the target version: {}",
+                    self.skipped.len(),
+                    self.skipped.join(", ")
+                ));
+            }
+            return text;
+        }
+        let mut lines = vec![format!(
+            "{} node(s) selected by {}, in {} wave(s):",
+            self.count,
+            self.criteria,
+            self.waves.len()
+        )];
+        lines.extend(
+            self.waves
+                .iter()
+                .map(|w| format!("  wave {}: {}", w.index, w.nodes.join(", "))),
+        );
+        if !self.skipped.is_empty() {
+            lines.push(format!(
+                "skipped (completed at the target version): {}",
+                self.skipped.join(", ")
+            ));
+        }
+        lines.join("\n")
+    }
+}
+
+/// Selects and orders nodes and plans the waves: the nodes the criteria
+/// match (without criteria, those that run the release's kata-deploy),
+/// less those already completed at `skip_completed`, ordered by pool then
+/// name, in waves of `batch_size`.
+pub async fn select(
+    client: &Client,
+    helm: &Helm,
+    reference: &ReleaseRef,
+    criteria: &Criteria,
+    pool_label: Option<&str>,
+    batch_size: usize,
+    skip_completed: Option<String>,
+) -> anyhow::Result<Selection> {
+    let nodes =
+        crate::nodes::listing::list_for_selection(client, criteria.label_selector.as_deref())
+            .await?;
+    let (with_kata_pod, described) = if criteria.is_empty() {
+        let (found, how) = release_nodes(client, helm, reference, &nodes).await?;
+        (found, Some(how))
+    } else {
+        (BTreeSet::new(), None)
+    };
+    let chosen = selection::choose(&nodes, criteria, &with_kata_pod);
+    let mut skipped = Vec::new();
+    let mut ordered = Vec::new();
+    for node in chosen {
+        let done_at_target = skip_completed.as_deref().is_some_and(|target| {
+            selection::annotation(node, annotations::STATUS) == Some(NodeStatus::Completed.as_str())
+                && selection::annotation(node, annotations::CURRENT_VERSION) == Some(target)
+        });
+        if done_at_target {
+            skipped.push(node.name_any());
+        } else {
+            ordered.push(Ordered {
+                pool: selection::pool_of(node, pool_label),
+                name: node.name_any(),
+            });
+        }
+    }
+    skipped.sort();
+    let nodes = waves::order(ordered);
+    let waves = waves::plan(&nodes, batch_size);
+    Ok(Selection {
+        count: nodes.len(),
+        nodes,
+        waves,
+        skipped,
+        criteria: described.unwrap_or_else(|| describe(criteria)),
+    })
+}
+
+/// The nodes that run this release's kata-deploy, and how they were found
+/// (for the plan): daemonset mode, the nodes of its DaemonSet's pods; job
+/// mode, the nodes its installer's node selector matches (`job.nodeSelector`
+/// and `job.nodeSelectorExpressions` before 4.1, `nodeSelector` since).
+async fn release_nodes(
+    client: &Client,
+    helm: &Helm,
+    reference: &ReleaseRef,
+    nodes: &[Node],
+) -> anyhow::Result<(BTreeSet<String>, String)> {
+    let found = reference.load(helm).await?;
+    let coalesced = reference.coalesced_values(helm).await?;
+    let mode = crate::release::detect_mode(&coalesced).map_err(|why| {
+        crate::error::UserError::precondition(format!("release {}: {why}", reference.name))
+    })?;
+    let id = annotations::release_id(&reference.namespace, &reference.name);
+    match mode {
+        crate::versions::DeploymentMode::Daemonset => {
+            let daemonset = found.daemonset()?;
+            let ds = crate::kata_deploy::KataDaemonSet::find(client, &daemonset).await?;
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &ds.namespace);
+            let list = pods
+                .list(&ListParams::default().labels(ds.selector()))
+                .await
+                .map_err(|e| {
+                    crate::error::KubeError::new(
+                        format!("listing the pods of DaemonSet {}/{}", ds.namespace, ds.name),
+                        e,
+                    )
+                })?;
+            let owned: BTreeSet<String> = list
+                .items
+                .iter()
+                .filter(|p| {
+                    p.owner_references()
+                        .iter()
+                        .any(|o| o.kind == "DaemonSet" && o.name == ds.name)
+                })
+                .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+                .collect();
+            Ok((
+                owned,
+                format!(
+                    "default selection: the nodes that run release {id}'s kata-deploy (the pods of DaemonSet {}/{})",
+                    ds.namespace, ds.name
+                ),
+            ))
+        }
+        crate::versions::DeploymentMode::Job => {
+            let version = crate::versions::parse(&found.chart_version)?;
+            let (labels_key, expressions_key) = if crate::versions::job_mode_prunes(&version) {
+                ("nodeSelector", None)
+            } else {
+                ("job.nodeSelector", Some("job.nodeSelectorExpressions"))
+            };
+            let labels: std::collections::BTreeMap<String, String> =
+                crate::values::lookup(&coalesced, labels_key)
+                    .and_then(|v| serde_json::from_value(v.clone()).ok())
+                    .unwrap_or_default();
+            let expressions: Vec<selection::Expression> = expressions_key
+                .and_then(|key| crate::values::lookup(&coalesced, key))
+                .and_then(|v| serde_json::from_value(v.clone()).ok())
+                .unwrap_or_default();
+            let targeted: BTreeSet<String> = nodes
+                .iter()
+                .filter(|n| selection::matches_selector(n, &labels, &expressions))
+                .filter(|n| !selection::is_control_plane(n) || selection::runs_kata(n))
+                .map(|n| n.name_any())
+                .collect();
+            let mut how: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            how.extend(expressions.iter().map(|e| e.to_string()));
+            let how = if how.is_empty() {
+                "every node".to_string()
+            } else {
+                how.join(",")
+            };
+            Ok((
+                targeted,
+                format!(
+                    "default selection: the nodes release {id}'s kata-deploy installer targets ({labels_key}: {how})"
+                ),
+            ))
+        }
+    }
+}
+
+/// How nodes were selected, for people.
+fn describe(criteria: &Criteria) -> String {
+    let mut parts = Vec::new();
+    if let Some(selector) = &criteria.label_selector {
+        parts.push(format!("label selector {selector:?}"));
+    }
+    match (&criteria.taint_key, &criteria.taint_value) {
+        (Some(key), Some(value)) => parts.push(format!("taint {key}={value}")),
+        (Some(key), None) => parts.push(format!("taint key {key}")),
+        _ => {}
+    }
+    if parts.is_empty() {
+        format!(
+            "default selection (nodes running kata-deploy: {}=true or a kata-deploy pod)",
+            annotations::KATA_RUNTIME_LABEL
+        )
+    } else {
+        parts.join(" and ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_criteria_read_as_a_phrase() {
+        let label = Criteria::new(Some("node-pool=kata"), None, None).unwrap();
+        assert_eq!(describe(&label), "label selector \"node-pool=kata\"");
+        let taint = Criteria::new(Some("a=b"), Some("maintenance"), Some("kata")).unwrap();
+        assert_eq!(
+            describe(&taint),
+            "label selector \"a=b\" and taint maintenance=kata"
+        );
+        let key = Criteria::new(None, Some("maintenance"), None).unwrap();
+        assert_eq!(describe(&key), "taint key maintenance");
+        let none = Criteria::new(None, None, None).unwrap();
+        assert!(
+            describe(&none).starts_with("default selection"),
+            "{}",
+            describe(&none)
+        );
+    }
+
+    #[test]
+    fn an_empty_selection_says_nothing_to_do() {
+        let selection = Selection {
+            nodes: Vec::new(),
+            count: 0,
+            waves: Vec::new(),
+            skipped: vec!["w1".into()],
+            criteria: "taint key maintenance".into(),
+        };
+        assert_eq!(
+            selection.text(),
+            "No nodes matched taint key maintenance: nothing to do.\n1 already completed at the target version: w1"
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! The checks before a run starts, shared by `check-prerequisites` and
+//! `plan`: every check that changes nothing (the release is deployed, the
+//! mode is the release's, the target suits the mode, the verification pod
+//! would be admitted), and the step deadline a run's timeouts must fit in.
+
+use std::time::Duration;
+
+use kube::Client;
+use semver::Version;
+
+use crate::args::DEFAULT_CHART;
+use crate::error::UserError;
+use crate::helm::Helm;
+use crate::release::{self, Release, ReleaseRef};
+use crate::run_record::{self, Before, RunRecord, RunState};
+use crate::verification::VerificationPod;
+use crate::versions::{self, DeploymentMode, ModeChoice};
+
+/// Time a step needs beyond klm's own timeouts: the pod starting, the API
+/// calls and helm reads around the waits.
+pub const STEP_MARGIN: Duration = Duration::from_secs(120);
+
+/// The longest a step can take with these timeouts: a rollback (a wave's
+/// settle step, the exit handler) runs a helm upgrade, waits for kata-deploy
+/// to come back and verifies again; a drain waits up to its own timeout.
+pub fn longest_step(
+    helm: Duration,
+    restart: Duration,
+    verification: Duration,
+    drain: Duration,
+) -> Duration {
+    (helm + restart + verification).max(drain) + STEP_MARGIN
+}
+
+/// Refuses timeouts that a step deadline would cut short: Argo kills such a
+/// step mid-way (a rollback left half done), and does not retry it.
+pub fn check_step_deadline(
+    deadline: Duration,
+    helm: Duration,
+    restart: Duration,
+    verification: Duration,
+    drain: Duration,
+) -> Result<(), UserError> {
+    let needed = longest_step(helm, restart, verification, drain);
+    if deadline >= needed {
+        return Ok(());
+    }
+    Err(UserError::bad_input(format!(
+        "the step deadline ({}s) is shorter than the longest step can take: {}s (helm-timeout {}s + restart-timeout {}s + verification-timeout {}s for a rollback, or drain-timeout {}s, plus {}s to start)",
+        deadline.as_secs(),
+        needed.as_secs(),
+        helm.as_secs(),
+        restart.as_secs(),
+        verification.as_secs(),
+        drain.as_secs(),
+        STEP_MARGIN.as_secs()
+    ))
+    .hint(format!(
+        "install the chart with workflow.stepDeadlineSeconds={} or more, or submit with shorter timeouts",
+        needed.as_secs()
+    )))
+}
+
+/// What the read-only checks established.
+pub struct Checked {
+    /// The release as it is.
+    pub release: Release,
+    /// The mode the run will use.
+    pub mode: DeploymentMode,
+    /// The chart version of the previous deployed revision.
+    pub previous_version: Option<String>,
+    /// Things a person should know.
+    pub warnings: Vec<String>,
+}
+
+impl Checked {
+    /// The record of a new run to `target` from the release as checked
+    /// (the rollback target), running, with nothing done yet.
+    pub fn record(&self, run_id: String, reference: &ReleaseRef, target: &Version) -> RunRecord {
+        RunRecord {
+            run_id,
+            release: reference.name.clone(),
+            namespace: reference.namespace.clone(),
+            mode: self.mode,
+            target_version: target.to_string(),
+            before: Before {
+                revision: self.release.revision,
+                chart_version: self.release.chart_version.clone(),
+                app_version: self.release.app_version.clone(),
+                user_values: self.release.user_values.clone(),
+            },
+            state: RunState::Running,
+            failure: None,
+            started_at: run_record::now(),
+            updated_at: run_record::now(),
+            nodes: Default::default(),
+            mechanics: Default::default(),
+            wave_started_at: None,
+            waves: None,
+            node_versions: Default::default(),
+        }
+    }
+}
+
+/// Every check that changes nothing: the release is deployed, the mode is
+/// the release's, the target suits the mode, job mode is not refused, the
+/// verification pod's namespace exists.
+pub async fn check(
+    client: &Client,
+    helm: &Helm,
+    reference: &ReleaseRef,
+    target: &Version,
+    choice: ModeChoice,
+    template: Option<&VerificationPod>,
+) -> anyhow::Result<Checked> {
+    let release = reference.load(helm).await?;
+    release.ensure_deployed()?;
+    let coalesced = reference.coalesced_values(helm).await?;
+    let detected = release::detect_mode(&coalesced)
+        .map_err(|why| UserError::precondition(format!("release {}: {why}", reference.name)))?;
+    let current = versions::parse(&release.chart_version)?;
+    if let Some(asked) = choice.explicit()
+        && asked != detected
+    {
+        return Err(mode_mismatch(reference, asked, detected, &current).into());
+    }
+    let mode = detected;
+    versions::check_minimum(target, mode)?;
+    if mode == DeploymentMode::Job {
+        versions::refuse_pruning_job_mode(&current, target)?;
+    }
+    if let Some(template) = template {
+        crate::verification::run::dry_run(client, template).await?;
+    }
+    let mut warnings = Vec::new();
+    if !versions::is_dev(target) && !versions::is_dev(&current) && target < &current {
+        warnings.push(format!(
+            "{target} is older than the deployed {current}: this run downgrades"
+        ));
+    }
+    let previous_version = reference
+        .history(helm)
+        .await?
+        .into_iter()
+        .filter(|h| h.revision < release.revision)
+        .max_by_key(|h| h.revision)
+        .map(|h| {
+            h.chart
+                .rsplit_once('-')
+                .map(|(_, v)| v.to_string())
+                .unwrap_or(h.chart)
+        });
+    Ok(Checked {
+        release,
+        mode,
+        previous_version,
+        warnings,
+    })
+}
+
+fn mode_mismatch(
+    reference: &ReleaseRef,
+    asked: DeploymentMode,
+    detected: DeploymentMode,
+    current: &Version,
+) -> UserError {
+    let base = UserError::precondition(format!(
+        "release {} runs kata-deploy in {detected} mode, not {asked}: klm never switches modes during an upgrade",
+        reference.name
+    ));
+    if versions::job_mode_prunes(current) {
+        return base.hint(format!(
+            "kata-deploy {current} makes the mode immutable: uninstall and reinstall it in {asked} mode, or run with --deployment-mode auto"
+        ));
+    }
+    let minimum = asked.minimum();
+    let version = if current >= &minimum {
+        current.to_string()
+    } else {
+        minimum.to_string()
+    };
+    base.hint(format!(
+        "switch once, for all nodes at once, with: helm upgrade {} {} -n {} --version {version} --reuse-values --set deploymentMode={asked} (use your mirror's chart reference if you have one)",
+        reference.name,
+        DEFAULT_CHART,
+        reference.namespace
+    ))
+    .hint("or run with --deployment-mode auto to follow the release's mode")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_step_deadline_must_cover_a_rollback() {
+        let m = |n: u64| Duration::from_secs(n * 60);
+        // The chart's defaults: 10m + 10m + 3m, plus the margin, within 3600s.
+        assert_eq!(
+            longest_step(m(10), m(10), m(3), m(5)).as_secs(),
+            23 * 60 + 120
+        );
+        assert!(check_step_deadline(Duration::from_secs(3600), m(10), m(10), m(3), m(5)).is_ok());
+        let refused =
+            check_step_deadline(Duration::from_secs(3600), m(30), m(30), m(3), m(5)).unwrap_err();
+        assert!(refused.to_string().contains("3900s"), "{refused}");
+        // A long drain counts on its own.
+        assert_eq!(
+            longest_step(m(1), m(1), m(1), m(90)).as_secs(),
+            90 * 60 + 120
+        );
+    }
+
+    #[test]
+    fn a_new_run_records_the_release_as_checked() {
+        let reference = ReleaseRef {
+            name: "kata-deploy".into(),
+            namespace: "kube-system".into(),
+        };
+        let checked = Checked {
+            release: Release {
+                reference: reference.clone(),
+                revision: 4,
+                status: "deployed".into(),
+                chart_name: "kata-deploy".into(),
+                chart_version: "3.27.0".into(),
+                app_version: "3.27.0".into(),
+                user_values: serde_json::json!({"debug": true}),
+                manifest: String::new(),
+            },
+            mode: DeploymentMode::Job,
+            previous_version: None,
+            warnings: Vec::new(),
+        };
+        let target = versions::parse("v3.28.0").unwrap();
+        let record = checked.record("upgrade-1".into(), &reference, &target);
+        assert_eq!(record.run_id, "upgrade-1");
+        assert_eq!(record.release_id(), "kube-system/kata-deploy");
+        assert_eq!(record.mode, DeploymentMode::Job);
+        assert_eq!(record.target_version, "3.28.0");
+        assert_eq!(record.before.revision, 4);
+        assert_eq!(record.before.chart_version, "3.27.0");
+        assert_eq!(
+            record.before.user_values,
+            serde_json::json!({"debug": true})
+        );
+        assert_eq!(record.state, RunState::Running);
+        assert!(record.nodes.is_empty() && record.mechanics.is_empty() && record.waves.is_none());
+    }
+}

@@ -1,0 +1,195 @@
+//! Installing the new version on nodes and waiting for it: what `klm
+//! restart-kata-pod` does. daemonset mode deletes each node's kata-deploy
+//! pod and waits for its replacement at the DaemonSet's current revision;
+//! job mode waits for the wave's per-node install Jobs.
+
+use std::time::Duration;
+
+use futures::future::{join_all, try_join_all};
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, Client};
+
+use crate::annotations::NodeStatus;
+use crate::error::UserError;
+use crate::helm::Helm;
+use crate::kata_deploy::{self, Installed, KataDaemonSet, Restarted};
+use crate::nodes::{NodeFailure, hold};
+use crate::output::Report;
+use crate::release::ReleaseRef;
+use crate::run_record::{NodeProgress, Records};
+use crate::step;
+use crate::versions::{DeploymentMode, ModeChoice};
+
+/// Which nodes to restart, for which run.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The nodes.
+    pub nodes: Vec<String>,
+    /// The release.
+    pub release: ReleaseRef,
+    /// The run (None: the release's latest run).
+    pub run_id: Option<String>,
+    /// The deployment mode asked for: it must be the run's.
+    pub mode: ModeChoice,
+    /// How long each node may take to come back Ready.
+    pub timeout: Duration,
+}
+
+/// What restart-kata-pod did.
+#[derive(Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Restart {
+    /// daemonset mode: nodes whose kata-deploy pod runs the current revision.
+    pub restarted: Vec<Restarted>,
+    /// job mode: nodes whose install Job completed.
+    pub installed: Vec<Installed>,
+    /// Nodes that did not come back, with why.
+    pub failed: Vec<NodeFailure>,
+}
+
+impl Report for Restart {
+    fn text(&self) -> String {
+        let mut lines = Vec::new();
+        for r in &self.restarted {
+            let version = r.version.as_deref().unwrap_or("?");
+            if r.already_current {
+                lines.push(format!(
+                    "{}: kata-deploy already at {version} (pod {}); nothing restarted",
+                    r.node, r.new_pod
+                ));
+            } else {
+                lines.push(format!(
+                    "{}: kata-deploy {version} Ready (pod {} replaced {})",
+                    r.node,
+                    r.new_pod,
+                    r.old_pod.as_deref().unwrap_or("none")
+                ));
+            }
+        }
+        for i in &self.installed {
+            lines.push(format!(
+                "{}: installed {} (Job {})",
+                i.node,
+                i.version.as_deref().unwrap_or("?"),
+                i.job
+            ));
+        }
+        for f in &self.failed {
+            lines.push(format!("{}: FAILED: {}", f.node, f.reason));
+        }
+        lines.join("\n")
+    }
+}
+
+impl Restart {
+    /// How the restart ended for the caller: failed (exit 1) when
+    /// kata-deploy did not come back on a node.
+    pub fn outcome(&self) -> Result<(), UserError> {
+        if self.failed.is_empty() {
+            return Ok(());
+        }
+        Err(UserError::failed(format!(
+            "kata-deploy did not come back on {}",
+            self.failed
+                .iter()
+                .map(|f| f.node.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .hint(
+            "roll the nodes back with `klm rollback --nodes ...` (the workflow does this itself)",
+        ))
+    }
+}
+
+/// Installs the run's version on the request's nodes (marking them
+/// `upgrading`) and waits for each; records the nodes that came back as
+/// upgraded. Nodes that did not are in the report (see [`Restart::outcome`]).
+pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Restart> {
+    let names = &request.nodes;
+    let records = Records::new(client, &request.release.namespace);
+    let record =
+        step::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
+    let mode = step::mode_of_run(request.mode, &record)?;
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let mut report = Restart::default();
+    match mode {
+        DeploymentMode::Daemonset => {
+            let release = request.release.load(helm).await?;
+            let daemonset = KataDaemonSet::find(client, &release.daemonset()?).await?;
+            let revision = daemonset.current_revision(request.timeout).await?;
+            let outcomes = join_all(names.iter().map(|node| {
+                let (daemonset, revision) = (&daemonset, &revision);
+                async move {
+                    hold::set_status(client, node, NodeStatus::Upgrading).await?;
+                    daemonset
+                        .restart_on(node, revision, request.timeout)
+                        .await
+                        .map_err(anyhow::Error::from)
+                }
+            }))
+            .await;
+            for (node, outcome) in names.iter().zip(outcomes) {
+                match outcome {
+                    Ok(restarted) => report.restarted.push(restarted),
+                    Err(err) => report
+                        .failed
+                        .push(NodeFailure::new(node, crate::error::describe(&err))),
+                }
+            }
+        }
+        DeploymentMode::Job => {
+            for node in names {
+                hold::set_status(client, node, NodeStatus::Upgrading).await?;
+            }
+            match kata_deploy::wait_install_jobs(
+                client,
+                &record.namespace,
+                names,
+                record.wave_started_at.as_deref(),
+                request.timeout,
+            )
+            .await
+            {
+                Ok(installed) => report.installed = installed,
+                Err(err) => {
+                    let reason = crate::error::describe(&anyhow::Error::from(err));
+                    report.failed = NodeFailure::each(names, &reason);
+                }
+            }
+        }
+    }
+    let ok: Vec<String> = report
+        .restarted
+        .iter()
+        .map(|r| r.node.clone())
+        .chain(report.installed.iter().map(|i| i.node.clone()))
+        .collect();
+    records
+        .update(&record.release, &record.run_id, |r| {
+            for node in &ok {
+                r.nodes.insert(node.clone(), NodeProgress::Upgraded);
+            }
+        })
+        .await?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_that_did_not_come_back_fails_the_step() {
+        let mut report = Restart::default();
+        assert!(report.outcome().is_ok());
+        report.failed = NodeFailure::each(&["w1".to_string(), "w2".to_string()], "timed out");
+        let err = report.outcome().unwrap_err();
+        assert_eq!(err.message, "kata-deploy did not come back on w1, w2");
+        assert_eq!(
+            report.text(),
+            "w1: FAILED: timed out\nw2: FAILED: timed out"
+        );
+    }
+}

@@ -1,0 +1,209 @@
+//! What a step resolves from its flags: the release, helm, the run, the
+//! step's nodes. Every subcommand starts here: these turn the shared flags
+//! of [`crate::args`] into the library's types, and refuse (bad input or a
+//! precondition, nothing changed) a step that does not fit its run.
+
+use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, SelectionArgs, VerificationArgs};
+use crate::error::UserError;
+use crate::helm::Helm;
+use crate::nodes::selection::Criteria;
+use crate::release::ReleaseRef;
+use crate::rollback::Reverify;
+use crate::run_record::{Records, RunRecord, RunState};
+use crate::verification::VerificationPod;
+use crate::versions::{DeploymentMode, ModeChoice};
+
+/// The release named by the flags (`--helm-release`, `--helm-namespace`).
+pub fn release_ref(args: &ReleaseArgs) -> ReleaseRef {
+    ReleaseRef {
+        name: args.helm_release.clone(),
+        namespace: args.helm_namespace.clone(),
+    }
+}
+
+/// helm (`--helm`), pointed at the cluster klm uses (the global
+/// `--kubeconfig` and `--context`).
+pub fn helm(args: &ReleaseArgs, global: &GlobalArgs) -> Helm {
+    Helm::new(args.helm.clone(), global)
+}
+
+/// The mode of this step: the run's; an explicit `--deployment-mode` must
+/// agree with it (bad input otherwise).
+pub fn mode_of_run(choice: ModeChoice, record: &RunRecord) -> Result<DeploymentMode, UserError> {
+    match choice.explicit() {
+        Some(mode) if mode != record.mode => Err(UserError::bad_input(format!(
+            "--deployment-mode {mode} differs from run {}'s mode {}",
+            record.run_id, record.mode
+        ))
+        .hint("omit --deployment-mode (auto follows the run) or pass the run's mode")),
+        _ => Ok(record.mode),
+    }
+}
+
+/// The run a mutating step belongs to: the named run (`--run-id`) or the
+/// release's latest; refuses (a precondition) to start work for a run that
+/// has already failed or was interrupted.
+pub async fn active_run(
+    records: &Records,
+    release: &str,
+    run_id: Option<&str>,
+) -> anyhow::Result<RunRecord> {
+    let record = records.resolve(release, run_id).await?;
+    if matches!(record.state, RunState::Failed | RunState::Interrupted) {
+        let how = if record.state == RunState::Failed {
+            "failed"
+        } else {
+            "was interrupted"
+        };
+        return Err(UserError::precondition(format!(
+            "run {} {how} ({}); no further wave may start",
+            record.run_id,
+            record.failure.as_deref().unwrap_or("see its rollback")
+        ))
+        .hint("inspect `klm status`, fix the cause, then start a new run")
+        .into());
+    }
+    Ok(record)
+}
+
+/// The nodes a step acts on: those named with `--nodes`, or wave `--wave K`
+/// of the plan that `select-nodes --run-id` recorded for the run.
+pub async fn step_nodes(
+    client: &kube::Client,
+    release: &ReleaseArgs,
+    run: &RunArgs,
+    nodes: &NodesArgs,
+) -> anyhow::Result<Vec<String>> {
+    let Some(index) = nodes.wave else {
+        return Ok(nodes.names());
+    };
+    let record = Records::new(client, &release.helm_namespace)
+        .resolve(&release.helm_release, run.run_id.as_deref())
+        .await?;
+    Ok(wave_of(&record, index)?.to_vec())
+}
+
+/// Wave `index` of the run's recorded plan.
+pub fn wave_of(record: &RunRecord, index: u32) -> Result<&[String], UserError> {
+    if record.waves.as_ref().is_none_or(|w| w.is_empty()) {
+        return Err(UserError::precondition(format!(
+            "run {} has no recorded plan, so it has no wave {index}",
+            record.run_id
+        ))
+        .hint(format!(
+            "run `klm select-nodes --run-id {}` first (it records the waves), or pass --nodes",
+            record.run_id
+        )));
+    }
+    record.wave(index).ok_or_else(|| {
+        UserError::bad_input(format!(
+            "run {} has {} wave(s), not a wave {index}",
+            record.run_id,
+            record.waves.as_ref().map_or(0, Vec::len)
+        ))
+        .hint("pass a wave index from 1 to the number of waves select-nodes planned")
+    })
+}
+
+/// Refuses (bad input, nothing changed) a `--target-version` that is not the
+/// run's: a step acts only at the version its run upgrades to.
+pub fn ensure_run_target(record: &RunRecord, target: &str) -> Result<(), UserError> {
+    let same = match (
+        crate::versions::parse(target),
+        crate::versions::parse(&record.target_version),
+    ) {
+        (Ok(given), Ok(recorded)) => given == recorded,
+        _ => target == record.target_version,
+    };
+    if same {
+        return Ok(());
+    }
+    Err(UserError::bad_input(format!(
+        "--target-version {target} differs from run {}'s target {}",
+        record.run_id, record.target_version
+    ))
+    .hint(format!(
+        "pass --target-version {} (the run's), or start a new run with check-prerequisites",
+        record.target_version
+    )))
+}
+
+/// The selection criteria of the flags (`--node-selector`,
+/// `--node-taint-key`, `--node-taint-value`), validated.
+pub fn criteria(args: &SelectionArgs) -> Result<Criteria, UserError> {
+    Criteria::new(
+        args.node_selector.as_deref(),
+        args.node_taint_key.as_deref(),
+        args.node_taint_value.as_deref(),
+    )
+}
+
+/// Verifying rolled-back nodes again with the verification pod given (none
+/// given: no verification), at the flags' timeout.
+pub fn reverify(template: Option<VerificationPod>, args: &VerificationArgs) -> Option<Reverify> {
+    template.map(|pod| Reverify {
+        pod,
+        timeout: args.verification_timeout,
+        keep_failed: args.keep_failed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ExitStatus;
+
+    #[test]
+    fn an_explicit_mode_must_be_the_runs() {
+        let record = crate::run_record::example();
+        assert_eq!(
+            mode_of_run(ModeChoice::Auto, &record).unwrap(),
+            DeploymentMode::Daemonset
+        );
+        assert_eq!(
+            mode_of_run(ModeChoice::Daemonset, &record).unwrap(),
+            DeploymentMode::Daemonset
+        );
+        let refused = mode_of_run(ModeChoice::Job, &record).unwrap_err();
+        assert_eq!(refused.status, ExitStatus::BadInput);
+        assert!(
+            refused.message.contains("differs from run upgrade-1"),
+            "{}",
+            refused.message
+        );
+    }
+
+    #[test]
+    fn waves_come_from_the_recorded_plan() {
+        let mut record = crate::run_record::example();
+        let unplanned = wave_of(&record, 1).unwrap_err();
+        assert_eq!(unplanned.status, ExitStatus::Precondition);
+        record.waves = Some(Vec::new());
+        assert_eq!(
+            wave_of(&record, 1).unwrap_err().status,
+            ExitStatus::Precondition
+        );
+        record.waves = Some(vec![vec!["a".into()], vec!["b".into(), "c".into()]]);
+        assert_eq!(
+            wave_of(&record, 2).unwrap(),
+            ["b".to_string(), "c".to_string()]
+        );
+        let beyond = wave_of(&record, 3).unwrap_err();
+        assert_eq!(beyond.status, ExitStatus::BadInput);
+        assert!(
+            beyond.message.contains("has 2 wave(s)"),
+            "{}",
+            beyond.message
+        );
+    }
+
+    #[test]
+    fn a_step_acts_only_at_its_runs_target() {
+        let record = crate::run_record::example();
+        assert!(ensure_run_target(&record, "3.28.0").is_ok());
+        assert!(ensure_run_target(&record, "v3.28.0").is_ok());
+        let refused = ensure_run_target(&record, "3.29.0").unwrap_err();
+        assert_eq!(refused.status, ExitStatus::BadInput);
+        assert_eq!(refused.hints.len(), 1);
+    }
+}
