@@ -386,6 +386,26 @@ pub struct Upgrade {
     pub timeout: std::time::Duration,
 }
 
+impl Upgrade {
+    /// An upgrade that installs `version` with exactly `values` and nothing
+    /// else (a rollback's reinstall of what the release had).
+    pub fn exactly(
+        chart: &str,
+        version: &str,
+        values: serde_json::Value,
+        timeout: std::time::Duration,
+    ) -> Self {
+        Self {
+            chart: chart.to_string(),
+            version: version.to_string(),
+            values: Values::Exactly(values),
+            set: Vec::new(),
+            set_json: Vec::new(),
+            timeout,
+        }
+    }
+}
+
 impl Release {
     /// Refuses a release that is not `deployed`, explaining a stuck one.
     pub fn ensure_deployed(&self) -> Result<(), ReleaseError> {

@@ -24,7 +24,7 @@ use crate::kata_deploy::{self, KataDaemonSet};
 use crate::nodes::NodeFailure;
 use crate::nodes::hold::{self, Release as NodeRelease, Released};
 use crate::output::Report;
-use crate::release::{Release, ReleaseRef, Upgrade, Values};
+use crate::release::{Release, ReleaseRef, Upgrade};
 use crate::run_record::{NodeProgress, Records, RunRecord, RunState};
 use crate::run_values::{self, SCOPE_KEYS};
 use crate::verification::VerificationPod;
@@ -404,14 +404,7 @@ async fn revert_daemonset(
             current
                 .upgrade(
                     helm,
-                    &Upgrade {
-                        chart: request.chart.clone(),
-                        version: version.clone(),
-                        values: Values::Exactly(values),
-                        set: vec![],
-                        set_json: vec![],
-                        timeout: request.helm_timeout,
-                    },
+                    &Upgrade::exactly(&request.chart, version, values, request.helm_timeout),
                 )
                 .await?;
             if at_before {
@@ -501,14 +494,7 @@ async fn revert_job(
             .await?
             .upgrade(
                 helm,
-                &Upgrade {
-                    chart: request.chart.clone(),
-                    version: version.clone(),
-                    values: Values::Exactly(values),
-                    set: vec![],
-                    set_json: vec![],
-                    timeout: request.helm_timeout,
-                },
+                &Upgrade::exactly(&request.chart, version, values, request.helm_timeout),
             )
             .await?;
         if let Err(err) = kata_deploy::wait_install_jobs(
