@@ -16,10 +16,20 @@ pub trait Report: Serialize {
 /// Prints a report on stdout in the chosen format.
 pub fn print(format: OutputFormat, report: &impl Report) -> anyhow::Result<()> {
     let rendered = render(format, report)?;
-    let mut stdout = std::io::stdout().lock();
-    stdout.write_all(rendered.as_bytes())?;
-    stdout.flush()?;
+    write_report(&mut std::io::stdout().lock(), &rendered)?;
     Ok(())
+}
+
+/// Writes a rendered report. A reader that went away (`klm status | head`)
+/// is not a failure: it had what it wanted, and the step's work is done.
+fn write_report(out: &mut impl Write, rendered: &str) -> std::io::Result<()> {
+    match out
+        .write_all(rendered.as_bytes())
+        .and_then(|()| out.flush())
+    {
+        Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
 }
 
 /// Renders a report as it would be printed.
@@ -65,6 +75,24 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
+    struct ClosedPipe;
+
+    impl std::io::Write for ClosedPipe {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_is_not_a_failure() {
+        assert!(super::write_report(&mut ClosedPipe, "node-1 completed\n").is_ok());
+        let mut full = [0u8; 2];
+        assert!(super::write_report(&mut &mut full[..], "too long").is_err());
+    }
+
     use super::*;
 
     #[test]
