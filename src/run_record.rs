@@ -467,31 +467,15 @@ mod tests {
 
     #[test]
     fn records_round_trip_as_json() {
-        let record = RunRecord {
-            run_id: "upgrade-1".into(),
-            release: "kata-deploy".into(),
-            namespace: "kube-system".into(),
-            mode: DeploymentMode::Daemonset,
-            target_version: "3.28.0".into(),
-            before: Before {
-                revision: 3,
-                chart_version: "3.27.0".into(),
-                app_version: "3.27.0".into(),
-                user_values: json!({"a": 1}),
-            },
-            state: RunState::Running,
-            failure: None,
-            started_at: now(),
-            updated_at: now(),
-            nodes: BTreeMap::from([
-                ("a".to_string(), NodeProgress::Completed),
-                ("b".to_string(), NodeProgress::Held),
-            ]),
-            mechanics: BTreeMap::from([("updateStrategy.type".to_string(), json!("OnDelete"))]),
-            wave_started_at: None,
-            waves: Some(vec![vec!["a".into()], vec!["b".into()]]),
-            node_versions: BTreeMap::from([("b".to_string(), "3.26.0".to_string())]),
-        };
+        let mut record = example();
+        record.before.user_values = json!({"a": 1});
+        record.nodes = BTreeMap::from([
+            ("a".to_string(), NodeProgress::Completed),
+            ("b".to_string(), NodeProgress::Held),
+        ]);
+        record.mechanics = BTreeMap::from([("updateStrategy.type".to_string(), json!("OnDelete"))]);
+        record.waves = Some(vec![vec!["a".into()], vec!["b".into()]]);
+        record.node_versions = BTreeMap::from([("b".to_string(), "3.26.0".to_string())]);
         assert_eq!(record.version_before("a"), "3.27.0");
         assert_eq!(record.version_before("b"), "3.26.0");
         assert_eq!(record.release_id(), "kube-system/kata-deploy");
