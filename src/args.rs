@@ -106,6 +106,48 @@ pub struct ChartArgs {
     pub helm_timeout: Duration,
 }
 
+/// The user's extra kata-deploy chart values, as helm's `--set` items.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ChartValuesArgs {
+    /// Extra chart values, as helm's --set (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set_item)]
+    pub set: Vec<String>,
+
+    /// Extra chart values as one comma-separated list (the workflow's helm-set-values).
+    #[arg(long, value_name = "KEY=VALUE,...", default_value = "", value_parser = parse_set_list)]
+    pub helm_set_values: SetList,
+}
+
+impl ChartValuesArgs {
+    /// Every item, `--set` ones first, in the order given.
+    pub fn items(&self) -> Vec<String> {
+        self.set
+            .iter()
+            .chain(&self.helm_set_values.0)
+            .cloned()
+            .collect()
+    }
+}
+
+/// The items of one `--helm-set-values` list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetList(pub Vec<String>);
+
+/// One `--set` item: `key=value`.
+pub fn parse_set_item(raw: &str) -> Result<String, String> {
+    match raw.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() => Ok(raw.to_string()),
+        _ => Err(format!("{raw:?} is not key=value; give --set key=value")),
+    }
+}
+
+/// A `--helm-set-values` list (see [`split_set_values`]).
+pub fn parse_set_list(raw: &str) -> Result<SetList, String> {
+    split_set_values(raw).map(SetList).map_err(|why| {
+        format!("{why}; give key=value pairs separated by commas, e.g. image.reference=mirror/kata-deploy,debug=true")
+    })
+}
+
 /// Identifies the run a step belongs to.
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {

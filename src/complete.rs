@@ -25,9 +25,9 @@ pub struct Request {
     pub release: ReleaseRef,
     /// The run (None: the release's latest run).
     pub run_id: Option<String>,
-    /// The version the nodes were verified at (a parsed version, as text):
-    /// it must be the run's target.
-    pub target: String,
+    /// The version the nodes were verified at, if the caller names it: it
+    /// must be the run's target (None: the run's target).
+    pub target: Option<semver::Version>,
     /// The nodes to mark completed and return to service (None: none).
     pub nodes: Option<Vec<String>>,
     /// Close the run: restore or report the release values it changed.
@@ -134,14 +134,14 @@ pub async fn complete(
     let records = Records::new(client, &request.release.namespace);
     let record =
         step::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
-    step::ensure_run_target(&record, &request.target)?;
+    let target = step::run_target(&record, request.target.as_ref())?.to_string();
     let mut report = Completed {
         run_id: record.run_id.clone(),
-        version: request.target.clone(),
+        version: target.clone(),
         ..Default::default()
     };
     if let Some(nodes) = &request.nodes {
-        report.nodes = complete_nodes(client, &records, &record, nodes, &request.target).await?;
+        report.nodes = complete_nodes(client, &records, &record, nodes, &target).await?;
     }
     if request.finish_run {
         finish_run(

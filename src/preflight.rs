@@ -76,13 +76,20 @@ pub struct Checked {
 impl Checked {
     /// The record of a new run to `target` from the release as checked
     /// (the rollback target), running, with nothing done yet.
-    pub fn record(&self, run_id: String, reference: &ReleaseRef, target: &Version) -> RunRecord {
+    pub fn record(
+        &self,
+        run_id: String,
+        reference: &ReleaseRef,
+        target: &Version,
+        chart_values: Vec<String>,
+    ) -> RunRecord {
         RunRecord {
             run_id,
             release: reference.name.clone(),
             namespace: reference.namespace.clone(),
             mode: self.mode,
-            target_version: target.to_string(),
+            target_version: target.clone(),
+            chart_values,
             before: Before {
                 revision: self.release.revision,
                 chart_version: self.release.chart_version.clone(),
@@ -233,11 +240,11 @@ mod tests {
             warnings: Vec::new(),
         };
         let target = versions::parse("v3.28.0").unwrap();
-        let record = checked.record("upgrade-1".into(), &reference, &target);
+        let record = checked.record("upgrade-1".into(), &reference, &target, Vec::new());
         assert_eq!(record.run_id, "upgrade-1");
         assert_eq!(record.release_id(), "kube-system/kata-deploy");
         assert_eq!(record.mode, DeploymentMode::Job);
-        assert_eq!(record.target_version, "3.28.0");
+        assert_eq!(record.target_version, Version::new(3, 28, 0));
         assert_eq!(record.before.revision, 4);
         assert_eq!(record.before.chart_version, "3.27.0");
         assert_eq!(

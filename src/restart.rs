@@ -1,7 +1,8 @@
 //! Installing the new version on nodes and waiting for it: what `klm
 //! restart-kata-pod` does. daemonset mode deletes each node's kata-deploy
 //! pod and waits for its replacement at the DaemonSet's current revision;
-//! job mode waits for the wave's per-node install Jobs.
+//! job mode upgrades the release for the nodes (the wave stage of
+//! [`crate::upgrade`]) and waits for their per-node install Jobs.
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::output::Report;
 use crate::release::ReleaseRef;
 use crate::run_record::{NodeProgress, Records};
 use crate::step;
+use crate::upgrade::{self, Stage};
 use crate::versions::{DeploymentMode, ModeChoice};
 
 /// Which nodes to restart, for which run.
@@ -33,6 +35,10 @@ pub struct Request {
     pub mode: ModeChoice,
     /// How long each node may take to come back Ready.
     pub timeout: Duration,
+    /// job mode: the kata-deploy chart reference.
+    pub chart: String,
+    /// job mode: how long the helm upgrade may take.
+    pub helm_timeout: Duration,
 }
 
 /// What restart-kata-pod did.
@@ -143,6 +149,23 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
             for node in names {
                 hold::set_status(client, node, NodeStatus::Upgrading).await?;
             }
+            let wave = upgrade::Request {
+                release: request.release.clone(),
+                run_id: Some(record.run_id.clone()),
+                target: None,
+                mode: ModeChoice::Job,
+                stage: Some(Stage::Wave),
+                nodes: Some(names.clone()),
+                wave: None,
+                set: Vec::new(),
+                chart: request.chart.clone(),
+                helm_timeout: request.helm_timeout,
+            };
+            upgrade::upgrade(client, helm, &wave).await?;
+            // The upgrade recorded when the wave's install Jobs started.
+            let record = records
+                .resolve(&record.release, Some(&record.run_id))
+                .await?;
             match kata_deploy::wait_install_jobs(
                 client,
                 &record.namespace,

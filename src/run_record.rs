@@ -162,7 +162,11 @@ pub struct RunRecord {
     /// The deployment mode of the run.
     pub mode: DeploymentMode,
     /// The version the run upgrades to.
-    pub target_version: String,
+    pub target_version: semver::Version,
+    /// The user's extra chart values for the run, as helm's `--set` items
+    /// (recorded by check-prerequisites): every upgrade of the run uses them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chart_values: Vec<String>,
     /// The release before the run.
     pub before: Before,
     /// Where the run stands.
@@ -441,7 +445,8 @@ pub(crate) fn example() -> RunRecord {
         release: "kata-deploy".into(),
         namespace: "kube-system".into(),
         mode: DeploymentMode::Daemonset,
-        target_version: "3.28.0".into(),
+        target_version: semver::Version::new(3, 28, 0),
+        chart_values: Vec::new(),
         before: Before {
             revision: 3,
             chart_version: "3.27.0".into(),

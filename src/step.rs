@@ -12,6 +12,7 @@ use crate::rollback::Reverify;
 use crate::run_record::{Records, RunRecord, RunState};
 use crate::verification::VerificationPod;
 use crate::versions::{DeploymentMode, ModeChoice};
+use semver::Version;
 
 /// The release named by the flags (`--helm-release`, `--helm-namespace`).
 pub fn release_ref(args: &ReleaseArgs) -> ReleaseRef {
@@ -105,27 +106,22 @@ pub fn wave_of(record: &RunRecord, index: u32) -> Result<&[String], UserError> {
     })
 }
 
-/// Refuses (bad input, nothing changed) a `--target-version` that is not the
-/// run's: a step acts only at the version its run upgrades to.
-pub fn ensure_run_target(record: &RunRecord, target: &str) -> Result<(), UserError> {
-    let same = match (
-        crate::versions::parse(target),
-        crate::versions::parse(&record.target_version),
-    ) {
-        (Ok(given), Ok(recorded)) => given == recorded,
-        _ => target == record.target_version,
-    };
-    if same {
-        return Ok(());
+/// The version a step of the run acts at: the run's target, as
+/// check-prerequisites recorded it. A `--target-version` given anyway must be
+/// that one (bad input, nothing changed, otherwise): the one place where a
+/// step's flag is compared with its run.
+pub fn run_target(record: &RunRecord, given: Option<&Version>) -> Result<Version, UserError> {
+    match given {
+        Some(given) if *given != record.target_version => Err(UserError::bad_input(format!(
+            "--target-version {given} differs from run {}'s target {}",
+            record.run_id, record.target_version
+        ))
+        .hint(format!(
+            "omit --target-version (the step follows its run) or pass {}; a new target needs a new run (check-prerequisites)",
+            record.target_version
+        ))),
+        _ => Ok(record.target_version.clone()),
     }
-    Err(UserError::bad_input(format!(
-        "--target-version {target} differs from run {}'s target {}",
-        record.run_id, record.target_version
-    ))
-    .hint(format!(
-        "pass --target-version {} (the run's), or start a new run with check-prerequisites",
-        record.target_version
-    )))
 }
 
 /// The selection criteria of the flags (`--node-selector`,
@@ -200,10 +196,17 @@ mod tests {
     #[test]
     fn a_step_acts_only_at_its_runs_target() {
         let record = crate::run_record::example();
-        assert!(ensure_run_target(&record, "3.28.0").is_ok());
-        assert!(ensure_run_target(&record, "v3.28.0").is_ok());
-        let refused = ensure_run_target(&record, "3.29.0").unwrap_err();
+        let recorded = Version::new(3, 28, 0);
+        assert_eq!(run_target(&record, None).unwrap(), recorded);
+        let given = crate::versions::parse_flag("v3.28.0").unwrap();
+        assert_eq!(run_target(&record, Some(&given)).unwrap(), recorded);
+        let refused = run_target(&record, Some(&Version::new(3, 29, 0))).unwrap_err();
         assert_eq!(refused.status, ExitStatus::BadInput);
+        assert!(
+            refused
+                .message
+                .contains("differs from run upgrade-1's target 3.28.0")
+        );
         assert_eq!(refused.hints.len(), 1);
     }
 }

@@ -16,27 +16,71 @@ use crate::run_values;
 use crate::step;
 use crate::versions::{self, DeploymentMode, ModeChoice};
 
-/// What to upgrade to, and where.
+/// When in a run the release is upgraded. The workflow names the stage and
+/// klm decides, from the run's mode, what the stage does: the template knows
+/// nothing of modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// Once, before any wave: daemonset mode upgrades the release with
+    /// `updateStrategy.type=OnDelete` (nothing restarts); job mode has
+    /// nothing to do yet.
+    BeforeWaves,
+    /// For one wave: job mode upgrades the release with the installer scoped
+    /// to the wave's nodes; daemonset mode has nothing to do (the release
+    /// moved before the waves; restart-kata-pod moves each node).
+    Wave,
+}
+
+impl Stage {
+    /// The stage a mode upgrades at.
+    pub fn of(mode: DeploymentMode) -> Stage {
+        match mode {
+            DeploymentMode::Daemonset => Stage::BeforeWaves,
+            DeploymentMode::Job => Stage::Wave,
+        }
+    }
+}
+
+/// What to upgrade, for which run.
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The release.
     pub release: ReleaseRef,
     /// The run (None: the release's latest run).
     pub run_id: Option<String>,
-    /// The chart version to upgrade to: it must be the run's target.
-    pub target: Version,
+    /// The chart version named by the caller, if any: it must be the run's
+    /// target (None: the run's target).
+    pub target: Option<Version>,
     /// The deployment mode asked for: it must be the run's.
     pub mode: ModeChoice,
+    /// The stage of the run (None: the stage of the run's mode).
+    pub stage: Option<Stage>,
     /// job mode: the wave's nodes.
     pub nodes: Option<Vec<String>>,
     /// job mode, instead of `nodes`: wave K (from 1) of the run's recorded plan.
     pub wave: Option<u32>,
-    /// The user's extra chart values, as helm's `--set` items.
+    /// Chart values for this step only, as helm's `--set` items, after the
+    /// ones the run recorded.
     pub set: Vec<String>,
     /// The kata-deploy chart reference.
     pub chart: String,
     /// How long the helm upgrade may take.
     pub helm_timeout: Duration,
+}
+
+/// How helm-upgrade ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// The release moved to the target.
+    Upgraded,
+    /// The run had already done this upgrade (a retried step): nothing changed.
+    AlreadyDone,
+    /// The run's plan (from select-nodes) has no node: nothing changed.
+    NothingSelected,
+    /// The run's mode upgrades at another stage: nothing changed.
+    OtherStage,
 }
 
 /// What helm-upgrade did.
@@ -47,99 +91,97 @@ pub struct Upgraded {
     pub release: String,
     /// The mode.
     pub mode: DeploymentMode,
+    /// The stage asked for.
+    pub stage: Stage,
+    /// How it ended.
+    pub outcome: Outcome,
     /// The chart version before this step.
     pub from_version: String,
     /// The chart version now.
     pub to_version: String,
     /// job mode: the wave's nodes.
     pub nodes: Vec<String>,
-    /// True when the release was already upgraded by this run (a retried step).
-    pub already_done: bool,
     /// The values this step set for the run's mechanics.
     pub mechanics: Vec<String>,
-    /// True when the run's plan (from select-nodes) has no node: nothing changed.
-    pub nothing_selected: bool,
 }
 
 impl Report for Upgraded {
     fn text(&self) -> String {
-        if self.nothing_selected {
-            return format!(
+        match self.outcome {
+            Outcome::NothingSelected => format!(
                 "the run selected no node: {} stays at {}; nothing to do",
                 self.release, self.from_version
-            );
-        }
-        if self.already_done {
-            return format!(
+            ),
+            Outcome::AlreadyDone => format!(
                 "{} is already at {} for this run; nothing to do",
                 self.release, self.to_version
-            );
-        }
-        let scope = match self.mode {
-            DeploymentMode::Daemonset => {
-                "no pod restarts until each node's turn (updateStrategy OnDelete)".to_string()
+            ),
+            Outcome::OtherStage => match self.mode {
+                DeploymentMode::Daemonset => format!(
+                    "daemonset mode: {} moved to {} before the waves; nothing to do in a wave",
+                    self.release, self.to_version
+                ),
+                DeploymentMode::Job => format!(
+                    "job mode: {} is upgraded wave by wave, for each wave's nodes; nothing to do before the waves",
+                    self.release
+                ),
+            },
+            Outcome::Upgraded => {
+                let scope = match self.mode {
+                    DeploymentMode::Daemonset => {
+                        "no pod restarts until each node's turn (updateStrategy OnDelete)"
+                            .to_string()
+                    }
+                    DeploymentMode::Job => format!("installed on {}", self.nodes.join(", ")),
+                };
+                format!(
+                    "upgraded {} from {} to {} in {} mode: {scope}",
+                    self.release, self.from_version, self.to_version, self.mode
+                )
             }
-            DeploymentMode::Job => format!("installed on {}", self.nodes.join(", ")),
-        };
-        format!(
-            "upgraded {} from {} to {} in {} mode: {scope}",
-            self.release, self.from_version, self.to_version, self.mode
-        )
+        }
     }
 }
 
-/// Upgrades the release to the request's target for its run: in daemonset
-/// mode once, before the waves, with `updateStrategy.type=OnDelete`
+/// Upgrades the release to its run's target at the request's stage: in
+/// daemonset mode once, before the waves, with `updateStrategy.type=OnDelete`
 /// (nothing restarts; nothing at all when the run's plan has no node); in
 /// job mode for one wave, with the installer scoped to the wave's nodes.
-/// Records the values it set for the run's mechanics and the nodes it
-/// upgraded; a step the run already did is reported done, changing nothing.
+/// A stage that is not the mode's changes nothing. The user's values are the
+/// run's recorded ones, then the request's. Records the values it set for the
+/// run's mechanics and the nodes it upgraded; a step the run already did is
+/// reported done, changing nothing.
 pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Upgraded> {
-    let target = &request.target;
     let records = Records::new(client, &request.release.namespace);
     let record =
         step::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
-    if versions::parse(&record.target_version)? != *target {
-        return Err(UserError::bad_input(format!(
-            "run {} upgrades to {}, not {target}",
-            record.run_id, record.target_version
-        ))
-        .hint("pass the run's --target-version, or start a new run with check-prerequisites")
-        .into());
-    }
+    let target = step::run_target(&record, request.target.as_ref())?;
     let mode = step::mode_of_run(request.mode, &record)?;
-    let reference = &request.release;
-    let release = reference.load(helm).await?;
-    release.ensure_deployed()?;
+    let stage = request.stage.unwrap_or(Stage::of(mode));
     let wave: Vec<String> = match request.wave {
         Some(index) => step::wave_of(&record, index)?.to_vec(),
         None => request.nodes.clone().unwrap_or_default(),
     };
+    check_scope(mode, stage, &wave)?;
+    let reference = &request.release;
+    let release = reference.load(helm).await?;
+    release.ensure_deployed()?;
     let mut report = Upgraded {
         release: reference.name.clone(),
         mode,
+        stage,
+        outcome: Outcome::Upgraded,
         from_version: release.chart_version.clone(),
         to_version: target.to_string(),
         nodes: wave.clone(),
-        already_done: false,
         mechanics: Vec::new(),
-        nothing_selected: false,
     };
-    let mut upgrade = Upgrade {
-        chart: request.chart.clone(),
-        version: target.to_string(),
-        values: Values::ResetThenReuse,
-        set: request.set.clone(),
-        set_json: Vec::new(),
-        timeout: request.helm_timeout,
-    };
+    if stage != Stage::of(mode) {
+        report.outcome = Outcome::OtherStage;
+        return Ok(report);
+    }
     let mechanics = match mode {
         DeploymentMode::Daemonset => {
-            if !wave.is_empty() {
-                return Err(UserError::bad_input("--nodes scopes job-mode waves; in daemonset mode helm-upgrade runs once, before the waves")
-                    .hint("drop --nodes; restart-kata-pod then moves one node at a time")
-                    .into());
-            }
             // A run whose plan has no node changes nothing: an upgraded
             // template would reach any node whose kata-deploy pod restarts,
             // unverified.
@@ -148,27 +190,20 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
                 .as_ref()
                 .is_some_and(|waves| waves.iter().all(Vec::is_empty))
             {
-                report.nothing_selected = true;
+                report.outcome = Outcome::NothingSelected;
                 return Ok(report);
             }
             if release.chart_version == target.to_string()
                 && run_values::is_on_delete(&release.user_values)
                 && release.revision > record.before.revision
             {
-                report.already_done = true;
+                report.outcome = Outcome::AlreadyDone;
                 return Ok(report);
             }
             run_values::daemonset()
         }
         DeploymentMode::Job => {
-            if wave.is_empty() {
-                return Err(UserError::bad_input(
-                    "job mode upgrades one wave at a time: --nodes is required",
-                )
-                .hint("pass the wave's nodes, e.g. --nodes worker-1,worker-2")
-                .into());
-            }
-            versions::refuse_pruning_job_mode(&versions::parse(&release.chart_version)?, target)?;
+            versions::refuse_pruning_job_mode(&versions::parse(&release.chart_version)?, &target)?;
             let coalesced = reference.coalesced_values(helm).await?;
             let done = wave.iter().all(|n| {
                 matches!(
@@ -180,7 +215,7 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
                 && release.chart_version == target.to_string()
                 && run_values::is_scoped_to(&coalesced, &wave)
             {
-                report.already_done = true;
+                report.outcome = Outcome::AlreadyDone;
                 return Ok(report);
             }
             records
@@ -192,8 +227,20 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
         }
     };
     let (set, set_json) = run_values::as_set_flags(&mechanics);
-    upgrade.set.extend(set);
-    upgrade.set_json.extend(set_json);
+    let upgrade = Upgrade {
+        chart: request.chart.clone(),
+        version: target.to_string(),
+        values: Values::ResetThenReuse,
+        set: record
+            .chart_values
+            .iter()
+            .chain(&request.set)
+            .cloned()
+            .chain(set)
+            .collect(),
+        set_json,
+        timeout: request.helm_timeout,
+    };
     release.upgrade(helm, &upgrade).await?;
     report.mechanics = mechanics.iter().map(|(k, _)| k.clone()).collect();
     records
@@ -209,35 +256,81 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
     Ok(report)
 }
 
+/// Refuses (bad input, nothing changed) nodes where the stage takes none,
+/// and a job-mode wave without nodes.
+fn check_scope(mode: DeploymentMode, stage: Stage, wave: &[String]) -> Result<(), UserError> {
+    if stage == Stage::BeforeWaves && !wave.is_empty() {
+        return Err(UserError::bad_input(
+            "before the waves, helm-upgrade moves the whole release once: --nodes and --wave scope job-mode waves (--stage wave)",
+        )
+        .hint("drop --nodes/--wave; in daemonset mode restart-kata-pod then moves one node at a time"));
+    }
+    if stage == Stage::Wave && mode == DeploymentMode::Job && wave.is_empty() {
+        return Err(UserError::bad_input(
+            "job mode upgrades one wave at a time: --nodes or --wave is required",
+        )
+        .hint("pass the wave's nodes, e.g. --nodes worker-1,worker-2, or --wave K"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ExitStatus;
 
     #[test]
     fn the_report_says_what_moved() {
         let mut report = Upgraded {
             release: "kata-deploy".into(),
             mode: DeploymentMode::Job,
+            stage: Stage::Wave,
+            outcome: Outcome::Upgraded,
             from_version: "3.27.0".into(),
             to_version: "3.28.0".into(),
             nodes: vec!["w1".into(), "w2".into()],
-            already_done: false,
             mechanics: Vec::new(),
-            nothing_selected: false,
         };
         assert_eq!(
             report.text(),
             "upgraded kata-deploy from 3.27.0 to 3.28.0 in job mode: installed on w1, w2"
         );
-        report.already_done = true;
+        report.outcome = Outcome::AlreadyDone;
         assert_eq!(
             report.text(),
             "kata-deploy is already at 3.28.0 for this run; nothing to do"
         );
-        report.nothing_selected = true;
+        report.outcome = Outcome::NothingSelected;
         assert_eq!(
             report.text(),
             "the run selected no node: kata-deploy stays at 3.27.0; nothing to do"
         );
+        report.outcome = Outcome::OtherStage;
+        assert!(
+            report
+                .text()
+                .starts_with("job mode: kata-deploy is upgraded wave by wave")
+        );
+    }
+
+    #[test]
+    fn each_mode_upgrades_at_its_own_stage() {
+        assert_eq!(Stage::of(DeploymentMode::Daemonset), Stage::BeforeWaves);
+        assert_eq!(Stage::of(DeploymentMode::Job), Stage::Wave);
+    }
+
+    #[test]
+    fn nodes_belong_to_job_mode_waves_only() {
+        let nodes = ["w1".to_string()];
+        for mode in [DeploymentMode::Daemonset, DeploymentMode::Job] {
+            let refused = check_scope(mode, Stage::BeforeWaves, &nodes).unwrap_err();
+            assert_eq!(refused.status, ExitStatus::BadInput);
+            assert!(check_scope(mode, Stage::BeforeWaves, &[]).is_ok());
+            assert!(check_scope(mode, Stage::Wave, &nodes).is_ok());
+        }
+        // A daemonset-mode wave has nothing to upgrade, with or without nodes.
+        assert!(check_scope(DeploymentMode::Daemonset, Stage::Wave, &[]).is_ok());
+        let refused = check_scope(DeploymentMode::Job, Stage::Wave, &[]).unwrap_err();
+        assert!(refused.message.contains("--nodes or --wave is required"));
     }
 }

@@ -84,6 +84,16 @@ pub fn parse(raw: &str) -> Result<Version, UserError> {
     })
 }
 
+/// `--target-version` (and every other version flag) as clap parses it:
+/// the message of [`parse`] and its hint, so that a bad version exits 2
+/// before a step starts.
+pub fn parse_flag(raw: &str) -> Result<Version, String> {
+    if raw.trim().is_empty() {
+        return Err("no version given: give the kata-deploy chart version, e.g. 3.28.0 (in Argo: -p target-version=3.28.0)".into());
+    }
+    parse(raw).map_err(|e| e.to_string())
+}
+
 /// Whether a version is a development build of kata-deploy's main branch
 /// (`0.0.0-dev`), which has every feature of the newest release.
 pub fn is_dev(version: &Version) -> bool {

@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use crate::args::{GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration};
+use crate::args::{
+    ChartValuesArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration,
+};
 use crate::error::{ExitStatus, UserError};
 use crate::output::{self, Report};
 use crate::preflight;
@@ -10,6 +12,7 @@ use crate::run_record::{Begun, Records};
 use crate::step;
 use crate::versions::{self, DeploymentMode, ModeChoice};
 use clap::Args as ClapArgs;
+use semver::Version;
 
 /// Flags of `klm check-prerequisites`.
 #[derive(Debug, ClapArgs)]
@@ -18,12 +21,16 @@ use clap::Args as ClapArgs;
 )]
 pub struct Args {
     /// The kata-deploy chart version to upgrade to (semver, e.g. 3.28.0).
-    #[arg(long, value_name = "VERSION")]
-    pub target_version: String,
+    #[arg(long, value_name = "VERSION", value_parser = versions::parse_flag)]
+    pub target_version: Version,
 
     /// kata-deploy's deployment model; auto reads it from the release.
     #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
     pub deployment_mode: ModeChoice,
+
+    /// The run's extra kata-deploy chart values: recorded, every upgrade of the run uses them.
+    #[command(flatten)]
+    pub values: ChartValuesArgs,
 
     /// Which release.
     #[command(flatten)]
@@ -123,12 +130,7 @@ impl Report for Prerequisites {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    if args.target_version.trim().is_empty() {
-        return Err(UserError::bad_input("no target version: --target-version is empty")
-            .hint("give the kata-deploy chart version to upgrade to, e.g. `argo submit --from workflowtemplate/kata-lifecycle-manager -p target-version=3.28.0` or `klm check-prerequisites --target-version 3.28.0`")
-            .into());
-    }
-    let target = versions::parse(&args.target_version)?;
+    let target = args.target_version;
     if let Some(deadline) = args.step_deadline {
         preflight::check_step_deadline(
             deadline,
@@ -156,7 +158,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .run_id
         .clone()
         .unwrap_or_else(|| format!("klm-{}", k8s_openapi::jiff::Timestamp::now().as_second()));
-    let record = checked.record(run_id, &reference, &target);
+    let record = checked.record(run_id, &reference, &target, args.values.items());
     let (record, resumed) = match Records::new(&client, &reference.namespace)
         .begin(record)
         .await?
@@ -164,7 +166,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         Begun::Created(record) => (record, false),
         Begun::Resumed(record) => (record, true),
     };
-    if resumed && versions::parse(&record.target_version)? != target {
+    if resumed && record.target_version != target {
         return Err(UserError::bad_input(format!(
             "run {} was recorded with target {}, not {target}",
             record.run_id, record.target_version

@@ -103,6 +103,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     )
     .await?;
     let release_id = record.release_id();
+    let target = record.target_version.to_string();
     let held = try_join_all(names.iter().map(|n| {
         hold::hold_for_release(
             &client,
@@ -110,7 +111,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             &record.run_id,
             Some(&release_id),
             &criteria,
-            &record.target_version,
+            &target,
         )
     }))
     .await?;

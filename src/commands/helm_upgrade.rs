@@ -1,25 +1,29 @@
-//! `klm helm-upgrade`: move the kata-deploy release to the target version.
+//! `klm helm-upgrade`: move the kata-deploy release to the run's target.
 
 use clap::Args as ClapArgs;
 
-use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, split_set_values};
-use crate::error::{ExitStatus, UserError};
+use crate::args::{ChartArgs, ChartValuesArgs, GlobalArgs, ReleaseArgs, RunArgs};
+use crate::error::ExitStatus;
 use crate::output;
 use crate::step;
-use crate::upgrade::{self, Request};
-use crate::versions::{self, ModeChoice};
+use crate::upgrade::{self, Request, Stage};
+use crate::versions::ModeChoice;
 
 /// Flags of `klm helm-upgrade`.
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "daemonset mode: run once before any wave, with updateStrategy.type=OnDelete (nothing restarts);\nwhen select-nodes recorded an empty plan for the run, nothing is upgraded.\njob mode: run once per wave with --nodes (job.nodes and job.parallelism are scoped to the wave).\n\nExamples:\n  klm helm-upgrade --target-version 3.28.0\n  klm helm-upgrade --target-version 3.32.1 --deployment-mode job --nodes worker-1,worker-2\n  klm helm-upgrade --target-version 3.28.0 --set image.reference=mirror.example/kata-deploy"
+    after_help = "The version, the mode and the chart values are the run's (recorded by check-prerequisites).\n--stage before-waves (the workflow runs it once): daemonset mode upgrades the release with\nupdateStrategy.type=OnDelete (nothing restarts; nothing at all when the run selected no node);\njob mode has nothing to do yet.\n--stage wave --wave K: job mode upgrades the release with job.nodes and job.parallelism scoped to\nthe wave (restart-kata-pod does this itself in job mode); daemonset mode has nothing to do.\nWithout --stage: the stage of the run's mode.\n\nExamples:\n  klm helm-upgrade --stage before-waves --run-id upgrade-1\n  klm helm-upgrade --stage wave --nodes worker-1,worker-2 --run-id upgrade-1\n  klm helm-upgrade --set image.reference=mirror.example/kata-deploy"
 )]
 pub struct Args {
-    /// The kata-deploy chart version to upgrade to.
-    #[arg(long, value_name = "VERSION")]
-    pub target_version: String,
+    /// When in the run: before-waves, or wave (with --wave or --nodes); klm decides from the run's mode what it does.
+    #[arg(long, value_enum, value_name = "STAGE")]
+    pub stage: Option<Stage>,
 
-    /// kata-deploy's deployment model; auto uses the run record, then the release.
+    /// The kata-deploy chart version; default: the run's target (a different one is refused).
+    #[arg(long, value_name = "VERSION", value_parser = crate::versions::parse_flag)]
+    pub target_version: Option<semver::Version>,
+
+    /// kata-deploy's deployment model; auto uses the run's (a different one is refused).
     #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
     pub deployment_mode: ModeChoice,
 
@@ -31,13 +35,9 @@ pub struct Args {
     #[arg(long, value_name = "K", conflicts_with = "nodes", value_parser = clap::value_parser!(u32).range(1..))]
     pub wave: Option<u32>,
 
-    /// Extra chart values, as helm's --set (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
-
-    /// Extra chart values as one comma-separated list (the workflow's helm-set-values).
-    #[arg(long, value_name = "KEY=VALUE,...", default_value = "")]
-    pub helm_set_values: String,
+    /// Chart values for this step, after the run's recorded ones.
+    #[command(flatten)]
+    pub values: ChartValuesArgs,
 
     /// Which release.
     #[command(flatten)]
@@ -54,27 +54,16 @@ pub struct Args {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let target = versions::parse(&args.target_version)?;
-    let mut user_set = args.set.clone();
-    user_set.extend(split_set_values(&args.helm_set_values).map_err(|why| {
-        UserError::bad_input(format!("--helm-set-values: {why}")).hint("give key=value pairs separated by commas, e.g. image.reference=mirror/kata-deploy,debug=true")
-    })?);
-    if let Some(bad) = user_set.iter().find(|item| !item.contains('=')) {
-        return Err(
-            UserError::bad_input(format!("--set {bad:?} is not key=value"))
-                .hint("give --set key=value")
-                .into(),
-        );
-    }
     let client = crate::cluster::client(global).await?;
     let request = Request {
         release: step::release_ref(&args.release),
         run_id: args.run.run_id,
-        target,
+        target: args.target_version,
         mode: args.deployment_mode,
+        stage: args.stage,
         nodes: args.nodes.map(|nodes| nodes.0),
         wave: args.wave,
-        set: user_set,
+        set: args.values.items(),
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
     };

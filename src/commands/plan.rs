@@ -18,16 +18,16 @@ use crate::versions::{self, DeploymentMode, ModeChoice};
 )]
 pub struct Args {
     /// The kata-deploy chart version to upgrade to.
-    #[arg(long, value_name = "VERSION")]
-    pub target_version: String,
+    #[arg(long, value_name = "VERSION", value_parser = versions::parse_flag)]
+    pub target_version: semver::Version,
 
     /// kata-deploy's deployment model; auto reads it from the release.
     #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
     pub deployment_mode: ModeChoice,
 
     /// Nodes per wave.
-    #[arg(long, default_value = "1", value_name = "N")]
-    pub batch_size: String,
+    #[arg(long, default_value = "1", value_name = "N", value_parser = waves::parse_batch_size)]
+    pub batch_size: usize,
 
     /// Order nodes by this label first, then by name.
     #[arg(long, value_name = "LABEL")]
@@ -97,8 +97,8 @@ impl Report for Plan {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let target = versions::parse(&args.target_version)?;
-    let batch_size = waves::parse_batch_size(&args.batch_size)?;
+    let target = args.target_version.clone();
+    let batch_size = args.batch_size;
     let criteria = step::criteria(&args.selection)?;
     let template = crate::verification::VerificationPod::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;

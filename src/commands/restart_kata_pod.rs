@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
-use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
+use crate::args::{ChartArgs, GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
 use crate::error::ExitStatus;
 use crate::output;
 use crate::restart::{self, Request};
@@ -14,7 +14,7 @@ use crate::versions::ModeChoice;
 /// Flags of `klm restart-kata-pod`.
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "daemonset mode: deletes each node's kata-deploy pod and waits for its replacement at the\nDaemonSet's current revision to be Ready and the node to carry katacontainers.io/kata-runtime=true.\njob mode: waits for the wave's per-node install Jobs and the label.\n\nExamples:\n  klm restart-kata-pod --nodes worker-1 --timeout 10m"
+    after_help = "daemonset mode: deletes each node's kata-deploy pod and waits for its replacement at the\nDaemonSet's current revision to be Ready and the node to carry katacontainers.io/kata-runtime=true.\njob mode: upgrades the release with job.nodes scoped to the nodes (the run's target and chart\nvalues; a retry that finds it done changes nothing), then waits for their per-node install Jobs\nand the label.\n\nExamples:\n  klm restart-kata-pod --nodes worker-1 --timeout 10m"
 )]
 pub struct Args {
     /// The nodes.
@@ -33,6 +33,10 @@ pub struct Args {
     #[command(flatten)]
     pub release: ReleaseArgs,
 
+    /// Which chart (job mode upgrades the release for the nodes).
+    #[command(flatten)]
+    pub chart: ChartArgs,
+
     /// Which run.
     #[command(flatten)]
     pub run: RunArgs,
@@ -48,6 +52,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         run_id: args.run.run_id,
         mode: args.deployment_mode,
         timeout: args.timeout,
+        chart: args.chart.chart,
+        helm_timeout: args.chart.helm_timeout,
     };
     let report = restart::restart(&client, &step::helm(&args.release, global), &request).await?;
     output::print(global.output, &report)?;

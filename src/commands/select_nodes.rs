@@ -23,16 +23,16 @@ pub struct Args {
     pub selection: SelectionArgs,
 
     /// Nodes per wave (1 = strict node by node).
-    #[arg(long, default_value = "1", value_name = "N")]
-    pub batch_size: String,
+    #[arg(long, default_value = "1", value_name = "N", value_parser = waves::parse_batch_size)]
+    pub batch_size: usize,
 
     /// Order nodes by this label first (pool order), then by name.
     #[arg(long, value_name = "LABEL")]
     pub pool_label: Option<String>,
 
     /// Skip nodes already completed at this version (to resume a run).
-    #[arg(long, value_name = "VERSION")]
-    pub skip_completed: Option<String>,
+    #[arg(long, value_name = "VERSION", value_parser = crate::versions::parse_flag)]
+    pub skip_completed: Option<semver::Version>,
 
     /// Also write the waves as a JSON list to this file (for Argo's withParam).
     #[arg(long, value_name = "PATH")]
@@ -60,13 +60,8 @@ pub struct Args {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let batch_size = waves::parse_batch_size(&args.batch_size)?;
+    let batch_size = args.batch_size;
     let criteria = step::criteria(&args.selection)?;
-    let skip_completed = args
-        .skip_completed
-        .as_deref()
-        .map(crate::versions::parse)
-        .transpose()?;
     if args.index_file.is_some() && args.run.run_id.is_none() {
         return Err(crate::error::UserError::bad_input(
             "--index-file needs the run: its steps read their wave from the run record",
@@ -83,7 +78,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         &criteria,
         args.pool_label.as_deref(),
         batch_size,
-        skip_completed.map(|v| v.to_string()),
+        args.skip_completed.as_ref().map(ToString::to_string),
     )
     .await?;
     waves::check_capacity(

@@ -15,7 +15,6 @@ use crate::rollback;
 use crate::run_record::Records;
 use crate::step;
 use crate::verification::VerificationPod;
-use crate::versions;
 
 /// The Argo status of a wave's upgrade that lets the wave complete.
 pub const SUCCEEDED: &str = "Succeeded";
@@ -76,7 +75,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         let request = complete::Request {
             release: step::release_ref(&args.release),
             run_id: Some(record.run_id.clone()),
-            target: versions::parse(&record.target_version)?.to_string(),
+            target: None,
             nodes: Some(nodes),
             finish_run: false,
             chart: args.chart.chart,

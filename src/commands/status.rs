@@ -102,7 +102,7 @@ impl From<RunRecord> for RunSummary {
             failure: r.failure,
             mode: r.mode.to_string(),
             from_version: r.before.chart_version,
-            target_version: r.target_version,
+            target_version: r.target_version.to_string(),
             nodes: r.nodes,
         }
     }

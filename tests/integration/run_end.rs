@@ -47,7 +47,8 @@ fn submit<'a>(
 }
 
 /// The first steps of deploy-version: check-prerequisites, select-nodes,
-/// upgrade-release (daemonset mode, nodes selected). Returns the wave indices.
+/// upgrade-release (which changes nothing when no node is selected).
+/// Returns the wave indices.
 async fn start(run: &Submission<'_>) -> Vec<u64> {
     run.step("check-prerequisites", &[]).await.ok();
     run.step("select-nodes", &[]).await.ok();
@@ -56,9 +57,7 @@ async fn start(run: &Submission<'_>) -> Vec<u64> {
             .expect("select-nodes wrote the indices"),
     )
     .expect("a JSON list");
-    if !indices.is_empty() {
-        run.step("upgrade-release", &[]).await.ok();
-    }
+    run.step("upgrade-release", &[]).await.ok();
     indices
 }
 
@@ -498,10 +497,11 @@ async fn an_empty_selection_changes_nothing() {
     assert_eq!(case.run_record().await.unwrap()["state"], "completed");
 }
 
-/// Job mode through the template: upgrade-wave scopes the release to wave K
-/// read from the record; a run stopped right after that helm upgrade (the
-/// installer ran, the status still says `cordoned`) has the node rolled back
-/// by the exit handler, decided from the record.
+/// Job mode through the template: upgrade-release changes nothing,
+/// restart-kata-pod scopes the release to wave K read from the record; a run
+/// stopped right after that helm upgrade (the installer ran, the status
+/// still says `cordoned`) has the node rolled back by the exit handler,
+/// decided from the record.
 #[tokio::test]
 async fn job_mode_waves_from_the_record_and_a_stop_after_the_wave_upgrade() {
     let job_values = |label: &str| {
@@ -529,15 +529,17 @@ async fn job_mode_waves_from_the_record_and_a_stop_after_the_wave_upgrade() {
         case.run_record().await.unwrap()["waves"],
         json!([[n1], [n2]])
     );
+    let release = case.release_state().await;
+    let before_waves = run.step("upgrade-release", &[]).await.ok();
+    assert!(
+        before_waves.stdout.contains("job mode: ") && case.release_state().await == release,
+        "before the waves, job mode upgrades nothing: {}",
+        before_waves.stdout
+    );
 
-    // Wave 1, whole: cordon, drain, upgrade-wave, restart-kata-pod, verify, settle.
-    for step in [
-        "cordon",
-        "drain",
-        "upgrade-wave",
-        "restart-kata-pod",
-        "verify",
-    ] {
+    // Wave 1, whole: cordon, drain, restart-kata-pod (the wave's upgrade, the
+    // install Jobs), verify, settle.
+    for step in ["cordon", "drain", "restart-kata-pod", "verify"] {
         run.step(step, &[("index", "1")]).await.ok();
     }
     run.step("settle", &[("index", "1"), ("upgrade-status", "Succeeded")])
@@ -554,7 +556,18 @@ async fn job_mode_waves_from_the_record_and_a_stop_after_the_wave_upgrade() {
 
     // Wave 2 stopped right after its helm upgrade.
     run.step("cordon", &[("index", "2")]).await.ok();
-    run.step("upgrade-wave", &[("index", "2")]).await.ok();
+    // What restart-kata-pod does first, alone: as if killed right after.
+    case.klm(&[
+        "helm-upgrade",
+        "--stage",
+        "wave",
+        "--wave",
+        "2",
+        "--run-id",
+        &run.name,
+    ])
+    .await
+    .ok();
     assert_eq!(case.run_record().await.unwrap()["nodes"][n2], "upgraded");
     exit_handler(&run, "Failed", STOPPED).await.ok();
     let n = case.get_node(n2).await;
