@@ -13,56 +13,72 @@ use clap::{Args, ValueEnum};
 pub const DEFAULT_CHART: &str = "oci://ghcr.io/kata-containers/kata-deploy-charts/kata-deploy";
 
 /// Flags every subcommand accepts.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct GlobalArgs {
-    /// Path to a kubeconfig; without it, $KUBECONFIG, ~/.kube/config, then the in-cluster config.
-    #[arg(
-        long,
-        global = true,
-        env = "KUBECONFIG",
-        value_name = "PATH",
-        hide_env_values = true
-    )]
+    /// Where klm (and the helm it runs) connects, and as whom.
+    #[command(flatten)]
+    pub client: ClientArgs,
+
+    /// Result format on stdout: text for people, json for machines (Argo).
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Text, help_heading = "Output")]
+    pub output: OutputFormat,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KLM_LOG_FORMAT", help_heading = "Output")]
+    pub log_format: LogFormat,
+
+    /// More log detail (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = "Output")]
+    pub verbose: u8,
+}
+
+/// Where klm connects and as whom, as kubectl takes it. Any of
+/// `--kubeconfig`, `$KUBECONFIG`, `--context`, `--cluster` or `--user` means
+/// a local kubeconfig; with none, the in-cluster config comes first (then
+/// `~/.kube/config`). helm gets the same cluster and identity.
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Connection")]
+pub struct ClientArgs {
+    /// Path to a kubeconfig (default: $KUBECONFIG, a list of files as kubectl reads it, then ~/.kube/config).
+    #[arg(long, global = true, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
 
     /// The kubeconfig context to use.
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
 
-    /// The kubeconfig cluster to use.
+    /// The kubeconfig cluster to use (instead of the context's).
     #[arg(long, global = true, value_name = "NAME")]
     pub cluster: Option<String>,
 
-    /// The kubeconfig user to use.
+    /// The kubeconfig user to use (instead of the context's).
     #[arg(long, global = true, value_name = "NAME")]
     pub user: Option<String>,
 
-    /// Result format on stdout: text for people, json for machines (Argo).
-    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Text)]
-    pub output: OutputFormat,
+    /// Act as this user (impersonation, as kubectl's --as).
+    #[arg(long = "as", global = true, value_name = "USER")]
+    pub as_user: Option<String>,
 
-    /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KLM_LOG_FORMAT")]
-    pub log_format: LogFormat,
-
-    /// More log detail (-v debug, -vv trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    pub verbose: u8,
+    /// With --as: act as a member of this group too (repeatable).
+    #[arg(long = "as-group", global = true, value_name = "GROUP")]
+    pub as_groups: Vec<String>,
 }
 
 /// How results are printed on stdout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
     /// Readable text.
+    #[default]
     Text,
     /// One JSON document.
     Json,
 }
 
 /// How logs are written on stderr.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Readable lines.
+    #[default]
     Text,
     /// One JSON object per line.
     Json,

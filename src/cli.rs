@@ -44,9 +44,9 @@ pub enum Command {
     Uncordon(commands::uncordon::Args),
     /// Evict the pods of nodes through the Eviction API.
     Drain(commands::drain::Args),
-    /// Upgrade the kata-deploy release (once in daemonset mode, per wave in job mode).
+    /// Upgrade the kata-deploy release to the run's target (before the waves in daemonset mode, per wave in job mode).
     HelmUpgrade(commands::helm_upgrade::Args),
-    /// Restart kata-deploy on nodes and wait until the new version is installed.
+    /// Install the run's version on nodes (daemonset mode: a new kata-deploy pod; job mode: a scoped upgrade) and wait for it.
     RestartKataPod(commands::restart_kata_pod::Args),
     /// Run the verification pod on each node and report which passed.
     Verify(commands::verify::Args),

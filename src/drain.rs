@@ -154,16 +154,7 @@ pub async fn drain(
         config,
         remaining,
         format!("the evicted pods of {node}"),
-        |pods| {
-            if pods
-                .iter()
-                .any(|p| evicting.contains(&p.uid().unwrap_or_default()))
-            {
-                Check::Pending
-            } else {
-                Check::Done(())
-            }
-        },
+        |pods| evictions_done(pods, &evicting),
     )
     .await;
     match waited {
@@ -208,14 +199,13 @@ async fn evict(
                 .without_max_times(),
         )
         .when(|e: &kube::Error| {
-            matches!(e, kube::Error::Api(s) if s.code == 429)
-                && tokio::time::Instant::now() < deadline
+            crate::error::is_too_many_requests(e) && tokio::time::Instant::now() < deadline
         })
         .await;
     match result {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 429 => Err(DrainError::Timeout {
+        Err(e) if crate::error::is_not_found(&e) => Ok(()),
+        Err(e) if crate::error::is_too_many_requests(&e) => Err(DrainError::Timeout {
             node: pod
                 .spec
                 .as_ref()
@@ -223,11 +213,23 @@ async fn evict(
                 .unwrap_or_default(),
             remaining: vec![format!(
                 "{namespace}/{name} (eviction refused: {})",
-                s.message
+                crate::error::api_status(&e).map_or("", |s| s.message.as_str())
             )],
             after: Duration::ZERO,
         }),
         Err(e) => Err(KubeError::new(format!("evicting pod {namespace}/{name}"), e).into()),
+    }
+}
+
+/// Wait condition: none of the evicted pods (by uid) is left on the node.
+fn evictions_done(pods: &[std::sync::Arc<Pod>], evicting: &BTreeSet<String>) -> Check<()> {
+    if pods
+        .iter()
+        .any(|p| evicting.contains(&p.uid().unwrap_or_default()))
+    {
+        Check::Pending
+    } else {
+        Check::Done(())
     }
 }
 
@@ -237,6 +239,25 @@ mod tests {
 
     fn pod(json: serde_json::Value) -> Pod {
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn a_drain_waits_until_every_evicted_pod_is_gone() {
+        let with_uid = |uid: &str| {
+            std::sync::Arc::new(pod(
+                serde_json::json!({"metadata": {"name": format!("app-{uid}"), "uid": uid}}),
+            ))
+        };
+        let evicting = BTreeSet::from(["a".to_string(), "b".to_string()]);
+        assert!(matches!(
+            evictions_done(&[with_uid("a"), with_uid("z")], &evicting),
+            Check::Pending
+        ));
+        // A pod that was never evicted (a DaemonSet's) does not hold the drain.
+        assert!(matches!(
+            evictions_done(&[with_uid("z")], &evicting),
+            Check::Done(())
+        ));
     }
 
     #[test]

@@ -133,18 +133,47 @@ impl KubeError {
 
     /// The HTTP status code of the API error, if the apiserver answered.
     pub fn code(&self) -> Option<u16> {
-        match &self.source {
-            kube::Error::Api(status) => Some(status.code),
-            _ => None,
-        }
+        api_status(&self.source).map(|status| status.code)
     }
+
+    /// Whether the apiserver refused a write made against a stale
+    /// resourceVersion (read again and retry).
+    pub fn is_conflict(&self) -> bool {
+        api_status(&self.source).is_some_and(kube::core::Status::is_conflict)
+    }
+
+    /// Whether the identity klm runs as lacks the permission.
+    pub fn is_forbidden(&self) -> bool {
+        api_status(&self.source).is_some_and(kube::core::Status::is_forbidden)
+    }
+}
+
+/// The apiserver's answer inside a kube error, when it answered.
+pub fn api_status(err: &kube::Error) -> Option<&kube::core::Status> {
+    match err {
+        kube::Error::Api(status) => Some(status),
+        _ => None,
+    }
+}
+
+/// Whether the apiserver answered that the object does not exist.
+pub fn is_not_found(err: &kube::Error) -> bool {
+    api_status(err).is_some_and(kube::core::Status::is_not_found)
+}
+
+/// Whether the apiserver answered "too many requests": for an eviction, a
+/// PodDisruptionBudget that allows none now (kube's Status has no helper
+/// for it; the reason is client-go's `StatusReasonTooManyRequests`).
+pub fn is_too_many_requests(err: &kube::Error) -> bool {
+    api_status(err).is_some_and(|s| s.code == 429 || s.reason == "TooManyRequests")
 }
 
 impl Classify for KubeError {
     fn status(&self) -> ExitStatus {
-        match self.code() {
-            Some(403) => ExitStatus::Precondition,
-            _ => ExitStatus::Failed,
+        if self.is_forbidden() {
+            ExitStatus::Precondition
+        } else {
+            ExitStatus::Failed
         }
     }
     fn hints(&self) -> Vec<String> {

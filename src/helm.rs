@@ -7,8 +7,10 @@ use std::process::Stdio;
 
 use serde::de::DeserializeOwned;
 
+use std::sync::Arc;
+
 use crate::args::GlobalArgs;
-use crate::error::{Classify, ExitStatus};
+use crate::error::{Classify, ExitStatus, UserError};
 
 /// Why a helm invocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,27 +75,27 @@ impl Classify for HelmError {
     }
 }
 
-/// A helm binary pointed at the same cluster as klm.
+/// A helm binary pointed at the same cluster as klm, as the same identity.
 #[derive(Debug, Clone)]
 pub struct Helm {
     binary: PathBuf,
     connection: Vec<OsString>,
+    /// The kubeconfig klm wrote for helm, if it had to (see
+    /// [`crate::cluster::helm_connection`]): removed with the last clone.
+    _kubeconfig: Option<Arc<tempfile::TempPath>>,
 }
 
 impl Helm {
-    /// helm with the kubeconfig and context klm was given (in a pod, helm
+    /// helm with the cluster and identity of klm's connection flags
+    /// (`$KUBECONFIG` reaches it through the environment; in a pod, helm
     /// uses the in-cluster config on its own).
-    pub fn new(binary: PathBuf, global: &GlobalArgs) -> Self {
-        let mut connection = Vec::new();
-        if let Some(kubeconfig) = &global.kubeconfig {
-            connection.push("--kubeconfig".into());
-            connection.push(kubeconfig.clone().into_os_string());
-        }
-        if let Some(context) = &global.context {
-            connection.push("--kube-context".into());
-            connection.push(context.into());
-        }
-        Self { binary, connection }
+    pub fn new(binary: PathBuf, global: &GlobalArgs) -> Result<Self, UserError> {
+        let (connection, kubeconfig) = crate::cluster::helm_connection(&global.client)?;
+        Ok(Self {
+            binary,
+            connection,
+            _kubeconfig: kubeconfig,
+        })
     }
 
     /// Runs helm with these arguments and returns its stdout.
@@ -206,7 +208,6 @@ fn tail(text: &str, lines: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::args::{LogFormat, OutputFormat};
 
     #[test]
     fn display_quotes_only_what_needs_it() {
@@ -220,37 +221,21 @@ mod tests {
     #[tokio::test]
     async fn arguments_reach_the_program_literally() {
         // `echo` stands in for helm: what it prints is exactly the argv it got.
-        let global = GlobalArgs {
-            kubeconfig: None,
-            context: None,
-            cluster: None,
-            user: None,
-            output: OutputFormat::Text,
-            log_format: LogFormat::Text,
-            verbose: 0,
-        };
-        let helm = Helm::new(PathBuf::from("echo"), &global);
+        let global = GlobalArgs::default();
+        let helm = Helm::new(PathBuf::from("echo"), &global).unwrap();
         let out = helm.run(["--set", "x=$HOME `id` \"q\" 'a'"]).await.unwrap();
         assert_eq!(out, "--set x=$HOME `id` \"q\" 'a'\n");
     }
 
     #[tokio::test]
     async fn failures_carry_the_exit_code_and_stderr() {
-        let global = GlobalArgs {
-            kubeconfig: None,
-            context: None,
-            cluster: None,
-            user: None,
-            output: OutputFormat::Text,
-            log_format: LogFormat::Text,
-            verbose: 0,
-        };
-        let helm = Helm::new(PathBuf::from("false"), &global);
+        let global = GlobalArgs::default();
+        let helm = Helm::new(PathBuf::from("false"), &global).unwrap();
         match helm.run(["status"]).await.unwrap_err() {
             HelmError::Failed { code, .. } => assert_eq!(code, 1),
             other => panic!("unexpected {other:?}"),
         }
-        let missing = Helm::new(PathBuf::from("/nonexistent/helm"), &global);
+        let missing = Helm::new(PathBuf::from("/nonexistent/helm"), &global).unwrap();
         let err = missing.run(["status"]).await.unwrap_err();
         assert_eq!(err.status(), ExitStatus::Precondition);
     }

@@ -160,11 +160,7 @@ impl KataDaemonSet {
             wait::by_name(&self.name),
             timeout,
             format!("DaemonSet {} to observe its spec", self.name),
-            |found| match found.first() {
-                Some(ds) if observed(ds) => Check::Done(ds.as_ref().clone()),
-                Some(_) => Check::Pending,
-                None => Check::Failed("the DaemonSet was deleted".into()),
-            },
+            daemonset_observed,
         )
         .await
         .map_err(|source| KataDeployError::Wait {
@@ -231,12 +227,14 @@ impl KataDaemonSet {
         revision: &Revision,
         timeout: Duration,
     ) -> Result<Restarted, KataDeployError> {
+        // One deadline for the whole restart: the pod, then the label.
+        let deadline = tokio::time::Instant::now() + timeout;
         let pods = self.pods_on(node).await?;
         if let Some(current) = pods
             .iter()
             .find(|p| revision_of(p) == Some(revision.hash.as_str()) && is_ready(p))
         {
-            self.wait_for_label(node, timeout).await?;
+            wait_for_runtime_label(&self.client, node, remaining(deadline)).await?;
             return Ok(Restarted {
                 node: node.into(),
                 old_pod: None,
@@ -264,7 +262,7 @@ impl KataDaemonSet {
             tracing::info!(node, pod = %pod.name_any(), "deleting kata-deploy pod to restart it at the new revision");
             match api.delete(&pod.name_any(), &params).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
+                Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
                 Err(e) => {
                     return Err(KubeError::new(
                         format!("deleting kata-deploy pod {} on {node}", pod.name_any()),
@@ -279,43 +277,19 @@ impl KataDaemonSet {
         let config = watcher::Config::default()
             .labels(&self.selector)
             .fields(&format!("spec.nodeName={node}"));
-        let owner = self.uid.clone();
         let what = format!(
             "kata-deploy on {node} to be Ready at revision {}",
             revision.hash
         );
-        let new_pod = watch_until(api, config, timeout, what, |pods: &[Arc<Pod>]| {
-            let owned: Vec<&Arc<Pod>> = pods
-                .iter()
-                .filter(|p| p.owner_references().iter().any(|o| o.uid == owner))
-                .collect();
-            if owned
-                .iter()
-                .any(|p| old_uids.contains(&p.uid().unwrap_or_default()))
-            {
-                return Check::Pending;
-            }
-            let Some(pod) = owned.iter().find(|p| {
-                revision_of(p) == Some(revision.hash.as_str())
-                    && p.metadata.deletion_timestamp.is_none()
-            }) else {
-                return Check::Pending;
-            };
-            if let Some(reason) = crate::kata_deploy::hopeless(pod) {
-                return Check::Failed(format!("pod {} {reason}", pod.name_any()));
-            }
-            if is_ready(pod) {
-                Check::Done(pod.as_ref().clone())
-            } else {
-                Check::Pending
-            }
+        let new_pod = watch_until(api, config, remaining(deadline), what, |pods| {
+            replacement_ready(pods, &self.uid, &old_uids, &revision.hash)
         })
         .await
         .map_err(|source| KataDeployError::Wait {
             node: node.into(),
             source,
         })?;
-        self.wait_for_label(node, timeout).await?;
+        wait_for_runtime_label(&self.client, node, remaining(deadline)).await?;
         Ok(Restarted {
             node: node.into(),
             old_pod,
@@ -324,10 +298,6 @@ impl KataDaemonSet {
             version: pod_version(&new_pod),
             already_current: false,
         })
-    }
-
-    async fn wait_for_label(&self, node: &str, timeout: Duration) -> Result<(), KataDeployError> {
-        wait_for_runtime_label(&self.client, node, timeout).await
     }
 
     fn owns(&self, pod: &Pod) -> bool {
@@ -346,22 +316,12 @@ pub async fn wait_for_runtime_label(
         "node {node} to carry {}=true",
         annotations::KATA_RUNTIME_LABEL
     );
-    watch_until(
-        nodes,
-        wait::by_name(node),
-        timeout,
-        what,
-        |found: &[Arc<Node>]| match found.first() {
-            Some(n) if crate::nodes::selection::runs_kata(n) => Check::Done(()),
-            Some(_) => Check::Pending,
-            None => Check::Failed("the node was deleted".into()),
-        },
-    )
-    .await
-    .map_err(|source| KataDeployError::Wait {
-        node: node.into(),
-        source,
-    })
+    watch_until(nodes, wait::by_name(node), timeout, what, node_runs_kata)
+        .await
+        .map_err(|source| KataDeployError::Wait {
+            node: node.into(),
+            source,
+        })
 }
 
 /// What one node's install Job ended with (job mode).
@@ -386,63 +346,136 @@ pub async fn wait_install_jobs(
     since: Option<&str>,
     timeout: Duration,
 ) -> Result<Vec<Installed>, KataDeployError> {
+    // One deadline for the whole wait: the Jobs, then the labels.
+    let deadline = tokio::time::Instant::now() + timeout;
     let api: Api<Job> = Api::namespaced(client.clone(), namespace);
     let config = watcher::Config::default().labels(&format!("{JOB_STAGE_LABEL}=install"));
     let since: Option<k8s_openapi::jiff::Timestamp> = since.and_then(|s| s.parse().ok());
     let what = format!("the install Jobs of {} to complete", nodes.join(", "));
-    let installed = watch_until(api, config, timeout, what, |jobs: &[Arc<Job>]| {
-        let mut done = Vec::new();
-        for node in nodes {
-            let latest = jobs
-                .iter()
-                .filter(|j| j.labels().get(JOB_NODE_LABEL) == Some(node))
-                .filter(|j| match (&since, &j.metadata.creation_timestamp) {
-                    // Creation times have second precision; the wave started within that second.
-                    (Some(since), Some(created)) => created.0.as_second() >= since.as_second(),
-                    _ => true,
-                })
-                .max_by_key(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0));
-            let Some(job) = latest else {
-                return Check::Pending;
-            };
-            if job_condition(job, "Failed") {
-                return Check::Failed(format!(
-                    "install Job {} for node {node} failed",
-                    job.name_any()
-                ));
-            }
-            if !job_condition(job, "Complete") {
-                return Check::Pending;
-            }
-            let version = job
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.spec.as_ref())
-                .and_then(|p| {
-                    p.init_containers
-                        .as_ref()
-                        .and_then(|c| c.first())
-                        .or_else(|| p.containers.first())
-                })
-                .and_then(|c| c.image.as_deref())
-                .and_then(image_tag);
-            done.push(Installed {
-                node: node.clone(),
-                job: job.name_any(),
-                version,
-            });
-        }
-        Check::Done(done)
+    let installed = watch_until(api, config, remaining(deadline), what, |jobs| {
+        install_jobs_done(jobs, nodes, since.as_ref())
     })
     .await
     .map_err(|source| KataDeployError::Wait {
         node: nodes.join(","),
         source,
     })?;
-    for node in nodes {
-        wait_for_runtime_label(client, node, timeout).await?;
-    }
+    futures::future::try_join_all(
+        nodes
+            .iter()
+            .map(|node| wait_for_runtime_label(client, node, remaining(deadline))),
+    )
+    .await?;
     Ok(installed)
+}
+
+/// What is left of a deadline.
+fn remaining(deadline: tokio::time::Instant) -> Duration {
+    deadline.saturating_duration_since(tokio::time::Instant::now())
+}
+
+/// Wait condition: the DaemonSet controller has observed the latest spec.
+fn daemonset_observed(found: &[Arc<DaemonSet>]) -> Check<DaemonSet> {
+    match found.first() {
+        Some(ds) if observed(ds) => Check::Done(ds.as_ref().clone()),
+        Some(_) => Check::Pending,
+        None => Check::Failed("the DaemonSet was deleted".into()),
+    }
+}
+
+/// Wait condition: the node carries the kata-runtime label.
+fn node_runs_kata(found: &[Arc<Node>]) -> Check<()> {
+    match found.first() {
+        Some(n) if crate::nodes::selection::runs_kata(n) => Check::Done(()),
+        Some(_) => Check::Pending,
+        None => Check::Failed("the node was deleted".into()),
+    }
+}
+
+/// Wait condition over a node's kata-deploy pods: the deleted ones
+/// (`old_uids`) are gone and the DaemonSet's (`owner`) pod at `revision` is
+/// Ready; a hopeless pod (crash loop, image pull) fails at once.
+fn replacement_ready(
+    pods: &[Arc<Pod>],
+    owner: &str,
+    old_uids: &[String],
+    revision: &str,
+) -> Check<Pod> {
+    let owned: Vec<&Arc<Pod>> = pods
+        .iter()
+        .filter(|p| p.owner_references().iter().any(|o| o.uid == owner))
+        .collect();
+    if owned
+        .iter()
+        .any(|p| old_uids.contains(&p.uid().unwrap_or_default()))
+    {
+        return Check::Pending;
+    }
+    let Some(pod) = owned
+        .iter()
+        .find(|p| revision_of(p) == Some(revision) && p.metadata.deletion_timestamp.is_none())
+    else {
+        return Check::Pending;
+    };
+    if let Some(reason) = hopeless(pod) {
+        return Check::Failed(format!("pod {} {reason}", pod.name_any()));
+    }
+    if is_ready(pod) {
+        Check::Done(pod.as_ref().clone())
+    } else {
+        Check::Pending
+    }
+}
+
+/// Wait condition over install Jobs: each node's latest Job created at or
+/// after `since` has completed; a failed one fails at once.
+fn install_jobs_done(
+    jobs: &[Arc<Job>],
+    nodes: &[String],
+    since: Option<&k8s_openapi::jiff::Timestamp>,
+) -> Check<Vec<Installed>> {
+    let mut done = Vec::new();
+    for node in nodes {
+        let latest = jobs
+            .iter()
+            .filter(|j| j.labels().get(JOB_NODE_LABEL) == Some(node))
+            .filter(|j| match (since, &j.metadata.creation_timestamp) {
+                // Creation times have second precision; the wave started within that second.
+                (Some(since), Some(created)) => created.0.as_second() >= since.as_second(),
+                _ => true,
+            })
+            .max_by_key(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0));
+        let Some(job) = latest else {
+            return Check::Pending;
+        };
+        if job_condition(job, "Failed") {
+            return Check::Failed(format!(
+                "install Job {} for node {node} failed",
+                job.name_any()
+            ));
+        }
+        if !job_condition(job, "Complete") {
+            return Check::Pending;
+        }
+        let version = job
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| {
+                p.init_containers
+                    .as_ref()
+                    .and_then(|c| c.first())
+                    .or_else(|| p.containers.first())
+            })
+            .and_then(|c| c.image.as_deref())
+            .and_then(image_tag);
+        done.push(Installed {
+            node: node.clone(),
+            job: job.name_any(),
+            version,
+        });
+    }
+    Check::Done(done)
 }
 
 fn job_condition(job: &Job, kind: &str) -> bool {
@@ -544,6 +577,107 @@ mod tests {
             Some("3.28.0")
         );
         assert_eq!(image_tag("localhost:5000/kata-deploy"), None);
+    }
+
+    fn object<T: serde::de::DeserializeOwned>(json: serde_json::Value) -> Arc<T> {
+        Arc::new(serde_json::from_value(json).unwrap())
+    }
+
+    fn kata_pod(uid: &str, owner: &str, revision: &str, ready: bool) -> Arc<Pod> {
+        object(serde_json::json!({
+            "metadata": {
+                "name": format!("kata-deploy-{uid}"),
+                "uid": uid,
+                "labels": {REVISION_HASH_LABEL: revision},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "kata-deploy", "uid": owner}],
+            },
+            "status": {"conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]},
+        }))
+    }
+
+    fn install_job(name: &str, node: &str, created: &str, condition: Option<&str>) -> Arc<Job> {
+        let conditions: Vec<serde_json::Value> = condition
+            .map(|kind| serde_json::json!({"type": kind, "status": "True"}))
+            .into_iter()
+            .collect();
+        object(serde_json::json!({
+            "metadata": {
+                "name": name,
+                "creationTimestamp": created,
+                "labels": {JOB_NODE_LABEL: node, JOB_STAGE_LABEL: "install"},
+            },
+            "spec": {"template": {"spec": {"containers": [{"name": "install", "image": "quay.io/kata-containers/kata-deploy:3.33.0"}]}}},
+            "status": {"conditions": conditions},
+        }))
+    }
+
+    #[test]
+    fn a_restart_waits_for_the_old_pod_to_go_and_the_new_one_to_be_ready() {
+        let old = kata_pod("old", "ds", "rev1", true);
+        let starting = kata_pod("new", "ds", "rev2", false);
+        let ready = kata_pod("new", "ds", "rev2", true);
+        let foreign = kata_pod("other", "another-ds", "rev2", true);
+        let wanted = |pods: &[Arc<Pod>]| replacement_ready(pods, "ds", &["old".into()], "rev2");
+        assert!(matches!(
+            wanted(&[old.clone(), ready.clone()]),
+            Check::Pending
+        ));
+        assert!(matches!(wanted(&[starting]), Check::Pending));
+        assert!(matches!(wanted(&[foreign]), Check::Pending));
+        assert!(matches!(wanted(&[ready]), Check::Done(p) if p.name_any() == "kata-deploy-new"));
+    }
+
+    #[test]
+    fn a_node_is_done_once_labelled_and_failed_once_deleted() {
+        let node = |labelled: bool| -> Arc<Node> {
+            let labels = if labelled {
+                serde_json::json!({annotations::KATA_RUNTIME_LABEL: "true"})
+            } else {
+                serde_json::json!({})
+            };
+            object(serde_json::json!({"metadata": {"name": "w1", "labels": labels}}))
+        };
+        assert!(matches!(node_runs_kata(&[node(false)]), Check::Pending));
+        assert!(matches!(node_runs_kata(&[node(true)]), Check::Done(())));
+        assert!(matches!(node_runs_kata(&[]), Check::Failed(_)));
+    }
+
+    #[test]
+    fn a_daemonset_is_observed_once_its_generation_is() {
+        let ds = |generation: i64, observed: i64| -> Arc<DaemonSet> {
+            object(serde_json::json!({
+                "metadata": {"name": "kata-deploy", "generation": generation},
+                "status": {"observedGeneration": observed, "currentNumberScheduled": 0, "desiredNumberScheduled": 0, "numberMisscheduled": 0, "numberReady": 0},
+            }))
+        };
+        assert!(matches!(daemonset_observed(&[ds(3, 2)]), Check::Pending));
+        assert!(matches!(daemonset_observed(&[ds(3, 3)]), Check::Done(_)));
+        assert!(matches!(daemonset_observed(&[]), Check::Failed(_)));
+    }
+
+    #[test]
+    fn install_jobs_of_this_wave_decide_each_node() {
+        let nodes = ["w1".to_string(), "w2".to_string()];
+        let since: k8s_openapi::jiff::Timestamp = "2026-12-02T10:00:00Z".parse().unwrap();
+        let earlier_wave = install_job("old-w1", "w1", "2026-12-02T09:00:00Z", Some("Complete"));
+        let w1 = install_job("w1", "w1", "2026-12-02T10:00:05Z", Some("Complete"));
+        let w2_running = install_job("w2", "w2", "2026-12-02T10:00:05Z", None);
+        let w2_done = install_job("w2", "w2", "2026-12-02T10:00:05Z", Some("Complete"));
+        let w2_failed = install_job("w2", "w2", "2026-12-02T10:00:05Z", Some("Failed"));
+        let check = |jobs: &[Arc<Job>]| install_jobs_done(jobs, &nodes, Some(&since));
+        assert!(matches!(
+            check(&[earlier_wave.clone(), w2_done.clone()]),
+            Check::Pending
+        ));
+        assert!(matches!(check(&[w1.clone(), w2_running]), Check::Pending));
+        assert!(
+            matches!(check(&[w1.clone(), w2_failed]), Check::Failed(why) if why.contains("install Job w2 for node w2 failed"))
+        );
+        let Check::Done(installed) = check(&[earlier_wave, w1, w2_done]) else {
+            panic!("both nodes installed");
+        };
+        assert_eq!(installed[0].job, "w1");
+        assert_eq!(installed[1].version.as_deref(), Some("3.33.0"));
     }
 
     #[test]

@@ -53,6 +53,17 @@ pub enum ReleaseError {
         #[source]
         source: HelmError,
     },
+    /// `helm upgrade` of the release failed.
+    #[error("upgrading Helm release {name} to {version}")]
+    Upgrade {
+        /// Release name.
+        name: String,
+        /// The chart version it was upgraded to.
+        version: String,
+        /// The helm failure.
+        #[source]
+        source: HelmError,
+    },
     /// The release's manifest has no kata-deploy DaemonSet where one is needed.
     #[error("Helm release {name} has no DaemonSet in its manifest (is it in job mode?)")]
     NoDaemonSet {
@@ -72,7 +83,9 @@ pub enum ReleaseError {
 impl Classify for ReleaseError {
     fn status(&self) -> ExitStatus {
         match self {
-            ReleaseError::Helm { source, .. } => source.status(),
+            ReleaseError::Helm { source, .. } | ReleaseError::Upgrade { source, .. } => {
+                source.status()
+            }
             ReleaseError::Malformed { .. } => ExitStatus::Failed,
             _ => ExitStatus::Precondition,
         }
@@ -107,7 +120,9 @@ impl Classify for ReleaseError {
             ReleaseError::NoDaemonSet { .. } => {
                 vec!["use --deployment-mode job for a release in job mode".into()]
             }
-            ReleaseError::Helm { source, .. } => source.hints(),
+            ReleaseError::Helm { source, .. } | ReleaseError::Upgrade { source, .. } => {
+                source.hints()
+            }
             ReleaseError::Malformed { .. } => Vec::new(),
         }
     }
@@ -466,10 +481,13 @@ impl Release {
             format!("{}s", upgrade.timeout.as_secs()).into(),
         ]);
         tracing::info!(release = %self.reference.name, version = %upgrade.version, "helm upgrade");
-        helm.run(args).await.map_err(|source| ReleaseError::Helm {
-            name: self.reference.name.clone(),
-            source,
-        })?;
+        helm.run(args)
+            .await
+            .map_err(|source| ReleaseError::Upgrade {
+                name: self.reference.name.clone(),
+                version: upgrade.version.clone(),
+                source,
+            })?;
         Ok(())
     }
 
@@ -511,10 +529,13 @@ impl Release {
             ]);
         }
         tracing::info!(release = %self.reference.name, version, no_hooks, "helm upgrade: restoring the user's values");
-        helm.run(args).await.map_err(|source| ReleaseError::Helm {
-            name: self.reference.name.clone(),
-            source,
-        })?;
+        helm.run(args)
+            .await
+            .map_err(|source| ReleaseError::Upgrade {
+                name: self.reference.name.clone(),
+                version: version.to_string(),
+                source,
+            })?;
         Ok(())
     }
 
@@ -597,6 +618,25 @@ fn manifest_documents(manifest: &str) -> Vec<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_upgrade_says_it_was_upgrading_and_keeps_helms_classification() {
+        let err = ReleaseError::Upgrade {
+            name: "kata-deploy".into(),
+            version: "3.28.0".into(),
+            source: HelmError::Failed {
+                command: "helm upgrade kata-deploy".into(),
+                code: 1,
+                stderr: "Error: daemonsets.apps \"kata-deploy\" is forbidden".into(),
+            },
+        };
+        assert_eq!(
+            err.to_string(),
+            "upgrading Helm release kata-deploy to 3.28.0"
+        );
+        assert_eq!(err.status(), ExitStatus::Precondition);
+        assert!(err.hints()[0].contains("RBAC"));
+    }
     use serde_json::json;
 
     fn release(status: &str, manifest: &str) -> Release {

@@ -432,7 +432,7 @@ impl Records {
 }
 
 fn is_conflict(err: &KubeError) -> bool {
-    matches!(err.code(), Some(409))
+    err.is_conflict()
 }
 
 /// A run record for unit tests: run `upgrade-1` of `kube-system/kata-deploy`

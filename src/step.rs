@@ -22,9 +22,9 @@ pub fn release_ref(args: &ReleaseArgs) -> ReleaseRef {
     }
 }
 
-/// helm (`--helm`), pointed at the cluster klm uses (the global
-/// `--kubeconfig` and `--context`).
-pub fn helm(args: &ReleaseArgs, global: &GlobalArgs) -> Helm {
+/// helm (`--helm`), pointed at the cluster klm uses, as the same identity
+/// (the global connection flags).
+pub fn helm(args: &ReleaseArgs, global: &GlobalArgs) -> Result<Helm, UserError> {
     Helm::new(args.helm.clone(), global)
 }
 

@@ -76,7 +76,7 @@ impl Classify for WaitError {
             | WaitError::Watch {
                 source: watcher::Error::WatchStartFailed(kube::Error::Api(s)),
                 ..
-            } if s.code == 403 => ExitStatus::Precondition,
+            } if s.is_forbidden() => ExitStatus::Precondition,
             _ => ExitStatus::Failed,
         }
     }
@@ -201,7 +201,7 @@ fn is_forbidden(err: &watcher::Error) -> bool {
     matches!(
         err,
         watcher::Error::InitialListFailed(kube::Error::Api(s)) | watcher::Error::WatchStartFailed(kube::Error::Api(s))
-            if s.code == 403
+            if s.is_forbidden()
     )
 }
 

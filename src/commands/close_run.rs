@@ -104,7 +104,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         timeout: args.timeout,
         reverify: step::reverify(template, &args.verification),
     };
-    let report = rollback::roll_back(&client, &step::helm(&args.release, global), &request).await?;
+    let report =
+        rollback::roll_back(&client, &step::helm(&args.release, global)?, &request).await?;
     output::print(global.output, &report)?;
     report.outcome()?;
     Ok(ExitStatus::Done)

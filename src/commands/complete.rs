@@ -51,7 +51,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
     };
-    let report = complete::complete(&client, &step::helm(&args.release, global), &request).await?;
+    let report = complete::complete(&client, &step::helm(&args.release, global)?, &request).await?;
     output::print(global.output, &report)?;
     report.outcome()?;
     Ok(ExitStatus::Done)

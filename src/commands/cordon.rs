@@ -93,7 +93,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .filter(|n| !record.node_versions.contains_key(*n) && !record.nodes.contains_key(*n))
         .cloned()
         .collect();
-    let helm = step::helm(&args.release, global);
+    let helm = step::helm(&args.release, global)?;
     let versions = crate::nodes::installed::observe(
         &client,
         &helm,

@@ -102,7 +102,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let criteria = step::criteria(&args.selection)?;
     let template = crate::verification::VerificationPod::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
-    let helm = step::helm(&args.release, global);
+    let helm = step::helm(&args.release, global)?;
     let reference = step::release_ref(&args.release);
     let Checked {
         release,

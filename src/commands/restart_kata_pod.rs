@@ -55,7 +55,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
     };
-    let report = restart::restart(&client, &step::helm(&args.release, global), &request).await?;
+    let report = restart::restart(&client, &step::helm(&args.release, global)?, &request).await?;
     output::print(global.output, &report)?;
     report.outcome()?;
     Ok(ExitStatus::Done)

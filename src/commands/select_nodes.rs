@@ -70,7 +70,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .into());
     }
     let client = crate::cluster::client(global).await?;
-    let helm = step::helm(&args.release, global);
+    let helm = step::helm(&args.release, global)?;
     let selection = planning::select(
         &client,
         &helm,

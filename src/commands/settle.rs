@@ -82,7 +82,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             helm_timeout: args.chart.helm_timeout,
         };
         let report =
-            complete::complete(&client, &step::helm(&args.release, global), &request).await?;
+            complete::complete(&client, &step::helm(&args.release, global)?, &request).await?;
         output::print(global.output, &report)?;
         report.outcome()?;
         return Ok(ExitStatus::Done);
@@ -121,7 +121,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         timeout: args.timeout,
         reverify: step::reverify(template, &args.verification),
     };
-    let report = rollback::roll_back(&client, &step::helm(&args.release, global), &request).await?;
+    let report =
+        rollback::roll_back(&client, &step::helm(&args.release, global)?, &request).await?;
     output::print(global.output, &report)?;
     report.outcome()?;
     Err(UserError::failed(format!(

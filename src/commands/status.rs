@@ -190,7 +190,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             .await?
             .map(|(r, _)| r),
     };
-    let helm = step::helm(&args.release, global);
+    let helm = step::helm(&args.release, global)?;
     let nodes = rows(&client, &helm, &args.release, &criteria).await?;
     let failed = record
         .as_ref()

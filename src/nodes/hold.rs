@@ -213,7 +213,7 @@ pub async fn hold_for_release(
                     selection_taints: taints,
                 });
             }
-            Err(err) if err.code() == Some(409) => continue,
+            Err(err) if err.is_conflict() => continue,
             Err(err) => return Err(err.into()),
         }
     }
@@ -268,7 +268,7 @@ pub async fn hold_for_rollback(
                 tracing::info!(node, was_unschedulable, "node cordoned for its rollback");
                 return Ok(());
             }
-            Err(err) if err.code() == Some(409) => continue,
+            Err(err) if err.is_conflict() => continue,
             Err(err) => return Err(err.into()),
         }
     }
@@ -415,7 +415,7 @@ pub async fn release(
                     taints_changed,
                 }));
             }
-            Err(err) if err.code() == Some(409) => continue,
+            Err(err) if err.is_conflict() => continue,
             Err(err) => return Err(err.into()),
         }
     }

@@ -117,14 +117,20 @@ pub fn refusal(err: &kube::Error) -> Option<Refusal> {
     let kube::Error::Api(status) = err else {
         return None;
     };
-    match status.code {
-        404 => Some(Refusal::NoNamespace),
-        400 | 422 => Some(Refusal::Invalid(status.message.clone())),
+    if status.is_not_found() {
+        Some(Refusal::NoNamespace)
+    } else if status.is_invalid() || status.code == 400 {
+        Some(Refusal::Invalid(status.message.clone()))
+    } else if status.is_forbidden() {
         // RBAC says "User ... cannot create resource ..."; admission plugins
         // and webhooks answer 403 with their own reason.
-        403 if status.message.contains("cannot create resource") => Some(Refusal::NotPermitted),
-        403 => Some(Refusal::Rejected(status.message.clone())),
-        _ => None,
+        if status.message.contains("cannot create resource") {
+            Some(Refusal::NotPermitted)
+        } else {
+            Some(Refusal::Rejected(status.message.clone()))
+        }
+    } else {
+        None
     }
 }
 
@@ -208,6 +214,11 @@ async fn verify_node(
         pod: name.clone(),
         reason,
     };
+    let api_failed = |action: String, source: kube::Error| VerificationError::Api {
+        node: node.to_string(),
+        pod: name.clone(),
+        source: crate::error::KubeError::new(action, source),
+    };
 
     // Pods of this run on this node left over from an interrupted attempt:
     // start afresh.
@@ -220,7 +231,7 @@ async fn verify_node(
     let leftovers = pods
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| api_failed(format!("listing earlier verification pods ({selector})"), e))?;
     for old in leftovers.items {
         let (old_name, uid) = (old.name_any(), old.uid().unwrap_or_default());
         delete(&pods, &old_name).await;
@@ -265,7 +276,12 @@ async fn verify_node(
                     kept: false,
                 });
             }
-            _ => return Err(fail(format!("cannot create it: {err}"))),
+            _ => {
+                return Err(api_failed(
+                    format!("creating it in namespace {namespace}"),
+                    err,
+                ));
+            }
         },
     };
     let uid = created.uid().unwrap_or_default();
@@ -324,7 +340,13 @@ async fn verify_node(
                 after.as_secs()
             )
         }
-        Err(err) => return Err(fail(err.to_string())),
+        Err(source) => {
+            return Err(VerificationError::Wait {
+                node: node.to_string(),
+                pod: name.clone(),
+                source,
+            });
+        }
     };
     let details = diagnostics(client, &pods, &name, &uid).await;
     tracing::warn!(node, pod = %name, %reason, "verification failed");
@@ -515,7 +537,7 @@ async fn delete(pods: &Api<Pod>, name: &str) {
         ..DeleteParams::background()
     };
     if let Err(err) = pods.delete(name, &params).await
-        && !matches!(&err, kube::Error::Api(s) if s.code == 404)
+        && !crate::error::is_not_found(&err)
     {
         tracing::warn!(pod = name, error = %err, "could not delete the verification pod");
     }
@@ -524,6 +546,45 @@ async fn delete(pods: &Api<Pod>, name: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(code: u16, reason: &str, message: &str) -> kube::Error {
+        kube::Error::Api(
+            kube::core::Status::failure(message, reason)
+                .with_code(code)
+                .boxed(),
+        )
+    }
+
+    #[test]
+    fn refusals_are_told_apart_by_the_apiservers_answer() {
+        assert_eq!(
+            refusal(&answer(404, "NotFound", "namespaces \"x\" not found")),
+            Some(Refusal::NoNamespace)
+        );
+        assert_eq!(
+            refusal(&answer(422, "Invalid", "spec.containers: Required value")),
+            Some(Refusal::Invalid("spec.containers: Required value".into()))
+        );
+        assert_eq!(
+            refusal(&answer(
+                403,
+                "Forbidden",
+                "User \"x\" cannot create resource \"pods\""
+            )),
+            Some(Refusal::NotPermitted)
+        );
+        assert_eq!(
+            refusal(&answer(
+                403,
+                "Forbidden",
+                "pod rejected: RuntimeClass \"kata\" not found"
+            )),
+            Some(Refusal::Rejected(
+                "pod rejected: RuntimeClass \"kata\" not found".into()
+            ))
+        );
+        assert_eq!(refusal(&answer(500, "InternalError", "etcd timeout")), None);
+    }
 
     fn pod(status: serde_json::Value) -> Pod {
         serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "status": status}))

@@ -288,6 +288,16 @@ async fn bad_input_is_refused_with_a_message_and_changes_nothing() {
             2,
             "does not exist",
         ),
+        // --as reaches the apiserver: the chart's ServiceAccount may not impersonate.
+        bad(
+            &[
+                "status",
+                "--as",
+                "system:serviceaccount:kube-system:default",
+            ],
+            3,
+            "cannot impersonate",
+        ),
         bad(&["frobnicate"], 2, "unrecognized subcommand"),
     ];
     assert!(cases.len() >= 25);

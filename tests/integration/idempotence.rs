@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use klm_rig::verification_pod::VerificationPod;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 
@@ -37,13 +38,11 @@ async fn steps_killed_half_way_finish_when_run_again() {
     let node = case.node(0).to_string();
     let dir = tempfile::tempdir().unwrap();
     let pod_file = |outcome: &str| {
-        let path = dir.path().join(format!("{outcome}.yaml"));
-        std::fs::write(
-            &path,
-            format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: ${{TEST_POD}}\n  annotations:\n    rig.klm.test/outcome: {outcome}\nspec:\n  restartPolicy: Never\n  nodeSelector:\n    kubernetes.io/hostname: ${{NODE}}\n  tolerations:\n    - operator: Exists\n  containers:\n    - name: verify\n      image: registry.invalid/verify:1\n"),
-        )
-        .unwrap();
-        path.display().to_string()
+        VerificationPod::new(outcome)
+            .tolerating_everything()
+            .write(dir.path(), outcome)
+            .display()
+            .to_string()
     };
     let (hold, succeed) = (pod_file("hold"), pod_file("succeed"));
     let ns = case.namespace.clone();

@@ -415,7 +415,9 @@ async fn rollback_node_cordons_its_node_and_needs_no_target_version() {
     let empty = Submission::new(&case, &wf, "wf-empty", &[], dir.path());
     let refused = empty.step("check-prerequisites", &[]).await.code(2);
     assert!(
-        refused.stderr.contains("--target-version is empty"),
+        refused
+            .stderr
+            .contains("--target-version <VERSION>': no version given"),
         "{}",
         refused.stderr
     );

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::batch::v1::Job;
+use klm_rig::verification_pod::VerificationPod;
 use kube::Api;
 use kube::api::ListParams;
 use serde_json::{Value, json};
@@ -116,12 +117,10 @@ async fn passing_wave(case: &Case, run: &str, target: &str, nodes: &str, pod: &P
 
 /// A verification pod using the release's RuntimeClass (what a real check does).
 fn runtime_class_pod(dir: &Path, runtime_class: &str) -> PathBuf {
-    let pod = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ${{TEST_POD}}\n  annotations:\n    rig.klm.test/outcome: succeed\nspec:\n  runtimeClassName: {runtime_class}\n  restartPolicy: Never\n  nodeSelector:\n    kubernetes.io/hostname: ${{NODE}}\n  tolerations:\n    - operator: Exists\n  containers:\n    - name: verify\n      image: registry.invalid/kata-verify:1\n      command: [\"true\"]\n"
-    );
-    let path = dir.join("verify-runtime-class.yaml");
-    std::fs::write(&path, pod).unwrap();
-    path
+    VerificationPod::succeeding()
+        .runtime_class(runtime_class)
+        .tolerating_everything()
+        .write(dir, "verify-runtime-class")
 }
 
 // Item 2.

@@ -54,6 +54,69 @@ pub struct Case {
     pub sa_kubeconfig: PathBuf,
 }
 
+/// When a test fails, what a person needs to see why: the case's pods,
+/// events, nodes (with klm's annotations) and run record, from kubectl as
+/// admin, on stderr (the test harness shows it with the failure). klm's own
+/// stderr is printed by every step already.
+impl Drop for Case {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let selector = format!("{CASE_LABEL}={}", self.namespace);
+        let record = format!("configmap/{}-klm-run", self.release);
+        let nodes = r#"jsonpath={range .items[*]}{.metadata.name}{" unschedulable="}{.spec.unschedulable}{" "}{.metadata.annotations}{"\n"}{end}"#;
+        let views: [(&str, Vec<&str>); 4] = [
+            (
+                "pods",
+                vec!["get", "pods", "-n", &self.namespace, "-o", "wide"],
+            ),
+            (
+                "events",
+                vec![
+                    "get",
+                    "events",
+                    "-n",
+                    &self.namespace,
+                    "--sort-by=.lastTimestamp",
+                ],
+            ),
+            ("nodes", vec!["get", "nodes", "-l", &selector, "-o", nodes]),
+            (
+                "run record",
+                vec![
+                    "get",
+                    &record,
+                    "-n",
+                    &self.namespace,
+                    "-o",
+                    "jsonpath={.data.record\\.json}",
+                ],
+            ),
+        ];
+        for (what, args) in views {
+            let output = std::process::Command::new(self.rig.bin("kubectl"))
+                .arg("--kubeconfig")
+                .arg(self.rig.kubeconfig())
+                .args(&args)
+                .output();
+            #[allow(clippy::print_stderr)]
+            match output {
+                Ok(out) => eprintln!(
+                    "--- case {}: {what}\n{}{}",
+                    self.namespace,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => eprintln!(
+                    "--- case {}: {what}: kubectl did not run: {e}",
+                    self.namespace
+                ),
+            }
+        }
+    }
+}
+
 /// How a case is set up.
 pub struct CaseSpec<'a> {
     /// Short name, used in namespace and node names.
@@ -120,7 +183,7 @@ impl Case {
             })
             .collect();
         rig.add_nodes(&specs).await?;
-        let case = Case {
+        let mut case = Case {
             rig,
             admin,
             release: "kata-deploy".into(),
@@ -132,11 +195,8 @@ impl Case {
         let mut set: Vec<&str> = spec.set.to_vec();
         set.extend(extra.iter().map(String::as_str));
         case.install_kata_deploy(spec.version, &set).await?;
-        let sa_kubeconfig = case.install_chart_rbac().await?;
-        Ok(Case {
-            sa_kubeconfig,
-            ..case
-        })
+        case.sa_kubeconfig = case.install_chart_rbac().await?;
+        Ok(case)
     }
 
     /// Values every install of the fixture gets: confined to the case's nodes,
@@ -269,13 +329,16 @@ impl Case {
     }
 
     /// Runs klm as the chart's ServiceAccount, with the case's release,
-    /// namespace and chart reference filled in where the subcommand takes them.
+    /// namespace and chart set the way the workflow sets them.
     pub async fn klm(&self, args: &[&str]) -> Klm {
         let output = self.klm_command(args).output().await.expect("klm runs");
         Klm::from(output)
     }
 
-    /// The klm command [`Case::klm`] runs, for a test that starts and kills it itself.
+    /// The klm command [`Case::klm`] runs, for a test that starts and kills
+    /// it itself. Like a workflow step, it gets the release, its namespace and
+    /// the chart as `KLM_*` variables (a flag in `args` still wins), and runs
+    /// as the chart's ServiceAccount unless `args` name a kubeconfig.
     pub fn klm_command(&self, args: &[&str]) -> tokio::process::Command {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_klm"));
         command.args(args);
@@ -284,23 +347,12 @@ impl Case {
         }
         command
             .env("KLM_HELM", self.rig.helm())
+            .env("KLM_HELM_RELEASE", &self.release)
+            .env("KLM_HELM_NAMESPACE", &self.namespace)
+            .env("KLM_CHART", chart_reference())
             .env_remove("KUBECONFIG")
             .env_remove("KLM_RUN_ID")
             .env("KLM_LOG", "info");
-        let takes_release = !matches!(args.first().copied(), Some("drain"));
-        if takes_release && !args.contains(&"--helm-release") {
-            command.args(["--helm-release", &self.release]);
-        }
-        if takes_release && !args.contains(&"--helm-namespace") {
-            command.args(["--helm-namespace", &self.namespace]);
-        }
-        if matches!(
-            args.first().copied(),
-            Some("helm-upgrade" | "rollback" | "complete")
-        ) && !args.contains(&"--chart")
-        {
-            command.args(["--chart", &chart_reference()]);
-        }
         command
     }
 

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Taint;
+use klm_rig::verification_pod::VerificationPod;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
@@ -15,16 +16,10 @@ const VERIFIED: &str = "katacontainers.io/kata-current-version";
 /// A verification pod the rig completes: it succeeds, except on the nodes
 /// named in `fail_on`, where it exits 1.
 pub fn verification_pod(dir: &std::path::Path, fail_on: &[&str]) -> std::path::PathBuf {
-    let mut annotations = String::from("    rig.klm.test/outcome: succeed\n");
-    for node in fail_on {
-        annotations.push_str(&format!("    node.rig.klm.test/{node}: fail\n"));
-    }
-    let pod = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ${{TEST_POD}}\n  annotations:\n{annotations}spec:\n  restartPolicy: Never\n  nodeSelector:\n    kubernetes.io/hostname: ${{NODE}}\n  tolerations:\n    - operator: Exists\n  containers:\n    - name: verify\n      image: registry.invalid/kata-verify:1\n      command: [\"true\"]\n"
-    );
-    let path = dir.join(format!("verify-{}.yaml", fail_on.join("-")));
-    std::fs::write(&path, pod).expect("write verification pod");
-    path
+    VerificationPod::succeeding()
+        .failing_on(fail_on)
+        .tolerating_everything()
+        .write(dir, &format!("verify-{}", fail_on.join("-")))
 }
 
 /// One wave as the workflow runs it; returns whether it completed.

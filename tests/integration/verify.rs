@@ -6,19 +6,25 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Pod;
+use klm_rig::verification_pod::VerificationPod;
 use kube::Api;
 use kube::api::ListParams;
 
 use crate::support::{Case, CaseSpec};
 
-/// A verification pod whose simulated fate is `outcome`, with extra spec lines.
-fn pod_file(dir: &std::path::Path, name: &str, outcome: &str, extra_selector: &str) -> String {
-    let text = format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ${{TEST_POD}}\n  annotations:\n    rig.klm.test/outcome: {outcome}\n    rig.klm.test/exit-code: \"4\"\nspec:\n  restartPolicy: Never\n  nodeSelector:\n    kubernetes.io/hostname: ${{NODE}}\n{extra_selector}  tolerations:\n    - key: node.kubernetes.io/unschedulable\n      operator: Exists\n  containers:\n    - name: verify\n      image: registry.invalid/verify:1\n"
-    );
-    let path = dir.join(format!("{name}.yaml"));
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
+/// A verification pod whose simulated fate is `outcome` (failing with exit
+/// code 4), on nodes that also carry `label`, if given.
+fn pod_file(
+    dir: &std::path::Path,
+    name: &str,
+    outcome: &str,
+    label: Option<(&str, &str)>,
+) -> String {
+    let mut pod = VerificationPod::new(outcome).exit_code(4);
+    if let Some((key, value)) = label {
+        pod = pod.node_label(key, value);
+    }
+    pod.write(dir, name).display().to_string()
 }
 
 async fn verification_pods(case: &Case) -> Vec<Pod> {
@@ -63,7 +69,7 @@ async fn verify_passes_fails_and_reports_hopeless_pods_fast() {
     };
 
     let (passed, _) = verify(
-        pod_file(dir.path(), "pass", "succeed", ""),
+        pod_file(dir.path(), "pass", "succeed", None),
         "60s",
         vec!["-o", "json"],
     )
@@ -75,7 +81,7 @@ async fn verify_passes_fails_and_reports_hopeless_pods_fast() {
         "passed pods are deleted"
     );
 
-    let (failed, _) = verify(pod_file(dir.path(), "fail", "fail", ""), "60s", vec![]).await;
+    let (failed, _) = verify(pod_file(dir.path(), "fail", "fail", None), "60s", vec![]).await;
     let failed = failed.code(1);
     assert!(
         failed.stdout.contains("exited with code 4"),
@@ -97,7 +103,8 @@ async fn verify_passes_fails_and_reports_hopeless_pods_fast() {
         ("crash", "crash", "CrashLoopBackOff"),
         ("pull", "image-pull-error", "ErrImagePull"),
     ] {
-        let (out, elapsed) = verify(pod_file(dir.path(), name, outcome, ""), "120s", vec![]).await;
+        let (out, elapsed) =
+            verify(pod_file(dir.path(), name, outcome, None), "120s", vec![]).await;
         let out = out.code(1);
         assert!(out.stdout.contains(says), "{name}: {}", out.stdout);
         assert!(
@@ -106,7 +113,7 @@ async fn verify_passes_fails_and_reports_hopeless_pods_fast() {
         );
     }
 
-    let impossible = "    rig.klm.test/no-such-label: \"true\"\n";
+    let impossible = Some(("rig.klm.test/no-such-label", "\"true\""));
     let (out, elapsed) = verify(
         pod_file(dir.path(), "unschedulable", "succeed", impossible),
         "120s",
@@ -121,7 +128,7 @@ async fn verify_passes_fails_and_reports_hopeless_pods_fast() {
     );
 
     let (out, _) = verify(
-        pod_file(dir.path(), "pending", "pending", ""),
+        pod_file(dir.path(), "pending", "pending", None),
         "5s",
         vec!["--keep-failed"],
     )
@@ -145,7 +152,7 @@ async fn a_bad_verification_pod_changes_nothing() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let before = case.snapshot().await;
-    let missing_ns = pod_file(dir.path(), "ok", "succeed", "");
+    let missing_ns = pod_file(dir.path(), "ok", "succeed", None);
     let out = case
         .klm(&[
             "verify",

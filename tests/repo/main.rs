@@ -10,10 +10,13 @@
 //!   version with a checksum for every platform.
 //! - `e2e`: the end-to-end fixtures are accepted by klm and by the chart.
 //! - `dependencies`: the crates the project bans stay out.
+//! - `help`: snapshots of `klm --help`, each subcommand's help and one
+//!   error per exit code.
 
 mod containerfile;
 mod dependencies;
 mod e2e;
+mod help;
 mod image;
 mod support;
 mod workflows;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
+use klm_rig::verification_pod::VerificationPod;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
@@ -22,13 +23,10 @@ async fn a_verification_wait_survives_an_apiserver_restart() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let pod = dir.path().join("hold.yaml");
     // Runs, and stays Running until the test lets it succeed.
-    std::fs::write(
-        &pod,
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ${TEST_POD}\n  annotations:\n    rig.klm.test/outcome: hold\nspec:\n  restartPolicy: Never\n  nodeSelector:\n    kubernetes.io/hostname: ${NODE}\n  tolerations:\n    - operator: Exists\n  containers:\n    - name: verify\n      image: registry.invalid/verify:1\n",
-    )
-    .unwrap();
+    let pod = VerificationPod::new("hold")
+        .tolerating_everything()
+        .write(dir.path(), "hold");
     let pod = pod.display().to_string();
     let ns = case.namespace.clone();
     let args = [

@@ -13,6 +13,7 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use klm_rig::Rig;
 use klm_rig::argo::ArgoTier;
+use klm_rig::verification_pod::VerificationPod;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::runtime::wait::await_condition;
 use kube::{Api, ResourceExt};
@@ -412,25 +413,16 @@ pub fn workflow_resource() -> ApiResource {
 /// A verification pod the rig's kwok completes with `outcome` (`succeed`,
 /// `fail`, `hold`), except on the nodes in `fail_on`, where it fails.
 pub fn verification_pod(fail_on: &[&str], outcome: &str) -> String {
-    let mut annotations = format!("    rig.klm.test/outcome: {outcome}\n");
-    for node in fail_on {
-        annotations.push_str(&format!("    node.rig.klm.test/{node}: fail\n"));
-    }
-    format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ${{TEST_POD}}\n  annotations:\n{annotations}spec:\n  restartPolicy: Never\n  nodeSelector:\n    kubernetes.io/hostname: ${{NODE}}\n  tolerations:\n    - key: node.kubernetes.io/unschedulable\n      operator: Exists\n      effect: NoSchedule\n  containers:\n    - name: verify\n      image: registry.invalid/kata-verify:1\n      command: [\"true\"]\n"
-    )
+    VerificationPod::new(outcome).failing_on(fail_on).yaml()
 }
 
 /// A verification pod that fails on `nodes` while their simulated host runs
 /// `version` and passes otherwise (the rig decides it from the host, as a
 /// real check of the runtime would): a broken new version, rolled back.
 pub fn verification_pod_broken_at(version: &str, nodes: &[&str]) -> String {
-    let pod = verification_pod(&[], "pending");
-    let annotations = format!(
-        "  labels:\n    rig.klm.test/verdict: by-version\n  annotations:\n    rig.klm.test/broken-version: \"{version}\"\n    rig.klm.test/broken-nodes: \"{}\"\n",
-        nodes.join(",")
-    );
-    pod.replacen("  annotations:\n", &annotations, 1)
+    VerificationPod::succeeding()
+        .broken_at(version, nodes)
+        .yaml()
 }
 
 /// A verification pod as the `verification-pod` parameter takes it (base64).

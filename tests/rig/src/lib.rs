@@ -25,6 +25,7 @@ pub mod real_node;
 pub mod rig;
 pub mod simulator;
 pub mod verdicts;
+pub mod verification_pod;
 
 pub use audit::AuditRequest;
 pub use nodes::NodeSpec;
