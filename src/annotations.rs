@@ -88,6 +88,23 @@ impl NodeStatus {
         }
     }
 
+    /// Whether a step of a run may move a node it holds from `from` to this
+    /// status. Holding (cordoned) and releasing (completed, rolled back) have
+    /// their own writes in [`crate::nodes::hold`]; a step moves a node only
+    /// forward through drain, upgrade and verification (an upgrade may be
+    /// retried after a verification), and to a rollback or a failure from
+    /// anywhere.
+    pub fn may_follow(self, from: NodeStatus) -> bool {
+        use NodeStatus::*;
+        match self {
+            Draining => matches!(from, Cordoned | Draining),
+            Upgrading => matches!(from, Cordoned | Draining | Upgrading | Verifying),
+            Verifying => matches!(from, Upgrading | Verifying),
+            RollingBack | Failed => true,
+            Preparing | Cordoned | Completed | RolledBack => false,
+        }
+    }
+
     /// Whether a run is still working on a node in this status.
     pub fn in_progress(self) -> bool {
         !matches!(

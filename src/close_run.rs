@@ -357,7 +357,11 @@ pub async fn close(client: &Client, request: &Request) -> anyhow::Result<Closing
     }
     let Some(record) = record else {
         for node in &roll_back {
-            hold::set_status(client, node, NodeStatus::Failed).await?;
+            let holder = hold::Holder {
+                run_id,
+                release: &release_id,
+            };
+            hold::advance(client, node, Some(holder), NodeStatus::Failed).await?;
         }
         report.kept_failed.extend(roll_back);
         return Ok(Closing {

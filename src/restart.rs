@@ -117,6 +117,11 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
     let record =
         step::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
     let mode = step::mode_of_run(request.mode, &record)?;
+    let release_id = record.release_id();
+    let holder = hold::Holder {
+        run_id: &record.run_id,
+        release: &release_id,
+    };
     let nodes_api: Api<Node> = Api::all(client.clone());
     try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     let mut report = Restart::default();
@@ -128,7 +133,7 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
             let outcomes = join_all(names.iter().map(|node| {
                 let (daemonset, revision) = (&daemonset, &revision);
                 async move {
-                    hold::set_status(client, node, NodeStatus::Upgrading).await?;
+                    hold::advance(client, node, Some(holder), NodeStatus::Upgrading).await?;
                     daemonset
                         .restart_on(node, revision, request.timeout)
                         .await
@@ -147,7 +152,7 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
         }
         DeploymentMode::Job => {
             for node in names {
-                hold::set_status(client, node, NodeStatus::Upgrading).await?;
+                hold::advance(client, node, Some(holder), NodeStatus::Upgrading).await?;
             }
             let wave = upgrade::Request {
                 release: request.release.clone(),

@@ -184,8 +184,13 @@ pub async fn roll_back(
     for node in names {
         hold::hold_for_rollback(client, node, &record.run_id, &record.release_id()).await?;
     }
+    let release_id = record.release_id();
+    let holder = hold::Holder {
+        run_id: &record.run_id,
+        release: &release_id,
+    };
     for node in names {
-        hold::set_status(client, node, NodeStatus::RollingBack).await?;
+        hold::advance(client, node, Some(holder), NodeStatus::RollingBack).await?;
     }
     let mut report = RolledBack {
         run_id: record.run_id.clone(),
@@ -247,7 +252,7 @@ pub async fn roll_back(
     }
 
     for failure in &report.failed {
-        hold::set_status(client, &failure.node, NodeStatus::Failed).await?;
+        hold::advance(client, &failure.node, Some(holder), NodeStatus::Failed).await?;
     }
     let released = try_join_all(back.iter().map(|n| {
         let how = NodeRelease {

@@ -79,8 +79,15 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let names = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let nodes_api = kube::Api::all(client.clone());
     try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    // A drain for a run moves its nodes on; one by hand (no --run-id) only evicts.
+    let release_id =
+        crate::annotations::release_id(&args.release.helm_namespace, &args.release.helm_release);
+    let holder = args.run.run_id.as_deref().map(|run_id| hold::Holder {
+        run_id,
+        release: &release_id,
+    });
     for node in &names {
-        hold::set_status(&client, node, NodeStatus::Draining).await?;
+        hold::advance(&client, node, holder, NodeStatus::Draining).await?;
     }
     // Evictions refused by a PodDisruptionBudget (429) are retried by drain itself, within its timeout.
     let evicting = crate::cluster::client_without_retry(global).await?;

@@ -94,8 +94,16 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .clone()
         .or_else(|| record.as_ref().map(|r| r.run_id.clone()))
         .unwrap_or_else(|| "manual".to_string());
+    // A verification for a run (--run-id, as the workflow gives it) moves its
+    // nodes on; one by hand checks them and changes no state.
+    let release_id =
+        crate::annotations::release_id(&args.release.helm_namespace, &args.release.helm_release);
+    let holder = args.run.run_id.as_deref().map(|run_id| hold::Holder {
+        run_id,
+        release: &release_id,
+    });
     for node in &names {
-        hold::set_status(&client, node, NodeStatus::Verifying).await?;
+        hold::advance(&client, node, holder, NodeStatus::Verifying).await?;
     }
     let verdicts = verify_nodes(
         &client,

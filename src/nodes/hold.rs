@@ -16,34 +16,100 @@ use super::selection::{self, Criteria, annotation};
 use crate::annotations::{self, NodeStatus};
 use crate::error::{KubeError, KubeResultExt};
 
-/// Sets the status annotation of a node (one merge patch).
-pub async fn set_status(client: &Client, node: &str, status: NodeStatus) -> Result<(), KubeError> {
-    tracing::info!(node, status = %status, "node status");
-    patch_annotations(
-        client,
-        node,
-        json!({ annotations::STATUS: status.as_str() }),
-    )
-    .await
+/// The run a step acts for, as the nodes it holds name it.
+#[derive(Debug, Clone, Copy)]
+pub struct Holder<'a> {
+    /// The run id.
+    pub run_id: &'a str,
+    /// The run's release, `namespace/name`.
+    pub release: &'a str,
 }
 
-/// Merge-patches annotations of a node; a `null` value removes the key.
-pub async fn patch_annotations(
+/// The one way a step moves a node through the upgrade's states: the node
+/// must be held by the step's run (of its release), and the move must be
+/// one [`NodeStatus::may_follow`] allows; refused otherwise (a
+/// precondition, nothing changed). Without a run (a check run by hand), a
+/// node's status is left alone. One merge patch, guarded by the
+/// resourceVersion it read.
+pub async fn advance(
     client: &Client,
     node: &str,
-    annotations: serde_json::Value,
-) -> Result<(), KubeError> {
+    run: Option<Holder<'_>>,
+    to: NodeStatus,
+) -> Result<(), HoldError> {
+    let Some(run) = run else {
+        return Ok(());
+    };
     let nodes: Api<Node> = Api::all(client.clone());
-    let patch = json!({ "metadata": { "annotations": annotations } });
-    nodes
-        .patch(
-            node,
-            &PatchParams::apply(annotations::FIELD_MANAGER),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .during(|| format!("annotating node {node}"))?;
-    Ok(())
+    for _ in 0..CONFLICT_RETRIES {
+        let current = get(&nodes, node).await?;
+        let Some(patch) = status_patch(&current, node, run, to)? else {
+            return Ok(());
+        };
+        match merge(&nodes, node, &patch).await {
+            Ok(()) => {
+                tracing::info!(node, status = %to, "node status");
+                return Ok(());
+            }
+            Err(err) if err.is_conflict() => continue,
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(HoldError::Contended {
+        node: node.to_string(),
+    })
+}
+
+/// The patch that moves `node` (as read) to `to` for `run`: None when it is
+/// there already; refused when another run (or none) holds it, or when the
+/// move makes no sense.
+fn status_patch(
+    current: &Node,
+    node: &str,
+    run: Holder<'_>,
+    to: NodeStatus,
+) -> Result<Option<Value>, HoldError> {
+    let holder = annotation(current, annotations::RUN);
+    let holder_release = annotation(current, annotations::RELEASE);
+    let status = annotation(current, annotations::STATUS);
+    let Some(holder) = holder else {
+        return Err(HoldError::NotHeld {
+            node: node.to_string(),
+            run: run.run_id.to_string(),
+        });
+    };
+    if holder != run.run_id {
+        return Err(HoldError::HeldByAnotherRun {
+            node: node.to_string(),
+            holder: holder.to_string(),
+            status: status.unwrap_or_default().to_string(),
+        });
+    }
+    if !same_release(holder_release, Some(run.release)) {
+        return Err(HoldError::HeldByAnotherRelease {
+            node: node.to_string(),
+            run: holder.to_string(),
+            release: holder_release.unwrap_or_default().to_string(),
+            status: status.unwrap_or_default().to_string(),
+        });
+    }
+    let from = status.and_then(|s| s.parse::<NodeStatus>().ok());
+    if from == Some(to) {
+        return Ok(None);
+    }
+    if !from.is_some_and(|from| to.may_follow(from)) {
+        return Err(HoldError::Transition {
+            node: node.to_string(),
+            from: status.unwrap_or("none").to_string(),
+            to,
+        });
+    }
+    Ok(Some(json!({
+        "metadata": {
+            "resourceVersion": current.metadata.resource_version,
+            "annotations": { annotations::STATUS: to.as_str() },
+        }
+    })))
 }
 
 /// Why a node cannot be held or released.
@@ -70,6 +136,25 @@ pub enum HoldError {
         holder: String,
         /// Its status annotation.
         status: String,
+    },
+    /// The step's run does not hold the node (it was never cordoned for it,
+    /// or it was released).
+    #[error("node {node} is not held by run {run}")]
+    NotHeld {
+        /// The node.
+        node: String,
+        /// The step's run.
+        run: String,
+    },
+    /// The step would move the node somewhere the state machine does not go.
+    #[error("node {node} is {from}: it cannot become {to}")]
+    Transition {
+        /// The node.
+        node: String,
+        /// Its status now.
+        from: String,
+        /// The status asked for.
+        to: NodeStatus,
     },
     /// The node does not exist.
     #[error("node {node} does not exist")]
@@ -100,9 +185,10 @@ impl crate::error::Classify for HoldError {
     fn status(&self) -> crate::error::ExitStatus {
         use crate::error::ExitStatus;
         match self {
-            HoldError::HeldByAnotherRun { .. } | HoldError::HeldByAnotherRelease { .. } => {
-                ExitStatus::Precondition
-            }
+            HoldError::HeldByAnotherRun { .. }
+            | HoldError::HeldByAnotherRelease { .. }
+            | HoldError::NotHeld { .. }
+            | HoldError::Transition { .. } => ExitStatus::Precondition,
             HoldError::NoSuchNode { .. } => ExitStatus::BadInput,
             HoldError::Kube(inner) => crate::error::Classify::status(inner),
             _ => ExitStatus::Failed,
@@ -119,6 +205,12 @@ impl crate::error::Classify for HoldError {
             HoldError::NoSuchNode { .. } => {
                 vec!["check the node name with `kubectl get nodes`".into()]
             }
+            HoldError::NotHeld { node, run } => vec![format!(
+                "a step of a run acts only on the nodes it holds: cordon the node first (`klm cordon --nodes {node} --run-id {run}`), or leave out --run-id for a check by hand"
+            )],
+            HoldError::Transition { node, .. } => vec![format!(
+                "see the node's state with `klm status`; a node that went wrong is rolled back (`klm rollback --nodes {node}`), not pushed on"
+            )],
             HoldError::Kube(inner) => crate::error::Classify::hints(inner),
             _ => Vec::new(),
         }
@@ -514,6 +606,104 @@ fn refuse_other_holder(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node_with(annotations: serde_json::Value) -> Node {
+        serde_json::from_value(json!({
+            "metadata": {"name": "w1", "resourceVersion": "42", "annotations": annotations}
+        }))
+        .unwrap()
+    }
+
+    fn held(status: &str) -> Node {
+        node_with(json!({
+            annotations::RUN: "upgrade-1",
+            annotations::RELEASE: "kube-system/kata-deploy",
+            annotations::STATUS: status,
+        }))
+    }
+
+    const RUN: Holder<'static> = Holder {
+        run_id: "upgrade-1",
+        release: "kube-system/kata-deploy",
+    };
+
+    #[test]
+    fn a_step_moves_a_held_node_forward_in_one_guarded_patch() {
+        let patch = status_patch(&held("cordoned"), "w1", RUN, NodeStatus::Upgrading)
+            .unwrap()
+            .expect("a patch");
+        assert_eq!(
+            patch,
+            json!({"metadata": {"resourceVersion": "42", "annotations": {annotations::STATUS: "upgrading"}}})
+        );
+        // There already: nothing to write (a retried step).
+        assert!(
+            status_patch(&held("upgrading"), "w1", RUN, NodeStatus::Upgrading)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_node_not_held_by_the_run_is_refused() {
+        let free = node_with(json!({}));
+        assert!(matches!(
+            status_patch(&free, "w1", RUN, NodeStatus::Draining),
+            Err(HoldError::NotHeld { .. })
+        ));
+        let other = Holder {
+            run_id: "upgrade-2",
+            ..RUN
+        };
+        assert!(matches!(
+            status_patch(&held("cordoned"), "w1", other, NodeStatus::Draining),
+            Err(HoldError::HeldByAnotherRun { .. })
+        ));
+        let elsewhere = Holder {
+            release: "other/kata-deploy",
+            ..RUN
+        };
+        assert!(matches!(
+            status_patch(&held("cordoned"), "w1", elsewhere, NodeStatus::Draining),
+            Err(HoldError::HeldByAnotherRelease { .. })
+        ));
+    }
+
+    #[test]
+    fn a_move_that_makes_no_sense_is_refused() {
+        let refused = status_patch(&held("completed"), "w1", RUN, NodeStatus::Upgrading);
+        match refused {
+            Err(HoldError::Transition { from, to, .. }) => {
+                assert_eq!((from.as_str(), to), ("completed", NodeStatus::Upgrading));
+            }
+            other => panic!("expected a refused transition, got {other:?}"),
+        }
+        assert!(status_patch(&held("cordoned"), "w1", RUN, NodeStatus::Verifying).is_err());
+        // A rollback or a failure may come from anywhere.
+        for status in ["cordoned", "upgrading", "verifying", "failed"] {
+            assert!(status_patch(&held(status), "w1", RUN, NodeStatus::RollingBack).is_ok());
+        }
+    }
+
+    #[test]
+    fn the_state_machine_goes_forward_and_rolls_back_from_anywhere() {
+        use NodeStatus::*;
+        assert!(Draining.may_follow(Cordoned));
+        assert!(Upgrading.may_follow(Draining));
+        assert!(Upgrading.may_follow(Verifying), "an upgrade may be retried");
+        assert!(Verifying.may_follow(Upgrading));
+        assert!(
+            !Verifying.may_follow(Cordoned),
+            "nothing to verify before an upgrade"
+        );
+        assert!(!Draining.may_follow(Upgrading));
+        for from in NodeStatus::ALL {
+            assert!(RollingBack.may_follow(from) && Failed.may_follow(from));
+            for written_elsewhere in [Preparing, Cordoned, Completed, RolledBack] {
+                assert!(!written_elsewhere.may_follow(from));
+            }
+        }
+    }
 
     #[test]
     fn taints_are_compared_without_their_timestamps() {
