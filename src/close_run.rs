@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::annotations::{self, NodeStatus};
 use crate::error::{KubeResultExt, UserError};
+use crate::events::{NodeEvent, NodeEvents};
 use crate::nodes::hold::{self, Release, Released};
 use crate::nodes::selection;
 use crate::output::Report;
@@ -345,6 +346,14 @@ pub async fn close(client: &Client, request: &Request) -> anyhow::Result<Closing
     )
     .await?;
     report.released = released.into_iter().flatten().collect();
+    NodeEvents::new(client, run_id, &release_id)
+        .record_each(
+            report
+                .released
+                .iter()
+                .map(|r| (r.node.clone(), NodeEvent::Released)),
+        )
+        .await;
 
     // 4. Nodes caught mid-upgrade go to rollback (verified again when the
     // verification pod is given); without a record there is nothing to roll

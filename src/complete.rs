@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::annotations::NodeStatus;
 use crate::error::UserError;
+use crate::events::{NodeEvent, NodeEvents};
 use crate::helm::Helm;
 use crate::nodes::hold::{self, Release, Released};
 use crate::output::Report;
@@ -214,7 +215,14 @@ async fn complete_nodes(
             }
         })
         .await?;
-    Ok(released.into_iter().flatten().collect())
+    let released: Vec<Released> = released.into_iter().flatten().collect();
+    NodeEvents::new(client, &record.run_id, &record.release_id())
+        .record_each(released.iter().map(|r| {
+            let version = target.to_string();
+            (r.node.clone(), NodeEvent::Completed { version })
+        }))
+        .await;
+    Ok(released)
 }
 
 /// Closes the run: restores what the run set on the release for its own

@@ -7,18 +7,20 @@
 //! * `commands`: one short module per subcommand, which parses its flags and
 //!   calls the library; no command imports another.
 //! * The steps: [`preflight`] (the checks before a run), [`nodes::planning`]
-//!   (which nodes, in which waves), [`upgrade`] (the release's helm
-//!   upgrade), [`restart`] (kata-deploy back on nodes), [`rollback`],
+//!   (which nodes, in which waves), [`cordon`] (a wave's nodes held),
+//!   [`upgrade`] (the release's helm upgrade), [`restart`] (kata-deploy back
+//!   on nodes), [`verification::step`] (their verification), [`rollback`],
 //!   [`complete`] and [`close_run`] (ending a run), with [`run_values`] (the
 //!   values a run sets on kata-deploy) and [`step`] (what a step resolves
 //!   from its flags: the release, helm, the run, its nodes).
 //! * Modules by concern: [`cluster`] (connecting), [`release`] and [`helm`]
 //!   (the kata-deploy Helm release), [`versions`] (version rules),
-//!   [`nodes`] (selection, waves, holding nodes), [`kata_deploy`]
+//!   [`nodes`] (selection, waves, holding nodes), [`fleet`] (the fleet as
+//!   `klm status` shows and watches it), [`kata_deploy`]
 //!   (kata-deploy's pods and Jobs on nodes), [`verification`] (verification
 //!   pods), [`drain`], [`run_record`] (what a run needs to roll back),
-//!   [`wait`] (watches with deadlines), [`annotations`] (the vocabulary on
-//!   nodes), [`values`] (Helm values by dotted key), [`output`] (reports).
+//!   [`wait`] (watches with deadlines), [`events`] (Kubernetes Events on
+//!   the nodes steps act on), [`annotations`] (the vocabulary on nodes), [`values`] (Helm values by dotted key), [`output`] (reports).
 //! * At the bottom: [`args`] (the flags steps share; it uses only the node
 //!   name rules of [`nodes`]) and [`error`] (exit statuses and the shared
 //!   error types; it imports nothing from the crate).
@@ -30,9 +32,12 @@ pub mod close_run;
 pub mod cluster;
 pub mod commands;
 pub mod complete;
+pub mod cordon;
 pub mod drain;
 pub mod error;
+pub mod events;
 pub mod exit;
+pub mod fleet;
 pub mod helm;
 pub mod kata_deploy;
 pub mod nodes;

@@ -20,6 +20,18 @@ pub fn print(format: OutputFormat, report: &impl Report) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints one value as a single line of JSON (or a string as it is): the
+/// stream of states that `klm status --watch` writes.
+pub fn print_line(value: &impl Serialize) -> anyhow::Result<()> {
+    let mut line = match serde_json::to_value(value)? {
+        serde_json::Value::String(text) => text,
+        other => other.to_string(),
+    };
+    line.push('\n');
+    write_report(&mut std::io::stdout().lock(), &line)?;
+    Ok(())
+}
+
 /// Writes a rendered report. A reader that went away (`klm status | head`)
 /// is not a failure: it had what it wanted, and the step's work is done.
 fn write_report(out: &mut impl Write, rendered: &str) -> std::io::Result<()> {

@@ -12,6 +12,7 @@ use kube::{Api, Client};
 
 use crate::annotations::NodeStatus;
 use crate::error::UserError;
+use crate::events::{NodeEvent, NodeEvents};
 use crate::helm::Helm;
 use crate::kata_deploy::{self, Installed, KataDaemonSet, Restarted};
 use crate::nodes::{NodeFailure, hold};
@@ -201,6 +202,30 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
             }
         })
         .await?;
+    let version = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".into());
+    NodeEvents::new(client, &record.run_id, &release_id)
+        .record_each(
+            report
+                .restarted
+                .iter()
+                .map(|r| (r.node.clone(), version(&r.version)))
+                .chain(
+                    report
+                        .installed
+                        .iter()
+                        .map(|i| (i.node.clone(), version(&i.version))),
+                )
+                .map(|(node, version)| (node, NodeEvent::Upgraded { version }))
+                .chain(report.failed.iter().map(|f| {
+                    (
+                        f.node.clone(),
+                        NodeEvent::UpgradeFailed {
+                            reason: f.reason.clone(),
+                        },
+                    )
+                })),
+        )
+        .await;
     Ok(report)
 }
 

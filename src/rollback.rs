@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::annotations::NodeStatus;
 use crate::error::UserError;
+use crate::events::{NodeEvent, NodeEvents};
 use crate::helm::Helm;
 use crate::kata_deploy::{self, KataDaemonSet};
 use crate::nodes::NodeFailure;
@@ -270,6 +271,19 @@ pub async fn roll_back(
     }))
     .await?;
     report.nodes = released.into_iter().flatten().collect();
+    NodeEvents::new(client, &record.run_id, &release_id)
+        .record_each(
+            back.iter()
+                .map(|n| {
+                    let version = record.version_before(n).to_string();
+                    (n.clone(), NodeEvent::RolledBack { version })
+                })
+                .chain(report.failed.iter().map(|f| {
+                    let reason = f.reason.clone();
+                    (f.node.clone(), NodeEvent::RollbackFailed { reason })
+                })),
+        )
+        .await;
     let failed_nodes: Vec<String> = report.failed.iter().map(|f| f.node.clone()).collect();
     records
         .update(&record.release, &record.run_id, |r| {

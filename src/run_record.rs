@@ -17,7 +17,8 @@ use serde_json::Value;
 use crate::error::{Classify, ExitStatus, KubeError, KubeResultExt};
 use crate::versions::DeploymentMode;
 
-const DATA_KEY: &str = "record.json";
+/// The ConfigMap key that holds the record.
+pub const DATA_KEY: &str = "record.json";
 const CONFLICT_RETRIES: usize = 8;
 
 /// Why the record could not be read or written as asked.

@@ -1,16 +1,13 @@
 //! `klm verify`: run the user's verification pod on each node.
 
 use clap::Args as ClapArgs;
-use futures::future::try_join_all;
 
-use crate::annotations::NodeStatus;
 use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs};
 use crate::error::{ExitStatus, UserError};
-use crate::nodes::hold;
-use crate::output::{self, Report};
-use crate::run_record::{NodeProgress, Records};
+use crate::output;
 use crate::step;
-use crate::verification::{NodeVerdict, VerificationPod, verify_nodes};
+use crate::verification::VerificationPod;
+use crate::verification::step::{Request, verify};
 
 /// Flags of `klm verify`.
 #[derive(Debug, ClapArgs)]
@@ -35,113 +32,25 @@ pub struct Args {
     pub run: RunArgs,
 }
 
-/// What verify found.
-#[derive(Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Verification {
-    /// Nodes whose pod succeeded.
-    pub passed: Vec<String>,
-    /// Nodes whose pod did not.
-    pub failed: Vec<String>,
-    /// Every node's verdict.
-    pub nodes: Vec<NodeVerdict>,
-}
-
-impl Report for Verification {
-    fn text(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|v| match (&v.reason, v.passed) {
-                (_, true) => format!(
-                    "{}: passed (pod {} succeeded in {:.1}s)",
-                    v.node, v.pod, v.seconds
-                ),
-                (reason, false) => format!(
-                    "{}: FAILED after {:.1}s (pod {}{}): {}",
-                    v.node,
-                    v.seconds,
-                    v.pod,
-                    if v.kept { ", kept" } else { "" },
-                    reason.as_deref().unwrap_or("")
-                ),
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-}
-
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let Some(template) = VerificationPod::from_args(&args.verification)? else {
+    let Some(pod) = VerificationPod::from_args(&args.verification)? else {
         return Err(UserError::bad_input("no verification pod given")
             .hint("pass --verification-pod FILE or --verification-pod-base64 (or KLM_VERIFICATION_POD_BASE64)")
             .into());
     };
     let client = crate::cluster::client(global).await?;
-    let names = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
-    let nodes_api = kube::Api::all(client.clone());
-    try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
-    crate::verification::run::dry_run_access(&client, &template).await?;
-
-    let records = Records::new(&client, &args.release.helm_namespace);
-    let record = records
-        .load(&args.release.helm_release)
-        .await?
-        .map(|(record, _)| record);
-    let run_id = args
-        .run
-        .run_id
-        .clone()
-        .or_else(|| record.as_ref().map(|r| r.run_id.clone()))
-        .unwrap_or_else(|| "manual".to_string());
-    // A verification for a run (--run-id, as the workflow gives it) moves its
-    // nodes on; one by hand checks them and changes no state.
-    let release_id =
-        crate::annotations::release_id(&args.release.helm_namespace, &args.release.helm_release);
-    let holder = args.run.run_id.as_deref().map(|run_id| hold::Holder {
-        run_id,
-        release: &release_id,
-    });
-    for node in &names {
-        hold::advance(&client, node, holder, NodeStatus::Verifying).await?;
-    }
-    let verdicts = verify_nodes(
-        &client,
-        &template,
-        &names,
-        &run_id,
-        args.verification.verification_timeout,
-        args.verification.keep_failed,
-    )
-    .await?;
-    let passed: Vec<String> = verdicts
-        .iter()
-        .filter(|v| v.passed)
-        .map(|v| v.node.clone())
-        .collect();
-    let failed: Vec<String> = verdicts
-        .iter()
-        .filter(|v| !v.passed)
-        .map(|v| v.node.clone())
-        .collect();
-    if let Some(record) = record.filter(|r| r.run_id == run_id)
-        && !passed.is_empty()
-    {
-        records
-            .update(&record.release, &record.run_id, |r| {
-                for node in &passed {
-                    r.nodes.insert(node.clone(), NodeProgress::Verified);
-                }
-            })
-            .await?;
-    }
-    let report = Verification {
-        passed,
-        failed,
-        nodes: verdicts,
+    let request = Request {
+        nodes: step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?,
+        pod,
+        release: step::release_ref(&args.release),
+        run_id: args.run.run_id,
+        timeout: args.verification.verification_timeout,
+        keep_failed: args.verification.keep_failed,
     };
+    let report = verify(&client, &request).await?;
     output::print(global.output, &report)?;
-    Ok(if report.failed.is_empty() {
+    Ok(if report.all_passed() {
         ExitStatus::Done
     } else {
         ExitStatus::Failed

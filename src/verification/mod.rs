@@ -1,7 +1,9 @@
 //! Verification pods: the user's pod, checked before anything changes
-//! ([`template`]), then run on each node and watched to an end ([`run`]).
+//! ([`template`]), then run on each node and watched to an end ([`run`]);
+//! [`step`] is `klm verify` over them, for a run.
 
 pub mod run;
+pub mod step;
 pub mod template;
 
 pub use run::{NodeVerdict, verify_nodes};

@@ -11,4 +11,5 @@ mod side_by_side;
 mod support;
 mod upgrade;
 mod verify;
+mod watch;
 mod workflow;

@@ -369,6 +369,35 @@ impl Case {
             .expect("node exists")
     }
 
+    /// The Events klm recorded on a node, oldest first, as
+    /// `(reason, type, note)` (Node Events live in `default`).
+    pub async fn node_events(&self, node: &str) -> Vec<(String, String, String)> {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(self.admin.clone(), "default");
+        let mut found: Vec<_> = events
+            .list(&kube::api::ListParams::default())
+            .await
+            .expect("list Events")
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reporting_controller.as_deref() == Some("kata-lifecycle-manager")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(node)
+            })
+            .collect();
+        found.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        found
+            .into_iter()
+            .map(|e| {
+                (
+                    e.reason.unwrap_or_default(),
+                    e.type_.unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
     /// The run record's JSON, if any.
     pub async fn run_record(&self) -> Option<Value> {
         let cms: Api<ConfigMap> = Api::namespaced(self.admin.clone(), &self.namespace);

@@ -358,6 +358,46 @@ async fn failed_verification_rolls_back_only_the_failed_node_and_stops_the_run()
         "the per-wave guard stops later waves: {}",
         guard.stderr
     );
+
+    // Each node's history is in its Events, as `kubectl describe node` shows them.
+    let reasons = |events: &[(String, String, String)]| -> Vec<String> {
+        events.iter().map(|(reason, _, _)| reason.clone()).collect()
+    };
+    let completed = case.node_events(case.node(0)).await;
+    assert_eq!(
+        reasons(&completed),
+        [
+            "KataUpgradeCordoned",
+            "KataUpgraded",
+            "KataVerificationPassed",
+            "KataUpgradeCompleted"
+        ],
+        "{completed:?}"
+    );
+    assert!(
+        completed[1].2
+            == format!(
+                "run {run} of {}/kata-deploy: kata-deploy restarted at 3.28.0",
+                case.namespace
+            ),
+        "{completed:?}"
+    );
+    let rolled_back = case.node_events(case.node(1)).await;
+    assert_eq!(
+        reasons(&rolled_back),
+        [
+            "KataUpgradeCordoned",
+            "KataUpgraded",
+            "KataVerificationFailed",
+            "KataRolledBack"
+        ],
+        "{rolled_back:?}"
+    );
+    assert_eq!(rolled_back[2].1, "Warning", "{rolled_back:?}");
+    assert!(
+        rolled_back[3].2.ends_with("rolled back to 3.27.0"),
+        "{rolled_back:?}"
+    );
 }
 
 #[tokio::test]

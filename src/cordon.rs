@@ -1,0 +1,120 @@
+//! Holding a wave's nodes for a run: what `klm cordon` does, the first step
+//! of every wave. It refuses a run that has failed (so no wave starts after
+//! a failed one), records what each node runs before the run touches it
+//! (its rollback target), and cordons it.
+
+use futures::future::try_join_all;
+use k8s_openapi::api::core::v1::Node;
+use kube::{Api, Client};
+
+use crate::events::{NodeEvent, NodeEvents};
+use crate::helm::Helm;
+use crate::nodes::hold::{self, Held};
+use crate::nodes::selection::Criteria;
+use crate::output::Report;
+use crate::release::ReleaseRef;
+use crate::run_record::{NodeProgress, Records};
+use crate::step;
+
+/// Which nodes to hold, for which run.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The nodes.
+    pub nodes: Vec<String>,
+    /// The release.
+    pub release: ReleaseRef,
+    /// The run (None: the release's latest run).
+    pub run_id: Option<String>,
+    /// The selection taint to record (complete removes it, rollback restores it).
+    pub selection: Criteria,
+}
+
+/// What cordon did.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cordoned {
+    /// The run holding the nodes.
+    pub run_id: String,
+    /// Per node.
+    pub nodes: Vec<Held>,
+}
+
+impl Report for Cordoned {
+    fn text(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let before = if n.was_unschedulable {
+                    " (it was already unschedulable and will stay so)"
+                } else {
+                    ""
+                };
+                let again = if n.newly_held {
+                    ""
+                } else {
+                    " (already held by this run)"
+                };
+                format!("cordoned {} for run {}{before}{again}", n.node, self.run_id)
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Holds and cordons the request's nodes for its run (which must be active),
+/// recording each node's version before the run; a node the run holds
+/// already keeps what its first hold recorded.
+pub async fn cordon(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Cordoned> {
+    let records = Records::new(client, &request.release.namespace);
+    let record =
+        step::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
+    // Every node must exist before any is changed.
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    // What each node runs before this run touches it: its rollback target.
+    let unrecorded: Vec<String> = request
+        .nodes
+        .iter()
+        .filter(|n| !record.node_versions.contains_key(*n) && !record.nodes.contains_key(*n))
+        .cloned()
+        .collect();
+    let versions =
+        crate::nodes::installed::observe(client, helm, &request.release, record.mode, &unrecorded)
+            .await?;
+    let release_id = record.release_id();
+    let target = record.target_version.to_string();
+    let held = try_join_all(request.nodes.iter().map(|n| {
+        hold::hold_for_release(
+            client,
+            n,
+            &record.run_id,
+            Some(&release_id),
+            &request.selection,
+            &target,
+        )
+    }))
+    .await?;
+    records
+        .update(&record.release, &record.run_id, |r| {
+            for node in &request.nodes {
+                r.nodes.entry(node.clone()).or_insert(NodeProgress::Held);
+            }
+            for (node, version) in &versions {
+                r.node_versions
+                    .entry(node.clone())
+                    .or_insert_with(|| version.clone());
+            }
+        })
+        .await?;
+    NodeEvents::new(client, &record.run_id, &release_id)
+        .record_each(
+            held.iter()
+                .filter(|h| h.newly_held)
+                .map(|h| (h.node.clone(), NodeEvent::Cordoned)),
+        )
+        .await;
+    Ok(Cordoned {
+        run_id: record.run_id,
+        nodes: held,
+    })
+}

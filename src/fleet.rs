@@ -1,0 +1,414 @@
+//! The fleet as `klm status` shows it: each node's upgrade state with its
+//! kata-deploy pod, and the release's run. [`snapshot`] reads it once;
+//! [`watch`] keeps it current from watches (nodes, kata-deploy's pods, the
+//! run record) and hands over a new [`Status`] whenever it changes.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use kube::api::ListParams;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+
+use crate::annotations;
+use crate::error::KubeResultExt;
+use crate::helm::Helm;
+use crate::kata_deploy::{self, KataDaemonSet};
+use crate::nodes::hold;
+use crate::nodes::selection::{self, Criteria};
+use crate::output::{self, Report};
+use crate::release::ReleaseRef;
+use crate::run_record::{self, RunRecord, RunState};
+
+/// How long changes are gathered before a new status is handed over (a
+/// wave changes several objects at once).
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// One node's row.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRow {
+    /// The node.
+    pub name: String,
+    /// klm's status annotation.
+    pub status: Option<String>,
+    /// The version it was verified at.
+    pub verified_version: Option<String>,
+    /// Whether new pods can land on it.
+    pub schedulable: bool,
+    /// Whether kata-deploy labelled it.
+    pub kata_runtime: bool,
+    /// Its kata-deploy pod (daemonset mode).
+    pub kata_deploy_pod: Option<String>,
+    /// The version that pod runs.
+    pub pod_version: Option<String>,
+    /// Whether that pod runs the DaemonSet's current revision.
+    pub pod_current: Option<bool>,
+    /// The run holding it.
+    pub held_by: Option<String>,
+}
+
+/// The state of the nodes and of the release's run.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The release's latest run, if any.
+    pub run: Option<RunSummary>,
+    /// The nodes.
+    pub nodes: Vec<NodeRow>,
+}
+
+/// The parts of the run record a person wants to see.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    /// The run.
+    pub run_id: String,
+    /// Its state.
+    pub state: RunState,
+    /// Why it failed.
+    pub failure: Option<String>,
+    /// Its mode.
+    pub mode: String,
+    /// The version before the run (the rollback target).
+    pub from_version: String,
+    /// The version it upgrades to.
+    pub target_version: String,
+    /// The nodes it touched and what it did to them.
+    pub nodes: BTreeMap<String, run_record::NodeProgress>,
+}
+
+impl From<RunRecord> for RunSummary {
+    fn from(r: RunRecord) -> Self {
+        Self {
+            run_id: r.run_id,
+            state: r.state,
+            failure: r.failure,
+            mode: r.mode.to_string(),
+            from_version: r.before.chart_version,
+            target_version: r.target_version.to_string(),
+            nodes: r.nodes,
+        }
+    }
+}
+
+impl Report for Status {
+    fn text(&self) -> String {
+        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let rows: Vec<Vec<String>> = self
+            .nodes
+            .iter()
+            .map(|n| {
+                vec![
+                    n.name.clone(),
+                    dash(&n.status),
+                    dash(&n.verified_version),
+                    if n.schedulable {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
+                    if n.kata_runtime {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
+                    dash(&n.kata_deploy_pod),
+                    match (&n.pod_version, n.pod_current) {
+                        (Some(v), Some(false)) => format!("{v} (old revision)"),
+                        (v, _) => dash(v),
+                    },
+                    dash(&n.held_by),
+                ]
+            })
+            .collect();
+        let mut text = String::new();
+        if let Some(run) = &self.run {
+            text.push_str(&format!(
+                "run {}: {:?} ({} mode, {} -> {}){}\n\n",
+                run.run_id,
+                run.state,
+                run.mode,
+                run.from_version,
+                run.target_version,
+                run.failure
+                    .as_deref()
+                    .map(|f| format!(": {f}"))
+                    .unwrap_or_default()
+            ));
+        }
+        if self.nodes.is_empty() {
+            text.push_str("no nodes match");
+        } else {
+            text.push_str(&output::table(
+                &[
+                    "NODE",
+                    "STATUS",
+                    "VERIFIED",
+                    "SCHEDULABLE",
+                    "KATA",
+                    "KATA-DEPLOY POD",
+                    "POD VERSION",
+                    "HELD BY",
+                ],
+                &rows,
+            ));
+        }
+        text
+    }
+}
+
+/// What the fleet's status is made of.
+#[derive(Debug, Default, Clone)]
+pub struct Fleet {
+    /// Every node the criteria's label selector matches.
+    pub nodes: Vec<Node>,
+    /// The release's kata-deploy pods, by node (daemonset mode).
+    pub pods: BTreeMap<String, Pod>,
+    /// The DaemonSet's current revision (daemonset mode).
+    pub revision: Option<String>,
+    /// The run shown.
+    pub record: Option<RunRecord>,
+}
+
+impl Fleet {
+    /// The status of the nodes the criteria select (none given: those that
+    /// run kata-deploy or carry klm's annotations), sorted by name.
+    pub fn status(&self, criteria: &Criteria) -> Status {
+        let shown = self.nodes.iter().filter(|n| {
+            if criteria.is_empty() {
+                selection::runs_kata(n)
+                    || selection::annotation(n, annotations::STATUS).is_some()
+                    || self.pods.contains_key(&n.name_any())
+            } else {
+                criteria.taint_matches(n)
+            }
+        });
+        let mut nodes: Vec<NodeRow> = shown.map(|n| self.row(n)).collect();
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Status {
+            run: self.record.clone().map(RunSummary::from),
+            nodes,
+        }
+    }
+
+    fn row(&self, n: &Node) -> NodeRow {
+        let pod = self.pods.get(&n.name_any());
+        NodeRow {
+            name: n.name_any(),
+            status: selection::annotation(n, annotations::STATUS).map(String::from),
+            verified_version: selection::annotation(n, annotations::CURRENT_VERSION)
+                .map(String::from),
+            schedulable: !hold::is_unschedulable(n),
+            kata_runtime: selection::runs_kata(n),
+            kata_deploy_pod: pod.map(|p| p.name_any()),
+            pod_version: pod.and_then(kata_deploy::pod_version),
+            pod_current: pod
+                .zip(self.revision.as_ref())
+                .map(|(p, r)| kata_deploy::revision_of(p) == Some(r.as_str())),
+            held_by: selection::annotation(n, annotations::RUN).map(String::from),
+        }
+    }
+}
+
+/// Whether the run shown has failed or was interrupted.
+pub fn run_failed(status: &Status) -> bool {
+    status
+        .run
+        .as_ref()
+        .is_some_and(|r| matches!(r.state, RunState::Failed | RunState::Interrupted))
+}
+
+/// The release's kata-deploy DaemonSet, if it has one that can be read.
+async fn daemonset(client: &Client, helm: &Helm, release: &ReleaseRef) -> Option<KataDaemonSet> {
+    let found = release.load(helm).await.ok()?;
+    let object = found.daemonset().ok()?;
+    KataDaemonSet::find(client, &object).await.ok()
+}
+
+async fn current_revision(daemonset: &KataDaemonSet) -> Option<String> {
+    daemonset
+        .current_revision(Duration::from_secs(10))
+        .await
+        .ok()
+        .map(|r| r.hash)
+}
+
+fn by_node(pods: impl IntoIterator<Item = Pod>) -> BTreeMap<String, Pod> {
+    pods.into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| Some((p.spec.as_ref()?.node_name.clone()?, p)))
+        .collect()
+}
+
+/// The fleet now: nodes, the release's kata-deploy pods, and `record`.
+pub async fn snapshot(
+    client: &Client,
+    helm: &Helm,
+    release: &ReleaseRef,
+    criteria: &Criteria,
+    record: Option<RunRecord>,
+) -> anyhow::Result<Fleet> {
+    let mut params = ListParams::default();
+    if let Some(selector) = &criteria.label_selector {
+        params = params.labels(selector);
+    }
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&params)
+        .await
+        .during(|| "listing nodes".to_string())?
+        .items;
+    let mut fleet = Fleet {
+        nodes,
+        record,
+        ..Fleet::default()
+    };
+    if let Some(daemonset) = daemonset(client, helm, release).await {
+        fleet.revision = current_revision(&daemonset).await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &daemonset.namespace);
+        if let Ok(list) = pods
+            .list(&ListParams::default().labels(daemonset.selector()))
+            .await
+        {
+            fleet.pods = by_node(list.items);
+        }
+    }
+    Ok(fleet)
+}
+
+/// Keeps the fleet current from watches of the nodes, the release's
+/// kata-deploy pods and its run record (the run named, or the latest), and
+/// calls `changed` with the new status each time it changes, until
+/// `changed` returns false or a watch ends. A dropped watch is resumed.
+pub async fn watch(
+    client: &Client,
+    helm: &Helm,
+    release: &ReleaseRef,
+    criteria: &Criteria,
+    run_id: Option<&str>,
+    mut changed: impl FnMut(&Status) -> bool,
+) -> anyhow::Result<()> {
+    let mut node_config = watcher::Config::default();
+    if let Some(selector) = &criteria.label_selector {
+        node_config = node_config.labels(selector);
+    }
+    let (node_store, node_writer) = reflector::store::<Node>();
+    let nodes = reflector::reflector(
+        node_writer,
+        watcher(Api::<Node>::all(client.clone()), node_config).default_backoff(),
+    )
+    .touched_objects()
+    .map(|_| ());
+    let (record_store, record_writer) = reflector::store::<ConfigMap>();
+    let records = reflector::reflector(
+        record_writer,
+        watcher(
+            Api::<ConfigMap>::namespaced(client.clone(), &release.namespace),
+            crate::wait::by_name(&run_record::name_for(&release.name)),
+        )
+        .default_backoff(),
+    )
+    .touched_objects()
+    .map(|_| ());
+    let daemonset = daemonset(client, helm, release).await;
+    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let mut streams: Vec<futures::stream::BoxStream<'_, ()>> = vec![nodes.boxed(), records.boxed()];
+    let mut revision = None;
+    if let Some(daemonset) = &daemonset {
+        revision = current_revision(daemonset).await;
+        let pods = reflector::reflector(
+            pod_writer,
+            watcher(
+                Api::<Pod>::namespaced(client.clone(), &daemonset.namespace),
+                watcher::Config::default().labels(daemonset.selector()),
+            )
+            .default_backoff(),
+        )
+        .touched_objects()
+        .map(|_| ());
+        streams.push(pods.boxed());
+    }
+    let mut events = futures::stream::select_all(streams);
+    let mut last: Option<String> = None;
+    while events.next().await.is_some() {
+        // Gather what changed together, then show it once.
+        let _ =
+            tokio::time::timeout(SETTLE, async { while events.next().await.is_some() {} }).await;
+        let fleet = Fleet {
+            nodes: cloned(&node_store),
+            pods: by_node(cloned(&pod_store)),
+            revision: revision.clone(),
+            record: record_of(&record_store, run_id),
+        };
+        let status = fleet.status(criteria);
+        let rendered = serde_json::to_string(&status)?;
+        if last.as_ref() == Some(&rendered) {
+            continue;
+        }
+        last = Some(rendered);
+        if !changed(&status) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn cloned<K: Clone + kube::Resource<DynamicType = ()>>(store: &Store<K>) -> Vec<K> {
+    store.state().iter().map(|o| o.as_ref().clone()).collect()
+}
+
+/// The run record in the store, if it is the run asked for (any, without one).
+fn record_of(store: &Store<ConfigMap>, run_id: Option<&str>) -> Option<RunRecord> {
+    let config_map = store.state().into_iter().next()?;
+    let record: RunRecord =
+        serde_json::from_str(config_map.data.as_ref()?.get(run_record::DATA_KEY)?).ok()?;
+    match run_id {
+        Some(wanted) if wanted != record.run_id => None,
+        _ => Some(record),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, annotations: serde_json::Value, labels: serde_json::Value) -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "annotations": annotations, "labels": labels},
+            "spec": {"unschedulable": annotations.get(annotations::RUN).is_some()},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_default_view_shows_kata_nodes_and_the_ones_klm_touched() {
+        let fleet = Fleet {
+            nodes: vec![
+                node("plain", serde_json::json!({}), serde_json::json!({})),
+                node(
+                    "kata",
+                    serde_json::json!({}),
+                    serde_json::json!({annotations::KATA_RUNTIME_LABEL: "true"}),
+                ),
+                node(
+                    "held",
+                    serde_json::json!({annotations::STATUS: "cordoned", annotations::RUN: "upgrade-1"}),
+                    serde_json::json!({}),
+                ),
+            ],
+            ..Fleet::default()
+        };
+        let status = fleet.status(&Criteria::default());
+        let names: Vec<&str> = status.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["held", "kata"]);
+        let held = &status.nodes[0];
+        assert_eq!(held.status.as_deref(), Some("cordoned"));
+        assert_eq!(held.held_by.as_deref(), Some("upgrade-1"));
+        assert!(!held.schedulable);
+        assert!(status.nodes[1].kata_runtime);
+        assert!(!run_failed(&status));
+    }
+}

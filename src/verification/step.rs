@@ -1,0 +1,144 @@
+//! What `klm verify` does: the verification pods of nodes for a run, their
+//! verdicts recorded on the nodes (state and Events) and in the run.
+
+use futures::future::try_join_all;
+use kube::Client;
+
+use crate::annotations::NodeStatus;
+use crate::events::{NodeEvent, NodeEvents};
+use crate::nodes::hold;
+use crate::output::Report;
+use crate::release::ReleaseRef;
+use crate::run_record::{NodeProgress, Records};
+
+use super::{NodeVerdict, VerificationPod, verify_nodes};
+
+/// Which nodes to verify, how, and for which run.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The nodes.
+    pub nodes: Vec<String>,
+    /// The verification pod.
+    pub pod: VerificationPod,
+    /// The release whose run record notes the verified nodes.
+    pub release: ReleaseRef,
+    /// The run the step belongs to (None: a check by hand, which changes no
+    /// node's state; its pods are labelled with the release's latest run, or `manual`).
+    pub run_id: Option<String>,
+    /// How long one node's verification may take.
+    pub timeout: std::time::Duration,
+    /// Keep a failed pod for inspection.
+    pub keep_failed: bool,
+}
+
+/// What verify found.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// Nodes whose pod succeeded.
+    pub passed: Vec<String>,
+    /// Nodes whose pod did not.
+    pub failed: Vec<String>,
+    /// Every node's verdict.
+    pub nodes: Vec<NodeVerdict>,
+}
+
+impl Report for Verification {
+    fn text(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|v| match (&v.reason, v.passed) {
+                (_, true) => format!(
+                    "{}: passed (pod {} succeeded in {:.1}s)",
+                    v.node, v.pod, v.seconds
+                ),
+                (reason, false) => format!(
+                    "{}: FAILED after {:.1}s (pod {}{}): {}",
+                    v.node,
+                    v.seconds,
+                    v.pod,
+                    if v.kept { ", kept" } else { "" },
+                    reason.as_deref().unwrap_or("")
+                ),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Verification {
+    /// Whether every node passed.
+    pub fn all_passed(&self) -> bool {
+        self.failed.is_empty()
+    }
+}
+
+/// Verifies the request's nodes concurrently. For a run, each node (which
+/// the run must hold) becomes `verifying` first, and the nodes that pass
+/// are recorded as verified; every verdict is an Event on its node.
+pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verification> {
+    let nodes_api = kube::Api::all(client.clone());
+    try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    super::run::dry_run_access(client, &request.pod).await?;
+
+    let records = Records::new(client, &request.release.namespace);
+    let record = records
+        .load(&request.release.name)
+        .await?
+        .map(|(record, _)| record);
+    let run_id = request
+        .run_id
+        .clone()
+        .or_else(|| record.as_ref().map(|r| r.run_id.clone()))
+        .unwrap_or_else(|| "manual".to_string());
+    let release_id =
+        crate::annotations::release_id(&request.release.namespace, &request.release.name);
+    let holder = request.run_id.as_deref().map(|run_id| hold::Holder {
+        run_id,
+        release: &release_id,
+    });
+    for node in &request.nodes {
+        hold::advance(client, node, holder, NodeStatus::Verifying).await?;
+    }
+    let verdicts = verify_nodes(
+        client,
+        &request.pod,
+        &request.nodes,
+        &run_id,
+        request.timeout,
+        request.keep_failed,
+    )
+    .await?;
+    let (passed, failed): (Vec<&NodeVerdict>, Vec<&NodeVerdict>) =
+        verdicts.iter().partition(|v| v.passed);
+    let passed: Vec<String> = passed.iter().map(|v| v.node.clone()).collect();
+    let failed: Vec<String> = failed.iter().map(|v| v.node.clone()).collect();
+    if let Some(record) = record.filter(|r| r.run_id == run_id)
+        && !passed.is_empty()
+    {
+        records
+            .update(&record.release, &record.run_id, |r| {
+                for node in &passed {
+                    r.nodes.insert(node.clone(), NodeProgress::Verified);
+                }
+            })
+            .await?;
+    }
+    NodeEvents::new(client, &run_id, &release_id)
+        .record_each(verdicts.iter().map(|v| {
+            let pod = v.pod.clone();
+            let event = if v.passed {
+                NodeEvent::VerificationPassed { pod }
+            } else {
+                let reason = v.reason.clone().unwrap_or_default();
+                NodeEvent::VerificationFailed { pod, reason }
+            };
+            (v.node.clone(), event)
+        }))
+        .await;
+    Ok(Verification {
+        passed,
+        failed,
+        nodes: verdicts,
+    })
+}
