@@ -11,6 +11,7 @@ use crate::drain::{Drained, drain};
 use crate::error::ExitStatus;
 use crate::nodes::hold;
 use crate::output::{self, Report};
+use crate::run_record::Records;
 use crate::step;
 
 /// Flags of `klm drain`.
@@ -79,13 +80,26 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let names = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let nodes_api = kube::Api::all(client.clone());
     try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
-    // A drain for a run moves its nodes on; one by hand (no --run-id) only evicts.
+    // A drain for a run on record moves its nodes on (the run must hold
+    // them); one by hand (no --run-id, or a run klm has no record of) only evicts.
     let release_id =
         crate::annotations::release_id(&args.release.helm_namespace, &args.release.helm_release);
-    let holder = args.run.run_id.as_deref().map(|run_id| hold::Holder {
-        run_id,
-        release: &release_id,
-    });
+    let recorded = match &args.run.run_id {
+        Some(run_id) => Records::new(&client, &args.release.helm_namespace)
+            .load(&args.release.helm_release)
+            .await?
+            .is_some_and(|(record, _)| &record.run_id == run_id),
+        None => false,
+    };
+    let holder = args
+        .run
+        .run_id
+        .as_deref()
+        .filter(|_| recorded)
+        .map(|run_id| hold::Holder {
+            run_id,
+            release: &release_id,
+        });
     for node in &names {
         hold::advance(&client, node, holder, NodeStatus::Draining).await?;
     }

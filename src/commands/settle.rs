@@ -53,6 +53,41 @@ pub struct Args {
     /// Verify rolled-back nodes again before they return to service.
     #[command(flatten)]
     pub verification: VerificationArgs,
+
+    /// Also write how many nodes the wave completed, rolled back and left
+    /// failed, one number per file (`completed`, `rolled-back`, `failed`) in
+    /// this directory: the workflow's node counters read them.
+    #[arg(long, value_name = "DIR")]
+    pub counts_dir: Option<std::path::PathBuf>,
+}
+
+/// How a wave ended, in nodes.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    completed: usize,
+    rolled_back: usize,
+    failed: usize,
+}
+
+impl Counts {
+    /// Writes the counts where `--counts-dir` says (nowhere without it).
+    fn write(self, dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+        let Some(dir) = dir else {
+            return Ok(());
+        };
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("creating --counts-dir {}: {e}", dir.display()))?;
+        for (name, count) in [
+            ("completed", self.completed),
+            ("rolled-back", self.rolled_back),
+            ("failed", self.failed),
+        ] {
+            let path = dir.join(name);
+            std::fs::write(&path, count.to_string())
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs the step.
@@ -83,6 +118,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         };
         let report =
             complete::complete(&client, &step::helm(&args.release, global)?, &request).await?;
+        Counts {
+            completed: report.nodes.len(),
+            ..Counts::default()
+        }
+        .write(args.counts_dir.as_deref())?;
         output::print(global.output, &report)?;
         report.outcome()?;
         return Ok(ExitStatus::Done);
@@ -101,6 +141,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         record.run_id
     );
     if touched.is_empty() {
+        Counts::default().write(args.counts_dir.as_deref())?;
         return Err(UserError::failed(format!(
             "{failure}; it changed no node, so nothing was rolled back"
         ))
@@ -123,6 +164,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     };
     let report =
         rollback::roll_back(&client, &step::helm(&args.release, global)?, &request).await?;
+    Counts {
+        completed: 0,
+        rolled_back: report.nodes.len(),
+        failed: report.failed.len(),
+    }
+    .write(args.counts_dir.as_deref())?;
     output::print(global.output, &report)?;
     report.outcome()?;
     Err(UserError::failed(format!(
@@ -134,4 +181,27 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         record.run_id
     ))
     .into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_are_one_number_per_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let counts = Counts {
+            completed: 0,
+            rolled_back: 2,
+            failed: 1,
+        };
+        counts.write(Some(&dir.path().join("settled"))).unwrap();
+        let read =
+            |name: &str| std::fs::read_to_string(dir.path().join("settled").join(name)).unwrap();
+        assert_eq!(
+            (read("completed"), read("rolled-back"), read("failed")),
+            ("0".into(), "2".into(), "1".into())
+        );
+        assert!(counts.write(None).is_ok());
+    }
 }

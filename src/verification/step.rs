@@ -22,8 +22,10 @@ pub struct Request {
     pub pod: VerificationPod,
     /// The release whose run record notes the verified nodes.
     pub release: ReleaseRef,
-    /// The run the step belongs to (None: a check by hand, which changes no
-    /// node's state; its pods are labelled with the release's latest run, or `manual`).
+    /// The run the step belongs to: a run on record moves its nodes on (it
+    /// must hold them). None, or a run klm has no record of: a check by hand,
+    /// which changes no node's state; its pods are labelled with this run id,
+    /// else the release's latest run, else `manual`.
     pub run_id: Option<String>,
     /// How long one node's verification may take.
     pub timeout: std::time::Duration,
@@ -73,8 +75,8 @@ impl Verification {
     }
 }
 
-/// Verifies the request's nodes concurrently. For a run, each node (which
-/// the run must hold) becomes `verifying` first, and the nodes that pass
+/// Verifies the request's nodes concurrently. For a run on record, each node
+/// (which the run must hold) becomes `verifying` first, and the nodes that pass
 /// are recorded as verified; every verdict is an Event on its node.
 pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verification> {
     let nodes_api = kube::Api::all(client.clone());
@@ -93,8 +95,10 @@ pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verifi
         .unwrap_or_else(|| "manual".to_string());
     let release_id =
         crate::annotations::release_id(&request.release.namespace, &request.release.name);
-    let holder = request.run_id.as_deref().map(|run_id| hold::Holder {
-        run_id,
+    let of_the_run =
+        request.run_id.is_some() && record.as_ref().is_some_and(|r| r.run_id == run_id);
+    let holder = of_the_run.then(|| hold::Holder {
+        run_id: &run_id,
         release: &release_id,
     });
     for node in &request.nodes {

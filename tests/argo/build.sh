@@ -13,7 +13,8 @@
 #   - keeps ui/embed.go with a placeholder ui/dist/app/index.html (the CLI
 #     embeds the UI for `argo server`, which the rig never runs);
 #   - binds the controller's fixed health listener to 127.0.0.1:6060 instead
-#     of :6060 (no listener of the rig may face other interfaces).
+#     of :6060, and its Prometheus listener to 127.0.0.1 (no listener of the
+#     rig may face other interfaces).
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -72,6 +73,14 @@ if [[ $(grep -c 'http.ListenAndServe(":6060", nil)' "$controller_main") != 1 ]];
 fi
 sed -i 's/http.ListenAndServe(":6060", nil)/http.ListenAndServe("127.0.0.1:6060", nil)/' "$controller_main"
 grep -q 'http.ListenAndServe("127.0.0.1:6060", nil)' "$controller_main"
+# The Prometheus listener too (the tests scrape it on loopback).
+exporter=$src.tmp/util/telemetry/exporter_prometheus.go
+if [[ $(grep -c 'Addr: fmt.Sprintf(":%v", m.config.port())' "$exporter") != 1 ]]; then
+	echo "argo build: the metrics listener \`Addr: fmt.Sprintf(\":%v\", m.config.port())\` is not in $exporter exactly once; bind it to 127.0.0.1 by hand before building" >&2
+	exit 1
+fi
+sed -i 's/Addr: fmt.Sprintf(":%v", m.config.port())/Addr: fmt.Sprintf("127.0.0.1:%v", m.config.port())/' "$exporter"
+grep -q 'Addr: fmt.Sprintf("127.0.0.1:%v", m.config.port())' "$exporter"
 rm -rf "$src"
 mv "$src.tmp" "$src"
 

@@ -297,6 +297,13 @@ fn check_references(wf: &Workflow, name: &str, problems: &mut Vec<String>) {
     body.as_object_mut()
         .expect("template is an object")
         .remove("steps");
+    // Its metrics see, besides, what Argo puts in a metric's scope once the
+    // node ends (prepareMetricScope): its status, duration and exit code,
+    // and its own outputs.
+    let metrics = body
+        .as_object_mut()
+        .expect("template is an object")
+        .remove("metrics");
     let mut texts = Vec::new();
     strings(&body, &mut texts);
     for text in texts {
@@ -306,6 +313,24 @@ fn check_references(wf: &Workflow, name: &str, problems: &mut Vec<String>) {
             } else {
                 check(&inner, &earlier, false, problems);
             }
+        }
+    }
+    let own_outputs: BTreeSet<String> = template["outputs"]["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["name"].as_str().map(|n| format!("outputs.parameters.{n}")))
+        .collect();
+    let mut texts = Vec::new();
+    strings(&metrics.unwrap_or(Value::Null), &mut texts);
+    for text in texts {
+        for (_, inner) in placeholders(&text) {
+            if ["status", "duration", "exitCode"].contains(&inner.as_str())
+                || own_outputs.contains(&inner)
+            {
+                continue;
+            }
+            check(&inner, &earlier, false, problems);
         }
     }
 }

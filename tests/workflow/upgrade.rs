@@ -185,6 +185,37 @@ async fn a_failed_verification_rolls_its_node_back_and_stops() {
         run.logs.contains(second),
         "the step logs name the failed node\n{report}"
     );
+
+    // Argo's custom metrics tell the same, labelled by release and target.
+    let metrics = flow
+        .argo
+        .metrics()
+        .expect("the controller's metrics endpoint answers");
+    let release = format!("{}/{}", flow.case.namespace, flow.case.release);
+    let sample = |name: &str, result: &str| -> Option<f64> {
+        metrics
+            .lines()
+            .find(|line| {
+                line.starts_with(&format!("{name}{{"))
+                    && line.contains(&format!("release=\"{release}\""))
+                    && line.contains(&format!("result=\"{result}\""))
+                    && line.contains("target_version=\"3.28.0\"")
+            })
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    };
+    let nodes_total = "argo_workflows_kata_lifecycle_manager_nodes_total";
+    let waves = "argo_workflows_kata_lifecycle_manager_wave_duration_seconds_count";
+    let runs = "argo_workflows_kata_lifecycle_manager_runs_total";
+    let ours: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.contains("kata_lifecycle_manager") && l.contains(&release))
+        .collect();
+    assert_eq!(sample(nodes_total, "completed"), Some(1.0), "{ours:#?}");
+    assert_eq!(sample(nodes_total, "rolled-back"), Some(1.0), "{ours:#?}");
+    assert_eq!(sample(nodes_total, "failed"), Some(0.0), "{ours:#?}");
+    assert_eq!(sample(waves, "Succeeded"), Some(1.0), "{ours:#?}");
+    assert_eq!(sample(waves, "Failed"), Some(1.0), "{ours:#?}");
+    assert_eq!(sample(runs, "Failed"), Some(1.0), "{ours:#?}");
 }
 
 #[tokio::test]

@@ -199,3 +199,11 @@ Arguments: dict root, run (bool, default true).
 - {{`--node-taint-key={{workflow.parameters.node-taint-key}}`}}
 - {{`--node-taint-value={{workflow.parameters.node-taint-value}}`}}
 {{- end }}
+
+{{/* The labels every custom metric carries: the release and the target. */}}
+{{- define "klm.metricLabels" -}}
+- key: release
+  value: {{`"{{workflow.parameters.helm-namespace}}/{{workflow.parameters.helm-release}}"`}}
+- key: target_version
+  value: {{`"{{workflow.parameters.target-version}}"`}}
+{{- end }}

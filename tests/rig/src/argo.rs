@@ -50,6 +50,7 @@ const FIELD_MANAGER: &str = "klm-rig-argo";
 #[derive(Debug)]
 pub struct ArgoTier {
     kubeconfig: PathBuf,
+    metrics_port: u16,
     pod_logs: PathBuf,
     node_dir: PathBuf,
     setup: Duration,
@@ -256,7 +257,8 @@ async fn start(rig: &Rig) -> Result<(ArgoTier, RealNode)> {
     phase("node Ready");
 
     rig.apply_argo_crds(ARGO_VERSION).await?;
-    apply_namespace_and_config(&client, api_port(rig.server())?).await?;
+    let metrics_port = free_port()?;
+    apply_namespace_and_config(&client, api_port(rig.server())?, metrics_port).await?;
     phase("Argo CRDs, namespace, RBAC, configmap");
     let controller = bin_dir().join("workflow-controller");
     node.start_companion(
@@ -289,6 +291,7 @@ async fn start(rig: &Rig) -> Result<(ArgoTier, RealNode)> {
     tracing::info!(elapsed = ?setup, "Argo tier ready");
     let tier = ArgoTier {
         kubeconfig: rig.kubeconfig().to_path_buf(),
+        metrics_port,
         pod_logs: node.pod_logs_dir().to_path_buf(),
         node_dir: node.dir().to_path_buf(),
         setup,
@@ -400,13 +403,20 @@ fn api_port(server: &str) -> Result<u16> {
 
 /// The controller's configuration: every step pod on the real node with
 /// host networking, nothing pulled, in-pod clients on the loopback apiserver,
-/// no metrics listener.
-pub fn controller_config(api_port: u16) -> std::collections::BTreeMap<String, String> {
+/// the Prometheus metrics on 127.0.0.1:`metrics_port` (the build binds that
+/// listener to loopback), no telemetry.
+pub fn controller_config(
+    api_port: u16,
+    metrics_port: u16,
+) -> std::collections::BTreeMap<String, String> {
     let env = format!(
         "env:\n  - name: KUBERNETES_SERVICE_HOST\n    value: 127.0.0.1\n  - name: KUBERNETES_SERVICE_PORT\n    value: \"{api_port}\"\n"
     );
     [
-        ("metricsConfig", "enabled: false\n".to_string()),
+        (
+            "metricsConfig",
+            format!("enabled: true\npath: /metrics\nport: {metrics_port}\nsecure: false\n"),
+        ),
         ("telemetryConfig", "enabled: false\n".to_string()),
         (
             "workflowDefaults",
@@ -425,7 +435,11 @@ pub fn controller_config(api_port: u16) -> std::collections::BTreeMap<String, St
 /// The `argo` namespace, the executor's Role (emissary: write
 /// `workflowtaskresults`) bound to its `default` ServiceAccount, and the
 /// controller's ConfigMap.
-async fn apply_namespace_and_config(client: &Client, api_port: u16) -> Result<()> {
+async fn apply_namespace_and_config(
+    client: &Client,
+    api_port: u16,
+    metrics_port: u16,
+) -> Result<()> {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let meta = |name: &str| ObjectMeta {
         name: Some(name.into()),
@@ -474,7 +488,7 @@ async fn apply_namespace_and_config(client: &Client, api_port: u16) -> Result<()
         .await?;
     let config = ConfigMap {
         metadata: meta(CONTROLLER_CONFIGMAP),
-        data: Some(controller_config(api_port)),
+        data: Some(controller_config(api_port, metrics_port)),
         ..ConfigMap::default()
     };
     Api::<ConfigMap>::namespaced(client.clone(), ARGO_NAMESPACE)
@@ -484,6 +498,33 @@ async fn apply_namespace_and_config(client: &Client, api_port: u16) -> Result<()
 }
 
 impl ArgoTier {
+    /// The controller's Prometheus endpoint (on loopback).
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.metrics_port)
+    }
+
+    /// What the controller's Prometheus endpoint serves now (HTTP/1.0 on
+    /// loopback, no client library needed).
+    pub fn metrics(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        let (head, body) = response
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("no HTTP response from {}", self.metrics_url()))?;
+        if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+            bail!(
+                "{} answered {}",
+                self.metrics_url(),
+                head.lines().next().unwrap_or("")
+            );
+        }
+        Ok(body.to_string())
+    }
+
     /// The real node's name.
     pub fn node(&self) -> &'static str {
         REAL_NODE
@@ -573,4 +614,11 @@ impl ArgoTier {
     pub fn klm_pid(&self, namespace: &str, pod: &str) -> Result<Option<u32>> {
         Ok(self.pod_pids(namespace, pod, "klm")?.into_iter().next())
     }
+}
+
+/// A free loopback port (bound, then released for the controller to take).
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
