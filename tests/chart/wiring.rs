@@ -319,7 +319,11 @@ fn check_references(wf: &Workflow, name: &str, problems: &mut Vec<String>) {
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|p| p["name"].as_str().map(|n| format!("outputs.parameters.{n}")))
+        .filter_map(|p| {
+            p["name"]
+                .as_str()
+                .map(|n| format!("outputs.parameters.{n}"))
+        })
         .collect();
     let mut texts = Vec::new();
     strings(&metrics.unwrap_or(Value::Null), &mut texts);
