@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::ListParams;
 use kube::runtime::reflector::{self, Store};
@@ -279,8 +280,18 @@ pub async fn snapshot(
     Ok(fleet)
 }
 
+/// What a watch event touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Touched {
+    /// A node, a kata-deploy pod or the run record.
+    Shown,
+    /// The DaemonSet: its current revision may have moved (helm-upgrade).
+    DaemonSet,
+}
+
 /// Keeps the fleet current from watches of the nodes, the release's
-/// kata-deploy pods and its run record (the run named, or the latest), and
+/// kata-deploy pods and DaemonSet and its run record (the run named, or the
+/// latest), and
 /// calls `changed` with the new status each time it changes, until
 /// `changed` returns false or a watch ends. A dropped watch is resumed.
 pub async fn watch(
@@ -301,7 +312,7 @@ pub async fn watch(
         watcher(Api::<Node>::all(client.clone()), node_config).default_backoff(),
     )
     .touched_objects()
-    .map(|_| ());
+    .map(|_| Touched::Shown);
     let (record_store, record_writer) = reflector::store::<ConfigMap>();
     let records = reflector::reflector(
         record_writer,
@@ -312,13 +323,21 @@ pub async fn watch(
         .default_backoff(),
     )
     .touched_objects()
-    .map(|_| ());
+    .map(|_| Touched::Shown);
     let daemonset = daemonset(client, helm, release).await;
     let (pod_store, pod_writer) = reflector::store::<Pod>();
-    let mut streams: Vec<futures::stream::BoxStream<'_, ()>> = vec![nodes.boxed(), records.boxed()];
-    let mut revision = None;
+    let mut streams: Vec<futures::stream::BoxStream<'_, Touched>> =
+        vec![nodes.boxed(), records.boxed()];
     if let Some(daemonset) = &daemonset {
-        revision = current_revision(daemonset).await;
+        // Its first event (the initial list) reads the revision too.
+        let spec = watcher(
+            Api::<DaemonSet>::namespaced(client.clone(), &daemonset.namespace),
+            crate::wait::by_name(&daemonset.name),
+        )
+        .default_backoff()
+        .applied_objects()
+        .map(|_| Touched::DaemonSet);
+        streams.push(spec.boxed());
         let pods = reflector::reflector(
             pod_writer,
             watcher(
@@ -328,15 +347,24 @@ pub async fn watch(
             .default_backoff(),
         )
         .touched_objects()
-        .map(|_| ());
+        .map(|_| Touched::Shown);
         streams.push(pods.boxed());
     }
     let mut events = futures::stream::select_all(streams);
     let mut last: Option<String> = None;
-    while events.next().await.is_some() {
+    let mut revision = None;
+    while let Some(first) = events.next().await {
         // Gather what changed together, then show it once.
-        let _ =
-            tokio::time::timeout(SETTLE, async { while events.next().await.is_some() {} }).await;
+        let mut daemonset_changed = first == Touched::DaemonSet;
+        let _ = tokio::time::timeout(SETTLE, async {
+            while let Some(touched) = events.next().await {
+                daemonset_changed |= touched == Touched::DaemonSet;
+            }
+        })
+        .await;
+        if let (true, Some(daemonset)) = (daemonset_changed, &daemonset) {
+            revision = current_revision(daemonset).await;
+        }
         let fleet = Fleet {
             nodes: cloned(&node_store),
             pods: by_node(cloned(&pod_store)),

@@ -167,16 +167,12 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
                 chart: request.chart.clone(),
                 helm_timeout: request.helm_timeout,
             };
-            upgrade::upgrade(client, helm, &wave).await?;
-            // The upgrade recorded when the wave's install Jobs started.
-            let record = records
-                .resolve(&record.release, Some(&record.run_id))
-                .await?;
+            let upgraded = upgrade::upgrade(client, helm, &wave).await?;
             match kata_deploy::wait_install_jobs(
                 client,
                 &record.namespace,
                 names,
-                record.wave_started_at.as_deref(),
+                upgraded.wave_started_at.as_deref(),
                 request.timeout,
             )
             .await

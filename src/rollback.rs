@@ -182,10 +182,10 @@ pub async fn roll_back(
 
     // A node in service (the rollback-node entrypoint, a rollback by hand)
     // is cordoned for its rollback and released only once it is back.
-    for node in names {
-        hold::hold_for_rollback(client, node, &record.run_id, &record.release_id()).await?;
-    }
     let release_id = record.release_id();
+    for node in names {
+        hold::hold_for_rollback(client, node, &record.run_id, &release_id).await?;
+    }
     let holder = hold::Holder {
         run_id: &record.run_id,
         release: &release_id,

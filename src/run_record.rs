@@ -233,6 +233,14 @@ impl RunRecord {
     }
 }
 
+/// The run a step names with `--run-id`, when it is the release's run on
+/// record (`latest`, the record as loaded): such a step moves the nodes the
+/// run holds through the state machine. None: a step by hand (no
+/// `--run-id`, or a run klm has no record of), which changes no node's state.
+pub fn named_run<'a>(latest: Option<&'a RunRecord>, run_id: Option<&str>) -> Option<&'a RunRecord> {
+    latest.filter(|record| run_id == Some(record.run_id.as_str()))
+}
+
 /// The ConfigMap name of a release's run record.
 pub fn name_for(release: &str) -> String {
     format!("{release}-klm-run")
@@ -469,6 +477,15 @@ pub(crate) fn example() -> RunRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_run_on_record_is_a_steps_run() {
+        let record = example();
+        assert!(named_run(Some(&record), Some("upgrade-1")).is_some());
+        assert!(named_run(Some(&record), Some("another")).is_none());
+        assert!(named_run(Some(&record), None).is_none());
+        assert!(named_run(None, Some("upgrade-1")).is_none());
+    }
     use serde_json::json;
 
     #[test]

@@ -103,6 +103,10 @@ pub struct Upgraded {
     pub nodes: Vec<String>,
     /// The values this step set for the run's mechanics.
     pub mechanics: Vec<String>,
+    /// job mode: when this wave's helm upgrade started (RFC 3339), as the
+    /// run records it: install Jobs older than this belong to an earlier wave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wave_started_at: Option<String>,
 }
 
 impl Report for Upgraded {
@@ -175,6 +179,7 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
         to_version: target.to_string(),
         nodes: wave.clone(),
         mechanics: Vec::new(),
+        wave_started_at: None,
     };
     if stage != Stage::of(mode) {
         report.outcome = Outcome::OtherStage;
@@ -216,13 +221,16 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
                 && run_values::is_scoped_to(&coalesced, &wave)
             {
                 report.outcome = Outcome::AlreadyDone;
+                report.wave_started_at = record.wave_started_at.clone();
                 return Ok(report);
             }
+            let started = crate::run_record::now();
             records
                 .update(&record.release, &record.run_id, |r| {
-                    r.wave_started_at = Some(crate::run_record::now())
+                    r.wave_started_at = Some(started.clone())
                 })
                 .await?;
+            report.wave_started_at = Some(started);
             run_values::job_wave(&wave, &coalesced)
         }
     };
@@ -290,6 +298,7 @@ mod tests {
             to_version: "3.28.0".into(),
             nodes: vec!["w1".into(), "w2".into()],
             mechanics: Vec::new(),
+            wave_started_at: None,
         };
         assert_eq!(
             report.text(),

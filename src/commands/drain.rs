@@ -82,24 +82,19 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     // A drain for a run on record moves its nodes on (the run must hold
     // them); one by hand (no --run-id, or a run klm has no record of) only evicts.
-    let release_id =
-        crate::annotations::release_id(&args.release.helm_namespace, &args.release.helm_release);
-    let recorded = match &args.run.run_id {
-        Some(run_id) => Records::new(&client, &args.release.helm_namespace)
+    let latest = match &args.run.run_id {
+        Some(_) => Records::new(&client, &args.release.helm_namespace)
             .load(&args.release.helm_release)
             .await?
-            .is_some_and(|(record, _)| &record.run_id == run_id),
-        None => false,
+            .map(|(record, _)| record),
+        None => None,
     };
-    let holder = args
-        .run
-        .run_id
-        .as_deref()
-        .filter(|_| recorded)
-        .map(|run_id| hold::Holder {
-            run_id,
-            release: &release_id,
-        });
+    let run = crate::run_record::named_run(latest.as_ref(), args.run.run_id.as_deref());
+    let release_id = run.map(|r| r.release_id()).unwrap_or_default();
+    let holder = run.map(|r| hold::Holder {
+        run_id: &r.run_id,
+        release: &release_id,
+    });
     for node in &names {
         hold::advance(&client, node, holder, NodeStatus::Draining).await?;
     }

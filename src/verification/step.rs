@@ -9,7 +9,7 @@ use crate::events::{NodeEvent, NodeEvents};
 use crate::nodes::hold;
 use crate::output::Report;
 use crate::release::ReleaseRef;
-use crate::run_record::{NodeProgress, Records};
+use crate::run_record::{self, NodeProgress, Records};
 
 use super::{NodeVerdict, VerificationPod, verify_nodes};
 
@@ -95,12 +95,11 @@ pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verifi
         .unwrap_or_else(|| "manual".to_string());
     let release_id =
         crate::annotations::release_id(&request.release.namespace, &request.release.name);
-    let of_the_run =
-        request.run_id.is_some() && record.as_ref().is_some_and(|r| r.run_id == run_id);
-    let holder = of_the_run.then(|| hold::Holder {
-        run_id: &run_id,
-        release: &release_id,
-    });
+    let holder =
+        run_record::named_run(record.as_ref(), request.run_id.as_deref()).map(|r| hold::Holder {
+            run_id: &r.run_id,
+            release: &release_id,
+        });
     for node in &request.nodes {
         hold::advance(client, node, holder, NodeStatus::Verifying).await?;
     }
