@@ -34,6 +34,8 @@ pub struct Cli {
 /// The steps of an upgrade.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the whole upgrade in one process (the workflow's steps, without Argo), showing progress.
+    Upgrade(commands::upgrade::Args),
     /// Check that an upgrade can start, and record what rollback will need.
     CheckPrerequisites(commands::check_prerequisites::Args),
     /// Select the nodes to upgrade and split them into waves.
@@ -62,6 +64,14 @@ pub enum Command {
     Settle(commands::settle::Args),
     /// End a run however it ended: roll back nodes caught mid-upgrade, release the rest, close the record.
     CloseRun(commands::close_run::Args),
+}
+
+impl Command {
+    /// Whether the command draws live progress on the terminal (its logs
+    /// then default to warnings, so as not to tear the drawing).
+    pub fn draws_live(&self, global: &GlobalArgs) -> bool {
+        matches!(self, Command::Upgrade(args) if args.draws_live(global))
+    }
 }
 
 #[cfg(test)]

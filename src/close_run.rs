@@ -483,3 +483,82 @@ mod tests {
         );
     }
 }
+
+/// How [`end_run`] rolls back the nodes a run was caught mid-upgrade with.
+#[derive(Debug, Clone)]
+pub struct RollbackSettings {
+    /// The kata-deploy chart reference.
+    pub chart: String,
+    /// How long a helm upgrade may take.
+    pub helm_timeout: std::time::Duration,
+    /// How long each node may take to come back Ready at the old version.
+    pub timeout: std::time::Duration,
+    /// Verify rolled-back nodes again before they return to service.
+    pub reverify: Option<crate::rollback::Reverify>,
+}
+
+/// A run ended: closed, its safe nodes released, those caught mid-upgrade
+/// rolled back.
+#[derive(Debug)]
+pub struct Ended {
+    /// What closing did.
+    pub closed: Closed,
+    /// The rollback of the nodes caught mid-upgrade, if there were any.
+    pub rolled_back: Option<crate::rollback::RolledBack>,
+    unrecorded: bool,
+}
+
+impl Ended {
+    /// Ok when every node the run held is released or rolled back.
+    pub fn outcome(&self) -> Result<(), UserError> {
+        if self.unrecorded {
+            return Err(self.closed.unrecorded());
+        }
+        match &self.rolled_back {
+            Some(report) => report.outcome(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Ends the run however it ended ([`close`]), then rolls back the nodes it
+/// was caught mid-upgrade with: what the workflow's exit handler does, and
+/// what `klm upgrade` does on any exit.
+pub async fn end_run(
+    client: &Client,
+    helm: &crate::helm::Helm,
+    request: &Request,
+    settings: &RollbackSettings,
+) -> anyhow::Result<Ended> {
+    let Closing { report, leftover } = close(client, request).await?;
+    let (run_id, reason, nodes) = match leftover {
+        Leftover::Nothing | Leftover::Unrecorded => {
+            return Ok(Ended {
+                unrecorded: leftover == Leftover::Unrecorded,
+                closed: report,
+                rolled_back: None,
+            });
+        }
+        Leftover::RollBack {
+            run_id,
+            reason,
+            nodes,
+        } => (run_id, reason, nodes),
+    };
+    let rollback = crate::rollback::Request {
+        nodes: crate::nodes::unique(nodes),
+        reason: Some(reason),
+        release: request.release.clone(),
+        run_id: Some(run_id),
+        chart: settings.chart.clone(),
+        helm_timeout: settings.helm_timeout,
+        timeout: settings.timeout,
+        reverify: settings.reverify.clone(),
+    };
+    let rolled_back = crate::rollback::roll_back(client, helm, &rollback).await?;
+    Ok(Ended {
+        closed: report,
+        rolled_back: Some(rolled_back),
+        unrecorded: false,
+    })
+}

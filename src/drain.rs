@@ -290,3 +290,58 @@ mod tests {
         assert_eq!(stays(&step, Some("another")), None);
     }
 }
+
+/// Which nodes a drain step drains, for which run.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The nodes (cordoned already).
+    pub nodes: Vec<String>,
+    /// The release (whose run record names the run).
+    pub release: crate::release::ReleaseRef,
+    /// The run (None: a drain by hand).
+    pub run_id: Option<String>,
+    /// How long evictions may wait for PodDisruptionBudgets and pods to go.
+    pub timeout: Duration,
+}
+
+/// The drain step: a drain for a run on record moves its nodes on to
+/// `draining` (the run must hold them); one by hand (no run, or a run klm
+/// has no record of) only evicts. `evicting` is a client without retries:
+/// evictions refused by a PodDisruptionBudget are retried by [`drain`]
+/// itself, within its timeout.
+pub async fn drain_nodes(
+    client: &Client,
+    evicting: &Client,
+    request: &Request,
+) -> anyhow::Result<Vec<Drained>> {
+    use crate::annotations::NodeStatus;
+    use crate::nodes::hold;
+    use futures::future::try_join_all;
+
+    let nodes_api = Api::all(client.clone());
+    try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let latest = match &request.run_id {
+        Some(_) => crate::run_record::Records::new(client, &request.release.namespace)
+            .load(&request.release.name)
+            .await?
+            .map(|(record, _)| record),
+        None => None,
+    };
+    let run = crate::run_record::named_run(latest.as_ref(), request.run_id.as_deref());
+    let release_id = run.map(|r| r.release_id()).unwrap_or_default();
+    let holder = run.map(|r| hold::Holder {
+        run_id: &r.run_id,
+        release: &release_id,
+    });
+    for node in &request.nodes {
+        hold::advance(client, node, holder, NodeStatus::Draining).await?;
+    }
+    let drained = try_join_all(
+        request
+            .nodes
+            .iter()
+            .map(|n| drain(evicting, n, request.run_id.as_deref(), request.timeout)),
+    )
+    .await?;
+    Ok(drained)
+}

@@ -42,14 +42,17 @@ pub mod helm;
 pub mod kata_deploy;
 pub mod nodes;
 pub mod output;
+pub mod plan;
 pub mod preflight;
 pub mod release;
 pub mod restart;
 pub mod rollback;
 pub mod run_record;
 pub mod run_values;
+pub mod settle;
 pub mod step;
 pub mod upgrade;
+pub mod upgrade_run;
 pub mod values;
 pub mod verification;
 pub mod versions;
@@ -62,6 +65,7 @@ use error::ExitStatus;
 pub async fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
     let global = &cli.global;
     match cli.command {
+        Command::Upgrade(args) => commands::upgrade::run(args, global).await,
         Command::CheckPrerequisites(args) => commands::check_prerequisites::run(args, global).await,
         Command::SelectNodes(args) => commands::select_nodes::run(args, global).await,
         Command::Cordon(args) => commands::cordon::run(args, global).await,

@@ -9,7 +9,8 @@ use kata_lifecycle_manager::{exit, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(kubectl_plugin_args(std::env::args_os()));
-    init_logging(cli.global.log_format, cli.global.verbose);
+    let quiet = cli.command.draws_live(&cli.global);
+    init_logging(cli.global.log_format, cli.global.verbose, quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -39,8 +40,10 @@ fn report(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(status.code())
 }
 
-fn init_logging(format: LogFormat, verbose: u8) {
+/// Logs at info by default; at warn while live progress is drawn (`quiet`).
+fn init_logging(format: LogFormat, verbose: u8, quiet: bool) {
     let default = match verbose {
+        0 if quiet => "warn",
         0 => "info",
         1 => "debug",
         _ => "trace",

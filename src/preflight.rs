@@ -1,7 +1,8 @@
-//! The checks before a run starts, shared by `check-prerequisites` and
-//! `plan`: every check that changes nothing (the release is deployed, the
-//! mode is the release's, the target suits the mode, the verification pod
-//! would be admitted), and the step deadline a run's timeouts must fit in.
+//! The checks before a run starts, shared by `check-prerequisites`, `plan`
+//! and `upgrade`: every check that changes nothing (the release is deployed,
+//! the mode is the release's, the target suits the mode, the verification pod
+//! would be admitted), the step deadline a run's timeouts must fit in, and
+//! the start of a run ([`start_run`]: checked, then recorded).
 
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use crate::args::DEFAULT_CHART;
 use crate::error::UserError;
 use crate::helm::Helm;
 use crate::release::{self, Release, ReleaseRef};
-use crate::run_record::{self, Before, RunRecord, RunState};
+use crate::run_record::{self, Before, Begun, Records, RunRecord, RunState};
 use crate::verification::VerificationPod;
 use crate::versions::{self, DeploymentMode, ModeChoice};
 
@@ -254,4 +255,85 @@ mod tests {
         assert_eq!(record.state, RunState::Running);
         assert!(record.nodes.is_empty() && record.mechanics.is_empty() && record.waves.is_none());
     }
+}
+
+/// A run to start: what check-prerequisites (and `klm upgrade`) are asked.
+#[derive(Debug, Clone)]
+pub struct StartRequest<'a> {
+    /// The release.
+    pub release: &'a ReleaseRef,
+    /// The run (None: a new id, `klm-<unix seconds>`).
+    pub run_id: Option<String>,
+    /// The version to upgrade to.
+    pub target: &'a Version,
+    /// The mode asked for.
+    pub mode: ModeChoice,
+    /// The run's extra chart values, recorded for every upgrade of the run.
+    pub chart_values: Vec<String>,
+    /// The verification pod to validate, if any.
+    pub verification_pod: Option<&'a VerificationPod>,
+}
+
+/// A run started (or found already started: a retried step).
+#[derive(Debug)]
+pub struct Started {
+    /// The run's record.
+    pub record: RunRecord,
+    /// True when the record already existed.
+    pub resumed: bool,
+    /// The chart version of the deployed revision before this one, if any.
+    pub previous_version: Option<String>,
+    /// Things a person should know.
+    pub warnings: Vec<String>,
+}
+
+/// Checks that the run can start ([`check`]) and records it, taking the
+/// release's run lock; a run already recorded under this id is resumed,
+/// unless it was recorded with another target (bad input).
+pub async fn start_run(
+    client: &Client,
+    helm: &Helm,
+    request: &StartRequest<'_>,
+) -> anyhow::Result<Started> {
+    let target = request.target;
+    let checked = check(
+        client,
+        helm,
+        request.release,
+        target,
+        request.mode,
+        request.verification_pod,
+    )
+    .await?;
+    let run_id = request
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("klm-{}", k8s_openapi::jiff::Timestamp::now().as_second()));
+    let record = checked.record(
+        run_id,
+        request.release,
+        target,
+        request.chart_values.clone(),
+    );
+    let (record, resumed) = match Records::new(client, &request.release.namespace)
+        .begin(record)
+        .await?
+    {
+        Begun::Created(record) => (record, false),
+        Begun::Resumed(record) => (record, true),
+    };
+    if resumed && record.target_version != *target {
+        return Err(UserError::bad_input(format!(
+            "run {} was recorded with target {}, not {target}",
+            record.run_id, record.target_version
+        ))
+        .hint("pass the recorded --target-version, or a new --run-id")
+        .into());
+    }
+    Ok(Started {
+        record,
+        resumed,
+        previous_version: checked.previous_version,
+        warnings: checked.warnings,
+    })
 }

@@ -5,10 +5,9 @@ use std::time::Duration;
 use crate::args::{
     ChartValuesArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration,
 };
-use crate::error::{ExitStatus, UserError};
+use crate::error::ExitStatus;
 use crate::output::{self, Report};
 use crate::preflight;
-use crate::run_record::{Begun, Records};
 use crate::step;
 use crate::versions::{self, DeploymentMode, ModeChoice};
 use clap::Args as ClapArgs;
@@ -144,48 +143,32 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let client = crate::cluster::client(global).await?;
     let helm = step::helm(&args.release, global)?;
     let reference = step::release_ref(&args.release);
-    let checked = preflight::check(
+    let started = preflight::start_run(
         &client,
         &helm,
-        &reference,
-        &target,
-        args.deployment_mode,
-        template.as_ref(),
+        &preflight::StartRequest {
+            release: &reference,
+            run_id: args.run.run_id.clone(),
+            target: &target,
+            mode: args.deployment_mode,
+            chart_values: args.values.items(),
+            verification_pod: template.as_ref(),
+        },
     )
     .await?;
-    let run_id = args
-        .run
-        .run_id
-        .clone()
-        .unwrap_or_else(|| format!("klm-{}", k8s_openapi::jiff::Timestamp::now().as_second()));
-    let record = checked.record(run_id, &reference, &target, args.values.items());
-    let (record, resumed) = match Records::new(&client, &reference.namespace)
-        .begin(record)
-        .await?
-    {
-        Begun::Created(record) => (record, false),
-        Begun::Resumed(record) => (record, true),
-    };
-    if resumed && record.target_version != target {
-        return Err(UserError::bad_input(format!(
-            "run {} was recorded with target {}, not {target}",
-            record.run_id, record.target_version
-        ))
-        .hint("pass the recorded --target-version, or a new --run-id")
-        .into());
-    }
+    let record = started.record;
     let report = Prerequisites {
         run_id: record.run_id,
         mode: record.mode,
         release: reference.name,
         namespace: reference.namespace,
         current_version: record.before.chart_version,
-        previous_version: checked.previous_version,
+        previous_version: started.previous_version,
         revision: record.before.revision,
         target_version: target.to_string(),
         verification_pod: template.is_some(),
-        resumed,
-        warnings: checked.warnings,
+        resumed: started.resumed,
+        warnings: started.warnings,
     };
     output::print(global.output, &report)?;
     Ok(ExitStatus::Done)

@@ -8,11 +8,9 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 
 use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration};
-use crate::close_run::{self, Closing, Leftover, Request};
+use crate::close_run::{self, Request, RollbackSettings};
 use crate::error::{ExitStatus, UserError};
-use crate::nodes;
 use crate::output;
-use crate::rollback;
 use crate::step;
 use crate::verification::VerificationPod;
 
@@ -82,31 +80,26 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         failures: non_empty(&args.failures),
         reason: args.reason,
     };
-    let Closing { report, leftover } = close_run::close(&client, &request).await?;
-    output::print(global.output, &report)?;
-    let (run_id, reason, nodes) = match leftover {
-        Leftover::Nothing => return Ok(ExitStatus::Done),
-        Leftover::Unrecorded => return Err(report.unrecorded().into()),
-        Leftover::RollBack {
-            run_id,
-            reason,
-            nodes,
-        } => (run_id, reason, nodes),
-    };
-    let template = VerificationPod::from_args(&args.verification)?;
-    let request = rollback::Request {
-        nodes: nodes::unique(nodes),
-        reason: Some(reason),
-        release: step::release_ref(&args.release),
-        run_id: Some(run_id),
+    let settings = RollbackSettings {
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
         timeout: args.timeout,
-        reverify: step::reverify(template, &args.verification),
+        reverify: step::reverify(
+            VerificationPod::from_args(&args.verification)?,
+            &args.verification,
+        ),
     };
-    let report =
-        rollback::roll_back(&client, &step::helm(&args.release, global)?, &request).await?;
-    output::print(global.output, &report)?;
-    report.outcome()?;
+    let ended = close_run::end_run(
+        &client,
+        &step::helm(&args.release, global)?,
+        &request,
+        &settings,
+    )
+    .await?;
+    output::print(global.output, &ended.closed)?;
+    if let Some(report) = &ended.rolled_back {
+        output::print(global.output, report)?;
+    }
+    ended.outcome()?;
     Ok(ExitStatus::Done)
 }

@@ -2,17 +2,12 @@
 
 use std::time::Duration;
 
-use clap::Args as ClapArgs;
-use futures::future::try_join_all;
-
-use crate::annotations::NodeStatus;
 use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
-use crate::drain::{Drained, drain};
+use crate::drain::{Drained, Request, drain_nodes};
 use crate::error::ExitStatus;
-use crate::nodes::hold;
 use crate::output::{self, Report};
-use crate::run_record::Records;
 use crate::step;
+use clap::Args as ClapArgs;
 
 /// Flags of `klm drain`.
 #[derive(Debug, ClapArgs)]
@@ -78,34 +73,14 @@ impl Report for Drain {
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let client = crate::cluster::client(global).await?;
     let names = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
-    let nodes_api = kube::Api::all(client.clone());
-    try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
-    // A drain for a run on record moves its nodes on (the run must hold
-    // them); one by hand (no --run-id, or a run klm has no record of) only evicts.
-    let latest = match &args.run.run_id {
-        Some(_) => Records::new(&client, &args.release.helm_namespace)
-            .load(&args.release.helm_release)
-            .await?
-            .map(|(record, _)| record),
-        None => None,
+    let request = Request {
+        nodes: names,
+        release: step::release_ref(&args.release),
+        run_id: args.run.run_id,
+        timeout: args.drain_timeout,
     };
-    let run = crate::run_record::named_run(latest.as_ref(), args.run.run_id.as_deref());
-    let release_id = run.map(|r| r.release_id()).unwrap_or_default();
-    let holder = run.map(|r| hold::Holder {
-        run_id: &r.run_id,
-        release: &release_id,
-    });
-    for node in &names {
-        hold::advance(&client, node, holder, NodeStatus::Draining).await?;
-    }
-    // Evictions refused by a PodDisruptionBudget (429) are retried by drain itself, within its timeout.
     let evicting = crate::cluster::client_without_retry(global).await?;
-    let drained = try_join_all(
-        names
-            .iter()
-            .map(|n| drain(&evicting, n, args.run.run_id.as_deref(), args.drain_timeout)),
-    )
-    .await?;
+    let drained = drain_nodes(&client, &evicting, &request).await?;
     output::print(global.output, &Drain { nodes: drained })?;
     Ok(ExitStatus::Done)
 }

@@ -17,4 +17,5 @@ pub mod select_nodes;
 pub mod settle;
 pub mod status;
 pub mod uncordon;
+pub mod upgrade;
 pub mod verify;

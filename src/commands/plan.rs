@@ -4,12 +4,11 @@ use clap::Args as ClapArgs;
 
 use crate::args::{GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs};
 use crate::error::ExitStatus;
-use crate::nodes::planning::{self, Selection};
 use crate::nodes::waves;
-use crate::output::{self, Report};
-use crate::preflight::{self, Checked};
+use crate::output;
+use crate::plan;
 use crate::step;
-use crate::versions::{self, DeploymentMode, ModeChoice};
+use crate::versions::{self, ModeChoice};
 
 /// Flags of `klm plan`.
 #[derive(Debug, ClapArgs)]
@@ -46,55 +45,6 @@ pub struct Args {
     pub verification: VerificationArgs,
 }
 
-/// What an upgrade would do.
-#[derive(Debug, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Plan {
-    /// The release.
-    pub release: String,
-    /// The mode.
-    pub mode: DeploymentMode,
-    /// From which chart version.
-    pub current_version: String,
-    /// To which.
-    pub target_version: String,
-    /// Whether a verification pod was validated.
-    pub verification_pod: bool,
-    /// The nodes and waves.
-    pub selection: Selection,
-    /// Things a person should know.
-    pub warnings: Vec<String>,
-}
-
-impl Report for Plan {
-    fn text(&self) -> String {
-        let mut lines = vec![format!(
-            "Upgrade {} from {} to {} in {} mode.",
-            self.release, self.current_version, self.target_version, self.mode
-        )];
-        lines.push(match self.mode {
-            DeploymentMode::Daemonset => {
-                "1. helm upgrade once with updateStrategy OnDelete (nothing restarts)".into()
-            }
-            DeploymentMode::Job => {
-                "1. per wave: helm upgrade scoped to the wave's nodes (job.nodes)".into()
-            }
-        });
-        lines.push(
-            "2. per wave: cordon, restart kata-deploy, verify; complete, or roll back and stop"
-                .into(),
-        );
-        lines.push(String::new());
-        lines.push(self.selection.text());
-        if !self.verification_pod {
-            lines.push("warning: no verification pod given; the workflow requires one".into());
-        }
-        lines.extend(self.warnings.iter().map(|w| format!("warning: {w}")));
-        lines.push("Nothing was changed.".into());
-        lines.join("\n")
-    }
-}
-
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let target = args.target_version.clone();
@@ -103,40 +53,21 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let template = crate::verification::VerificationPod::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
     let helm = step::helm(&args.release, global)?;
-    let reference = step::release_ref(&args.release);
-    let Checked {
-        release,
-        mode,
-        warnings,
-        ..
-    } = preflight::check(
+    let plan = plan::plan(
         &client,
         &helm,
-        &reference,
-        &target,
-        args.deployment_mode,
-        template.as_ref(),
+        &plan::Request {
+            release: &step::release_ref(&args.release),
+            target: &target,
+            mode: args.deployment_mode,
+            criteria: &criteria,
+            pool_label: args.pool_label.as_deref(),
+            batch_size,
+            skip_completed: None,
+            verification_pod: template.as_ref(),
+        },
     )
     .await?;
-    let selection = planning::select(
-        &client,
-        &helm,
-        &reference,
-        &criteria,
-        args.pool_label.as_deref(),
-        batch_size,
-        None,
-    )
-    .await?;
-    let plan = Plan {
-        release: reference.name,
-        mode,
-        current_version: release.chart_version,
-        target_version: target.to_string(),
-        verification_pod: template.is_some(),
-        selection,
-        warnings,
-    };
     output::print(global.output, &plan)?;
     Ok(ExitStatus::Done)
 }

@@ -71,37 +71,20 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     }
     let client = crate::cluster::client(global).await?;
     let helm = step::helm(&args.release, global)?;
-    let selection = planning::select(
+    let selection = planning::plan_run(
         &client,
         &helm,
-        &step::release_ref(&args.release),
-        &criteria,
-        args.pool_label.as_deref(),
-        batch_size,
-        args.skip_completed.as_ref().map(ToString::to_string),
+        &planning::PlanRequest {
+            release: &step::release_ref(&args.release),
+            criteria: &criteria,
+            pool_label: args.pool_label.as_deref(),
+            batch_size,
+            skip_completed: args.skip_completed.as_ref(),
+            max_waves: args.max_waves,
+            run_id: args.run.run_id.as_deref(),
+        },
     )
     .await?;
-    waves::check_capacity(
-        selection.waves.len(),
-        selection.count,
-        batch_size,
-        args.max_waves,
-    )?;
-    if args.run.run_id.is_some() {
-        let records = crate::run_record::Records::new(&client, &args.release.helm_namespace);
-        let record = step::active_run(
-            &records,
-            &args.release.helm_release,
-            args.run.run_id.as_deref(),
-        )
-        .await?;
-        let planned: Vec<Vec<String>> = selection.waves.iter().map(|w| w.nodes.clone()).collect();
-        records
-            .update(&record.release, &record.run_id, |r| {
-                r.waves = Some(planned.clone())
-            })
-            .await?;
-    }
     if let Some(path) = &args.index_file {
         let indices: Vec<usize> = selection.waves.iter().map(|w| w.index).collect();
         std::fs::write(path, serde_json::to_string(&indices)?)

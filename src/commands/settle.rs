@@ -7,12 +7,9 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 
 use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration};
-use crate::complete;
 use crate::error::{ExitStatus, UserError};
-use crate::nodes;
 use crate::output;
-use crate::rollback;
-use crate::run_record::Records;
+use crate::settle::{Counts, Request, Settled, settle};
 use crate::step;
 use crate::verification::VerificationPod;
 
@@ -61,33 +58,24 @@ pub struct Args {
     pub counts_dir: Option<std::path::PathBuf>,
 }
 
-/// How a wave ended, in nodes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Counts {
-    completed: usize,
-    rolled_back: usize,
-    failed: usize,
-}
-
-impl Counts {
-    /// Writes the counts where `--counts-dir` says (nowhere without it).
-    fn write(self, dir: Option<&std::path::Path>) -> anyhow::Result<()> {
-        let Some(dir) = dir else {
-            return Ok(());
-        };
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("creating --counts-dir {}: {e}", dir.display()))?;
-        for (name, count) in [
-            ("completed", self.completed),
-            ("rolled-back", self.rolled_back),
-            ("failed", self.failed),
-        ] {
-            let path = dir.join(name);
-            std::fs::write(&path, count.to_string())
-                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-        }
-        Ok(())
+/// Writes the counts where `--counts-dir` says (nowhere without it), one
+/// number per file.
+fn write_counts(counts: Counts, dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let Some(dir) = dir else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("creating --counts-dir {}: {e}", dir.display()))?;
+    for (name, count) in [
+        ("completed", counts.completed),
+        ("rolled-back", counts.rolled_back),
+        ("failed", counts.failed),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, count.to_string())
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     }
+    Ok(())
 }
 
 /// Runs the step.
@@ -100,87 +88,28 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .hint("pass how the wave's upgrade ended, e.g. Succeeded or Failed (the workflow passes {{steps.upgrade.status}})")
         .into());
     }
-    let client = crate::cluster::client(global).await?;
-    let records = Records::new(&client, &args.release.helm_namespace);
-    let record = records
-        .resolve(&args.release.helm_release, args.run.run_id.as_deref())
-        .await?;
-    let nodes = step::wave_of(&record, args.wave)?.to_vec();
-    if status == SUCCEEDED {
-        let request = complete::Request {
-            release: step::release_ref(&args.release),
-            run_id: Some(record.run_id.clone()),
-            target: None,
-            nodes: Some(nodes),
-            finish_run: false,
-            chart: args.chart.chart,
-            helm_timeout: args.chart.helm_timeout,
-        };
-        let report =
-            complete::complete(&client, &step::helm(&args.release, global)?, &request).await?;
-        Counts {
-            completed: report.nodes.len(),
-            ..Counts::default()
-        }
-        .write(args.counts_dir.as_deref())?;
-        output::print(global.output, &report)?;
-        report.outcome()?;
-        return Ok(ExitStatus::Done);
-    }
-    // Only nodes the run touched are rolled back: a wave refused at its
-    // first step (the run had already failed) changed nothing.
-    let touched: Vec<String> = nodes
-        .iter()
-        .filter(|n| record.nodes.contains_key(*n))
-        .cloned()
-        .collect();
-    let failure = format!(
-        "wave {} ({}) ended {status} in upgrade or verification (run {})",
-        args.wave,
-        nodes.join(","),
-        record.run_id
-    );
-    if touched.is_empty() {
-        Counts::default().write(args.counts_dir.as_deref())?;
-        return Err(UserError::failed(format!(
-            "{failure}; it changed no node, so nothing was rolled back"
-        ))
-        .hint(format!(
-            "see the wave's first failed step and `klm status --run-id {}`",
-            record.run_id
-        ))
-        .into());
-    }
     let template = VerificationPod::from_args(&args.verification)?;
-    let request = rollback::Request {
-        nodes: nodes::unique(touched.clone()),
-        reason: Some(failure.clone()),
+    let client = crate::cluster::client(global).await?;
+    let request = Request {
         release: step::release_ref(&args.release),
-        run_id: Some(record.run_id.clone()),
+        run_id: args.run.run_id.clone(),
+        wave: args.wave,
+        failure: (status != SUCCEEDED)
+            .then(|| format!("ended {status} in upgrade or verification")),
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
         timeout: args.timeout,
         reverify: step::reverify(template, &args.verification),
     };
-    let report =
-        rollback::roll_back(&client, &step::helm(&args.release, global)?, &request).await?;
-    Counts {
-        completed: 0,
-        rolled_back: report.nodes.len(),
-        failed: report.failed.len(),
+    let settled = settle(&client, &step::helm(&args.release, global)?, &request).await?;
+    write_counts(settled.counts(), args.counts_dir.as_deref())?;
+    match &settled {
+        Settled::Completed(report) => output::print(global.output, report)?,
+        Settled::RolledBack { report, .. } => output::print(global.output, report)?,
+        Settled::Untouched { .. } => {}
     }
-    .write(args.counts_dir.as_deref())?;
-    output::print(global.output, &report)?;
-    report.outcome()?;
-    Err(UserError::failed(format!(
-        "{failure}; rolled back {}: no further wave starts",
-        touched.join(", ")
-    ))
-    .hint(format!(
-        "fix the cause (see the failed step's log), then submit a new run: nodes completed by run {} are skipped",
-        record.run_id
-    ))
-    .into())
+    settled.outcome()?;
+    Ok(ExitStatus::Done)
 }
 
 #[cfg(test)]
@@ -195,13 +124,13 @@ mod tests {
             rolled_back: 2,
             failed: 1,
         };
-        counts.write(Some(&dir.path().join("settled"))).unwrap();
+        write_counts(counts, Some(&dir.path().join("settled"))).unwrap();
         let read =
             |name: &str| std::fs::read_to_string(dir.path().join("settled").join(name)).unwrap();
         assert_eq!(
             (read("completed"), read("rolled-back"), read("failed")),
             ("0".into(), "2".into(), "1".into())
         );
-        assert!(counts.write(None).is_ok());
+        assert!(write_counts(counts, None).is_ok());
     }
 }

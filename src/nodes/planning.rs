@@ -1,4 +1,4 @@
-//! Planning an upgrade's nodes, shared by `select-nodes` and `plan`: which
+//! Planning an upgrade's nodes, shared by `select-nodes`, `plan` and `upgrade`: which
 //! nodes (by the selection criteria, or those that run the release's
 //! kata-deploy), less those already completed, in which order and waves.
 
@@ -260,4 +260,60 @@ mod tests {
             "No nodes matched taint key maintenance: nothing to do.\n1 already completed at the target version: w1"
         );
     }
+}
+
+/// What [`plan_run`] plans.
+#[derive(Debug, Clone)]
+pub struct PlanRequest<'a> {
+    /// The release.
+    pub release: &'a ReleaseRef,
+    /// Which nodes.
+    pub criteria: &'a Criteria,
+    /// Order nodes by this label first (pool order).
+    pub pool_label: Option<&'a str>,
+    /// Nodes per wave.
+    pub batch_size: usize,
+    /// Skip nodes already completed at this version (resuming).
+    pub skip_completed: Option<&'a semver::Version>,
+    /// At most this many waves (0: no bound).
+    pub max_waves: usize,
+    /// The run to record the plan in (None: recorded nowhere).
+    pub run_id: Option<&'a str>,
+}
+
+/// Selects the nodes and plans the waves ([`select`]), refuses a plan with
+/// more waves than `max_waves`, and records it in the run (when one is
+/// named): the waves every later step of the run reads.
+pub async fn plan_run(
+    client: &Client,
+    helm: &Helm,
+    request: &PlanRequest<'_>,
+) -> anyhow::Result<Selection> {
+    let selection = select(
+        client,
+        helm,
+        request.release,
+        request.criteria,
+        request.pool_label,
+        request.batch_size,
+        request.skip_completed.map(ToString::to_string),
+    )
+    .await?;
+    waves::check_capacity(
+        selection.waves.len(),
+        selection.count,
+        request.batch_size,
+        request.max_waves,
+    )?;
+    if let Some(run_id) = request.run_id {
+        let records = crate::run_record::Records::new(client, &request.release.namespace);
+        let record = crate::step::active_run(&records, &request.release.name, Some(run_id)).await?;
+        let planned: Vec<Vec<String>> = selection.waves.iter().map(|w| w.nodes.clone()).collect();
+        records
+            .update(&record.release, &record.run_id, |r| {
+                r.waves = Some(planned.clone())
+            })
+            .await?;
+    }
+    Ok(selection)
 }

@@ -6,6 +6,7 @@ mod drain;
 mod edges;
 mod idempotence;
 mod job_mode;
+mod one_process;
 mod run_end;
 mod side_by_side;
 mod support;

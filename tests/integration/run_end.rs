@@ -22,7 +22,7 @@ const STOPPED: &str = r#"[{"displayName":"verify(0)","message":"Stopped with str
 
 /// The parameters every submission of a test passes: its target and the
 /// case's nodes (the rig is shared, so the default selection would see others').
-fn params<'a>(case: &'a Case, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, String)> {
+pub(crate) fn params<'a>(case: &'a Case, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, String)> {
     let mut all = vec![
         ("target-version", "3.28.0".to_string()),
         (
@@ -34,7 +34,7 @@ fn params<'a>(case: &'a Case, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, Str
     all
 }
 
-fn submit<'a>(
+pub(crate) fn submit<'a>(
     case: &'a Case,
     wf: &'a Workflow,
     name: &str,
@@ -49,7 +49,7 @@ fn submit<'a>(
 /// The first steps of deploy-version: check-prerequisites, select-nodes,
 /// upgrade-release (which changes nothing when no node is selected).
 /// Returns the wave indices.
-async fn start(run: &Submission<'_>) -> Vec<u64> {
+pub(crate) async fn start(run: &Submission<'_>) -> Vec<u64> {
     run.step("check-prerequisites", &[]).await.ok();
     run.step("select-nodes", &[]).await.ok();
     let indices: Vec<u64> = serde_json::from_str(
@@ -62,7 +62,7 @@ async fn start(run: &Submission<'_>) -> Vec<u64> {
 }
 
 /// One whole wave as the `wave` template runs it; returns settle's result.
-async fn wave(run: &Submission<'_>, index: &str) -> crate::support::Klm {
+pub(crate) async fn wave(run: &Submission<'_>, index: &str) -> crate::support::Klm {
     let mut status = "Succeeded";
     for step in ["cordon", "restart-kata-pod", "verify"] {
         if run.step(step, &[("index", index)]).await.code != 0 {
@@ -75,7 +75,11 @@ async fn wave(run: &Submission<'_>, index: &str) -> crate::support::Klm {
 }
 
 /// The exit handler's close step, as deploy-version's onExit runs it.
-async fn exit_handler(run: &Submission<'_>, status: &str, failures: &str) -> crate::support::Klm {
+pub(crate) async fn exit_handler(
+    run: &Submission<'_>,
+    status: &str,
+    failures: &str,
+) -> crate::support::Klm {
     let name = run.name.clone();
     run.step(
         "close",

@@ -1,0 +1,152 @@
+//! `klm upgrade`: the whole upgrade in one process (for clusters without
+//! Argo): the WorkflowTemplate's steps, composed by [`crate::upgrade_run`].
+
+use std::time::Duration;
+
+use clap::Args as ClapArgs;
+
+use crate::args::{
+    ChartArgs, ChartValuesArgs, GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs, VerificationArgs,
+    parse_duration,
+};
+use crate::error::{ExitStatus, UserError};
+use crate::nodes::waves;
+use crate::output;
+use crate::plan;
+use crate::step;
+use crate::upgrade_run::view::View;
+use crate::upgrade_run::{self, Cluster, Interrupts, Settings};
+use crate::verification::VerificationPod;
+use crate::versions::{self, ModeChoice};
+
+/// Flags of `klm upgrade`.
+#[derive(Debug, ClapArgs)]
+#[command(
+    after_help = "The same run as the chart's WorkflowTemplate, in one process: check-prerequisites,\nselect-nodes (nodes completed at the target are skipped), the release's upgrade, then wave by\nwave cordon, drain (--drain), restart kata-deploy, verify, and complete the wave, or roll it back\nand stop. However it ends, the run is closed as the workflow's exit handler closes it: nodes\ncaught mid-upgrade are rolled back, held nodes released, the run record closed.\nCtrl-C or SIGTERM ends the run that way; a second one leaves at once, without cleaning up.\nOn a terminal progress is drawn live; otherwise one line per event; -o json: one JSON object per\nevent (runId, wave, node, phase, time).\n\nExamples:\n  klm upgrade --target-version 3.28.0 --verification-pod verify.yaml\n  klm upgrade --target-version 3.28.0 --batch-size 5 --node-selector node-pool=kata --drain --verification-pod verify.yaml\n  klm upgrade --target-version 3.28.0 --verification-pod verify.yaml --dry-run\n  klm upgrade --target-version 3.28.0 --verification-pod verify.yaml -o json | jq -c 'select(.node)'"
+)]
+pub struct Args {
+    /// The kata-deploy chart version to upgrade to (semver, e.g. 3.28.0).
+    #[arg(long, value_name = "VERSION", value_parser = versions::parse_flag)]
+    pub target_version: semver::Version,
+
+    /// kata-deploy's deployment model; auto reads it from the release.
+    #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
+    pub deployment_mode: ModeChoice,
+
+    /// Nodes per wave (1 = strict node by node).
+    #[arg(long, default_value = "1", value_name = "N", value_parser = waves::parse_batch_size)]
+    pub batch_size: usize,
+
+    /// How nodes are selected.
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+
+    /// Order nodes by this label first (pool order), then by name.
+    #[arg(long, value_name = "LABEL")]
+    pub pool_label: Option<String>,
+
+    /// The verification pod every node must pass.
+    #[command(flatten)]
+    pub verification: VerificationArgs,
+
+    /// Evict the pods of each wave's nodes before upgrading them.
+    #[arg(long)]
+    pub drain: bool,
+
+    /// How long a drain may wait for PodDisruptionBudgets and pods to go.
+    #[arg(long, default_value = "300s", value_parser = parse_duration, env = "KLM_DRAIN_TIMEOUT", value_name = "DURATION")]
+    pub drain_timeout: Duration,
+
+    /// How long a node's kata-deploy may take to come back Ready.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
+    pub restart_timeout: Duration,
+
+    /// The run's extra kata-deploy chart values.
+    #[command(flatten)]
+    pub values: ChartValuesArgs,
+
+    /// Which release.
+    #[command(flatten)]
+    pub release: ReleaseArgs,
+
+    /// Which chart.
+    #[command(flatten)]
+    pub chart: ChartArgs,
+
+    /// The run (a new run id is generated when none is given; an unfinished
+    /// run's id resumes it).
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Show what the upgrade would do (`klm plan`), changing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl Args {
+    /// Whether the run draws live progress (text output on a terminal).
+    pub fn draws_live(&self, global: &GlobalArgs) -> bool {
+        !self.dry_run && View::draws_live(global.output)
+    }
+}
+
+/// Runs the upgrade.
+pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    let criteria = step::criteria(&args.selection)?;
+    let pod = VerificationPod::from_args(&args.verification)?;
+    let client = crate::cluster::client(global).await?;
+    let helm = step::helm(&args.release, global)?;
+    let release = step::release_ref(&args.release);
+    if args.dry_run {
+        let request = plan::Request {
+            release: &release,
+            target: &args.target_version,
+            mode: args.deployment_mode,
+            criteria: &criteria,
+            pool_label: args.pool_label.as_deref(),
+            batch_size: args.batch_size,
+            skip_completed: Some(&args.target_version),
+            verification_pod: pod.as_ref(),
+        };
+        output::print(global.output, &plan::plan(&client, &helm, &request).await?)?;
+        return Ok(ExitStatus::Done);
+    }
+    let Some(verification_pod) = pod else {
+        return Err(UserError::bad_input("no verification pod given: every node is verified before it returns to service")
+            .hint("pass --verification-pod FILE or --verification-pod-base64 (or KLM_VERIFICATION_POD_BASE64); --dry-run shows the plan without one")
+            .into());
+    };
+    let settings = Settings {
+        release,
+        run_id: args.run.run_id,
+        target: args.target_version,
+        mode: args.deployment_mode,
+        chart_values: args.values.items(),
+        criteria,
+        batch_size: args.batch_size,
+        pool_label: args.pool_label,
+        verification_pod,
+        verification_timeout: args.verification.verification_timeout,
+        keep_failed: args.verification.keep_failed,
+        drain_timeout: args.drain.then_some(args.drain_timeout),
+        chart: args.chart.chart,
+        helm_timeout: args.chart.helm_timeout,
+        restart_timeout: args.restart_timeout,
+    };
+    let evicting = crate::cluster::client_without_retry(global).await?;
+    let cluster = Cluster {
+        client: &client,
+        evicting: &evicting,
+        helm: &helm,
+    };
+    let interrupts = Interrupts::listen()?;
+    let mut view = View::choose(global.output);
+    let outcome = upgrade_run::run(cluster, &settings, &interrupts, &mut view).await;
+    let summary = view.finish();
+    let outcome = outcome?;
+    if let Some(summary) = summary {
+        output::print_line(&format!("run {}: {summary}", outcome.run_id))?;
+    }
+    outcome.result()?;
+    Ok(ExitStatus::Done)
+}

@@ -1,0 +1,121 @@
+//! What an upgrade would do, changing nothing: `klm plan`, and
+//! `klm upgrade --dry-run`.
+
+use kube::Client;
+use semver::Version;
+
+use crate::helm::Helm;
+use crate::nodes::planning::{self, Selection};
+use crate::nodes::selection::Criteria;
+use crate::output::Report;
+use crate::preflight::{self, Checked};
+use crate::release::ReleaseRef;
+use crate::verification::VerificationPod;
+use crate::versions::{DeploymentMode, ModeChoice};
+
+/// What an upgrade would do.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Plan {
+    /// The release.
+    pub release: String,
+    /// The mode.
+    pub mode: DeploymentMode,
+    /// From which chart version.
+    pub current_version: String,
+    /// To which.
+    pub target_version: String,
+    /// Whether a verification pod was validated.
+    pub verification_pod: bool,
+    /// The nodes and waves.
+    pub selection: Selection,
+    /// Things a person should know.
+    pub warnings: Vec<String>,
+}
+
+impl Report for Plan {
+    fn text(&self) -> String {
+        let mut lines = vec![format!(
+            "Upgrade {} from {} to {} in {} mode.",
+            self.release, self.current_version, self.target_version, self.mode
+        )];
+        lines.push(match self.mode {
+            DeploymentMode::Daemonset => {
+                "1. helm upgrade once with updateStrategy OnDelete (nothing restarts)".into()
+            }
+            DeploymentMode::Job => {
+                "1. per wave: helm upgrade scoped to the wave's nodes (job.nodes)".into()
+            }
+        });
+        lines.push(
+            "2. per wave: cordon, restart kata-deploy, verify; complete, or roll back and stop"
+                .into(),
+        );
+        lines.push(String::new());
+        lines.push(self.selection.text());
+        if !self.verification_pod {
+            lines.push("warning: no verification pod given; the workflow requires one".into());
+        }
+        lines.extend(self.warnings.iter().map(|w| format!("warning: {w}")));
+        lines.push("Nothing was changed.".into());
+        lines.join("\n")
+    }
+}
+
+/// What to plan.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// The release.
+    pub release: &'a ReleaseRef,
+    /// The version to upgrade to.
+    pub target: &'a Version,
+    /// The mode asked for.
+    pub mode: ModeChoice,
+    /// Which nodes.
+    pub criteria: &'a Criteria,
+    /// Order nodes by this label first.
+    pub pool_label: Option<&'a str>,
+    /// Nodes per wave.
+    pub batch_size: usize,
+    /// Skip nodes already completed at this version.
+    pub skip_completed: Option<&'a Version>,
+    /// The verification pod to validate, if any.
+    pub verification_pod: Option<&'a VerificationPod>,
+}
+
+/// Runs every read-only check of a run's start and plans its waves.
+pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow::Result<Plan> {
+    let Checked {
+        release,
+        mode,
+        warnings,
+        ..
+    } = preflight::check(
+        client,
+        helm,
+        request.release,
+        request.target,
+        request.mode,
+        request.verification_pod,
+    )
+    .await?;
+    let selection = planning::select(
+        client,
+        helm,
+        request.release,
+        request.criteria,
+        request.pool_label,
+        request.batch_size,
+        request.skip_completed.map(ToString::to_string),
+    )
+    .await?;
+    Ok(Plan {
+        release: request.release.name.clone(),
+        mode,
+        current_version: release.chart_version,
+        target_version: request.target.to_string(),
+        verification_pod: request.verification_pod.is_some(),
+        selection,
+        warnings,
+    })
+}

@@ -1,0 +1,499 @@
+//! `klm upgrade` (issue 12): the whole upgrade in one process, on the rig,
+//! as the chart's ServiceAccount. The same scenarios run through the
+//! WorkflowTemplate's own steps (see `workflow.rs`) on a twin case, and the
+//! end states (nodes, hosts, the run record, the release, each node's
+//! Events) must be the same; the JSON event stream is checked event by
+//! event; SIGTERM mid-wave ends the run like the exit handler.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use klm_rig::verification_pod::VerificationPod;
+use kube::ResourceExt;
+use serde_json::{Map, Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::run_end::{exit_handler, start, submit, wave};
+use crate::support::{CASE_LABEL, Case, CaseSpec, Klm, annotation, host_version, unschedulable};
+use crate::workflow::Workflow;
+
+const STATUS: &str = "katacontainers.io/kata-lifecycle-manager-status";
+const HELD_BY: &str = "katacontainers.io/kata-lifecycle-manager-run";
+
+/// A verification pod that fails on the case's nodes `broken` while they
+/// run 3.28.0 (a broken new version), and passes otherwise.
+fn broken_on(case: &Case, dir: &Path, broken: &[usize]) -> std::path::PathBuf {
+    let nodes: Vec<&str> = broken.iter().map(|i| case.node(*i)).collect();
+    let pod = if nodes.is_empty() {
+        VerificationPod::succeeding()
+    } else {
+        VerificationPod::succeeding().broken_at("3.28.0", &nodes)
+    };
+    pod.tolerating_everything()
+        .write(dir, &format!("verify-{}", case.namespace))
+}
+
+/// `klm upgrade` of the case's nodes to 3.28.0, node by node.
+async fn klm_upgrade(case: &Case, run: &str, pod: &Path, extra: &[&str]) -> Klm {
+    let selector = format!("{CASE_LABEL}={}", case.namespace);
+    let pod = pod.display().to_string();
+    let mut args = vec![
+        "upgrade",
+        "--target-version",
+        "3.28.0",
+        "--node-selector",
+        &selector,
+        "--verification-pod",
+        &pod,
+        "--verification-namespace",
+        &case.namespace,
+        "--run-id",
+        run,
+        "--restart-timeout",
+        "60s",
+    ];
+    args.extend_from_slice(extra);
+    let klm = case.klm(&args).await;
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "klm upgrade: exit {}\n{}{}",
+            klm.code, klm.stdout, klm.stderr
+        );
+    }
+    klm
+}
+
+/// The same run through the WorkflowTemplate's steps, as Argo runs
+/// deploy-version: the waves until one fails, then the exit handler.
+async fn through_the_steps(case: &Case, run: &str, pod: &Path) {
+    let dir = tempfile::tempdir().unwrap();
+    let wf = Workflow::render(case, pod).await;
+    let submission = submit(case, &wf, run, &[], dir.path());
+    let mut status = "Succeeded";
+    for index in start(&submission).await {
+        if wave(&submission, &index.to_string()).await.code != 0 {
+            status = "Failed";
+            break;
+        }
+    }
+    if status == "Succeeded" {
+        submission.step("finish-run", &[]).await.ok();
+    }
+    let failures = if status == "Failed" {
+        r#"[{"displayName":"settle","message":"Error (exit code 1)","phase":"Failed"}]"#
+    } else {
+        ""
+    };
+    exit_handler(&submission, status, failures).await.ok();
+}
+
+/// Replaces the case's own names (nodes, namespace, run) so that twin
+/// cases compare equal.
+fn normalise(text: &str, case: &Case, run: &str) -> String {
+    let mut out = text.to_string();
+    // The longest names first: n10 before n1.
+    for (i, node) in case.nodes.iter().enumerate().rev() {
+        out = out.replace(node.as_str(), &format!("<node{}>", i + 1));
+    }
+    out.replace(&case.namespace, "<ns>").replace(run, "<run>")
+}
+
+/// What a run leaves behind, in the case's own terms.
+async fn end_state(case: &Case, run: &str) -> Value {
+    let mut nodes = Vec::new();
+    for name in &case.nodes {
+        let node = case.get_node(name).await;
+        let annotations: Map<String, Value> = node
+            .annotations()
+            .iter()
+            .filter(|(k, _)| k.starts_with("katacontainers.io/") || k.starts_with("rig.klm.test/"))
+            .map(|(k, v)| (k.clone(), json!(normalise(v, case, run))))
+            .collect();
+        let labels: Map<String, Value> = node
+            .labels()
+            .iter()
+            .filter(|(k, _)| k.starts_with("katacontainers.io/"))
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        let events: Vec<String> = case
+            .node_events(name)
+            .await
+            .into_iter()
+            .map(|(reason, kind, _)| format!("{kind} {reason}"))
+            .collect();
+        nodes.push(json!({
+            "annotations": annotations,
+            "labels": labels,
+            "unschedulable": unschedulable(&node),
+            "taints": node.spec.as_ref().and_then(|s| s.taints.clone()),
+            "events": events,
+        }));
+    }
+    let record = case.run_record().await.unwrap_or(Value::Null);
+    let kept: Map<String, Value> = [
+        "state",
+        "targetVersion",
+        "mode",
+        "nodes",
+        "waves",
+        "nodeVersions",
+        "before",
+        "chartValues",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), record[*k].clone()))
+    .collect();
+    let record: Value =
+        serde_json::from_str(&normalise(&Value::Object(kept).to_string(), case, run)).unwrap();
+    let (revision, version) = case.release_state().await;
+    json!({"nodes": nodes, "record": record, "release": [revision, version]})
+}
+
+/// The phases of a JSON event stream as `(phase, wave, node index)`.
+fn phases(case: &Case, events: &[Value]) -> Vec<(String, Option<u64>, Option<usize>)> {
+    events
+        .iter()
+        .map(|e| {
+            let node = e["node"]
+                .as_str()
+                .map(|n| case.nodes.iter().position(|m| m == n).expect("a case node") + 1);
+            (
+                e["phase"].as_str().unwrap().to_string(),
+                e["wave"].as_u64(),
+                node,
+            )
+        })
+        .collect()
+}
+
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON event: {l}: {e}")))
+        .collect()
+}
+
+#[tokio::test]
+async fn three_nodes_upgrade_as_the_steps_do_with_an_ordered_event_stream() {
+    let spec = |name| CaseSpec::new(name, 3, "3.27.0");
+    let (by_steps, in_one) = tokio::join!(Case::start(spec("steps3")), Case::start(spec("one3")));
+    let (by_steps, in_one) = (by_steps.unwrap(), in_one.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+
+    through_the_steps(&by_steps, "run-3", &broken_on(&by_steps, dir.path(), &[])).await;
+    let upgraded = klm_upgrade(
+        &in_one,
+        "run-3",
+        &broken_on(&in_one, dir.path(), &[]),
+        &["-o", "json"],
+    )
+    .await
+    .ok();
+
+    for node in &in_one.nodes {
+        let n = in_one.get_node(node).await;
+        assert_eq!(
+            annotation(&n, STATUS).as_deref(),
+            Some("completed"),
+            "{node}"
+        );
+        assert_eq!(host_version(&n).as_deref(), Some("3.28.0"), "{node}");
+        assert!(!unschedulable(&n), "{node}");
+        assert_eq!(annotation(&n, HELD_BY), None, "{node}");
+    }
+    assert_eq!(in_one.run_record().await.unwrap()["state"], "completed");
+    assert_eq!(
+        end_state(&in_one, "run-3").await,
+        end_state(&by_steps, "run-3").await,
+        "klm upgrade and the workflow's steps leave the same cluster"
+    );
+
+    // The Events tell each node's upgrade.
+    let events: Vec<String> = in_one
+        .node_events(in_one.node(1))
+        .await
+        .into_iter()
+        .map(|(reason, _, note)| {
+            assert!(note.contains("run-3"), "{note}");
+            reason
+        })
+        .collect();
+    assert_eq!(
+        events,
+        [
+            "KataUpgradeCordoned",
+            "KataUpgraded",
+            "KataVerificationPassed",
+            "KataUpgradeCompleted"
+        ]
+    );
+
+    // One JSON object per event, in order, each with the run, wave, node, phase and time.
+    let events = json_lines(&upgraded.stdout);
+    for event in &events {
+        assert_eq!(event["runId"], "run-3", "{event}");
+        for key in ["wave", "node", "phase", "time"] {
+            assert!(event.get(key).is_some(), "{key} missing: {event}");
+        }
+    }
+    let times: Vec<&str> = events.iter().map(|e| e["time"].as_str().unwrap()).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    assert_eq!(events[1]["waves"], 3);
+    let s = |p: &str| p.to_string();
+    let mut expected = vec![
+        (s("started"), None, None),
+        (s("planned"), None, None),
+        (s("release-upgraded"), None, None),
+    ];
+    for wave in 1..=3u64 {
+        let node = Some(wave as usize);
+        expected.push((s("wave-started"), Some(wave), None));
+        for phase in [
+            "cordoned",
+            "restarting",
+            "verifying",
+            "verified",
+            "completed",
+        ] {
+            expected.push((s(phase), Some(wave), node));
+        }
+        expected.push((s("wave-completed"), Some(wave), None));
+    }
+    expected.extend([(s("closing"), None, None), (s("run-completed"), None, None)]);
+    assert_eq!(phases(&in_one, &events), expected);
+
+    // Resuming a finished run's target changes nothing: every node is skipped.
+    let snapshot = in_one.snapshot().await;
+    let again = klm_upgrade(&in_one, "run-3b", &broken_on(&in_one, dir.path(), &[]), &[])
+        .await
+        .ok();
+    assert!(
+        again.stdout.contains("0 node(s) selected"),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(in_one.kata_pods().await.len(), 3);
+    let after = in_one.snapshot().await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&after).unwrap()["nodes"],
+        serde_json::from_str::<Value>(&snapshot).unwrap()["nodes"]
+    );
+}
+
+#[tokio::test]
+async fn a_failure_on_the_second_node_rolls_it_back_and_leaves_the_third_untouched() {
+    let spec = |name| CaseSpec::new(name, 3, "3.27.0");
+    let (by_steps, in_one) = tokio::join!(Case::start(spec("stepsf")), Case::start(spec("onef")));
+    let (by_steps, in_one) = (by_steps.unwrap(), in_one.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let untouched_pod = in_one.kata_pods().await[in_one.node(2)].uid();
+
+    through_the_steps(&by_steps, "run-f", &broken_on(&by_steps, dir.path(), &[1])).await;
+    // Without a terminal and without -o json: one plain line per event.
+    let failed = klm_upgrade(&in_one, "run-f", &broken_on(&in_one, dir.path(), &[1]), &[])
+        .await
+        .code(1);
+    assert!(failed.stderr.contains("wave 2"), "{}", failed.stderr);
+    let n2 = in_one.node(1);
+    assert!(
+        failed
+            .stdout
+            .lines()
+            .any(|l| l.contains(&format!("wave 2 {n2} verification-failed"))),
+        "{}",
+        failed.stdout
+    );
+    assert!(
+        failed.stdout.contains(
+            "run run-f: failed: 1 node(s) completed, 1 rolled back, 0 failed, in 2 of 3 wave(s)"
+        ),
+        "{}",
+        failed.stdout
+    );
+
+    let n = in_one.get_node(in_one.node(0)).await;
+    assert_eq!(annotation(&n, STATUS).as_deref(), Some("completed"));
+    assert_eq!(host_version(&n).as_deref(), Some("3.28.0"));
+    let n = in_one.get_node(n2).await;
+    assert_eq!(annotation(&n, STATUS).as_deref(), Some("rolled-back"));
+    assert_eq!(host_version(&n).as_deref(), Some("3.27.0"));
+    assert!(!unschedulable(&n));
+    let n = in_one.get_node(in_one.node(2)).await;
+    assert_eq!(annotation(&n, STATUS), None, "the third node is untouched");
+    assert!(!unschedulable(&n));
+    assert_eq!(
+        in_one.kata_pods().await[in_one.node(2)].uid(),
+        untouched_pod
+    );
+    let record = in_one.run_record().await.unwrap();
+    assert_eq!(record["state"], "failed");
+
+    let reasons: Vec<String> = in_one
+        .node_events(n2)
+        .await
+        .into_iter()
+        .map(|(reason, _, _)| reason)
+        .collect();
+    assert!(
+        reasons.contains(&"KataVerificationFailed".to_string()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"KataRolledBack".to_string()),
+        "{reasons:?}"
+    );
+
+    assert_eq!(
+        end_state(&in_one, "run-f").await,
+        end_state(&by_steps, "run-f").await,
+        "klm upgrade and the workflow's steps leave the same cluster"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_mid_wave_releases_the_nodes_and_a_new_run_can_start() {
+    let case = Case::start(CaseSpec::new("sigterm", 2, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = broken_on(&case, dir.path(), &[]).display().to_string();
+    let selector = format!("{CASE_LABEL}={}", case.namespace);
+    let mut klm = case.klm_command(&[
+        "upgrade",
+        "--target-version",
+        "3.28.0",
+        "--node-selector",
+        &selector,
+        "--verification-pod",
+        &pod,
+        "--verification-namespace",
+        &case.namespace,
+        "--run-id",
+        "run-term",
+        "--restart-timeout",
+        "60s",
+        "-o",
+        "json",
+    ]);
+    let mut child = klm
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut events = Vec::new();
+    // SIGTERM once wave 1's kata-deploy restarts.
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let event: Value = serde_json::from_str(&line).unwrap();
+        let restarting = event["phase"] == "restarting";
+        events.push(event);
+        if restarting {
+            let pid = child.id().unwrap().to_string();
+            let killed = tokio::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .await
+                .unwrap();
+            assert!(killed.success());
+            break;
+        }
+    }
+    while let Some(line) = lines.next_line().await.unwrap() {
+        events.push(serde_json::from_str(&line).unwrap());
+    }
+    let output = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "klm upgrade (SIGTERM): {:?}\n{events:#?}\n{stderr}",
+            output.status
+        );
+    }
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted by SIGTERM"), "{stderr}");
+    let seen: Vec<&str> = events
+        .iter()
+        .map(|e| e["phase"].as_str().unwrap())
+        .collect();
+    let after_signal = &seen[seen.iter().position(|p| *p == "restarting").unwrap()..];
+    assert!(after_signal.contains(&"interrupted"), "{seen:?}");
+    assert_eq!(seen.last(), Some(&"run-failed"), "{seen:?}");
+    assert!(
+        !seen.contains(&"wave-started")
+            || seen.iter().filter(|p| **p == "wave-started").count() == 1,
+        "no second wave: {seen:?}"
+    );
+
+    // The run is closed failed; every node is released, none left held.
+    let record = case.run_record().await.unwrap();
+    assert_eq!(record["state"], "failed", "{record}");
+    assert!(
+        record["failure"].as_str().unwrap().contains("SIGTERM"),
+        "{record}"
+    );
+    for node in &case.nodes {
+        let n = case.get_node(node).await;
+        assert!(!unschedulable(&n), "{node}");
+        assert_eq!(annotation(&n, HELD_BY), None, "{node}");
+        assert_eq!(
+            host_version(&n).as_deref(),
+            Some("3.27.0"),
+            "{node} is back where it was"
+        );
+    }
+
+    // The lock is free: a new run starts and completes.
+    klm_upgrade(&case, "run-term-2", Path::new(&pod), &["--batch-size", "2"])
+        .await
+        .ok();
+    for node in &case.nodes {
+        assert_eq!(
+            host_version(&case.get_node(node).await).as_deref(),
+            Some("3.28.0")
+        );
+    }
+}
+
+#[tokio::test]
+async fn dry_run_is_the_plan_and_changes_nothing() {
+    let case = Case::start(CaseSpec::new("dryrun", 2, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = case.snapshot().await;
+    let plan = klm_upgrade(
+        &case,
+        "run-dry",
+        &broken_on(&case, dir.path(), &[]),
+        &["--dry-run", "--batch-size", "2"],
+    )
+    .await
+    .ok();
+    assert!(
+        plan.stdout.contains("Nothing was changed."),
+        "{}",
+        plan.stdout
+    );
+    assert!(plan.stdout.contains(case.node(1)), "{}", plan.stdout);
+    assert_eq!(case.snapshot().await, snapshot);
+    // No verification pod: refused before anything changes.
+    let selector = format!("{CASE_LABEL}={}", case.namespace);
+    let refused = case
+        .klm(&[
+            "upgrade",
+            "--target-version",
+            "3.28.0",
+            "--node-selector",
+            &selector,
+        ])
+        .await
+        .code(2);
+    assert!(
+        refused.stderr.contains("no verification pod"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(case.snapshot().await, snapshot);
+}
