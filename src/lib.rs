@@ -6,11 +6,14 @@
 //!   process's exit code and message (both used by `main.rs` only).
 //! * `commands`: one short module per subcommand, which parses its flags and
 //!   calls the library; no command imports another.
+//! * [`upgrade_run`]: `klm upgrade`, the steps composed into one run in one
+//!   process, with its events, progress view and signal handling.
 //! * The steps: [`preflight`] (the checks before a run), [`nodes::planning`]
 //!   (which nodes, in which waves), [`cordon`] (a wave's nodes held),
 //!   [`upgrade`] (the release's helm upgrade), [`restart`] (kata-deploy back
 //!   on nodes), [`verification::step`] (their verification), [`rollback`],
-//!   [`complete`] and [`close_run`] (ending a run), with [`run_values`] (the
+//!   [`complete`], [`settle`] (ending a wave) and [`close_run`] (ending a
+//!   run), [`plan`] (what a run would do), with [`run_values`] (the
 //!   values a run sets on kata-deploy) and [`step`] (what a step resolves
 //!   from its flags: the release, helm, the run, its nodes).
 //! * Modules by concern: [`cluster`] (connecting), [`release`] and [`helm`]

@@ -251,7 +251,7 @@ pub fn now() -> String {
     k8s_openapi::jiff::Timestamp::now().to_string()
 }
 
-/// The outcome of [`begin`].
+/// The outcome of [`Records::begin`].
 #[derive(Debug)]
 pub enum Begun {
     /// A new record was written.
