@@ -99,16 +99,17 @@ pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow
         request.verification_pod,
     )
     .await?;
-    let selection = planning::select(
-        client,
-        helm,
-        request.release,
-        request.criteria,
-        request.pool_label,
-        request.batch_size,
-        request.skip_completed.map(ToString::to_string),
-    )
-    .await?;
+    let planning = planning::PlanRequest {
+        release: request.release,
+        criteria: request.criteria,
+        pool_label: request.pool_label,
+        batch_size: request.batch_size,
+        skip_completed: request.skip_completed,
+        max_waves: 0,
+        // Recorded nowhere: a plan changes nothing.
+        run_id: None,
+    };
+    let selection = planning::plan_run(client, helm, &planning).await?;
     Ok(Plan {
         release: request.release.name.clone(),
         mode,

@@ -33,26 +33,35 @@ fn broken_on(case: &Case, dir: &Path, broken: &[usize]) -> std::path::PathBuf {
         .write(dir, &format!("verify-{}", case.namespace))
 }
 
-/// `klm upgrade` of the case's nodes to 3.28.0, node by node.
-async fn klm_upgrade(case: &Case, run: &str, pod: &Path, extra: &[&str]) -> Klm {
-    let selector = format!("{CASE_LABEL}={}", case.namespace);
-    let pod = pod.display().to_string();
-    let mut args = vec![
+/// The args of `klm upgrade` of the case's nodes to 3.28.0 (node by node
+/// unless `extra` says otherwise).
+fn upgrade_args(case: &Case, run: &str, pod: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "upgrade",
         "--target-version",
         "3.28.0",
         "--node-selector",
-        &selector,
+        &format!("{CASE_LABEL}={}", case.namespace),
         "--verification-pod",
-        &pod,
+        &pod.display().to_string(),
         "--verification-namespace",
         &case.namespace,
         "--run-id",
         run,
         "--restart-timeout",
         "60s",
-    ];
-    args.extend_from_slice(extra);
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// Runs `klm upgrade` (see [`upgrade_args`]) to its end.
+async fn klm_upgrade(case: &Case, run: &str, pod: &Path, extra: &[&str]) -> Klm {
+    let args = upgrade_args(case, run, pod, extra);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let klm = case.klm(&args).await;
     #[allow(clippy::print_stderr)]
     {
@@ -357,25 +366,9 @@ async fn sigterm_mid_wave_releases_the_nodes_and_a_new_run_can_start() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let pod = broken_on(&case, dir.path(), &[]).display().to_string();
-    let selector = format!("{CASE_LABEL}={}", case.namespace);
-    let mut klm = case.klm_command(&[
-        "upgrade",
-        "--target-version",
-        "3.28.0",
-        "--node-selector",
-        &selector,
-        "--verification-pod",
-        &pod,
-        "--verification-namespace",
-        &case.namespace,
-        "--run-id",
-        "run-term",
-        "--restart-timeout",
-        "60s",
-        "-o",
-        "json",
-    ]);
+    let pod = broken_on(&case, dir.path(), &[]);
+    let args = upgrade_args(&case, "run-term", &pod, &["-o", "json"]);
+    let mut klm = case.klm_command(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let mut child = klm
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -445,7 +438,7 @@ async fn sigterm_mid_wave_releases_the_nodes_and_a_new_run_can_start() {
     }
 
     // The lock is free: a new run starts and completes.
-    klm_upgrade(&case, "run-term-2", Path::new(&pod), &["--batch-size", "2"])
+    klm_upgrade(&case, "run-term-2", &pod, &["--batch-size", "2"])
         .await
         .ok();
     for node in &case.nodes {

@@ -1,0 +1,397 @@
+//! The run's steps in the workflow's order: [`waves`] (plan, the release's
+//! upgrade, each wave's upgrade and settle, the run's finish) and [`close`]
+//! (the exit handler), each a composition of the steps' library calls.
+
+use super::guard::{Abandoned, Reporter, Stop, cancellable, shielded, unless_interrupted};
+use super::{Cluster, Ending, Interrupts, Phase, Settings};
+use crate::close_run::{self, Ended, RollbackSettings};
+use crate::complete;
+use crate::cordon;
+use crate::drain;
+use crate::nodes::planning;
+use crate::nodes::selection::Criteria;
+use crate::output::Report;
+use crate::restart;
+use crate::rollback::RolledBack;
+use crate::settle::{self, Settled};
+use crate::upgrade::{self, Outcome as UpgradeOutcome, Stage};
+use crate::verification::step as verification;
+use crate::versions::ModeChoice;
+
+/// Steps 1 to 3: plan, upgrade the release, the waves, finish.
+pub(super) async fn waves(
+    cluster: Cluster<'_>,
+    settings: &Settings,
+    interrupts: &Interrupts,
+    reporter: &mut Reporter<'_>,
+) -> Result<(), Stop> {
+    let Cluster { client, helm, .. } = cluster;
+    let run_id = reporter.run_id.clone();
+    let plan = planning::PlanRequest {
+        release: &settings.release,
+        criteria: &settings.criteria,
+        pool_label: settings.pool_label.as_deref(),
+        batch_size: settings.batch_size,
+        skip_completed: Some(&settings.target),
+        // One process carries any number of waves (a workflow's status does not).
+        max_waves: 0,
+        run_id: Some(&run_id),
+    };
+    let selection = shielded(
+        interrupts,
+        reporter,
+        planning::plan_run(client, helm, &plan),
+    )
+    .await?
+    .map_err(Stop::Failed)?;
+    let mut event = reporter.run(Phase::Planned);
+    event.waves = Some(selection.waves.len());
+    let mut message = format!(
+        "{} node(s) selected ({})",
+        selection.count, selection.criteria
+    );
+    if !selection.skipped.is_empty() {
+        message.push_str(&format!(
+            "; skipped, completed at the target already: {}",
+            selection.skipped.join(", ")
+        ));
+    }
+    reporter.send(event.saying(message));
+    unless_interrupted(interrupts)?;
+
+    let before_waves = upgrade_request(settings, &run_id, Stage::BeforeWaves, None);
+    let upgraded = shielded(
+        interrupts,
+        reporter,
+        upgrade::upgrade(client, helm, &before_waves),
+    )
+    .await?
+    .map_err(Stop::Failed)?;
+    if upgraded.outcome == UpgradeOutcome::Upgraded {
+        let event = reporter.run(Phase::ReleaseUpgraded).saying(upgraded.text());
+        reporter.send(event);
+    }
+    unless_interrupted(interrupts)?;
+
+    for wave in &selection.waves {
+        let mut event = reporter.run(Phase::WaveStarted).in_wave(wave.index);
+        event.nodes = wave.nodes.clone();
+        reporter.send(event);
+        let failure = match upgrade_wave(
+            cluster,
+            settings,
+            interrupts,
+            reporter,
+            wave.index,
+            &wave.nodes,
+        )
+        .await
+        {
+            Ok(()) => None,
+            Err(WaveStop::Failed(why)) => Some(why),
+            Err(WaveStop::Stop(stop)) => return Err(stop),
+        };
+        settle_wave(
+            cluster,
+            settings,
+            interrupts,
+            reporter,
+            wave.index,
+            &wave.nodes,
+            failure,
+        )
+        .await?;
+        unless_interrupted(interrupts)?;
+    }
+
+    let finish = complete::Request {
+        release: settings.release.clone(),
+        run_id: Some(run_id),
+        target: None,
+        nodes: None,
+        finish_run: true,
+        chart: settings.chart.clone(),
+        helm_timeout: settings.helm_timeout,
+    };
+    let finished = shielded(
+        interrupts,
+        reporter,
+        complete::complete(client, helm, &finish),
+    )
+    .await?
+    .map_err(Stop::Failed)?;
+    finished.outcome().map_err(|e| Stop::Failed(e.into()))?;
+    Ok(())
+}
+
+fn upgrade_request(
+    settings: &Settings,
+    run_id: &str,
+    stage: Stage,
+    wave: Option<usize>,
+) -> upgrade::Request {
+    upgrade::Request {
+        release: settings.release.clone(),
+        run_id: Some(run_id.to_string()),
+        target: None,
+        mode: ModeChoice::Auto,
+        stage: Some(stage),
+        nodes: None,
+        wave: wave.map(|w| w as u32),
+        set: Vec::new(),
+        chart: settings.chart.clone(),
+        helm_timeout: settings.helm_timeout,
+    }
+}
+
+/// Why a wave's upgrade stopped.
+enum WaveStop {
+    /// A step failed: settle rolls the wave back.
+    Failed(String),
+    /// The run stops at once (a signal).
+    Stop(Stop),
+}
+
+impl From<Abandoned> for WaveStop {
+    fn from(abandoned: Abandoned) -> Self {
+        WaveStop::Stop(abandoned.into())
+    }
+}
+
+impl From<Stop> for WaveStop {
+    fn from(stop: Stop) -> Self {
+        WaveStop::Stop(stop)
+    }
+}
+
+fn failed(step: &str) -> impl FnOnce(anyhow::Error) -> WaveStop + '_ {
+    move |err| WaveStop::Failed(format!("{step} failed: {err:#}"))
+}
+
+/// The workflow's `upgrade` template: cordon, drain?, restart, verify.
+async fn upgrade_wave(
+    cluster: Cluster<'_>,
+    settings: &Settings,
+    interrupts: &Interrupts,
+    reporter: &mut Reporter<'_>,
+    index: usize,
+    nodes: &[String],
+) -> Result<(), WaveStop> {
+    let Cluster {
+        client,
+        evicting,
+        helm,
+    } = cluster;
+    let run_id = reporter.run_id.clone();
+    let cordon = cordon::Request {
+        nodes: nodes.to_vec(),
+        release: settings.release.clone(),
+        run_id: Some(run_id.clone()),
+        selection: Criteria {
+            label_selector: None,
+            ..settings.criteria.clone()
+        },
+    };
+    cancellable(interrupts, cordon::cordon(client, helm, &cordon))
+        .await?
+        .map_err(failed("cordon"))?;
+    reporter.each(Phase::Cordoned, index, nodes);
+
+    if let Some(timeout) = settings.drain_timeout {
+        reporter.each(Phase::Draining, index, nodes);
+        let drain = drain::Request {
+            nodes: nodes.to_vec(),
+            release: settings.release.clone(),
+            run_id: Some(run_id.clone()),
+            timeout,
+        };
+        cancellable(interrupts, drain::drain_nodes(client, evicting, &drain))
+            .await?
+            .map_err(failed("drain"))?;
+    }
+
+    reporter.each(Phase::Restarting, index, nodes);
+    // job mode: the release scoped to the wave (daemonset mode: nothing).
+    let scoped = upgrade_request(settings, &run_id, Stage::Wave, Some(index));
+    shielded(
+        interrupts,
+        reporter,
+        upgrade::upgrade(client, helm, &scoped),
+    )
+    .await?
+    .map_err(failed("helm-upgrade"))?;
+    let restart = restart::Request {
+        nodes: nodes.to_vec(),
+        release: settings.release.clone(),
+        run_id: Some(run_id.clone()),
+        mode: ModeChoice::Auto,
+        timeout: settings.restart_timeout,
+        chart: settings.chart.clone(),
+        helm_timeout: settings.helm_timeout,
+    };
+    let restarted = cancellable(interrupts, restart::restart(client, helm, &restart))
+        .await?
+        .map_err(failed("restart-kata-pod"))?;
+    for failure in &restarted.failed {
+        let event = reporter
+            .run(Phase::RestartFailed)
+            .in_wave(index)
+            .on(&failure.node)
+            .saying(failure.reason.clone());
+        reporter.send(event);
+    }
+    restarted
+        .outcome()
+        .map_err(|e| WaveStop::Failed(e.message))?;
+
+    reporter.each(Phase::Verifying, index, nodes);
+    let verify = verification::Request {
+        nodes: nodes.to_vec(),
+        pod: settings.verification_pod.clone(),
+        release: settings.release.clone(),
+        run_id: Some(run_id),
+        timeout: settings.verification_timeout,
+        keep_failed: settings.keep_failed,
+    };
+    let verified = cancellable(interrupts, verification::verify(client, &verify))
+        .await?
+        .map_err(failed("verify"))?;
+    for verdict in &verified.nodes {
+        let mut event = reporter.run(if verdict.passed {
+            Phase::Verified
+        } else {
+            Phase::VerificationFailed
+        });
+        event = event.in_wave(index).on(&verdict.node);
+        if let Some(reason) = &verdict.reason {
+            event = event.saying(reason.clone());
+        }
+        reporter.send(event);
+    }
+    if !verified.all_passed() {
+        return Err(WaveStop::Failed(format!(
+            "failed verification on {}",
+            verified.failed.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// The workflow's `settle`: complete the wave, or roll it back and stop.
+async fn settle_wave(
+    cluster: Cluster<'_>,
+    settings: &Settings,
+    interrupts: &Interrupts,
+    reporter: &mut Reporter<'_>,
+    index: usize,
+    nodes: &[String],
+    failure: Option<String>,
+) -> Result<(), Stop> {
+    let Cluster { client, helm, .. } = cluster;
+    if failure.is_some() {
+        reporter.each(Phase::RollingBack, index, nodes);
+    }
+    let request = settle::Request {
+        release: settings.release.clone(),
+        run_id: Some(reporter.run_id.clone()),
+        wave: index as u32,
+        failure,
+        chart: settings.chart.clone(),
+        helm_timeout: settings.helm_timeout,
+        timeout: settings.restart_timeout,
+        reverify: settings.reverify(),
+    };
+    let settled = shielded(interrupts, reporter, settle::settle(client, helm, &request))
+        .await?
+        .map_err(Stop::Failed)?;
+    match &settled {
+        Settled::Completed(report) => {
+            let done: Vec<String> = report.nodes.iter().map(|r| r.node.clone()).collect();
+            reporter.each(Phase::Completed, index, &done);
+        }
+        Settled::RolledBack { report, .. } => report_rollback(reporter, Some(index), report),
+        Settled::Untouched { .. } => {}
+    }
+    match settled.outcome() {
+        Ok(()) => {
+            let event = reporter.run(Phase::WaveCompleted).in_wave(index);
+            reporter.send(event);
+            Ok(())
+        }
+        Err(err) => {
+            let event = reporter
+                .run(Phase::WaveFailed)
+                .in_wave(index)
+                .saying(err.message.clone());
+            reporter.send(event);
+            Err(Stop::WaveFailed(err))
+        }
+    }
+}
+
+fn report_rollback(reporter: &mut Reporter<'_>, wave: Option<usize>, report: &RolledBack) {
+    for released in &report.nodes {
+        let mut event = reporter.run(Phase::RolledBack).on(&released.node);
+        event.wave = wave;
+        let event = event.saying(format!("back at {}", report.version));
+        reporter.send(event);
+    }
+    for failure in &report.failed {
+        let mut event = reporter.run(Phase::RollbackFailed).on(&failure.node);
+        event.wave = wave;
+        reporter.send(event.saying(failure.reason.clone()));
+    }
+}
+
+/// Step 4: end the run as the workflow's exit handler does.
+pub(super) async fn close(
+    cluster: Cluster<'_>,
+    settings: &Settings,
+    interrupts: &Interrupts,
+    reporter: &mut Reporter<'_>,
+    ending: &Ending,
+) -> Result<anyhow::Result<Ended>, Abandoned> {
+    let Cluster { client, helm, .. } = cluster;
+    let (status, reason) = match ending {
+        Ending::Completed => ("Succeeded", None),
+        Ending::WaveFailed(_) => ("Failed", None),
+        Ending::Interrupted(signal) => (
+            "Failed",
+            Some(format!("klm upgrade was interrupted by {}", signal.name())),
+        ),
+        Ending::Failed(err) => ("Failed", Some(format!("klm upgrade stopped: {err:#}"))),
+    };
+    let event = reporter.run(Phase::Closing);
+    reporter.send(event);
+    let request = close_run::Request {
+        release: settings.release.clone(),
+        run_id: reporter.run_id.clone(),
+        workflow_status: Some(status.to_string()),
+        failures: None,
+        reason,
+    };
+    let rollback = RollbackSettings {
+        chart: settings.chart.clone(),
+        helm_timeout: settings.helm_timeout,
+        timeout: settings.restart_timeout,
+        reverify: settings.reverify(),
+    };
+    let ended = match shielded(
+        interrupts,
+        reporter,
+        close_run::end_run(client, helm, &request, &rollback),
+    )
+    .await?
+    {
+        Ok(ended) => ended,
+        Err(err) => return Ok(Err(err)),
+    };
+    for released in &ended.closed.released {
+        let event = reporter.run(Phase::Released).on(&released.node);
+        reporter.send(event);
+    }
+    if let Some(report) = &ended.rolled_back {
+        report_rollback(reporter, None, report);
+    }
+    Ok(Ok(ended))
+}
