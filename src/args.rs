@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::nodes::waves::{BatchSize, Growth, Policy, PoolOrder};
+
 /// The official kata-deploy chart (the default of `--chart`).
 pub const DEFAULT_CHART: &str = "oci://ghcr.io/kata-containers/kata-deploy-charts/kata-deploy";
 
@@ -226,6 +228,52 @@ pub fn parse_node_list(raw: &str) -> Result<NodeList, String> {
         crate::nodes::validate_node_name(name)?;
     }
     Ok(NodeList(names))
+}
+
+/// How the selected nodes are split into waves (see [`Policy`]).
+#[derive(Debug, Clone, Args)]
+pub struct WavesArgs {
+    /// Nodes per wave (1 = strict node by node), or a percentage of the selected nodes (10%).
+    #[arg(long, default_value = "1", value_name = "N|N%", value_parser = crate::nodes::waves::parse_batch_size)]
+    pub batch_size: BatchSize,
+
+    /// How waves grow within a pool, starting from --batch-size.
+    #[arg(long, value_enum, default_value_t = Growth::Fixed)]
+    pub batch_growth: Growth,
+
+    /// The largest a grown wave may be (0 = no cap).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub max_batch_size: usize,
+
+    /// The run's first wave: this many nodes of the first pool (0 = no canary wave).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub canary_size: usize,
+
+    /// Order nodes by this label first (pool by pool), then by name; a wave never mixes two pools.
+    #[arg(long, value_name = "LABEL")]
+    pub pool_label: Option<String>,
+
+    /// With --pool-label: these pools first, in this order (the others follow by name).
+    #[arg(long, value_name = "POOL,...", default_value = "", value_parser = crate::nodes::waves::parse_pool_order)]
+    pub pool_order: PoolOrder,
+}
+
+impl WavesArgs {
+    /// The pool label, if one is given (an empty one, as Argo passes an unset parameter, is none).
+    pub fn pool_label(&self) -> Option<&str> {
+        self.pool_label.as_deref().filter(|l| !l.trim().is_empty())
+    }
+
+    /// The wave policy of the flags.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            batch: self.batch_size,
+            growth: self.batch_growth,
+            max_batch: (self.max_batch_size > 0).then_some(self.max_batch_size),
+            canary: (self.canary_size > 0).then_some(self.canary_size),
+            pool_order: self.pool_order.0.clone(),
+        }
+    }
 }
 
 /// How nodes are selected.

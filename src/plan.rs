@@ -7,6 +7,7 @@ use semver::Version;
 use crate::helm::Helm;
 use crate::nodes::planning::{self, Selection};
 use crate::nodes::selection::Criteria;
+use crate::nodes::waves::Policy;
 use crate::output::Report;
 use crate::preflight::{self, Checked};
 use crate::release::ReleaseRef;
@@ -75,8 +76,8 @@ pub struct Request<'a> {
     pub criteria: &'a Criteria,
     /// Order nodes by this label first.
     pub pool_label: Option<&'a str>,
-    /// Nodes per wave.
-    pub batch_size: usize,
+    /// How the waves are cut.
+    pub policy: &'a Policy,
     /// Skip nodes already completed at this version.
     pub skip_completed: Option<&'a Version>,
     /// The verification pod to validate, if any.
@@ -103,7 +104,7 @@ pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow
         release: request.release,
         criteria: request.criteria,
         pool_label: request.pool_label,
-        batch_size: request.batch_size,
+        policy: request.policy,
         skip_completed: request.skip_completed,
         max_waves: 0,
         // Recorded nowhere: a plan changes nothing.

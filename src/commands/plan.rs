@@ -2,9 +2,8 @@
 
 use clap::Args as ClapArgs;
 
-use crate::args::{GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs};
+use crate::args::{GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs, WavesArgs};
 use crate::error::ExitStatus;
-use crate::nodes::waves;
 use crate::output;
 use crate::plan;
 use crate::step;
@@ -24,13 +23,9 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
     pub deployment_mode: ModeChoice,
 
-    /// Nodes per wave.
-    #[arg(long, default_value = "1", value_name = "N", value_parser = waves::parse_batch_size)]
-    pub batch_size: usize,
-
-    /// Order nodes by this label first, then by name.
-    #[arg(long, value_name = "LABEL")]
-    pub pool_label: Option<String>,
+    /// How the nodes are split into waves.
+    #[command(flatten)]
+    pub waves: WavesArgs,
 
     /// How nodes are selected.
     #[command(flatten)]
@@ -48,7 +43,7 @@ pub struct Args {
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let target = args.target_version.clone();
-    let batch_size = args.batch_size;
+    let policy = args.waves.policy();
     let criteria = step::criteria(&args.selection)?;
     let template = crate::verification::VerificationPod::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
@@ -61,8 +56,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             target: &target,
             mode: args.deployment_mode,
             criteria: &criteria,
-            pool_label: args.pool_label.as_deref(),
-            batch_size,
+            pool_label: args.waves.pool_label(),
+            policy: &policy,
             skip_completed: None,
             verification_pod: template.as_ref(),
         },

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args as ClapArgs;
 
-use crate::args::{GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs};
+use crate::args::{GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs, WavesArgs};
 use crate::error::ExitStatus;
 use crate::nodes::planning;
 use crate::nodes::waves;
@@ -22,13 +22,9 @@ pub struct Args {
     #[command(flatten)]
     pub selection: SelectionArgs,
 
-    /// Nodes per wave (1 = strict node by node).
-    #[arg(long, default_value = "1", value_name = "N", value_parser = waves::parse_batch_size)]
-    pub batch_size: usize,
-
-    /// Order nodes by this label first (pool order), then by name.
-    #[arg(long, value_name = "LABEL")]
-    pub pool_label: Option<String>,
+    /// How the nodes are split into waves.
+    #[command(flatten)]
+    pub waves: WavesArgs,
 
     /// Skip nodes already completed at this version (to resume a run).
     #[arg(long, value_name = "VERSION", value_parser = crate::versions::parse_flag)]
@@ -60,7 +56,7 @@ pub struct Args {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let batch_size = args.batch_size;
+    let policy = args.waves.policy();
     let criteria = step::criteria(&args.selection)?;
     if args.index_file.is_some() && args.run.run_id.is_none() {
         return Err(crate::error::UserError::bad_input(
@@ -77,8 +73,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         &planning::PlanRequest {
             release: &step::release_ref(&args.release),
             criteria: &criteria,
-            pool_label: args.pool_label.as_deref(),
-            batch_size,
+            pool_label: args.waves.pool_label(),
+            policy: &policy,
             skip_completed: args.skip_completed.as_ref(),
             max_waves: args.max_waves,
             run_id: args.run.run_id.as_deref(),

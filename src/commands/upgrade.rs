@@ -7,10 +7,9 @@ use clap::Args as ClapArgs;
 
 use crate::args::{
     ChartArgs, ChartValuesArgs, GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs, VerificationArgs,
-    parse_duration,
+    WavesArgs, parse_duration,
 };
 use crate::error::{ExitStatus, UserError};
-use crate::nodes::waves;
 use crate::output;
 use crate::plan;
 use crate::step;
@@ -33,17 +32,13 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
     pub deployment_mode: ModeChoice,
 
-    /// Nodes per wave (1 = strict node by node).
-    #[arg(long, default_value = "1", value_name = "N", value_parser = waves::parse_batch_size)]
-    pub batch_size: usize,
+    /// How the nodes are split into waves.
+    #[command(flatten)]
+    pub waves: WavesArgs,
 
     /// How nodes are selected.
     #[command(flatten)]
     pub selection: SelectionArgs,
-
-    /// Order nodes by this label first (pool order), then by name.
-    #[arg(long, value_name = "LABEL")]
-    pub pool_label: Option<String>,
 
     /// The verification pod every node must pass.
     #[command(flatten)]
@@ -94,6 +89,7 @@ impl Args {
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let criteria = step::criteria(&args.selection)?;
     let pod = VerificationPod::from_args(&args.verification)?;
+    let policy = args.waves.policy();
     let client = crate::cluster::client(global).await?;
     let helm = step::helm(&args.release, global)?;
     let release = step::release_ref(&args.release);
@@ -103,8 +99,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             target: &args.target_version,
             mode: args.deployment_mode,
             criteria: &criteria,
-            pool_label: args.pool_label.as_deref(),
-            batch_size: args.batch_size,
+            pool_label: args.waves.pool_label(),
+            policy: &policy,
             skip_completed: Some(&args.target_version),
             verification_pod: pod.as_ref(),
         };
@@ -123,8 +119,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         mode: args.deployment_mode,
         chart_values: args.values.items(),
         criteria,
-        batch_size: args.batch_size,
-        pool_label: args.pool_label,
+        pool_label: args.waves.pool_label().map(String::from),
+        policy,
         verification_pod,
         verification_timeout: args.verification.verification_timeout,
         keep_failed: args.verification.keep_failed,

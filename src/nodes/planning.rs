@@ -11,7 +11,7 @@ use kube::{Api, Client, ResourceExt};
 use crate::annotations::{self, NodeStatus};
 use crate::helm::Helm;
 use crate::nodes::selection::{self, Criteria};
-use crate::nodes::waves::{self, Ordered, Wave};
+use crate::nodes::waves::{self, Ordered, Policy, Wave};
 use crate::output::Report;
 use crate::release::ReleaseRef;
 
@@ -29,6 +29,8 @@ pub struct Selection {
     pub skipped: Vec<String>,
     /// How nodes were selected, for people.
     pub criteria: String,
+    /// How the waves were cut, for people.
+    pub policy: String,
 }
 
 impl Report for Selection {
@@ -45,16 +47,16 @@ impl Report for Selection {
             return text;
         }
         let mut lines = vec![format!(
-            "{} node(s) selected by {}, in {} wave(s):",
+            "{} node(s) selected by {}, in {} wave(s) ({}):",
             self.count,
             self.criteria,
-            self.waves.len()
+            self.waves.len(),
+            self.policy
         )];
-        lines.extend(
-            self.waves
-                .iter()
-                .map(|w| format!("  wave {}: {}", w.index, w.nodes.join(", "))),
-        );
+        lines.extend(self.waves.iter().map(|w| match &w.pool {
+            Some(pool) => format!("  wave {} (pool {pool}): {}", w.index, w.nodes.join(", ")),
+            None => format!("  wave {}: {}", w.index, w.nodes.join(", ")),
+        }));
         if !self.skipped.is_empty() {
             lines.push(format!(
                 "skipped (completed at the target version): {}",
@@ -75,9 +77,10 @@ pub async fn select(
     reference: &ReleaseRef,
     criteria: &Criteria,
     pool_label: Option<&str>,
-    batch_size: usize,
+    policy: &Policy,
     skip_completed: Option<String>,
 ) -> anyhow::Result<Selection> {
+    policy.validate(pool_label)?;
     let nodes =
         crate::nodes::listing::list_for_selection(client, criteria.label_selector.as_deref())
             .await?;
@@ -105,14 +108,15 @@ pub async fn select(
         }
     }
     skipped.sort();
-    let nodes = waves::order(ordered);
-    let waves = waves::plan(&nodes, batch_size);
+    let ordered = waves::order(ordered, &policy.pool_order);
+    let waves = waves::plan(&ordered, policy);
     Ok(Selection {
-        count: nodes.len(),
-        nodes,
+        count: ordered.len(),
+        nodes: ordered.into_iter().map(|n| n.name).collect(),
         waves,
         skipped,
         criteria: described.unwrap_or_else(|| describe(criteria)),
+        policy: policy.describe(),
     })
 }
 
@@ -254,6 +258,7 @@ mod tests {
             waves: Vec::new(),
             skipped: vec!["w1".into()],
             criteria: "taint key maintenance".into(),
+            policy: "batch size 1".into(),
         };
         assert_eq!(
             selection.text(),
@@ -271,8 +276,8 @@ pub struct PlanRequest<'a> {
     pub criteria: &'a Criteria,
     /// Order nodes by this label first (pool order).
     pub pool_label: Option<&'a str>,
-    /// Nodes per wave.
-    pub batch_size: usize,
+    /// How the waves are cut.
+    pub policy: &'a Policy,
     /// Skip nodes already completed at this version (resuming).
     pub skip_completed: Option<&'a semver::Version>,
     /// At most this many waves (0: no bound).
@@ -295,14 +300,14 @@ pub async fn plan_run(
         request.release,
         request.criteria,
         request.pool_label,
-        request.batch_size,
+        request.policy,
         request.skip_completed.map(ToString::to_string),
     )
     .await?;
     waves::check_capacity(
         selection.waves.len(),
         selection.count,
-        request.batch_size,
+        request.policy.batch,
         request.max_waves,
     )?;
     if let Some(run_id) = request.run_id {

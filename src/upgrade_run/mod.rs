@@ -61,10 +61,10 @@ pub struct Settings {
     pub chart_values: Vec<String>,
     /// Which nodes.
     pub criteria: Criteria,
-    /// Nodes per wave.
-    pub batch_size: usize,
     /// Order nodes by this label first (pool order).
     pub pool_label: Option<String>,
+    /// How the waves are cut.
+    pub policy: crate::nodes::waves::Policy,
     /// The verification pod.
     pub verification_pod: VerificationPod,
     /// How long one node's verification may take.

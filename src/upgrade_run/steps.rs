@@ -31,7 +31,7 @@ pub(super) async fn waves(
         release: &settings.release,
         criteria: &settings.criteria,
         pool_label: settings.pool_label.as_deref(),
-        batch_size: settings.batch_size,
+        policy: &settings.policy,
         skip_completed: Some(&settings.target),
         // One process carries any number of waves (a workflow's status does not).
         max_waves: 0,

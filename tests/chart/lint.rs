@@ -79,6 +79,15 @@ fn wrong_values_fail_with_the_schema_message() {
         ),
         (&["--set", "defaults.batchSize=0"], "/defaults/batchSize"),
         (
+            &["--set-string", "defaults.batchSize=200%"],
+            "/defaults/batchSize",
+        ),
+        (
+            &["--set", "defaults.batchGrowth=fast"],
+            "/defaults/batchGrowth': value must be one of 'fixed', 'linear', 'exponential'",
+        ),
+        (&["--set", "defaults.canarySize=-1"], "/defaults/canarySize"),
+        (
             &["--set", "clusterScoped=maybe"],
             "/clusterScoped': got string, want boolean",
         ),

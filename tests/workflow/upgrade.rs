@@ -94,6 +94,55 @@ async fn daemonset_mode_node_by_node() {
 }
 
 #[tokio::test]
+async fn pools_in_order_with_a_canary_and_growing_waves() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start(rig, CaseSpec::new("wf-pools", 5, "3.27.0"))
+        .await
+        .unwrap();
+    // n1 is in pool a; n2 to n5 in pool b, which goes first.
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
+        kube::Api::all(flow.case.admin.clone());
+    for (i, name) in flow.case.nodes.iter().enumerate() {
+        let pool = if i == 0 { "a" } else { "b" };
+        let patch = json!({"metadata": {"labels": {"klm.test/pool": pool}}});
+        nodes
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+    }
+    let selector = selector(&flow);
+    let run = flow
+        .run(
+            None,
+            &[
+                ("target-version", "3.28.0"),
+                ("node-selector", &selector),
+                ("pool-label", "klm.test/pool"),
+                ("pool-order", "b,a"),
+                ("canary-size", "1"),
+                ("batch-size", "1"),
+                ("batch-growth", "exponential"),
+            ],
+        )
+        .await
+        .unwrap();
+    run.succeeded();
+    let report = run.report();
+    let n = |i: usize| flow.case.node(i).to_string();
+    // The canary, then pool b growing (1, 2), then pool a from 1 again: no wave mixes pools.
+    assert_eq!(
+        flow.case.run_record().await.unwrap()["waves"],
+        json!([[n(1)], [n(2)], [n(3), n(4)], [n(0)]]),
+        "{report}"
+    );
+    assert_all_completed(&flow, "3.28.0", &report).await;
+}
+
+#[tokio::test]
 async fn job_mode_in_waves_of_two() {
     let Some(rig) = argo_rig().await else { return };
     let flow = Flow::start_with(rig, CaseSpec::new("wf-job", 4, "3.32.0"), job_values)
