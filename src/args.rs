@@ -308,6 +308,21 @@ pub struct VerificationArgs {
     )]
     pub verification_pod_base64: Option<String>,
 
+    /// The verification pod of one pool, as POOL=PATH (repeatable): nodes whose pool label
+    /// has that value are verified with it, the others with the default pod.
+    #[arg(long = "pool-verification-pod", value_name = "POOL=PATH", value_parser = parse_pool_pod)]
+    pub pool_verification_pods: Vec<(String, PathBuf)>,
+
+    /// The pools' verification pods as a base64-encoded YAML map of pool to pod YAML (how
+    /// the workflow passes the chart's verificationPods).
+    #[arg(
+        long,
+        value_name = "BASE64",
+        env = "KLM_POOL_VERIFICATION_PODS_BASE64",
+        hide_env_values = true
+    )]
+    pub pool_verification_pods_base64: Option<String>,
+
     /// Namespace the verification pods run in.
     #[arg(
         long,
@@ -324,6 +339,18 @@ pub struct VerificationArgs {
     /// Keep a failed verification pod for inspection instead of deleting it.
     #[arg(long)]
     pub keep_failed: bool,
+}
+
+/// Parses `--pool-verification-pod POOL=PATH`.
+pub fn parse_pool_pod(raw: &str) -> Result<(String, PathBuf), String> {
+    match raw.split_once('=') {
+        Some((pool, path)) if !pool.trim().is_empty() && !path.trim().is_empty() => {
+            Ok((pool.trim().to_string(), PathBuf::from(path.trim())))
+        }
+        _ => Err(format!(
+            "{raw:?} is not POOL=PATH: give the pool's label value, =, and its pod's file (gpu=gpu-pod.yaml)"
+        )),
+    }
 }
 
 /// Parses `90s`, `10m`, `1h30m` or a bare number of seconds.

@@ -11,7 +11,7 @@ use crate::nodes::waves::Policy;
 use crate::output::Report;
 use crate::preflight::{self, Checked};
 use crate::release::ReleaseRef;
-use crate::verification::VerificationPod;
+use crate::verification::Pods;
 use crate::versions::{DeploymentMode, ModeChoice};
 
 /// What an upgrade would do.
@@ -26,8 +26,10 @@ pub struct Plan {
     pub current_version: String,
     /// To which.
     pub target_version: String,
-    /// Whether a verification pod was validated.
+    /// Whether a default verification pod was validated.
     pub verification_pod: bool,
+    /// The pools verified with their own pod (the others: the default pod).
+    pub pool_pods: Vec<String>,
     /// The nodes and waves.
     pub selection: Selection,
     /// Things a person should know.
@@ -54,6 +56,17 @@ impl Report for Plan {
         );
         lines.push(String::new());
         lines.push(self.selection.text());
+        if !self.pool_pods.is_empty() {
+            let own: Vec<String> = self
+                .pool_pods
+                .iter()
+                .map(|p| format!("pool {p} with its own pod"))
+                .collect();
+            lines.push(format!(
+                "verified: {}; every other node with the default pod",
+                own.join(", ")
+            ));
+        }
         if !self.verification_pod {
             lines.push("warning: no verification pod given; the workflow requires one".into());
         }
@@ -80,12 +93,13 @@ pub struct Request<'a> {
     pub policy: &'a Policy,
     /// Skip nodes already completed at this version.
     pub skip_completed: Option<&'a Version>,
-    /// The verification pod to validate, if any.
-    pub verification_pod: Option<&'a VerificationPod>,
+    /// The verification pods to validate.
+    pub pods: &'a Pods,
 }
 
 /// Runs every read-only check of a run's start and plans its waves.
 pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow::Result<Plan> {
+    request.pods.check_pool_label(request.pool_label)?;
     let Checked {
         release,
         mode,
@@ -97,7 +111,7 @@ pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow
         request.release,
         request.target,
         request.mode,
-        request.verification_pod,
+        request.pods,
     )
     .await?;
     let planning = planning::PlanRequest {
@@ -116,7 +130,8 @@ pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow
         mode,
         current_version: release.chart_version,
         target_version: request.target.to_string(),
-        verification_pod: request.verification_pod.is_some(),
+        verification_pod: request.pods.default_pod().is_some(),
+        pool_pods: request.pods.pools().map(String::from).collect(),
         selection,
         warnings,
     })

@@ -14,7 +14,7 @@ use crate::error::UserError;
 use crate::helm::Helm;
 use crate::release::{self, Release, ReleaseRef};
 use crate::run_record::{self, Before, Begun, Records, RunRecord, RunState};
-use crate::verification::VerificationPod;
+use crate::verification::Pods;
 use crate::versions::{self, DeploymentMode, ModeChoice};
 
 /// Time a step needs beyond klm's own timeouts: the pod starting, the API
@@ -105,6 +105,7 @@ impl Checked {
             mechanics: Default::default(),
             wave_started_at: None,
             waves: None,
+            pool_label: None,
             node_versions: Default::default(),
         }
     }
@@ -119,7 +120,7 @@ pub async fn check(
     reference: &ReleaseRef,
     target: &Version,
     choice: ModeChoice,
-    template: Option<&VerificationPod>,
+    pods: &Pods,
 ) -> anyhow::Result<Checked> {
     let release = reference.load(helm).await?;
     release.ensure_deployed()?;
@@ -137,8 +138,8 @@ pub async fn check(
     if mode == DeploymentMode::Job {
         versions::refuse_pruning_job_mode(&current, target)?;
     }
-    if let Some(template) = template {
-        crate::verification::run::dry_run(client, template).await?;
+    for pod in pods.all() {
+        crate::verification::run::dry_run(client, pod).await?;
     }
     let mut warnings = Vec::new();
     if !versions::is_dev(target) && !versions::is_dev(&current) && target < &current {
@@ -270,8 +271,10 @@ pub struct StartRequest<'a> {
     pub mode: ModeChoice,
     /// The run's extra chart values, recorded for every upgrade of the run.
     pub chart_values: Vec<String>,
-    /// The verification pod to validate, if any.
-    pub verification_pod: Option<&'a VerificationPod>,
+    /// The label whose values are the pools (recorded: it picks each node's pod).
+    pub pool_label: Option<&'a str>,
+    /// The verification pods to validate.
+    pub pods: &'a Pods,
 }
 
 /// A run started (or found already started: a retried step).
@@ -296,25 +299,27 @@ pub async fn start_run(
     request: &StartRequest<'_>,
 ) -> anyhow::Result<Started> {
     let target = request.target;
+    request.pods.check_pool_label(request.pool_label)?;
     let checked = check(
         client,
         helm,
         request.release,
         target,
         request.mode,
-        request.verification_pod,
+        request.pods,
     )
     .await?;
     let run_id = request
         .run_id
         .clone()
         .unwrap_or_else(|| format!("klm-{}", k8s_openapi::jiff::Timestamp::now().as_second()));
-    let record = checked.record(
+    let mut record = checked.record(
         run_id,
         request.release,
         target,
         request.chart_values.clone(),
     );
+    record.pool_label = request.pool_label.map(String::from);
     let (record, resumed) = match Records::new(client, &request.release.namespace)
         .begin(record)
         .await?

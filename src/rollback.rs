@@ -28,7 +28,7 @@ use crate::output::Report;
 use crate::release::{Release, ReleaseRef, Upgrade};
 use crate::run_record::{NodeProgress, Records, RunRecord, RunState};
 use crate::run_values::{self, SCOPE_KEYS};
-use crate::verification::VerificationPod;
+use crate::verification::Pods;
 use crate::versions::{self, DeploymentMode};
 
 /// What to roll back, and how.
@@ -56,8 +56,8 @@ pub struct Request {
 /// Verifying rolled-back nodes again.
 #[derive(Debug, Clone)]
 pub struct Reverify {
-    /// The verification pod.
-    pub pod: VerificationPod,
+    /// The verification pods (each node its pool's, else the default).
+    pub pods: Pods,
     /// How long one node's verification may take.
     pub timeout: Duration,
     /// Keep a failed verification pod for inspection.
@@ -161,7 +161,7 @@ pub async fn roll_back(
         .resolve(&request.release.name, request.run_id.as_deref())
         .await?;
     let nodes_api: Api<Node> = Api::all(client.clone());
-    try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let nodes: Vec<Node> = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     // No dry run of the verification pod here: what the new version broke
     // (a RuntimeClass it removed) must not stop the way back. The pod is
     // checked when it runs, after the revert, as each node's verification.
@@ -231,14 +231,26 @@ pub async fn roll_back(
     if let Some(again) = &request.reverify
         && !back.is_empty()
     {
-        let failures = match crate::verification::run::reverify(
-            client,
-            &again.pod,
-            &back,
-            &record.run_id,
-            again.timeout,
-            again.keep_failed,
-        )
+        let coming_back: Vec<Node> = nodes
+            .iter()
+            .filter(|n| back.iter().any(|b| Some(b) == n.metadata.name.as_ref()))
+            .cloned()
+            .collect();
+        let verified = again
+            .pods
+            .assign(&coming_back, record.pool_label.as_deref())
+            .map_err(anyhow::Error::from);
+        let failures = match async {
+            crate::verification::run::reverify(
+                client,
+                &verified?,
+                &record.run_id,
+                again.timeout,
+                again.keep_failed,
+            )
+            .await
+            .map_err(anyhow::Error::from)
+        }
         .await
         {
             Ok(failures) => failures,

@@ -195,6 +195,10 @@ pub struct RunRecord {
     /// run's id. An empty plan means the run has nothing to do.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waves: Option<Vec<Vec<String>>>,
+    /// The node label whose values are the run's pools (recorded by
+    /// check-prerequisites): which pool's verification pod verifies a node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_label: Option<String>,
     /// Per node, the kata-deploy version it ran before the run first touched
     /// it (recorded at cordon): what rollback returns that node to.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -470,6 +474,7 @@ pub(crate) fn example() -> RunRecord {
         mechanics: BTreeMap::new(),
         wave_started_at: None,
         waves: None,
+        pool_label: None,
         node_versions: BTreeMap::new(),
     }
 }

@@ -10,7 +10,7 @@ use crate::nodes::selection::Criteria;
 use crate::release::ReleaseRef;
 use crate::rollback::Reverify;
 use crate::run_record::{Records, RunRecord, RunState};
-use crate::verification::VerificationPod;
+use crate::verification::Pods;
 use crate::versions::{DeploymentMode, ModeChoice};
 use semver::Version;
 
@@ -134,14 +134,19 @@ pub fn criteria(args: &SelectionArgs) -> Result<Criteria, UserError> {
     )
 }
 
-/// Verifying rolled-back nodes again with the verification pod given (none
-/// given: no verification), at the flags' timeout.
-pub fn reverify(template: Option<VerificationPod>, args: &VerificationArgs) -> Option<Reverify> {
-    template.map(|pod| Reverify {
-        pod,
+/// Verifying rolled-back nodes again with the verification pods given (each
+/// node its pool's, else the default; none given: no verification), at the
+/// flags' timeout.
+pub fn reverify(args: &VerificationArgs) -> Result<Option<Reverify>, UserError> {
+    let pods = Pods::from_args(args)?;
+    if pods.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Reverify {
+        pods,
         timeout: args.verification_timeout,
         keep_failed: args.keep_failed,
-    })
+    }))
 }
 
 #[cfg(test)]

@@ -39,9 +39,14 @@ pub struct Args {
     #[command(flatten)]
     pub run: RunArgs,
 
-    /// The verification pod to validate.
+    /// The verification pods to validate.
     #[command(flatten)]
     pub verification: VerificationArgs,
+
+    /// The label whose values are the run's pools: recorded, it picks each
+    /// node's pool verification pod (needed with --pool-verification-pod).
+    #[arg(long, value_name = "LABEL")]
+    pub pool_label: Option<String>,
 
     /// The deadline each workflow step gets (the chart's
     /// workflow.stepDeadlineSeconds): timeouts that a step could not finish
@@ -82,8 +87,10 @@ pub struct Prerequisites {
     pub revision: u32,
     /// The version to upgrade to.
     pub target_version: String,
-    /// Whether a verification pod was validated.
+    /// Whether a default verification pod was validated.
     pub verification_pod: bool,
+    /// The pools whose own verification pods were validated.
+    pub pool_pods: Vec<String>,
     /// True when this run's record already existed (a retried step).
     pub resumed: bool,
     /// Warnings worth a person's attention.
@@ -121,6 +128,12 @@ impl Report for Prerequisites {
                 }
             ),
         ];
+        if !self.pool_pods.is_empty() {
+            lines.push(format!(
+                "pool pods: valid for {}",
+                self.pool_pods.join(", ")
+            ));
+        }
         lines.extend(self.warnings.iter().map(|w| format!("warning: {w}")));
         lines.push("all prerequisites met".into());
         lines.join("\n")
@@ -139,7 +152,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             args.drain_timeout,
         )?;
     }
-    let template = crate::verification::VerificationPod::from_args(&args.verification)?;
+    let pods = crate::verification::Pods::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
     let helm = step::helm(&args.release, global)?;
     let reference = step::release_ref(&args.release);
@@ -152,7 +165,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             target: &target,
             mode: args.deployment_mode,
             chart_values: args.values.items(),
-            verification_pod: template.as_ref(),
+            pool_label: args.pool_label.as_deref().filter(|l| !l.trim().is_empty()),
+            pods: &pods,
         },
     )
     .await?;
@@ -166,7 +180,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         previous_version: started.previous_version,
         revision: record.before.revision,
         target_version: target.to_string(),
-        verification_pod: template.is_some(),
+        verification_pod: pods.default_pod().is_some(),
+        pool_pods: pods.pools().map(String::from).collect(),
         resumed: started.resumed,
         warnings: started.warnings,
     };

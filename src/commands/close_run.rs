@@ -12,7 +12,6 @@ use crate::close_run::{self, Request, RollbackSettings};
 use crate::error::{ExitStatus, UserError};
 use crate::output;
 use crate::step;
-use crate::verification::VerificationPod;
 
 /// Flags of `klm close-run`.
 #[derive(Debug, ClapArgs)]
@@ -84,10 +83,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
         timeout: args.timeout,
-        reverify: step::reverify(
-            VerificationPod::from_args(&args.verification)?,
-            &args.verification,
-        ),
+        reverify: step::reverify(&args.verification)?,
     };
     let ended = close_run::end_run(
         &client,

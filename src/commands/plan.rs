@@ -45,7 +45,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let target = args.target_version.clone();
     let policy = args.waves.policy();
     let criteria = step::criteria(&args.selection)?;
-    let template = crate::verification::VerificationPod::from_args(&args.verification)?;
+    let pods = crate::verification::Pods::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
     let helm = step::helm(&args.release, global)?;
     let plan = plan::plan(
@@ -59,7 +59,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             pool_label: args.waves.pool_label(),
             policy: &policy,
             skip_completed: None,
-            verification_pod: template.as_ref(),
+            pods: &pods,
         },
     )
     .await?;

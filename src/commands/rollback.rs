@@ -11,7 +11,6 @@ use crate::error::ExitStatus;
 use crate::output;
 use crate::rollback::{self, Request};
 use crate::step;
-use crate::verification::VerificationPod;
 
 /// Flags of `klm rollback`.
 #[derive(Debug, ClapArgs)]
@@ -50,7 +49,7 @@ pub struct Args {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let template = VerificationPod::from_args(&args.verification)?;
+    let reverify = step::reverify(&args.verification)?;
     let client = crate::cluster::client(global).await?;
     let nodes = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let request = Request {
@@ -61,7 +60,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
         timeout: args.timeout,
-        reverify: step::reverify(template, &args.verification),
+        reverify,
     };
     let report =
         rollback::roll_back(&client, &step::helm(&args.release, global)?, &request).await?;

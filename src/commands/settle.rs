@@ -11,7 +11,6 @@ use crate::error::{ExitStatus, UserError};
 use crate::output;
 use crate::settle::{Counts, Request, Settled, settle};
 use crate::step;
-use crate::verification::VerificationPod;
 
 /// The Argo status of a wave's upgrade that lets the wave complete.
 pub const SUCCEEDED: &str = "Succeeded";
@@ -88,7 +87,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .hint("pass how the wave's upgrade ended, e.g. Succeeded or Failed (the workflow passes {{steps.upgrade.status}})")
         .into());
     }
-    let template = VerificationPod::from_args(&args.verification)?;
+    let reverify = step::reverify(&args.verification)?;
     let client = crate::cluster::client(global).await?;
     let request = Request {
         release: step::release_ref(&args.release),
@@ -99,7 +98,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
         timeout: args.timeout,
-        reverify: step::reverify(template, &args.verification),
+        reverify,
     };
     let settled = settle(&client, &step::helm(&args.release, global)?, &request).await?;
     write_counts(settled.counts(), args.counts_dir.as_deref())?;

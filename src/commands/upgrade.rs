@@ -15,7 +15,7 @@ use crate::plan;
 use crate::step;
 use crate::upgrade_run::view::View;
 use crate::upgrade_run::{self, Cluster, Interrupts, Settings};
-use crate::verification::VerificationPod;
+use crate::verification::Pods;
 use crate::versions::{self, ModeChoice};
 
 /// Flags of `klm upgrade`.
@@ -88,7 +88,7 @@ impl Args {
 /// Runs the upgrade.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let criteria = step::criteria(&args.selection)?;
-    let pod = VerificationPod::from_args(&args.verification)?;
+    let pods = Pods::from_args(&args.verification)?;
     let policy = args.waves.policy();
     let client = crate::cluster::client(global).await?;
     let helm = step::helm(&args.release, global)?;
@@ -102,16 +102,16 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             pool_label: args.waves.pool_label(),
             policy: &policy,
             skip_completed: Some(&args.target_version),
-            verification_pod: pod.as_ref(),
+            pods: &pods,
         };
         output::print(global.output, &plan::plan(&client, &helm, &request).await?)?;
         return Ok(ExitStatus::Done);
     }
-    let Some(verification_pod) = pod else {
+    if pods.default_pod().is_none() {
         return Err(UserError::bad_input("no verification pod given: every node is verified before it returns to service")
             .hint("pass --verification-pod FILE or --verification-pod-base64 (or KLM_VERIFICATION_POD_BASE64); --dry-run shows the plan without one")
             .into());
-    };
+    }
     let settings = Settings {
         release,
         run_id: args.run.run_id,
@@ -121,7 +121,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         criteria,
         pool_label: args.waves.pool_label().map(String::from),
         policy,
-        verification_pod,
+        verification: pods,
         verification_timeout: args.verification.verification_timeout,
         keep_failed: args.verification.keep_failed,
         drain_timeout: args.drain.then_some(args.drain_timeout),

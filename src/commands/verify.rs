@@ -6,7 +6,7 @@ use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs}
 use crate::error::{ExitStatus, UserError};
 use crate::output;
 use crate::step;
-use crate::verification::VerificationPod;
+use crate::verification::Pods;
 use crate::verification::step::{Request, verify};
 
 /// Flags of `klm verify`.
@@ -30,19 +30,26 @@ pub struct Args {
     /// Which run (labels the pods it creates).
     #[command(flatten)]
     pub run: RunArgs,
+
+    /// The label whose values are the pools, to pick each node's pool pod
+    /// (default: the run's, as check-prerequisites recorded it).
+    #[arg(long, value_name = "LABEL")]
+    pub pool_label: Option<String>,
 }
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let Some(pod) = VerificationPod::from_args(&args.verification)? else {
+    let pods = Pods::from_args(&args.verification)?;
+    if pods.is_empty() {
         return Err(UserError::bad_input("no verification pod given")
             .hint("pass --verification-pod FILE or --verification-pod-base64 (or KLM_VERIFICATION_POD_BASE64)")
             .into());
-    };
+    }
     let client = crate::cluster::client(global).await?;
     let request = Request {
         nodes: step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?,
-        pod,
+        pods,
+        pool_label: args.pool_label.filter(|l| !l.trim().is_empty()),
         release: step::release_ref(&args.release),
         run_id: args.run.run_id,
         timeout: args.verification.verification_timeout,

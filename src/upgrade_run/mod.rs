@@ -38,7 +38,7 @@ use crate::nodes::selection::Criteria;
 use crate::preflight;
 use crate::release::ReleaseRef;
 use crate::rollback::Reverify;
-use crate::verification::VerificationPod;
+use crate::verification::Pods;
 use crate::versions::ModeChoice;
 use guard::{Abandoned, Reporter, Stop};
 use steps::{close, waves};
@@ -65,8 +65,8 @@ pub struct Settings {
     pub pool_label: Option<String>,
     /// How the waves are cut.
     pub policy: crate::nodes::waves::Policy,
-    /// The verification pod.
-    pub verification_pod: VerificationPod,
+    /// The verification pods: the default, and the pools' own.
+    pub verification: Pods,
     /// How long one node's verification may take.
     pub verification_timeout: Duration,
     /// Keep failed verification pods for inspection.
@@ -84,7 +84,7 @@ pub struct Settings {
 impl Settings {
     fn reverify(&self) -> Option<Reverify> {
         Some(Reverify {
-            pod: self.verification_pod.clone(),
+            pods: self.verification.clone(),
             timeout: self.verification_timeout,
             keep_failed: self.keep_failed,
         })
@@ -206,7 +206,8 @@ pub async fn run(
         target: &settings.target,
         mode: settings.mode,
         chart_values: settings.chart_values.clone(),
-        verification_pod: Some(&settings.verification_pod),
+        pool_label: settings.pool_label.as_deref(),
+        pods: &settings.verification,
     };
     let started = preflight::start_run(client, helm, &start).await?;
     let record = &started.record;

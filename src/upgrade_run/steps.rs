@@ -247,7 +247,8 @@ async fn upgrade_wave(
     reporter.each(Phase::Verifying, index, nodes);
     let verify = verification::Request {
         nodes: nodes.to_vec(),
-        pod: settings.verification_pod.clone(),
+        pods: settings.verification.clone(),
+        pool_label: settings.pool_label.clone(),
         release: settings.release.clone(),
         run_id: Some(run_id),
         timeout: settings.verification_timeout,

@@ -50,16 +50,16 @@ pub struct NodeVerdict {
     pub kept: bool,
 }
 
-/// Runs the template on every node concurrently and returns a verdict per node.
+/// Runs each node's pod (see [`super::Pods::assign`]) concurrently and
+/// returns a verdict per node.
 pub async fn verify_nodes(
     client: &Client,
-    template: &VerificationPod,
-    nodes: &[String],
+    nodes: &[(String, &VerificationPod)],
     run_id: &str,
     timeout: Duration,
     keep_failed: bool,
 ) -> Result<Vec<NodeVerdict>, VerificationError> {
-    let runs = nodes.iter().map(|node| async move {
+    let runs = nodes.iter().map(|(node, template)| async move {
         let pod = template
             .for_node(node, run_id)
             .map_err(|e| VerificationError::Run {
@@ -75,13 +75,12 @@ pub async fn verify_nodes(
 /// Verifies nodes again after a rollback; the nodes that did not pass, with why.
 pub async fn reverify(
     client: &Client,
-    template: &VerificationPod,
-    nodes: &[String],
+    nodes: &[(String, &VerificationPod)],
     run_id: &str,
     timeout: Duration,
     keep_failed: bool,
 ) -> Result<Vec<NodeFailure>, VerificationError> {
-    let verdicts = verify_nodes(client, template, nodes, run_id, timeout, keep_failed).await?;
+    let verdicts = verify_nodes(client, nodes, run_id, timeout, keep_failed).await?;
     Ok(verdicts
         .into_iter()
         .filter(|v| !v.passed)

@@ -11,15 +11,17 @@ use crate::output::Report;
 use crate::release::ReleaseRef;
 use crate::run_record::{self, NodeProgress, Records};
 
-use super::{NodeVerdict, VerificationPod, verify_nodes};
+use super::{NodeVerdict, Pods, verify_nodes};
 
 /// Which nodes to verify, how, and for which run.
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The nodes.
     pub nodes: Vec<String>,
-    /// The verification pod.
-    pub pod: VerificationPod,
+    /// The verification pods (each node its pool's, else the default).
+    pub pods: Pods,
+    /// The label whose values are the pools (None: the run's, as recorded).
+    pub pool_label: Option<String>,
     /// The release whose run record notes the verified nodes.
     pub release: ReleaseRef,
     /// The run the step belongs to: a run on record moves its nodes on (it
@@ -80,8 +82,10 @@ impl Verification {
 /// are recorded as verified; every verdict is an Event on its node.
 pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verification> {
     let nodes_api = kube::Api::all(client.clone());
-    try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
-    super::run::dry_run_access(client, &request.pod).await?;
+    let nodes = try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    for pod in request.pods.all() {
+        super::run::dry_run_access(client, pod).await?;
+    }
 
     let records = Records::new(client, &request.release.namespace);
     let record = records
@@ -103,10 +107,14 @@ pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verifi
     for node in &request.nodes {
         hold::advance(client, node, holder, NodeStatus::Verifying).await?;
     }
+    let pool_label = request.pool_label.clone().or_else(|| {
+        run_record::named_run(record.as_ref(), request.run_id.as_deref())
+            .and_then(|r| r.pool_label.clone())
+    });
+    let assigned = request.pods.assign(&nodes, pool_label.as_deref())?;
     let verdicts = verify_nodes(
         client,
-        &request.pod,
-        &request.nodes,
+        &assigned,
         &run_id,
         request.timeout,
         request.keep_failed,

@@ -19,6 +19,25 @@ const SCENARIOS: &[Scenario] = &[
         values: &[],
     },
     Scenario {
+        name: "pools",
+        values: &[
+            "--set",
+            "defaults.poolLabel=node-pool",
+            "--set",
+            "defaults.poolOrder=cpu\\,gpu",
+            "--set",
+            "defaults.canarySize=1",
+            "--set",
+            "defaults.batchSize=10%",
+            "--set",
+            "defaults.batchGrowth=exponential",
+            "--set",
+            "defaults.maxBatchSize=50",
+            "--set-string",
+            "verificationPods.gpu=apiVersion: v1",
+        ],
+    },
+    Scenario {
         name: "cluster-scoped",
         values: &[
             "--set",

@@ -88,6 +88,10 @@ fn wrong_values_fail_with_the_schema_message() {
         ),
         (&["--set", "defaults.canarySize=-1"], "/defaults/canarySize"),
         (
+            &["--set-string", "verificationPods.gpu="],
+            "/verificationPods/gpu': minLength",
+        ),
+        (
             &["--set", "clusterScoped=maybe"],
             "/clusterScoped': got string, want boolean",
         ),

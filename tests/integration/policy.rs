@@ -5,10 +5,14 @@
 
 use serde_json::json;
 
-use crate::run_end::{start, submit};
-use crate::support::{Case, CaseSpec};
+use klm_rig::verification_pod::VerificationPod;
+
+use crate::run_end::{exit_handler, start, submit, wave};
+use crate::support::{Case, CaseSpec, annotation, host_version, unschedulable};
 use crate::upgrade::verification_pod;
 use crate::workflow::Workflow;
+
+const STATUS: &str = "katacontainers.io/kata-lifecycle-manager-status";
 
 const POOL: &str = "klm.test/pool";
 
@@ -136,4 +140,125 @@ async fn a_wave_policy_that_contradicts_itself_is_refused_before_anything_change
         );
     }
     assert_eq!(case.snapshot().await, snapshot);
+}
+
+#[tokio::test]
+async fn a_pools_own_pod_verifies_its_nodes_and_its_failure_stops_the_run_in_that_pool() {
+    let case = Case::start(CaseSpec::new("poolpod", 4, "3.27.0"))
+        .await
+        .unwrap();
+    for (i, pool) in ["cpu", "gpu", "gpu", "tdx"].iter().enumerate() {
+        label_pool(&case, i, pool).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let default_pod = verification_pod(dir.path(), &[]);
+    // gpu's own pod fails on the new version (and passes once rolled back).
+    let gpu_pod = VerificationPod::succeeding()
+        .broken_at("3.28.0", &[])
+        .tolerating_everything()
+        .write(dir.path(), "verify-gpu");
+    let selector = format!("{}={}", crate::support::CASE_LABEL, case.namespace);
+
+    // Pool pods without a pool label: refused before anything changes.
+    let snapshot = case.snapshot().await;
+    let gpu = format!("gpu={}", gpu_pod.display());
+    let default = default_pod.display().to_string();
+    let refused = case
+        .klm(&[
+            "check-prerequisites",
+            "--target-version",
+            "3.28.0",
+            "--run-id",
+            "wf-poolpod",
+            "--verification-pod",
+            &default,
+            "--pool-verification-pod",
+            &gpu,
+            "--verification-namespace",
+            &case.namespace,
+        ])
+        .await
+        .code(2);
+    assert!(
+        refused.stderr.contains("no pool label"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(case.snapshot().await, snapshot);
+    let plan = case
+        .klm(&[
+            "plan",
+            "--target-version",
+            "3.28.0",
+            "--node-selector",
+            &selector,
+            "--pool-label",
+            POOL,
+            "--pool-order",
+            "cpu,gpu,tdx",
+            "--verification-pod",
+            &default,
+            "--pool-verification-pod",
+            &gpu,
+            "--verification-namespace",
+            &case.namespace,
+        ])
+        .await
+        .ok();
+    assert!(
+        plan.stdout
+            .contains("verified: pool gpu with its own pod; every other node with the default pod"),
+        "{}",
+        plan.stdout
+    );
+
+    let wf = Workflow::render_with(
+        &case,
+        &default_pod,
+        &[
+            "--set-file".into(),
+            format!("verificationPods.gpu={}", gpu_pod.display()),
+        ],
+    )
+    .await;
+    let run = submit(
+        &case,
+        &wf,
+        "wf-poolpod",
+        &[("pool-label", POOL), ("pool-order", "cpu,gpu,tdx")],
+        dir.path(),
+    );
+    assert_eq!(start(&run).await, vec![1, 2, 3, 4]);
+    wave(&run, "1").await.ok();
+    let settled = wave(&run, "2").await.code(1);
+    assert!(settled.stderr.contains("wave 2"), "{}", settled.stderr);
+    exit_handler(
+        &run,
+        "Failed",
+        r#"[{"displayName":"settle","message":"Error (exit code 1)","phase":"Failed"}]"#,
+    )
+    .await
+    .ok();
+
+    let node = |i: usize| case.node(i).to_string();
+    let n = case.get_node(&node(0)).await;
+    assert_eq!(
+        annotation(&n, STATUS).as_deref(),
+        Some("completed"),
+        "cpu: the default pod passed"
+    );
+    let n = case.get_node(&node(1)).await;
+    assert_eq!(
+        annotation(&n, STATUS).as_deref(),
+        Some("rolled-back"),
+        "gpu: its own pod failed"
+    );
+    assert_eq!(host_version(&n).as_deref(), Some("3.27.0"));
+    assert!(!unschedulable(&n));
+    for i in [2, 3] {
+        let n = case.get_node(&node(i)).await;
+        assert_eq!(annotation(&n, STATUS), None, "{} is untouched", node(i));
+        assert_eq!(host_version(&n).as_deref(), Some("3.27.0"));
+    }
+    assert_eq!(case.run_record().await.unwrap()["poolLabel"], POOL);
 }

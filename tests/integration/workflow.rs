@@ -23,8 +23,13 @@ impl Workflow {
     /// `helm template` of the chart with the values the case installed it
     /// with, and `pod` as the verification pod.
     pub async fn render(case: &Case, pod: &Path) -> Workflow {
+        Self::render_with(case, pod, &[]).await
+    }
+
+    /// Like [`Workflow::render`], with more chart values (`helm template` flags).
+    pub async fn render_with(case: &Case, pod: &Path, extra: &[String]) -> Workflow {
         let chart = repo_root().join("chart/kata-lifecycle-manager");
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "template".into(),
             format!("klm-{}", case.namespace),
             chart.display().to_string(),
@@ -43,6 +48,7 @@ impl Workflow {
             "--set-file".into(),
             format!("defaults.verificationPod={}", pod.display()),
         ];
+        args.extend(extra.iter().cloned());
         let rendered = case.helm_admin(&args).await.expect("helm template");
         let template = rendered
             .split("\n---")

@@ -159,6 +159,12 @@ impl Flow {
     /// for real: the image under test, its fixture charts, steps on the real
     /// node, and the verification pod.
     pub async fn install_chart(&self, pod: &str) -> Result<()> {
+        self.install_chart_with(pod, &[]).await
+    }
+
+    /// Like [`Flow::install_chart`], with verification pods per pool
+    /// (`verificationPods`, pool -> pod YAML).
+    pub async fn install_chart_with(&self, pod: &str, pool_pods: &[(&str, &str)]) -> Result<()> {
         let dir = tempfile::tempdir()?;
         let pod_file = dir.path().join("verification-pod.yaml");
         std::fs::write(&pod_file, pod)?;
@@ -196,6 +202,12 @@ impl Flow {
         ));
         args.push("--set-file".into());
         args.push(format!("defaults.verificationPod={}", pod_file.display()));
+        for (pool, pool_pod) in pool_pods {
+            let file = dir.path().join(format!("pool-{pool}.yaml"));
+            std::fs::write(&file, pool_pod)?;
+            args.push("--set-file".into());
+            args.push(format!("verificationPods.{pool}={}", file.display()));
+        }
         self.case.helm_admin(&args).await?;
         Ok(())
     }

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use crate::flow::{
     Flow, STATUS, VERIFIED, annotation, argo_rig, host_version, unschedulable,
-    verification_parameter, verification_pod_broken_at,
+    verification_parameter, verification_pod, verification_pod_broken_at,
 };
 use crate::support::CaseSpec;
 
@@ -140,6 +140,88 @@ async fn pools_in_order_with_a_canary_and_growing_waves() {
         "{report}"
     );
     assert_all_completed(&flow, "3.28.0", &report).await;
+}
+
+#[tokio::test]
+async fn a_pools_own_pod_failing_stops_the_run_in_that_pool_and_the_next_pool_is_untouched() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start(rig, CaseSpec::new("wf-poolpod", 4, "3.27.0"))
+        .await
+        .unwrap();
+    // n1: pool cpu (the default pod); n2, n3: pool gpu, whose own pod fails
+    // on the new version; n4: pool tdx, after gpu.
+    let pools = ["cpu", "gpu", "gpu", "tdx"];
+    label_pools(&flow, &pools).await;
+    flow.install_chart_with(
+        &verification_pod(&[], "succeed"),
+        &[("gpu", &verification_pod_broken_at("3.28.0", &[]))],
+    )
+    .await
+    .unwrap();
+    let selector = selector(&flow);
+    let run = flow
+        .run(
+            None,
+            &[
+                ("target-version", "3.28.0"),
+                ("node-selector", &selector),
+                ("pool-label", "klm.test/pool"),
+                ("pool-order", "cpu,gpu,tdx"),
+            ],
+        )
+        .await
+        .unwrap();
+    run.failed();
+    let report = run.report();
+    let node = |i: usize| flow.case.node(i).to_string();
+    let nodes = flow.nodes().await;
+    let status = |i: usize| annotation(&nodes[&node(i)], STATUS);
+    assert_eq!(
+        status(0).as_deref(),
+        Some("completed"),
+        "cpu passed with the default pod\n{report}"
+    );
+    assert_eq!(
+        status(1).as_deref(),
+        Some("rolled-back"),
+        "gpu's own pod failed it\n{report}"
+    );
+    assert_eq!(
+        host_version(&nodes[&node(1)]).as_deref(),
+        Some("3.27.0"),
+        "{report}"
+    );
+    for i in [2, 3] {
+        assert_eq!(status(i), None, "{} is untouched\n{report}", node(i));
+        assert_eq!(
+            host_version(&nodes[&node(i)]).as_deref(),
+            Some("3.27.0"),
+            "{report}"
+        );
+        assert!(!unschedulable(&nodes[&node(i)]), "{report}");
+    }
+    assert_eq!(
+        flow.case.run_record().await.unwrap()["state"],
+        json!("failed"),
+        "{report}"
+    );
+}
+
+/// Puts the case's nodes in pools (the `klm.test/pool` label), in node order.
+async fn label_pools(flow: &Flow, pools: &[&str]) {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> =
+        kube::Api::all(flow.case.admin.clone());
+    for (name, pool) in flow.case.nodes.iter().zip(pools) {
+        let patch = json!({"metadata": {"labels": {"klm.test/pool": pool}}});
+        nodes
+            .patch(
+                name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+    }
 }
 
 #[tokio::test]

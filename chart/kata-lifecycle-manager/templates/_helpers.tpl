@@ -77,6 +77,11 @@ the fix in the message (the schema already checked the types).
 {{- if not (trim .Values.defaults.verificationPod) }}
 {{- fail "defaults.verificationPod is required: every upgraded node is verified with your pod before it returns to service. Give it with --set-file defaults.verificationPod=./verification-pod.yaml (see the chart README, \"The verification pod\")." }}
 {{- end }}
+{{- range $pool, $pod := .Values.verificationPods }}
+{{- if not (trim $pod) }}
+{{- fail (printf "verificationPods.%s is empty: give the pool's pod YAML (--set-file verificationPods.%s=./pod.yaml), or remove the pool." $pool $pool) }}
+{{- end }}
+{{- end }}
 {{- if and .Values.defaults.nodeTaintValue (not .Values.defaults.nodeTaintKey) }}
 {{- fail "defaults.nodeTaintValue is set without defaults.nodeTaintKey: set the taint key too, or drop the value." }}
 {{- end }}
@@ -151,6 +156,10 @@ env:
   {{- if .verificationPod }}
   - name: KLM_VERIFICATION_POD_BASE64
     value: {{`"{{workflow.parameters.verification-pod}}"`}}
+  {{- with $root.Values.verificationPods }}
+  - name: KLM_POOL_VERIFICATION_PODS_BASE64
+    value: {{ toYaml . | b64enc | quote }}
+  {{- end }}
   {{- end }}
 resources:
   {{- toYaml $root.Values.resources | nindent 2 }}

@@ -95,11 +95,17 @@ impl VerificationPod {
                 crate::verdicts::BY_VERSION_LABEL
             ));
             annotations.push_str(&format!(
-                "    {}: \"{version}\"\n    {}: \"{}\"\n",
-                crate::verdicts::BROKEN_VERSION,
-                crate::verdicts::BROKEN_NODES,
-                nodes.join(",")
+                "    {}: \"{version}\"\n",
+                crate::verdicts::BROKEN_VERSION
             ));
+            // No list: broken on every node.
+            if !nodes.is_empty() {
+                annotations.push_str(&format!(
+                    "    {}: \"{}\"\n",
+                    crate::verdicts::BROKEN_NODES,
+                    nodes.join(",")
+                ));
+            }
         }
         metadata.push_str("  annotations:\n");
         metadata.push_str(&annotations);
@@ -173,6 +179,12 @@ mod tests {
         assert_eq!(
             broken["metadata"]["annotations"]["rig.klm.test/broken-version"],
             "3.28.0"
+        );
+        assert!(
+            broken["metadata"]["annotations"]
+                .get("rig.klm.test/broken-nodes")
+                .is_none(),
+            "no node list: broken on every node"
         );
     }
 }
