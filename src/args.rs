@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
-use crate::nodes::waves::{BatchSize, Growth, Policy, PoolOrder};
+use crate::nodes::waves::{BatchSize, Budget, Growth, Policy, PoolOrder};
 
 /// The official kata-deploy chart (the default of `--chart`).
 pub const DEFAULT_CHART: &str = "oci://ghcr.io/kata-containers/kata-deploy-charts/kata-deploy";
@@ -256,6 +256,16 @@ pub struct WavesArgs {
     /// With --pool-label: these pools first, in this order (the others follow by name).
     #[arg(long, value_name = "POOL,...", default_value = "", value_parser = crate::nodes::waves::parse_pool_order)]
     pub pool_order: PoolOrder,
+
+    /// At most this many selected nodes unschedulable at once (a number, or N% of them),
+    /// counting nodes already NotReady or cordoned by someone else (0 = no budget).
+    #[arg(long, value_name = "N|N%", default_value = "0", value_parser = crate::nodes::waves::parse_max_unavailable)]
+    pub max_unavailable: Budget,
+
+    /// With --max-unavailable: plan nodes that are NotReady or cordoned by someone else
+    /// too (default: skip them).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub include_unavailable: bool,
 }
 
 impl WavesArgs {
@@ -272,6 +282,8 @@ impl WavesArgs {
             max_batch: (self.max_batch_size > 0).then_some(self.max_batch_size),
             canary: (self.canary_size > 0).then_some(self.canary_size),
             pool_order: self.pool_order.0.clone(),
+            max_unavailable: self.max_unavailable.0,
+            include_unavailable: self.include_unavailable,
         }
     }
 }

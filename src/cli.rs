@@ -83,4 +83,45 @@ mod tests {
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
     }
+
+    #[test]
+    fn wave_policy_flags_parse_as_the_workflow_passes_them() {
+        let cli = Cli::try_parse_from([
+            "klm",
+            "select-nodes",
+            "--batch-size=10%",
+            "--batch-growth=exponential",
+            "--max-batch-size=50",
+            "--canary-size=1",
+            "--pool-label=pool",
+            "--pool-order=gpu,cpu",
+            "--max-unavailable=20%",
+            "--include-unavailable=false",
+        ])
+        .unwrap();
+        let Command::SelectNodes(args) = cli.command else {
+            panic!("select-nodes")
+        };
+        let policy = args.waves.policy();
+        assert_eq!(policy.batch, crate::nodes::waves::BatchSize::Percent(10));
+        assert_eq!(
+            policy.max_unavailable,
+            Some(crate::nodes::waves::BatchSize::Percent(20))
+        );
+        assert_eq!(policy.pool_order, ["gpu", "cpu"]);
+        assert!(!policy.include_unavailable);
+        let cli = Cli::try_parse_from([
+            "klm",
+            "plan",
+            "--target-version",
+            "3.28.0",
+            "--include-unavailable",
+        ])
+        .unwrap();
+        let Command::Plan(args) = cli.command else {
+            panic!("plan")
+        };
+        assert!(args.waves.policy().include_unavailable);
+        assert_eq!(args.waves.policy().max_unavailable, None);
+    }
 }

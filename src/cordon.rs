@@ -5,7 +5,9 @@
 
 use futures::future::try_join_all;
 use k8s_openapi::api::core::v1::Node;
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
+
+use crate::error::{KubeResultExt, UserError};
 
 use crate::events::{NodeEvent, NodeEvents};
 use crate::helm::Helm;
@@ -61,6 +63,42 @@ impl Report for Cordoned {
     }
 }
 
+/// Refuses (a precondition, nothing changed) a wave that would make more of
+/// the run's planned nodes unschedulable at once than its budget allows,
+/// counting the planned nodes out of service now (NotReady, or cordoned by
+/// anyone) outside the wave.
+async fn within_budget(
+    nodes_api: &Api<Node>,
+    record: &crate::run_record::RunRecord,
+    wave: &[String],
+    budget: usize,
+) -> anyhow::Result<()> {
+    let planned: std::collections::BTreeSet<&String> =
+        record.waves.iter().flatten().flatten().collect();
+    let out: Vec<String> = nodes_api
+        .list(&kube::api::ListParams::default())
+        .await
+        .during(|| "listing nodes for the unavailability budget".to_string())?
+        .items
+        .into_iter()
+        .filter(|n| planned.contains(&n.name_any()) && !wave.contains(&n.name_any()))
+        .filter(crate::nodes::selection::is_out)
+        .map(|n| n.name_any())
+        .collect();
+    if out.len() + wave.len() <= budget {
+        return Ok(());
+    }
+    Err(UserError::precondition(format!(
+        "cordoning {} would make {} of run {}'s nodes unschedulable at once; its budget (--max-unavailable) is {budget}: out of service now: {}",
+        wave.join(", "),
+        out.len() + wave.len(),
+        record.run_id,
+        out.join(", ")
+    ))
+    .hint("bring those nodes back into service, then submit a new run (completed nodes are skipped)")
+    .into())
+}
+
 /// Holds and cordons the request's nodes for its run (which must be active),
 /// recording each node's version before the run; a node the run holds
 /// already keeps what its first hold recorded.
@@ -71,6 +109,9 @@ pub async fn cordon(client: &Client, helm: &Helm, request: &Request) -> anyhow::
     // Every node must exist before any is changed.
     let nodes_api: Api<Node> = Api::all(client.clone());
     try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    if let Some(budget) = record.max_unavailable {
+        within_budget(&nodes_api, &record, &request.nodes, budget).await?;
+    }
     // What each node runs before this run touches it: its rollback target.
     let unrecorded: Vec<String> = request
         .nodes

@@ -106,6 +106,7 @@ impl Checked {
             wave_started_at: None,
             waves: None,
             pool_label: None,
+            max_unavailable: None,
             node_versions: Default::default(),
         }
     }

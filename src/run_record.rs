@@ -199,6 +199,10 @@ pub struct RunRecord {
     /// check-prerequisites): which pool's verification pod verifies a node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_label: Option<String>,
+    /// How many of the planned nodes may be unschedulable at once (recorded
+    /// by select-nodes with --max-unavailable): cordon holds a wave to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<usize>,
     /// Per node, the kata-deploy version it ran before the run first touched
     /// it (recorded at cordon): what rollback returns that node to.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -475,6 +479,7 @@ pub(crate) fn example() -> RunRecord {
         wave_started_at: None,
         waves: None,
         pool_label: None,
+        max_unavailable: None,
         node_versions: BTreeMap::new(),
     }
 }

@@ -1,11 +1,12 @@
 //! Listing nodes for selection, cheaply: page by page, keeping only what
-//! selection reads (name, labels, annotations, taints, unschedulable). A
+//! selection reads (name, labels, annotations, taints, unschedulable, the
+//! Ready condition). A
 //! full Node carries conditions, images and managed fields; on a fleet of
 //! thousands of nodes decoding all of it costs more than the request.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeSpec, Taint};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, Taint};
 use kube::Client;
 use kube::api::{ListParams, ObjectList, ObjectMeta};
 use kube::core::Request;
@@ -22,6 +23,22 @@ struct SlimNode {
     metadata: SlimMeta,
     #[serde(default)]
     spec: Option<SlimSpec>,
+    #[serde(default)]
+    status: Option<SlimStatus>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+struct SlimStatus {
+    #[serde(default)]
+    conditions: Vec<SlimCondition>,
+}
+
+/// A condition, of which only Ready is kept.
+#[derive(Clone, Debug, Deserialize)]
+struct SlimCondition {
+    #[serde(rename = "type")]
+    type_: String,
+    status: String,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -58,13 +75,28 @@ impl From<SlimNode> for Node {
                 unschedulable: spec.unschedulable,
                 ..NodeSpec::default()
             }),
-            status: None,
+            status: slim.status.map(|status| NodeStatus {
+                conditions: Some(
+                    status
+                        .conditions
+                        .into_iter()
+                        .filter(|c| c.type_ == "Ready")
+                        .map(|c| NodeCondition {
+                            type_: c.type_,
+                            status: c.status,
+                            ..NodeCondition::default()
+                        })
+                        .collect(),
+                ),
+                ..NodeStatus::default()
+            }),
         }
     }
 }
 
 /// Lists the nodes matching `label_selector` (all without one), with only
-/// metadata (name, labels, annotations) and spec (taints, unschedulable).
+/// metadata (name, labels, annotations), spec (taints, unschedulable) and
+/// the Ready condition.
 pub async fn list_for_selection(
     client: &Client,
     label_selector: Option<&str>,
@@ -111,7 +143,10 @@ mod tests {
                 "podCIDR": "10.0.0.0/24",
                 "taints": [{"key": "upgrade", "value": "now", "effect": "NoSchedule"}]
             },
-            "status": {"conditions": [{"type": "Ready", "status": "True"}], "images": []}
+            "status": {"conditions": [
+                {"type": "MemoryPressure", "status": "False"},
+                {"type": "Ready", "status": "True"}
+            ], "images": [{"names": ["pause"]}]}
         });
         let node: Node = serde_json::from_value::<SlimNode>(json).unwrap().into();
         assert_eq!(node.metadata.name.as_deref(), Some("worker-1"));
@@ -125,6 +160,13 @@ mod tests {
         assert_eq!(spec.unschedulable, Some(true));
         assert_eq!(spec.taints.unwrap()[0].key, "upgrade");
         assert!(spec.pod_cidr.is_none());
-        assert!(node.status.is_none());
+        let status = node.status.unwrap();
+        let conditions = status.conditions.unwrap();
+        assert_eq!(conditions.len(), 1, "only Ready is kept");
+        assert_eq!(
+            (conditions[0].type_.as_str(), conditions[0].status.as_str()),
+            ("Ready", "True")
+        );
+        assert!(status.images.is_none());
     }
 }

@@ -27,6 +27,13 @@ pub struct Selection {
     pub waves: Vec<Wave>,
     /// Nodes skipped because they are completed at the target version.
     pub skipped: Vec<String>,
+    /// Nodes unavailable already (`name (NotReady)`, `name (cordoned)`):
+    /// skipped, unless `unavailable_included`.
+    pub unavailable: Vec<String>,
+    /// Whether the unavailable nodes are planned too.
+    pub unavailable_included: bool,
+    /// How many selected nodes may be unschedulable at once (None: no budget).
+    pub max_unavailable: Option<usize>,
     /// How nodes were selected, for people.
     pub criteria: String,
     /// How the waves were cut, for people.
@@ -63,6 +70,17 @@ impl Report for Selection {
                 self.skipped.join(", ")
             ));
         }
+        if !self.unavailable.is_empty() {
+            let how = match (self.unavailable_included, self.max_unavailable) {
+                (false, _) => "skipped",
+                (true, Some(_)) => "planned anyway (--include-unavailable)",
+                (true, None) => "planned",
+            };
+            lines.push(format!(
+                "unavailable already, {how}: {}",
+                self.unavailable.join(", ")
+            ));
+        }
         lines.join("\n")
     }
 }
@@ -91,7 +109,11 @@ pub async fn select(
         (BTreeSet::new(), None)
     };
     let chosen = selection::choose(&nodes, criteria, &with_kata_pod);
+    // Nodes out of service already are skipped only under a budget (and
+    // then unless included): without one, the default run plans every node.
+    let skip_unavailable = policy.max_unavailable.is_some() && !policy.include_unavailable;
     let mut skipped = Vec::new();
+    let mut unavailable = Vec::new();
     let mut ordered = Vec::new();
     for node in chosen {
         let done_at_target = skip_completed.as_deref().is_some_and(|target| {
@@ -100,7 +122,13 @@ pub async fn select(
         });
         if done_at_target {
             skipped.push(node.name_any());
-        } else {
+            continue;
+        }
+        let why = selection::unavailability(node);
+        if let Some(why) = why {
+            unavailable.push(format!("{} ({why})", node.name_any()));
+        }
+        if why.is_none() || !skip_unavailable {
             ordered.push(Ordered {
                 pool: selection::pool_of(node, pool_label),
                 name: node.name_any(),
@@ -108,13 +136,22 @@ pub async fn select(
         }
     }
     skipped.sort();
+    let selected = if skip_unavailable {
+        ordered.len() + unavailable.len()
+    } else {
+        ordered.len()
+    };
+    let budget_cap = policy.budget_cap(selected, unavailable.len())?;
     let ordered = waves::order(ordered, &policy.pool_order);
-    let waves = waves::plan(&ordered, policy);
+    let waves = waves::plan(&ordered, policy, budget_cap);
     Ok(Selection {
         count: ordered.len(),
         nodes: ordered.into_iter().map(|n| n.name).collect(),
         waves,
         skipped,
+        unavailable,
+        unavailable_included: !skip_unavailable,
+        max_unavailable: policy.max_unavailable.map(|b| b.of(selected)),
         criteria: described.unwrap_or_else(|| describe(criteria)),
         policy: policy.describe(),
     })
@@ -257,6 +294,9 @@ mod tests {
             count: 0,
             waves: Vec::new(),
             skipped: vec!["w1".into()],
+            unavailable: Vec::new(),
+            unavailable_included: false,
+            max_unavailable: None,
             criteria: "taint key maintenance".into(),
             policy: "batch size 1".into(),
         };
@@ -316,7 +356,8 @@ pub async fn plan_run(
         let planned: Vec<Vec<String>> = selection.waves.iter().map(|w| w.nodes.clone()).collect();
         records
             .update(&record.release, &record.run_id, |r| {
-                r.waves = Some(planned.clone())
+                r.waves = Some(planned.clone());
+                r.max_unavailable = selection.max_unavailable;
             })
             .await?;
     }

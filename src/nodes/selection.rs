@@ -314,6 +314,31 @@ fn validate_label_value(value: &str) -> Result<(), String> {
     })
 }
 
+/// Why a node is unavailable already, if it is: NotReady, or cordoned by
+/// someone else (not held by a klm run).
+pub fn unavailability(node: &Node) -> Option<&'static str> {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .is_some_and(|c| c.status == "True");
+    if !ready {
+        return Some("NotReady");
+    }
+    let unschedulable = node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
+    if unschedulable && annotation(node, annotations::RUN).is_none() {
+        return Some("cordoned");
+    }
+    None
+}
+
+/// Whether a node is out of service now: NotReady, or unschedulable (by
+/// anyone): what an unavailability budget counts.
+pub fn is_out(node: &Node) -> bool {
+    unavailability(node).is_some() || node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+}
+
 /// Groups nodes by a pool label value for the order (nodes without it last).
 pub fn pool_of(node: &Node, pool_label: Option<&str>) -> Option<String> {
     pool_label
@@ -335,6 +360,37 @@ pub fn pools(nodes: &[&Node], pool_label: Option<&str>) -> BTreeMap<String, usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_is_unavailable_when_not_ready_or_cordoned_by_someone_else() {
+        let node = |ready: &str, unschedulable: bool, held: bool| {
+            let mut node: Node = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "n"},
+                "spec": {"unschedulable": unschedulable},
+                "status": {"conditions": [{"type": "Ready", "status": ready}]}
+            }))
+            .unwrap();
+            if held {
+                node.metadata.annotations =
+                    Some([(annotations::RUN.to_string(), "run-1".to_string())].into());
+            }
+            node
+        };
+        assert_eq!(unavailability(&node("True", false, false)), None);
+        assert_eq!(
+            unavailability(&node("False", false, false)),
+            Some("NotReady")
+        );
+        assert_eq!(
+            unavailability(&node("Unknown", false, false)),
+            Some("NotReady")
+        );
+        assert_eq!(unavailability(&node("True", true, false)), Some("cordoned"));
+        // Held by a klm run: not someone else's cordon; but out of service all the same.
+        assert_eq!(unavailability(&node("True", true, true)), None);
+        assert!(is_out(&node("True", true, true)));
+        assert!(!is_out(&node("True", false, true)));
+    }
     use k8s_openapi::api::core::v1::NodeSpec;
     use kube::api::ObjectMeta;
 

@@ -106,6 +106,12 @@ pub struct Policy {
     pub canary: Option<usize>,
     /// Pools upgraded first, in this order; the others follow by name.
     pub pool_order: Vec<String>,
+    /// At most this many selected nodes unschedulable at once, counting
+    /// those already unavailable (None: no budget).
+    pub max_unavailable: Option<BatchSize>,
+    /// Plan nodes already unavailable (NotReady, cordoned by someone else)
+    /// too, instead of skipping them.
+    pub include_unavailable: bool,
 }
 
 impl Default for Policy {
@@ -116,6 +122,8 @@ impl Default for Policy {
             max_batch: None,
             canary: None,
             pool_order: Vec::new(),
+            max_unavailable: None,
+            include_unavailable: false,
         }
     }
 }
@@ -142,6 +150,27 @@ impl Policy {
         Ok(())
     }
 
+    /// The largest wave the unavailability budget leaves, with `unavailable`
+    /// of the `selected` nodes out already (None: no budget); a budget they
+    /// use up is a precondition not met.
+    pub fn budget_cap(
+        &self,
+        selected: usize,
+        unavailable: usize,
+    ) -> Result<Option<usize>, UserError> {
+        let Some(budget) = self.max_unavailable else {
+            return Ok(None);
+        };
+        let allowed = budget.of(selected);
+        match allowed.checked_sub(unavailable) {
+            Some(cap) if cap > 0 => Ok(Some(cap)),
+            _ => Err(UserError::precondition(format!(
+                "{unavailable} of the {selected} selected node(s) are unavailable already (NotReady or cordoned), and --max-unavailable {budget} allows {allowed} at once: no wave can start"
+            ))
+            .hint("bring those nodes back, raise --max-unavailable, or narrow the selection")),
+        }
+    }
+
     /// The policy in one line, for the plan.
     pub fn describe(&self) -> String {
         let mut parts = vec![format!("batch size {}", self.batch)];
@@ -161,8 +190,29 @@ impl Policy {
         if !self.pool_order.is_empty() {
             parts.push(format!("pools {} first", self.pool_order.join(", ")));
         }
+        if let Some(budget) = self.max_unavailable {
+            parts.push(format!("at most {budget} unavailable at once"));
+        }
         parts.join(", ")
     }
+}
+
+/// `--max-unavailable`: how many selected nodes may be unschedulable at
+/// once (None: no budget).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget(pub Option<BatchSize>);
+
+/// Parses `--max-unavailable`: a number of nodes or a percentage of the
+/// selected nodes; 0 (the workflow's default) is no budget.
+pub fn parse_max_unavailable(raw: &str) -> Result<Budget, String> {
+    if raw.trim().is_empty() || raw.trim() == "0" {
+        return Ok(Budget(None));
+    }
+    parse_batch_size(raw).map(|b| Budget(Some(b))).map_err(|_| {
+        format!(
+            "max-unavailable {raw:?} is neither a number of nodes nor a percentage from 1% to 100% (0: no budget)"
+        )
+    })
 }
 
 /// Parses `--pool-order` (`cpu,gpu,tdx`): pool values separated by commas;
@@ -216,15 +266,19 @@ pub fn order(mut nodes: Vec<Ordered>, pool_order: &[String]) -> Vec<Ordered> {
 /// two pools; the canary wave comes first, from the first pool; each pool
 /// starts at the batch size (a percentage of all `nodes`) and grows from
 /// there, up to the cap.
-pub fn plan(nodes: &[Ordered], policy: &Policy) -> Vec<Wave> {
+pub fn plan(nodes: &[Ordered], policy: &Policy, budget_cap: Option<usize>) -> Vec<Wave> {
     let batch = policy.batch.of(nodes.len());
-    let cap = policy.max_batch.unwrap_or(usize::MAX).max(1);
+    let cap = policy
+        .max_batch
+        .unwrap_or(usize::MAX)
+        .min(budget_cap.unwrap_or(usize::MAX))
+        .max(1);
     let mut waves: Vec<&[Ordered]> = Vec::new();
     let mut canary = policy.canary.filter(|c| *c > 0);
     for pool in nodes.chunk_by(|a, b| a.pool == b.pool) {
         let mut rest: &[Ordered] = pool;
         if let Some(size) = canary.take() {
-            let (first, after) = rest.split_at(size.min(rest.len()));
+            let (first, after) = rest.split_at(size.min(cap).min(rest.len()));
             waves.push(first);
             rest = after;
         }
@@ -351,16 +405,28 @@ mod tests {
     #[test]
     fn waves_cover_every_node_once_in_order() {
         let nodes = unpooled(&["a", "b", "c", "d", "e"]);
-        let waves = plan(&nodes, &policy(BatchSize::Nodes(2), Growth::Fixed, None));
+        let waves = plan(
+            &nodes,
+            &policy(BatchSize::Nodes(2), Growth::Fixed, None),
+            None,
+        );
         assert_eq!(waves.len(), 3);
         assert_eq!(waves[0].nodes, names(&["a", "b"]));
         assert_eq!(waves[2].nodes, names(&["e"]));
         assert_eq!(waves[1].node_list, "c,d");
         assert_eq!(waves[2].index, 3);
-        assert!(plan(&[], &Policy::default()).is_empty());
-        assert_eq!(sizes(&plan(&nodes, &Policy::default())), [1, 1, 1, 1, 1]);
+        assert!(plan(&[], &Policy::default(), None).is_empty());
         assert_eq!(
-            plan(&nodes, &policy(BatchSize::Nodes(10), Growth::Fixed, None)).len(),
+            sizes(&plan(&nodes, &Policy::default(), None)),
+            [1, 1, 1, 1, 1]
+        );
+        assert_eq!(
+            plan(
+                &nodes,
+                &policy(BatchSize::Nodes(10), Growth::Fixed, None),
+                None
+            )
+            .len(),
             1
         );
     }
@@ -372,19 +438,26 @@ mod tests {
         let exponential = plan(
             &nodes,
             &policy(BatchSize::Nodes(1), Growth::Exponential, Some(50)),
+            None,
         );
         assert_eq!(sizes(&exponential), [1, 2, 4, 8, 16, 32, 37]);
         let capped = plan(
             &nodes,
             &policy(BatchSize::Nodes(1), Growth::Exponential, Some(20)),
+            None,
         );
         assert_eq!(sizes(&capped), [1, 2, 4, 8, 16, 20, 20, 20, 9]);
-        let linear = plan(&nodes, &policy(BatchSize::Nodes(5), Growth::Linear, None));
+        let linear = plan(
+            &nodes,
+            &policy(BatchSize::Nodes(5), Growth::Linear, None),
+            None,
+        );
         assert_eq!(sizes(&linear), [5, 10, 15, 20, 25, 25]);
         // 10% of 100 nodes, doubling.
         let share = plan(
             &nodes,
             &policy(BatchSize::Percent(10), Growth::Exponential, None),
+            None,
         );
         assert_eq!(sizes(&share), [10, 20, 40, 30]);
         assert_eq!(share.iter().map(|w| w.nodes.len()).sum::<usize>(), 100);
@@ -409,7 +482,11 @@ mod tests {
         let names_only: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
         // Named pools first, in order; then the others by name; unpooled last.
         assert_eq!(names_only, ["c1", "c2", "c3", "g1", "g2", "a1", "t1", "x1"]);
-        let waves = plan(&nodes, &policy(BatchSize::Nodes(2), Growth::Fixed, None));
+        let waves = plan(
+            &nodes,
+            &policy(BatchSize::Nodes(2), Growth::Fixed, None),
+            None,
+        );
         let lists: Vec<&str> = waves.iter().map(|w| w.node_list.as_str()).collect();
         assert_eq!(lists, ["c1,c2", "c3", "g1,g2", "a1", "t1", "x1"]);
     }
@@ -432,7 +509,7 @@ mod tests {
             canary: Some(1),
             ..policy(BatchSize::Nodes(1), Growth::Exponential, None)
         };
-        let lists: Vec<String> = plan(&nodes, &policy)
+        let lists: Vec<String> = plan(&nodes, &policy, None)
             .into_iter()
             .map(|w| w.node_list)
             .collect();
@@ -442,11 +519,61 @@ mod tests {
             canary: Some(9),
             ..Policy::default()
         };
-        let lists: Vec<String> = plan(&nodes, &big)
+        let lists: Vec<String> = plan(&nodes, &big, None)
             .into_iter()
             .map(|w| w.node_list)
             .collect();
         assert_eq!(lists, ["a1,a2,a3,a4", "b1", "b2", "b3"]);
+    }
+
+    #[test]
+    fn the_unavailability_budget_caps_every_wave_counting_nodes_already_out() {
+        // 2 of 10 may be out; 1 is out already: waves of 1, the canary too.
+        let budget = Policy {
+            max_unavailable: Some(BatchSize::Nodes(2)),
+            canary: Some(3),
+            ..policy(BatchSize::Nodes(5), Growth::Fixed, None)
+        };
+        let cap = budget.budget_cap(10, 1).unwrap();
+        assert_eq!(cap, Some(1));
+        let nodes = unpooled(&["a", "b", "c"]);
+        assert_eq!(sizes(&plan(&nodes, &budget, cap)), [1, 1, 1]);
+        // 20% of 20 is 4; 1 out: waves of at most 3.
+        let share = Policy {
+            max_unavailable: Some(BatchSize::Percent(20)),
+            ..policy(BatchSize::Nodes(1), Growth::Exponential, None)
+        };
+        assert_eq!(share.budget_cap(20, 1).unwrap(), Some(3));
+        let many: Vec<String> = (1..=19).map(|i| format!("n{i:02}")).collect();
+        let many = unpooled(&many.iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(
+            sizes(&plan(&many, &share, Some(3))),
+            [1, 2, 3, 3, 3, 3, 3, 1]
+        );
+        // The budget used up already: no wave can start.
+        let err = budget.budget_cap(10, 2).unwrap_err();
+        assert_eq!(err.status, crate::error::ExitStatus::Precondition);
+        assert!(
+            err.message
+                .contains("2 of the 10 selected node(s) are unavailable"),
+            "{}",
+            err.message
+        );
+        assert_eq!(
+            Policy::default().budget_cap(10, 9).unwrap(),
+            None,
+            "no budget"
+        );
+        assert_eq!(parse_max_unavailable("0").unwrap(), Budget(None));
+        assert_eq!(
+            parse_max_unavailable("25%").unwrap(),
+            Budget(Some(BatchSize::Percent(25)))
+        );
+        assert!(
+            parse_max_unavailable("-2")
+                .unwrap_err()
+                .contains("neither a number")
+        );
     }
 
     #[test]

@@ -262,3 +262,111 @@ async fn a_pools_own_pod_verifies_its_nodes_and_its_failure_stops_the_run_in_tha
     }
     assert_eq!(case.run_record().await.unwrap()["poolLabel"], POOL);
 }
+
+#[tokio::test]
+async fn the_unavailability_budget_counts_nodes_already_out_and_holds_each_wave_to_it() {
+    let case = Case::start(CaseSpec::new("budget", 4, "3.27.0"))
+        .await
+        .unwrap();
+    let node = |i: usize| case.node(i).to_string();
+    // Someone else cordoned n4 before the run.
+    case.cordon_by_hand(&node(3)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wf = Workflow::render(&case, &verification_pod(dir.path(), &[])).await;
+    let run = submit(
+        &case,
+        &wf,
+        "wf-budget",
+        &[("batch-size", "3"), ("max-unavailable", "2")],
+        dir.path(),
+    );
+    // n4 is reported and skipped; with it out, 2 allow waves of 1.
+    assert_eq!(start(&run).await, vec![1, 2, 3]);
+    let record = case.run_record().await.unwrap();
+    assert_eq!(record["waves"], json!([[node(0)], [node(1)], [node(2)]]));
+    assert_eq!(record["maxUnavailable"], 2);
+    let selected = run.step("select-nodes", &[]).await.ok();
+    assert!(
+        selected.stdout.contains(&format!(
+            "unavailable already, skipped: {} (cordoned)",
+            node(3)
+        )),
+        "{}",
+        selected.stdout
+    );
+
+    // Since the plan n2 and n3 went out of service: wave 1 would make 3 of
+    // the planned nodes unschedulable at once. Refused, nothing changed.
+    case.cordon_by_hand(&node(1)).await;
+    case.cordon_by_hand(&node(2)).await;
+    // The node controller adds the cordon's taint: the snapshot waits for it.
+    for i in [1, 2] {
+        tainted(&case, &node(i)).await;
+    }
+    let snapshot = case.snapshot().await;
+    let refused = run.step("cordon", &[("index", "1")]).await.code(3);
+    assert!(
+        refused.stderr.contains("budget (--max-unavailable) is 2"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(case.snapshot().await, snapshot);
+    // One comes back: wave 1 fits again.
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(case.admin.clone());
+    let uncordon = json!({"spec": {"unschedulable": false}});
+    nodes
+        .patch(
+            &node(2),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&uncordon),
+        )
+        .await
+        .unwrap();
+    wave(&run, "1").await.ok();
+    assert_eq!(
+        annotation(&case.get_node(&node(0)).await, STATUS).as_deref(),
+        Some("completed")
+    );
+
+    // With include-unavailable, the cordoned nodes (n2, n4) are planned
+    // too; 75% of 4 is 3, less the 2 out: waves of 1.
+    let plan = case
+        .klm(&[
+            "plan",
+            "--target-version",
+            "3.28.0",
+            "--node-selector",
+            &format!("{}={}", crate::support::CASE_LABEL, case.namespace),
+            "--max-unavailable",
+            "75%",
+            "--include-unavailable",
+        ])
+        .await
+        .ok();
+    assert!(
+        plan.stdout
+            .contains("planned anyway (--include-unavailable)"),
+        "{}",
+        plan.stdout
+    );
+}
+
+/// Waits (by watching) until the node carries the cordon's taint.
+async fn tainted(case: &Case, name: &str) {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(case.admin.clone());
+    let has_taint = |node: Option<&k8s_openapi::api::core::v1::Node>| {
+        node.and_then(|n| n.spec.as_ref())
+            .and_then(|s| s.taints.as_ref())
+            .is_some_and(|t| {
+                t.iter()
+                    .any(|t| t.key == "node.kubernetes.io/unschedulable")
+            })
+    };
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        kube::runtime::wait::await_condition(nodes, name, has_taint),
+    )
+    .await
+    .expect("the node controller taints a cordoned node")
+    .expect("watch the node");
+}
