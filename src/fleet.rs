@@ -50,6 +50,12 @@ pub struct NodeRow {
     pub pod_current: Option<bool>,
     /// The run holding it.
     pub held_by: Option<String>,
+    /// Its pool (the run's pool label's value), when the run has pools.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// Which pod verifies it (`pool pod`, `default pod`), when the run has pools.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_with: Option<String>,
 }
 
 /// The state of the nodes and of the release's run.
@@ -126,6 +132,19 @@ impl Report for Status {
                 ]
             })
             .collect();
+        let pooled = self.nodes.iter().any(|n| n.verified_with.is_some());
+        let rows: Vec<Vec<String>> = if pooled {
+            rows.into_iter()
+                .zip(&self.nodes)
+                .map(|(mut row, n)| {
+                    row.push(dash(&n.pool));
+                    row.push(dash(&n.verified_with));
+                    row
+                })
+                .collect()
+        } else {
+            rows
+        };
         let mut text = String::new();
         if let Some(run) = &self.run {
             text.push_str(&format!(
@@ -144,19 +163,20 @@ impl Report for Status {
         if self.nodes.is_empty() {
             text.push_str("no nodes match");
         } else {
-            text.push_str(&output::table(
-                &[
-                    "NODE",
-                    "STATUS",
-                    "VERIFIED",
-                    "SCHEDULABLE",
-                    "KATA",
-                    "KATA-DEPLOY POD",
-                    "POD VERSION",
-                    "HELD BY",
-                ],
-                &rows,
-            ));
+            let mut header = vec![
+                "NODE",
+                "STATUS",
+                "VERIFIED",
+                "SCHEDULABLE",
+                "KATA",
+                "KATA-DEPLOY POD",
+                "POD VERSION",
+                "HELD BY",
+            ];
+            if pooled {
+                header.extend(["POOL", "VERIFIED WITH"]);
+            }
+            text.push_str(&output::table(&header, &rows));
         }
         text
     }
@@ -198,6 +218,18 @@ impl Fleet {
 
     fn row(&self, n: &Node) -> NodeRow {
         let pod = self.pods.get(&n.name_any());
+        let pool_label = self.record.as_ref().and_then(|r| r.pool_label.as_deref());
+        let pool = pool_label
+            .and_then(|label| selection::label(n, label))
+            .map(String::from);
+        let verified_with = pool_label.map(|_| {
+            let own = pool.as_ref().is_some_and(|p| {
+                self.record
+                    .as_ref()
+                    .is_some_and(|r| r.pool_pods.contains(p))
+            });
+            if own { "pool pod" } else { "default pod" }.to_string()
+        });
         NodeRow {
             name: n.name_any(),
             status: selection::annotation(n, annotations::STATUS).map(String::from),
@@ -211,6 +243,8 @@ impl Fleet {
                 .zip(self.revision.as_ref())
                 .map(|(p, r)| kata_deploy::revision_of(p) == Some(r.as_str())),
             held_by: selection::annotation(n, annotations::RUN).map(String::from),
+            pool,
+            verified_with,
         }
     }
 }
@@ -409,6 +443,44 @@ mod tests {
             "spec": {"unschedulable": annotations.get(annotations::RUN).is_some()},
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_run_with_pools_shows_each_nodes_pool_and_the_pod_that_verifies_it() {
+        let kata =
+            |pool: &str| serde_json::json!({annotations::KATA_RUNTIME_LABEL: "true", "pool": pool});
+        let mut record = crate::run_record::example();
+        record.pool_label = Some("pool".into());
+        record.pool_pods = vec!["gpu".into()];
+        let mut fleet = Fleet {
+            nodes: vec![
+                node("c1", serde_json::json!({}), kata("cpu")),
+                node("g1", serde_json::json!({}), kata("gpu")),
+            ],
+            record: Some(record),
+            ..Fleet::default()
+        };
+        let status = fleet.status(&Criteria::default());
+        let shown: Vec<(Option<&str>, Option<&str>)> = status
+            .nodes
+            .iter()
+            .map(|n| (n.pool.as_deref(), n.verified_with.as_deref()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                (Some("cpu"), Some("default pod")),
+                (Some("gpu"), Some("pool pod"))
+            ]
+        );
+        let text = status.text();
+        assert!(
+            text.contains("POOL") && text.contains("VERIFIED WITH"),
+            "{text}"
+        );
+        // Without pools, the table is as before.
+        fleet.record = None;
+        assert!(!fleet.status(&Criteria::default()).text().contains("POOL"));
     }
 
     #[test]

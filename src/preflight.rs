@@ -106,6 +106,7 @@ impl Checked {
             wave_started_at: None,
             waves: None,
             pool_label: None,
+            pool_pods: Vec::new(),
             max_unavailable: None,
             node_versions: Default::default(),
         }
@@ -321,6 +322,7 @@ pub async fn start_run(
         request.chart_values.clone(),
     );
     record.pool_label = request.pool_label.map(String::from);
+    record.pool_pods = request.pods.pools().map(String::from).collect();
     let (record, resumed) = match Records::new(client, &request.release.namespace)
         .begin(record)
         .await?

@@ -199,6 +199,9 @@ pub struct RunRecord {
     /// check-prerequisites): which pool's verification pod verifies a node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_label: Option<String>,
+    /// The pools verified with their own pod (recorded by check-prerequisites).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pool_pods: Vec<String>,
     /// How many of the planned nodes may be unschedulable at once (recorded
     /// by select-nodes with --max-unavailable): cordon holds a wave to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -479,6 +482,7 @@ pub(crate) fn example() -> RunRecord {
         wave_started_at: None,
         waves: None,
         pool_label: None,
+        pool_pods: Vec::new(),
         max_unavailable: None,
         node_versions: BTreeMap::new(),
     }

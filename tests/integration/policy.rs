@@ -261,6 +261,26 @@ async fn a_pools_own_pod_verifies_its_nodes_and_its_failure_stops_the_run_in_tha
         assert_eq!(host_version(&n).as_deref(), Some("3.27.0"));
     }
     assert_eq!(case.run_record().await.unwrap()["poolLabel"], POOL);
+    // The status table shows each node's pool and the pod that verifies it.
+    let status = case.klm(&["status", "--run-id", "wf-poolpod"]).await.ok();
+    let row = |i: usize| {
+        status
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&node(i)))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        row(1).contains("gpu") && row(1).ends_with("pool pod"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        row(0).contains("cpu") && row(0).ends_with("default pod"),
+        "{}",
+        status.stdout
+    );
 }
 
 #[tokio::test]
