@@ -103,3 +103,67 @@ pub(super) fn unless_interrupted(interrupts: &Interrupts) -> Result<(), Stop> {
         Some(signal) => Err(Stop::Interrupted(signal)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Seen(Vec<Phase>);
+
+    impl Observer for Seen {
+        fn event(&mut self, event: &Event) {
+            self.0.push(event.phase);
+        }
+    }
+
+    fn reporter(seen: &mut Seen) -> Reporter<'_> {
+        Reporter {
+            run_id: "run".into(),
+            observer: seen,
+            interrupt_announced: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_signal_cancels_a_step_that_may_be_cut_short() {
+        let interrupts = Interrupts::none();
+        interrupts.receive(Signal::Terminate);
+        let cut = cancellable(&interrupts, std::future::pending::<anyhow::Result<()>>()).await;
+        assert!(matches!(cut, Err(Stop::Interrupted(Signal::Terminate))));
+        assert!(matches!(
+            unless_interrupted(&interrupts),
+            Err(Stop::Interrupted(Signal::Terminate))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_shielded_step_finishes_after_one_signal_and_only_a_second_leaves() {
+        let interrupts = Interrupts::none();
+        let mut seen = Seen::default();
+        // The signal arrives while the step is under way.
+        let step = async {
+            interrupts.receive(Signal::Interrupt);
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            7
+        };
+        let mut announcing = reporter(&mut seen);
+        let finished = shielded(&interrupts, &mut announcing, step).await;
+        assert!(matches!(finished, Ok(7)), "the step ran to its end");
+        drop(announcing);
+        assert_eq!(
+            seen.0,
+            [Phase::Interrupted],
+            "the signal was announced once"
+        );
+
+        interrupts.receive(Signal::Interrupt);
+        let mut announcing = reporter(&mut seen);
+        let left = shielded(&interrupts, &mut announcing, std::future::pending::<()>()).await;
+        assert!(
+            matches!(left, Err(Abandoned(Signal::Interrupt))),
+            "a second signal leaves"
+        );
+    }
+}
