@@ -7,7 +7,7 @@ use futures::future::try_join_all;
 use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client, ResourceExt};
 
-use crate::error::{KubeResultExt, UserError};
+use crate::error::UserError;
 
 use crate::events::{NodeEvent, NodeEvents};
 use crate::helm::Helm;
@@ -68,18 +68,16 @@ impl Report for Cordoned {
 /// counting the planned nodes out of service now (NotReady, or cordoned by
 /// anyone) outside the wave.
 async fn within_budget(
-    nodes_api: &Api<Node>,
+    client: &Client,
     record: &crate::run_record::RunRecord,
     wave: &[String],
     budget: usize,
 ) -> anyhow::Result<()> {
     let planned: std::collections::BTreeSet<&String> =
         record.waves.iter().flatten().flatten().collect();
-    let out: Vec<String> = nodes_api
-        .list(&kube::api::ListParams::default())
-        .await
-        .during(|| "listing nodes for the unavailability budget".to_string())?
-        .items
+    // The slim listing selection uses: names, unschedulable, the Ready condition.
+    let out: Vec<String> = crate::nodes::listing::list_for_selection(client, None)
+        .await?
         .into_iter()
         .filter(|n| planned.contains(&n.name_any()) && !wave.contains(&n.name_any()))
         .filter(crate::nodes::selection::is_out)
@@ -110,7 +108,7 @@ pub async fn cordon(client: &Client, helm: &Helm, request: &Request) -> anyhow::
     let nodes_api: Api<Node> = Api::all(client.clone());
     try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
     if let Some(budget) = record.max_unavailable {
-        within_budget(&nodes_api, &record, &request.nodes, budget).await?;
+        within_budget(client, &record, &request.nodes, budget).await?;
     }
     // What each node runs before this run touches it: its rollback target.
     let unrecorded: Vec<String> = request

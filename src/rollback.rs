@@ -236,28 +236,26 @@ pub async fn roll_back(
             .filter(|n| back.iter().any(|b| Some(b) == n.metadata.name.as_ref()))
             .cloned()
             .collect();
-        let verified = again
+        let could_not_run = |err: &dyn std::fmt::Display| {
+            NodeFailure::each(
+                &back,
+                &format!("verification after rollback could not run: {err}"),
+            )
+        };
+        let failures = match again
             .pods
             .assign(&coming_back, record.pool_label.as_deref())
-            .map_err(anyhow::Error::from);
-        let failures = match async {
-            crate::verification::run::reverify(
+        {
+            Ok(assigned) => crate::verification::run::reverify(
                 client,
-                &verified?,
+                &assigned,
                 &record.run_id,
                 again.timeout,
                 again.keep_failed,
             )
             .await
-            .map_err(anyhow::Error::from)
-        }
-        .await
-        {
-            Ok(failures) => failures,
-            Err(err) => NodeFailure::each(
-                &back,
-                &format!("verification after rollback could not run: {err}"),
-            ),
+            .unwrap_or_else(|err| could_not_run(&err)),
+            Err(err) => could_not_run(&err),
         };
         report.reverified = true;
         back.retain(|n| !failures.iter().any(|f| &f.node == n));
