@@ -484,19 +484,6 @@ mod tests {
     }
 }
 
-/// How [`end_run`] rolls back the nodes a run was caught mid-upgrade with.
-#[derive(Debug, Clone)]
-pub struct RollbackSettings {
-    /// The kata-deploy chart reference.
-    pub chart: String,
-    /// How long a helm upgrade may take.
-    pub helm_timeout: std::time::Duration,
-    /// How long each node may take to come back Ready at the old version.
-    pub timeout: std::time::Duration,
-    /// Verify rolled-back nodes again before they return to service.
-    pub reverify: Option<crate::rollback::Reverify>,
-}
-
 /// A run ended: closed, its safe nodes released, those caught mid-upgrade
 /// rolled back.
 #[derive(Debug)]
@@ -522,13 +509,13 @@ impl Ended {
 }
 
 /// Ends the run however it ended ([`close`]), then rolls back the nodes it
-/// was caught mid-upgrade with: what the workflow's exit handler does, and
-/// what `klm upgrade` does on any exit.
+/// was caught mid-upgrade with (as `settings` say): what the workflow's exit
+/// handler does, and what `klm upgrade` does on any exit.
 pub async fn end_run(
     client: &Client,
     helm: &crate::helm::Helm,
     request: &Request,
-    settings: &RollbackSettings,
+    settings: &crate::rollback::Settings,
 ) -> anyhow::Result<Ended> {
     let Closing { report, leftover } = close(client, request).await?;
     let (run_id, reason, nodes) = match leftover {
@@ -550,10 +537,7 @@ pub async fn end_run(
         reason: Some(reason),
         release: request.release.clone(),
         run_id: Some(run_id),
-        chart: settings.chart.clone(),
-        helm_timeout: settings.helm_timeout,
-        timeout: settings.timeout,
-        reverify: settings.reverify.clone(),
+        settings: settings.clone(),
     };
     let rolled_back = crate::rollback::roll_back(client, helm, &rollback).await?;
     Ok(Ended {

@@ -43,6 +43,14 @@ pub struct Request {
     pub release: ReleaseRef,
     /// The run whose recorded versions are the targets (None: the release's latest run).
     pub run_id: Option<String>,
+    /// How.
+    pub settings: Settings,
+}
+
+/// How nodes are rolled back: what every caller of [`roll_back`] (`klm
+/// rollback`, a wave's settle, the end of a run) passes the same way.
+#[derive(Debug, Clone)]
+pub struct Settings {
     /// The kata-deploy chart reference (job mode reinstalls from it).
     pub chart: String,
     /// How long one helm operation may take.
@@ -228,7 +236,7 @@ pub async fn roll_back(
         .cloned()
         .collect();
 
-    if let Some(again) = &request.reverify
+    if let Some(again) = &request.settings.reverify
         && !back.is_empty()
     {
         let coming_back: Vec<Node> = nodes
@@ -433,7 +441,12 @@ async fn revert_daemonset(
             current
                 .upgrade(
                     helm,
-                    &Upgrade::exactly(&request.chart, version, values, request.helm_timeout),
+                    &Upgrade::exactly(
+                        &request.settings.chart,
+                        version,
+                        values,
+                        request.settings.helm_timeout,
+                    ),
                 )
                 .await?;
             if at_before {
@@ -445,11 +458,11 @@ async fn revert_daemonset(
         }
         let reverted = reference.load(helm).await?;
         let daemonset = KataDaemonSet::find(client, &reverted.daemonset()?).await?;
-        let revision = daemonset.current_revision(request.timeout).await?;
+        let revision = daemonset.current_revision(request.settings.timeout).await?;
         let outcomes = join_all(
             nodes
                 .iter()
-                .map(|n| daemonset.restart_on(n, &revision, request.timeout)),
+                .map(|n| daemonset.restart_on(n, &revision, request.settings.timeout)),
         )
         .await;
         failures.extend(nodes.iter().zip(outcomes).filter_map(|(node, outcome)| {
@@ -475,7 +488,7 @@ async fn revert_daemonset(
         "updateStrategy.type=OnDelete and verification.pod=\"\" are left in the release values: restoring RollingUpdate would restart every node onto the reverted template without verification; once every node runs it, restore your values with: {}",
         crate::release::restore_command(
             reference,
-            &request.chart,
+            &request.settings.chart,
             &record.before.chart_version,
             record.before.revision,
             false
@@ -523,7 +536,12 @@ async fn revert_job(
             .await?
             .upgrade(
                 helm,
-                &Upgrade::exactly(&request.chart, version, values, request.helm_timeout),
+                &Upgrade::exactly(
+                    &request.settings.chart,
+                    version,
+                    values,
+                    request.settings.helm_timeout,
+                ),
             )
             .await?;
         if let Err(err) = kata_deploy::wait_install_jobs(
@@ -531,7 +549,7 @@ async fn revert_job(
             &record.namespace,
             nodes,
             Some(&started),
-            request.timeout,
+            request.settings.timeout,
         )
         .await
         {
@@ -543,11 +561,11 @@ async fn revert_job(
     let restored = current
         .restore_values(
             helm,
-            &request.chart,
+            &request.settings.chart,
             &record.before.chart_version,
             &record.before.user_values,
             true,
-            request.helm_timeout,
+            request.settings.helm_timeout,
         )
         .await;
     report.release_reverted = true;
@@ -558,7 +576,7 @@ async fn revert_job(
         ));
         report.values_not_restored = Some(crate::release::restore_command(
             reference,
-            &request.chart,
+            &request.settings.chart,
             &record.before.chart_version,
             record.before.revision,
             true,

@@ -4,8 +4,6 @@
 //! the run touched rolled back ([`crate::rollback`]) and fails, so no later
 //! wave starts.
 
-use std::time::Duration;
-
 use kube::Client;
 
 use crate::complete::{self, Completed};
@@ -13,7 +11,7 @@ use crate::error::UserError;
 use crate::helm::Helm;
 use crate::nodes;
 use crate::release::ReleaseRef;
-use crate::rollback::{self, Reverify, RolledBack};
+use crate::rollback::{self, RolledBack};
 use crate::run_record::Records;
 use crate::step;
 
@@ -29,14 +27,9 @@ pub struct Request {
     /// How the wave's upgrade ended: None when it succeeded, else what ended it
     /// (Argo's step status, or klm upgrade's failed step).
     pub failure: Option<String>,
-    /// The kata-deploy chart reference (a rollback reinstalls from it).
-    pub chart: String,
-    /// How long a helm upgrade may take.
-    pub helm_timeout: Duration,
-    /// How long each node may take to come back Ready at the old version.
-    pub timeout: Duration,
-    /// Verify rolled-back nodes again before they return to service.
-    pub reverify: Option<Reverify>,
+    /// How the wave's nodes are rolled back; its chart and helm timeout also
+    /// serve their completion.
+    pub rollback: rollback::Settings,
 }
 
 /// How a wave was settled.
@@ -137,8 +130,8 @@ pub async fn settle(client: &Client, helm: &Helm, request: &Request) -> anyhow::
                 target: None,
                 nodes: Some(nodes),
                 finish_run: false,
-                chart: request.chart.clone(),
-                helm_timeout: request.helm_timeout,
+                chart: request.rollback.chart.clone(),
+                helm_timeout: request.rollback.helm_timeout,
             },
         )
         .await?;
@@ -169,10 +162,7 @@ pub async fn settle(client: &Client, helm: &Helm, request: &Request) -> anyhow::
             reason: Some(failure.clone()),
             release: request.release.clone(),
             run_id: Some(record.run_id.clone()),
-            chart: request.chart.clone(),
-            helm_timeout: request.helm_timeout,
-            timeout: request.timeout,
-            reverify: request.reverify.clone(),
+            settings: request.rollback.clone(),
         },
     )
     .await?;

@@ -3,12 +3,14 @@
 //! of [`crate::args`] into the library's types, and refuse (bad input or a
 //! precondition, nothing changed) a step that does not fit its run.
 
-use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, SelectionArgs, VerificationArgs};
+use crate::args::{
+    ChartArgs, GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, SelectionArgs, VerificationArgs,
+};
 use crate::error::UserError;
 use crate::helm::Helm;
 use crate::nodes::selection::Criteria;
 use crate::release::ReleaseRef;
-use crate::rollback::Reverify;
+use crate::rollback::{self, Reverify};
 use crate::run_record::{Records, RunRecord, RunState};
 use crate::verification::Pods;
 use crate::versions::{DeploymentMode, ModeChoice};
@@ -134,19 +136,26 @@ pub fn criteria(args: &SelectionArgs) -> Result<Criteria, UserError> {
     )
 }
 
-/// Verifying rolled-back nodes again with the verification pods given (each
-/// node its pool's, else the default; none given: no verification), at the
-/// flags' timeout.
-pub fn reverify(args: &VerificationArgs) -> Result<Option<Reverify>, UserError> {
-    let pods = Pods::from_args(args)?;
-    if pods.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Reverify {
-        pods,
-        timeout: args.verification_timeout,
-        keep_failed: args.keep_failed,
-    }))
+/// How a step rolls nodes back: from the flags' chart and helm timeout,
+/// waiting `timeout` per node, and verifying them again with the
+/// verification pods given (each node its pool's, else the default; none
+/// given: no verification) at the flags' timeout.
+pub fn rollback_settings(
+    chart: ChartArgs,
+    timeout: std::time::Duration,
+    verification: &VerificationArgs,
+) -> Result<rollback::Settings, UserError> {
+    let pods = Pods::from_args(verification)?;
+    Ok(rollback::Settings {
+        chart: chart.chart,
+        helm_timeout: chart.helm_timeout,
+        timeout,
+        reverify: (!pods.is_empty()).then_some(Reverify {
+            pods,
+            timeout: verification.verification_timeout,
+            keep_failed: verification.keep_failed,
+        }),
+    })
 }
 
 #[cfg(test)]

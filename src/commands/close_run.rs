@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 
 use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration};
-use crate::close_run::{self, Request, RollbackSettings};
+use crate::close_run::{self, Request};
 use crate::error::{ExitStatus, UserError};
 use crate::output;
 use crate::step;
@@ -79,12 +79,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         failures: non_empty(&args.failures),
         reason: args.reason,
     };
-    let settings = RollbackSettings {
-        chart: args.chart.chart,
-        helm_timeout: args.chart.helm_timeout,
-        timeout: args.timeout,
-        reverify: step::reverify(&args.verification)?,
-    };
+    let settings = step::rollback_settings(args.chart, args.timeout, &args.verification)?;
     let ended = close_run::end_run(
         &client,
         &step::helm(&args.release, global)?,

@@ -49,7 +49,7 @@ pub struct Args {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let reverify = step::reverify(&args.verification)?;
+    let settings = step::rollback_settings(args.chart, args.timeout, &args.verification)?;
     let client = crate::cluster::client(global).await?;
     let nodes = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let request = Request {
@@ -57,10 +57,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         reason: args.reason,
         release: step::release_ref(&args.release),
         run_id: args.run.run_id,
-        chart: args.chart.chart,
-        helm_timeout: args.chart.helm_timeout,
-        timeout: args.timeout,
-        reverify,
+        settings,
     };
     let report =
         rollback::roll_back(&client, &step::helm(&args.release, global)?, &request).await?;

@@ -87,7 +87,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .hint("pass how the wave's upgrade ended, e.g. Succeeded or Failed (the workflow passes {{steps.upgrade.status}})")
         .into());
     }
-    let reverify = step::reverify(&args.verification)?;
+    let rollback = step::rollback_settings(args.chart, args.timeout, &args.verification)?;
     let client = crate::cluster::client(global).await?;
     let request = Request {
         release: step::release_ref(&args.release),
@@ -95,10 +95,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         wave: args.wave,
         failure: (status != SUCCEEDED)
             .then(|| format!("ended {status} in upgrade or verification")),
-        chart: args.chart.chart,
-        helm_timeout: args.chart.helm_timeout,
-        timeout: args.timeout,
-        reverify,
+        rollback,
     };
     let settled = settle(&client, &step::helm(&args.release, global)?, &request).await?;
     write_counts(settled.counts(), args.counts_dir.as_deref())?;

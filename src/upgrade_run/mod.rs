@@ -37,7 +37,7 @@ use crate::helm::Helm;
 use crate::nodes::selection::Criteria;
 use crate::preflight;
 use crate::release::ReleaseRef;
-use crate::rollback::Reverify;
+use crate::rollback::{self, Reverify};
 use crate::verification::Pods;
 use crate::versions::ModeChoice;
 use guard::{Abandoned, Reporter, Stop};
@@ -82,12 +82,18 @@ pub struct Settings {
 }
 
 impl Settings {
-    fn reverify(&self) -> Option<Reverify> {
-        Some(Reverify {
-            pods: self.verification.clone(),
-            timeout: self.verification_timeout,
-            keep_failed: self.keep_failed,
-        })
+    /// How the run rolls nodes back (a failed wave, the close): verified again.
+    fn rollback(&self) -> rollback::Settings {
+        rollback::Settings {
+            chart: self.chart.clone(),
+            helm_timeout: self.helm_timeout,
+            timeout: self.restart_timeout,
+            reverify: Some(Reverify {
+                pods: self.verification.clone(),
+                timeout: self.verification_timeout,
+                keep_failed: self.keep_failed,
+            }),
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::guard::{Abandoned, Reporter, Stop, cancellable, shielded, unless_interrupted};
 use super::{Cluster, Ending, Interrupts, Phase, Settings};
-use crate::close_run::{self, Ended, RollbackSettings};
+use crate::close_run::{self, Ended};
 use crate::complete;
 use crate::cordon;
 use crate::drain;
@@ -297,10 +297,7 @@ async fn settle_wave(
         run_id: Some(reporter.run_id.clone()),
         wave: index as u32,
         failure,
-        chart: settings.chart.clone(),
-        helm_timeout: settings.helm_timeout,
-        timeout: settings.restart_timeout,
-        reverify: settings.reverify(),
+        rollback: settings.rollback(),
     };
     let settled = shielded(interrupts, reporter, settle::settle(client, helm, &request))
         .await?
@@ -371,12 +368,7 @@ pub(super) async fn close(
         failures: None,
         reason,
     };
-    let rollback = RollbackSettings {
-        chart: settings.chart.clone(),
-        helm_timeout: settings.helm_timeout,
-        timeout: settings.restart_timeout,
-        reverify: settings.reverify(),
-    };
+    let rollback = settings.rollback();
     let ended = match shielded(
         interrupts,
         reporter,
