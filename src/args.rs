@@ -269,9 +269,9 @@ pub struct WavesArgs {
 }
 
 impl WavesArgs {
-    /// The pool label, if one is given (an empty one, as Argo passes an unset parameter, is none).
+    /// The pool label, if one is given (see [`pool_label`]).
     pub fn pool_label(&self) -> Option<&str> {
-        self.pool_label.as_deref().filter(|l| !l.trim().is_empty())
+        pool_label(self.pool_label.as_deref())
     }
 
     /// The wave policy of the flags.
@@ -351,6 +351,12 @@ pub struct VerificationArgs {
     /// Keep a failed verification pod for inspection instead of deleting it.
     #[arg(long)]
     pub keep_failed: bool,
+}
+
+/// A `--pool-label` flag's label, if one is given: an empty one (as Argo
+/// passes an unset parameter) is none.
+pub fn pool_label(flag: Option<&str>) -> Option<&str> {
+    flag.filter(|label| !label.trim().is_empty())
 }
 
 /// Parses `--pool-verification-pod POOL=PATH`.

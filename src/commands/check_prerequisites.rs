@@ -165,7 +165,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             target: &target,
             mode: args.deployment_mode,
             chart_values: args.values.items(),
-            pool_label: args.pool_label.as_deref().filter(|l| !l.trim().is_empty()),
+            pool_label: crate::args::pool_label(args.pool_label.as_deref()),
             pods: &pods,
         },
     )

@@ -49,7 +49,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let request = Request {
         nodes: step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?,
         pods,
-        pool_label: args.pool_label.filter(|l| !l.trim().is_empty()),
+        pool_label: crate::args::pool_label(args.pool_label.as_deref()).map(String::from),
         release: step::release_ref(&args.release),
         run_id: args.run.run_id,
         timeout: args.verification.verification_timeout,

@@ -108,33 +108,21 @@ impl Progress {
         Some(mean * not_started + current_left)
     }
 
-    /// One line: waves done and left, elapsed, the estimate.
-    pub fn headline(&self, now: Instant) -> String {
-        let elapsed = whole_seconds(now.saturating_duration_since(self.started));
-        let mut line = match self.waves {
-            Some(waves) => format!(
-                "{}/{waves} wave(s) done, {} left",
-                self.waves_done(),
-                waves.saturating_sub(self.waves_done())
-            ),
-            None => "planning".to_string(),
-        };
-        line.push_str(&format!(
-            ", {} elapsed",
-            humantime::format_duration(elapsed)
-        ));
-        if let Some(left) = self.estimate_left(now) {
-            line.push_str(&format!(
-                ", about {} left",
-                humantime::format_duration(whole_seconds(left))
-            ));
-        }
-        line
+    /// The time since the run started, in whole seconds (`2m 10s`).
+    pub fn elapsed_text(&self, now: Instant) -> String {
+        clock(now.saturating_duration_since(self.started))
+    }
+
+    /// The estimate as shown: `about 5m 3s left` (None: no estimate yet).
+    pub fn left_text(&self, now: Instant) -> Option<String> {
+        self.estimate_left(now)
+            .map(|left| format!("about {} left", clock(left)))
     }
 }
 
-fn whole_seconds(duration: Duration) -> Duration {
-    Duration::from_secs(duration.as_secs())
+/// A duration in whole seconds, as people read it.
+fn clock(duration: Duration) -> String {
+    humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string()
 }
 
 #[cfg(test)]
@@ -183,6 +171,10 @@ mod tests {
             progress.estimate_left(at(350)),
             Some(Duration::from_secs(250))
         );
+        assert_eq!(
+            progress.left_text(at(350)).as_deref(),
+            Some("about 4m 10s left")
+        );
         // A wave slower than the mean counts as done, not negative.
         assert_eq!(
             progress.estimate_left(at(600)),
@@ -215,10 +207,7 @@ mod tests {
         assert_eq!((progress.completed, progress.rolled_back), (1, 1));
         assert_eq!(progress.ended, Some(Phase::RunFailed));
         assert!(progress.current.is_none());
-        assert!(
-            progress
-                .headline(t0)
-                .starts_with("1/1 wave(s) done, 0 left")
-        );
+        assert_eq!((progress.waves_done(), progress.waves), (1, Some(1)));
+        assert_eq!(progress.elapsed_text(t0), "0s");
     }
 }

@@ -80,9 +80,7 @@ pub fn summary(progress: &Progress, now: Instant) -> String {
         progress.failed,
         progress.waves_done(),
         progress.waves.unwrap_or(0),
-        humantime::format_duration(std::time::Duration::from_secs(
-            now.saturating_duration_since(progress.started).as_secs()
-        ))
+        progress.elapsed_text(now)
     )
 }
 
@@ -125,13 +123,7 @@ impl Live {
         }
         self.waves.set_position(self.progress.waves_done() as u64);
         self.waves
-            .set_message(match self.progress.estimate_left(now) {
-                Some(left) => format!(
-                    "about {} left",
-                    humantime::format_duration(std::time::Duration::from_secs(left.as_secs()))
-                ),
-                None => String::new(),
-            });
+            .set_message(self.progress.left_text(now).unwrap_or_default());
         if event.phase == Phase::WaveStarted {
             for (_, bar) in self.nodes.drain(..) {
                 bar.finish_and_clear();
