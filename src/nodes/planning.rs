@@ -70,18 +70,26 @@ impl Report for Selection {
                 self.skipped.join(", ")
             ));
         }
-        if !self.unavailable.is_empty() {
-            let how = match (self.unavailable_included, self.max_unavailable) {
-                (false, _) => "skipped",
-                (true, Some(_)) => "planned anyway (--include-unavailable)",
-                (true, None) => "planned",
-            };
-            lines.push(format!(
-                "unavailable already, {how}: {}",
-                self.unavailable.join(", ")
-            ));
-        }
+        lines.extend(self.unavailable_note());
         lines.join("\n")
+    }
+}
+
+impl Selection {
+    /// What became of the nodes unavailable already, if there were any.
+    pub fn unavailable_note(&self) -> Option<String> {
+        if self.unavailable.is_empty() {
+            return None;
+        }
+        let how = match (self.unavailable_included, self.max_unavailable) {
+            (false, _) => "skipped",
+            (true, Some(_)) => "planned anyway (--include-unavailable)",
+            (true, None) => "planned",
+        };
+        Some(format!(
+            "unavailable already, {how}: {}",
+            self.unavailable.join(", ")
+        ))
     }
 }
 

@@ -236,7 +236,8 @@ pub async fn run(
         tracing::warn!("{warning}");
     }
 
-    let ending = match waves(cluster, settings, interrupts, &mut reporter).await {
+    let mode = record.mode;
+    let ending = match waves(cluster, settings, mode, interrupts, &mut reporter).await {
         Ok(()) => Ending::Completed,
         Err(Stop::Interrupted(signal)) => Ending::Interrupted(signal),
         Err(Stop::WaveFailed(err)) => Ending::WaveFailed(err),

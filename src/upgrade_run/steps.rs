@@ -16,12 +16,14 @@ use crate::rollback::RolledBack;
 use crate::settle::{self, Settled};
 use crate::upgrade::{self, Outcome as UpgradeOutcome, Stage};
 use crate::verification::step as verification;
-use crate::versions::ModeChoice;
+use crate::versions::{DeploymentMode, ModeChoice};
 
-/// Steps 1 to 3: plan, upgrade the release, the waves, finish.
+/// Steps 1 to 3: plan, upgrade the release, the waves, finish, for a run
+/// in `mode` (as recorded).
 pub(super) async fn waves(
     cluster: Cluster<'_>,
     settings: &Settings,
+    mode: DeploymentMode,
     interrupts: &Interrupts,
     reporter: &mut Reporter<'_>,
 ) -> Result<(), Stop> {
@@ -56,6 +58,9 @@ pub(super) async fn waves(
             selection.skipped.join(", ")
         ));
     }
+    if let Some(note) = selection.unavailable_note() {
+        message.push_str(&format!("; {note}"));
+    }
     reporter.send(event.saying(message));
     unless_interrupted(interrupts)?;
 
@@ -80,6 +85,7 @@ pub(super) async fn waves(
         let failure = match upgrade_wave(
             cluster,
             settings,
+            mode,
             interrupts,
             reporter,
             wave.index,
@@ -172,6 +178,7 @@ fn failed(step: &str) -> impl FnOnce(anyhow::Error) -> WaveStop + '_ {
 async fn upgrade_wave(
     cluster: Cluster<'_>,
     settings: &Settings,
+    mode: DeploymentMode,
     interrupts: &Interrupts,
     reporter: &mut Reporter<'_>,
     index: usize,
@@ -211,15 +218,19 @@ async fn upgrade_wave(
     }
 
     reporter.each(Phase::Restarting, index, nodes);
-    // job mode: the release scoped to the wave (daemonset mode: nothing).
-    let scoped = upgrade_request(settings, &run_id, Stage::Wave, Some(index));
-    shielded(
-        interrupts,
-        reporter,
-        upgrade::upgrade(client, helm, &scoped),
-    )
-    .await?
-    .map_err(failed("helm-upgrade"))?;
+    // job mode: the release scoped to the wave, shielded (restart then finds
+    // it done); daemonset mode upgrades before the waves only, so nothing to
+    // call (the call would read the release to say so).
+    if Stage::of(mode) == Stage::Wave {
+        let scoped = upgrade_request(settings, &run_id, Stage::Wave, Some(index));
+        shielded(
+            interrupts,
+            reporter,
+            upgrade::upgrade(client, helm, &scoped),
+        )
+        .await?
+        .map_err(failed("helm-upgrade"))?;
+    }
     let restart = restart::Request {
         nodes: nodes.to_vec(),
         release: settings.release.clone(),

@@ -3,15 +3,8 @@
 
 use serde_json::json;
 
-use crate::support::{Case, CaseSpec, annotation, host_version};
+use crate::support::{Case, CaseSpec, annotation, host_version, job_values};
 use crate::upgrade::verification_pod;
-
-fn job_values(case_label: &str) -> Vec<String> {
-    vec![
-        "deploymentMode=job".into(),
-        format!("job.nodeSelector.klm\\.test/case={case_label}"),
-    ]
-}
 
 #[tokio::test]
 async fn job_mode_upgrades_one_wave_at_a_time() {

@@ -14,7 +14,9 @@ use serde_json::{Map, Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::run_end::{exit_handler, start, submit, wave};
-use crate::support::{CASE_LABEL, Case, CaseSpec, Klm, annotation, host_version, unschedulable};
+use crate::support::{
+    CASE_LABEL, Case, CaseSpec, Klm, annotation, host_version, job_values, unschedulable,
+};
 use crate::workflow::Workflow;
 
 const STATUS: &str = "katacontainers.io/kata-lifecycle-manager-status";
@@ -33,13 +35,11 @@ fn broken_on(case: &Case, dir: &Path, broken: &[usize]) -> std::path::PathBuf {
         .write(dir, &format!("verify-{}", case.namespace))
 }
 
-/// The args of `klm upgrade` of the case's nodes to 3.28.0 (node by node
-/// unless `extra` says otherwise).
+/// The args of `klm upgrade` of the case's nodes to 3.28.0 (node by node,
+/// to 3.28.0, unless `extra` says otherwise).
 fn upgrade_args(case: &Case, run: &str, pod: &Path, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "upgrade",
-        "--target-version",
-        "3.28.0",
         "--node-selector",
         &format!("{CASE_LABEL}={}", case.namespace),
         "--verification-pod",
@@ -54,6 +54,9 @@ fn upgrade_args(case: &Case, run: &str, pod: &Path, extra: &[&str]) -> Vec<Strin
     .iter()
     .map(|a| a.to_string())
     .collect();
+    if !extra.contains(&"--target-version") {
+        args.extend(["--target-version".into(), "3.28.0".into()]);
+    }
     args.extend(extra.iter().map(|a| a.to_string()));
     args
 }
@@ -489,4 +492,47 @@ async fn dry_run_is_the_plan_and_changes_nothing() {
         refused.stderr
     );
     assert_eq!(case.snapshot().await, snapshot);
+}
+
+#[tokio::test]
+async fn job_mode_waves_are_scoped_upgrades_and_complete() {
+    let case = Case::start_with(CaseSpec::new("onejob", 3, "3.32.0"), job_values)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let upgraded = klm_upgrade(
+        &case,
+        "run-job",
+        &broken_on(&case, dir.path(), &[]),
+        &[
+            "--target-version",
+            "3.33.0",
+            "--batch-size",
+            "2",
+            "-o",
+            "json",
+        ],
+    )
+    .await
+    .ok();
+    let events = json_lines(&upgraded.stdout);
+    assert_eq!(events[1]["waves"], 2, "{}", upgraded.stdout);
+    assert!(
+        !events.iter().any(|e| e["phase"] == "release-upgraded"),
+        "job mode upgrades wave by wave, not before the waves"
+    );
+    for node in &case.nodes {
+        let n = case.get_node(node).await;
+        assert_eq!(
+            annotation(&n, STATUS).as_deref(),
+            Some("completed"),
+            "{node}"
+        );
+        assert_eq!(host_version(&n).as_deref(), Some("3.33.0"), "{node}");
+        assert!(!unschedulable(&n), "{node}");
+    }
+    let record = case.run_record().await.unwrap();
+    assert_eq!(record["state"], "completed");
+    assert_eq!(record["mode"], "job");
+    assert_eq!(case.release_state().await.1, "3.33.0");
 }

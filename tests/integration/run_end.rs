@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use kube::ResourceExt;
 use serde_json::json;
 
-use crate::support::{Case, CaseSpec, annotation, host_version, unschedulable};
+use crate::support::{Case, CaseSpec, annotation, host_version, job_values, unschedulable};
 use crate::upgrade::verification_pod;
 use crate::workflow::{Submission, Workflow, base64};
 
@@ -510,12 +510,6 @@ async fn an_empty_selection_changes_nothing() {
 /// decided from the record.
 #[tokio::test]
 async fn job_mode_waves_from_the_record_and_a_stop_after_the_wave_upgrade() {
-    let job_values = |label: &str| {
-        vec![
-            "deploymentMode=job".to_string(),
-            format!("job.nodeSelector.klm\\.test/case={label}"),
-        ]
-    };
     let case = Case::start_with(CaseSpec::new("jobflow", 2, "3.32.0"), job_values)
         .await
         .unwrap();

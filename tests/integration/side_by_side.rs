@@ -11,19 +11,12 @@ use kube::Api;
 use kube::api::ListParams;
 use serde_json::{Value, json};
 
-use crate::support::{Case, CaseSpec, annotation, host_version, unschedulable};
+use crate::support::{Case, CaseSpec, annotation, host_version, job_values, unschedulable};
 use crate::upgrade::verification_pod;
 
 const STATUS: &str = "katacontainers.io/kata-lifecycle-manager-status";
 const RUN: &str = "katacontainers.io/kata-lifecycle-manager-run";
 const VERIFIED: &str = "katacontainers.io/kata-current-version";
-
-fn job_values(case_label: &str) -> Vec<String> {
-    vec![
-        "deploymentMode=job".into(),
-        format!("job.nodeSelector.klm\\.test/case={case_label}"),
-    ]
-}
 
 fn case_selector(case: &Case) -> String {
     format!("klm.test/case={}", case.namespace)

@@ -144,6 +144,15 @@ impl<'a> CaseSpec<'a> {
 /// The label that marks a case's nodes (kata-deploy's nodeSelector uses it).
 pub const CASE_LABEL: &str = "klm.test/case";
 
+/// The extra kata-deploy values of a job-mode case (for [`Case::start_with`]):
+/// its installer confined to the case's nodes.
+pub fn job_values(case_label: &str) -> Vec<String> {
+    vec![
+        "deploymentMode=job".into(),
+        format!("job.nodeSelector.klm\\.test/case={case_label}"),
+    ]
+}
+
 impl Case {
     /// Creates the namespace and nodes, installs kata-deploy (waiting until
     /// every node runs it) and the chart's RBAC, and issues the
