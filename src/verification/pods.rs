@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
 use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 
@@ -156,17 +155,7 @@ impl Pods {
 
 /// Decodes the base64 YAML map of pool to pod YAML.
 fn decode_map(encoded: &str) -> Result<BTreeMap<String, String>, UserError> {
-    let compact: String = encoded.split_whitespace().collect();
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(compact.as_bytes())
-        .map_err(|e| {
-            UserError::bad_input(format!(
-                "--pool-verification-pods-base64 is not valid base64: {e}"
-            ))
-        })?;
-    let text = String::from_utf8(bytes).map_err(|_| {
-        UserError::bad_input("--pool-verification-pods-base64 does not decode to UTF-8 text")
-    })?;
+    let text = super::template::decode_base64("--pool-verification-pods-base64", encoded)?;
     serde_saphyr::from_str::<Option<BTreeMap<String, String>>>(&text)
         .map(Option::unwrap_or_default)
         .map_err(|e| {
@@ -180,6 +169,7 @@ fn decode_map(encoded: &str) -> Result<BTreeMap<String, String>, UserError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
 
     const POD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: ${TEST_POD}\nspec:\n  restartPolicy: Never\n  nodeSelector:\n    kubernetes.io/hostname: ${NODE}\n  tolerations:\n    - key: node.kubernetes.io/unschedulable\n      operator: Exists\n      effect: NoSchedule\n  containers:\n    - name: verify\n      image: IMAGE\n";
 

@@ -35,7 +35,7 @@ impl VerificationPod {
         let raw = if let Some(path) = &args.verification_pod {
             read_source(path)?
         } else if let Some(encoded) = &args.verification_pod_base64 {
-            decode_base64(encoded)?
+            decode_base64("--verification-pod-base64", encoded)?
         } else {
             return Ok(None);
         };
@@ -159,18 +159,16 @@ fn read_source(path: &Path) -> Result<String, UserError> {
     })
 }
 
-fn decode_base64(encoded: &str) -> Result<String, UserError> {
+/// The text a base64 flag (`flag`, for the message) carries.
+pub(super) fn decode_base64(flag: &str, encoded: &str) -> Result<String, UserError> {
     let compact: String = encoded.split_whitespace().collect();
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(compact.as_bytes())
         .map_err(|e| {
-            bad(format!(
-                "--verification-pod-base64 is not valid base64: {e}"
-            ))
-            .hint("encode the file with `base64 -w0 pod.yaml`")
+            bad(format!("{flag} is not valid base64: {e}"))
+                .hint("encode the file with `base64 -w0 pod.yaml`")
         })?;
-    String::from_utf8(bytes)
-        .map_err(|_| bad("--verification-pod-base64 does not decode to UTF-8 text"))
+    String::from_utf8(bytes).map_err(|_| bad(format!("{flag} does not decode to UTF-8 text")))
 }
 
 /// Every rule a template must meet, each violation naming the field.
@@ -394,8 +392,8 @@ mod tests {
     #[test]
     fn base64_input_is_decoded_and_bad_base64_refused() {
         let encoded = base64::engine::general_purpose::STANDARD.encode(GOOD);
-        assert_eq!(decode_base64(&encoded).unwrap(), GOOD);
-        let err = decode_base64("not base64!").unwrap_err();
+        assert_eq!(decode_base64("--flag", &encoded).unwrap(), GOOD);
+        let err = decode_base64("--flag", "not base64!").unwrap_err();
         assert!(err.to_string().contains("not valid base64"));
     }
 }
