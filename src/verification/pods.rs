@@ -19,24 +19,6 @@ pub struct Pods {
     by_pool: BTreeMap<String, VerificationPod>,
 }
 
-/// Which pod verifies a node, and why.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Choice<'a> {
-    /// Its pool's own pod.
-    Pool(&'a str),
-    /// The default pod.
-    Default,
-}
-
-impl std::fmt::Display for Choice<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Choice::Pool(pool) => write!(f, "pool {pool}'s pod"),
-            Choice::Default => f.write_str("the default pod"),
-        }
-    }
-}
-
 impl Pods {
     /// The pods named by the flags, each validated like the default one.
     pub fn from_args(args: &VerificationArgs) -> Result<Pods, UserError> {
@@ -67,14 +49,6 @@ impl Pods {
             by_pool.insert(pool, pod);
         }
         Ok(Pods { default, by_pool })
-    }
-
-    /// Only a default pod.
-    pub fn single(pod: VerificationPod) -> Pods {
-        Pods {
-            default: Some(pod),
-            by_pool: BTreeMap::new(),
-        }
     }
 
     /// The default pod, if one was given.
@@ -108,18 +82,6 @@ impl Pods {
             pools.join(", ")
         ))
         .hint("pass --pool-label (the workflow's pool-label parameter), e.g. node-pool"))
-    }
-
-    /// Which pod verifies a node in `pool`, and why.
-    pub fn choose<'a>(
-        &'a self,
-        pool: Option<&'a str>,
-    ) -> Option<(&'a VerificationPod, Choice<'a>)> {
-        let choice = match pool {
-            Some(pool) if self.by_pool.contains_key(pool) => Choice::Pool(pool),
-            _ => Choice::Default,
-        };
-        self.pod_for(pool).map(|pod| (pod, choice))
     }
 
     /// The pod that verifies a node in `pool`: its own, else the default.
@@ -212,6 +174,7 @@ mod tests {
         assert_eq!(pods.pools().collect::<Vec<_>>(), ["gpu", "tdx"]);
         let nodes = [
             node("g1", Some("gpu")),
+            node("t1", Some("tdx")),
             node("c1", Some("cpu")),
             node("x1", None),
         ];
@@ -225,15 +188,11 @@ mod tests {
             assigned,
             [
                 ("g1".into(), "gpu-check".into()),
+                ("t1".into(), "tdx-check".into()),
                 ("c1".into(), "default".into()),
                 ("x1".into(), "default".into())
             ]
         );
-        assert_eq!(
-            pods.choose(Some("tdx")).unwrap().1.to_string(),
-            "pool tdx's pod"
-        );
-        assert_eq!(pods.choose(Some("cpu")).unwrap().1, Choice::Default);
         assert_eq!(pods.all().count(), 3);
     }
 
