@@ -11,7 +11,11 @@ use kube::api::{EvictParams, ListParams};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
+use futures::future::try_join_all;
+
+use crate::annotations::NodeStatus;
 use crate::error::{Classify, ExitStatus, KubeError};
+use crate::nodes::hold;
 use crate::wait::{Check, WaitError, watch_until};
 
 /// Why a pod is left on the node.
@@ -314,10 +318,6 @@ pub async fn drain_nodes(
     evicting: &Client,
     request: &Request,
 ) -> anyhow::Result<Vec<Drained>> {
-    use crate::annotations::NodeStatus;
-    use crate::nodes::hold;
-    use futures::future::try_join_all;
-
     let nodes_api = Api::all(client.clone());
     try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
     let latest = match &request.run_id {

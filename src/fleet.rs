@@ -218,16 +218,13 @@ impl Fleet {
 
     fn row(&self, n: &Node) -> NodeRow {
         let pod = self.pods.get(&n.name_any());
-        let pool_label = self.record.as_ref().and_then(|r| r.pool_label.as_deref());
-        let pool = pool_label
-            .and_then(|label| selection::label(n, label))
+        // With pools on record: each node's pool, and whether its pool has its own pod.
+        let pooled = self.record.as_ref().filter(|r| r.pool_label.is_some());
+        let pool = pooled
+            .and_then(|r| selection::label(n, r.pool_label.as_deref()?))
             .map(String::from);
-        let verified_with = pool_label.map(|_| {
-            let own = pool.as_ref().is_some_and(|p| {
-                self.record
-                    .as_ref()
-                    .is_some_and(|r| r.pool_pods.contains(p))
-            });
+        let verified_with = pooled.map(|r| {
+            let own = pool.as_ref().is_some_and(|p| r.pool_pods.contains(p));
             if own { "pool pod" } else { "default pod" }.to_string()
         });
         NodeRow {
