@@ -10,6 +10,9 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::nodes::waves::{BatchSize, Budget, Growth, Policy, PoolOrder};
+use crate::schedule::Schedule;
+use crate::schedule::gates::{GateAt, GatePolicy, Soak};
+use crate::schedule::window::WindowArg;
 
 /// The official kata-deploy chart (the default of `--chart`).
 pub const DEFAULT_CHART: &str = "oci://ghcr.io/kata-containers/kata-deploy-charts/kata-deploy";
@@ -266,6 +269,22 @@ pub struct WavesArgs {
     /// too (default: skip them).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub include_unavailable: bool,
+
+    /// Hold the run after the canary wave (canary), or after it and after each pool (pool).
+    #[arg(long, value_enum, default_value_t = GateAt::None)]
+    pub gate: GateAt,
+
+    /// At a gate: wait this long, then verify the nodes since the last gate again (0 = no soak).
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::schedule::gates::parse_soak)]
+    pub gate_soak: Soak,
+
+    /// At a gate: wait for a person's approval (Argo: argo resume; klm upgrade: klm approve).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub gate_approval: bool,
+
+    /// Start waves only in this window, e.g. "Mon-Fri 01:00-05:00 Europe/Paris" (empty = any time).
+    #[arg(long, value_name = "WINDOW", default_value = "", value_parser = crate::schedule::window::parse_window)]
+    pub window: WindowArg,
 }
 
 impl WavesArgs {
@@ -284,6 +303,18 @@ impl WavesArgs {
             pool_order: self.pool_order.0.clone(),
             max_unavailable: self.max_unavailable.0,
             include_unavailable: self.include_unavailable,
+        }
+    }
+
+    /// When the waves may start: the gates and the window of the flags.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            gates: GatePolicy {
+                at: self.gate,
+                soak: self.gate_soak.0,
+                approval: self.gate_approval,
+            },
+            window: self.window.0.clone(),
         }
     }
 }

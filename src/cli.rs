@@ -54,6 +54,10 @@ pub enum Command {
     Verify(commands::verify::Args),
     /// Return nodes to the version recorded before the run.
     Rollback(commands::rollback::Args),
+    /// Before a held wave: pass its gate (soak, verification again, approval) and window, or say what it waits for.
+    Gate(commands::gate::Args),
+    /// Approve a run of klm upgrade held at a gate (a workflow is resumed with argo resume).
+    Approve(commands::approve::Args),
     /// Mark verified nodes completed and return them to service.
     Complete(commands::complete::Args),
     /// Show the upgrade state of nodes.

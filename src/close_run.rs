@@ -294,6 +294,8 @@ pub async fn close(client: &Client, request: &Request) -> anyhow::Result<Closing
                     r.state = state;
                     r.failure = Some(why.clone());
                 }
+                // A closed run waits for nothing.
+                r.held = None;
             })
             .await?;
         report.closed_with = Some(why);

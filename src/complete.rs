@@ -304,6 +304,7 @@ async fn finish_run(
     records
         .update(&record.release, &record.run_id, |r| {
             r.state = RunState::Completed;
+            r.held = None;
             r.mechanics.clear();
         })
         .await?;

@@ -86,6 +86,9 @@ pub struct RunSummary {
     pub target_version: String,
     /// The nodes it touched and what it did to them.
     pub nodes: BTreeMap<String, run_record::NodeProgress>,
+    /// What it waits for before its next wave, while it waits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<run_record::Held>,
 }
 
 impl From<RunRecord> for RunSummary {
@@ -98,6 +101,7 @@ impl From<RunRecord> for RunSummary {
             from_version: r.before.chart_version,
             target_version: r.target_version.to_string(),
             nodes: r.nodes,
+            held: r.held.filter(|_| r.state == RunState::Running),
         }
     }
 }
@@ -159,6 +163,11 @@ impl Report for Status {
                     .map(|f| format!(": {f}"))
                     .unwrap_or_default()
             ));
+            if let Some(held) = &run.held {
+                // Above the table's blank line: the run's second line.
+                text.truncate(text.len() - 1);
+                text.push_str(&format!("{held}\n\n"));
+            }
         }
         if self.nodes.is_empty() {
             text.push_str("no nodes match");

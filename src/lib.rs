@@ -41,6 +41,7 @@ pub mod error;
 pub mod events;
 pub mod exit;
 pub mod fleet;
+pub mod gate;
 pub mod helm;
 pub mod kata_deploy;
 pub mod nodes;
@@ -52,6 +53,7 @@ pub mod restart;
 pub mod rollback;
 pub mod run_record;
 pub mod run_values;
+pub mod schedule;
 pub mod settle;
 pub mod step;
 pub mod upgrade;
@@ -82,6 +84,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Status(args) => commands::status::run(args, global).await,
         Command::Plan(args) => commands::plan::run(args, global).await,
         Command::Settle(args) => commands::settle::run(args, global).await,
+        Command::Gate(args) => commands::gate::run(args, global).await,
+        Command::Approve(args) => commands::approve::run(args, global).await,
         Command::CloseRun(args) => commands::close_run::run(args, global).await,
     }
 }

@@ -11,6 +11,7 @@ use crate::nodes::waves::Policy;
 use crate::output::Report;
 use crate::preflight::{self, Checked};
 use crate::release::ReleaseRef;
+use crate::schedule::Schedule;
 use crate::verification::Pods;
 use crate::versions::{DeploymentMode, ModeChoice};
 
@@ -91,6 +92,8 @@ pub struct Request<'a> {
     pub pool_label: Option<&'a str>,
     /// How the waves are cut.
     pub policy: &'a Policy,
+    /// When the waves may start.
+    pub schedule: &'a Schedule,
     /// Skip nodes already completed at this version.
     pub skip_completed: Option<&'a Version>,
     /// The verification pods to validate.
@@ -119,6 +122,7 @@ pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow
         criteria: request.criteria,
         pool_label: request.pool_label,
         policy: request.policy,
+        schedule: request.schedule,
         skip_completed: request.skip_completed,
         max_waves: 0,
         // Recorded nowhere: a plan changes nothing.

@@ -109,6 +109,9 @@ impl Checked {
             pool_pods: Vec::new(),
             max_unavailable: None,
             node_versions: Default::default(),
+            gates: Vec::new(),
+            window: None,
+            held: None,
         }
     }
 }

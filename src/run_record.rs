@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Classify, ExitStatus, KubeError, KubeResultExt};
+use crate::schedule::gates::Gate;
 use crate::versions::DeploymentMode;
 
 /// The ConfigMap key that holds the record.
@@ -210,6 +211,81 @@ pub struct RunRecord {
     /// it (recorded at cordon): what rollback returns that node to.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_versions: BTreeMap<String, String>,
+    /// The gates between the planned waves (recorded by select-nodes), and
+    /// how far the run got through each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<Gate>,
+    /// The maintenance window waves start in (recorded by select-nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// What the run waits for before its next wave, while it waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
+}
+
+/// A run waiting before a wave: at a gate, or for its window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Held {
+    /// The wave (from 1) that waits.
+    pub wave: usize,
+    /// For what.
+    pub waiting_for: Waiting,
+    /// Since when (RFC 3339).
+    pub since: String,
+    /// Until when, for a soak or a window (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// For an approval: the command that gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approve_with: Option<String>,
+}
+
+/// What a held run waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Waiting {
+    /// A gate's soak: time for the nodes before it to show trouble.
+    Soak,
+    /// A person's approval at a gate.
+    Approval,
+    /// The maintenance window to open.
+    Window,
+}
+
+impl Waiting {
+    /// The word for it (what `klm gate` writes for the workflow to branch on).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Waiting::Soak => "soak",
+            Waiting::Approval => "approval",
+            Waiting::Window => "window",
+        }
+    }
+}
+
+impl std::fmt::Display for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let until = self.until.as_deref().unwrap_or("?");
+        match self.waiting_for {
+            Waiting::Soak => write!(
+                f,
+                "held before wave {}: soaking until {until}, then verifying the nodes before it again",
+                self.wave
+            ),
+            Waiting::Approval => write!(
+                f,
+                "held before wave {}: waiting for approval ({})",
+                self.wave,
+                self.approve_with.as_deref().unwrap_or("klm approve")
+            ),
+            Waiting::Window => write!(
+                f,
+                "held before wave {}: outside the maintenance window, which opens at {until}",
+                self.wave
+            ),
+        }
+    }
 }
 
 impl RunRecord {
@@ -485,6 +561,9 @@ pub(crate) fn example() -> RunRecord {
         pool_pods: Vec::new(),
         max_unavailable: None,
         node_versions: BTreeMap::new(),
+        gates: Vec::new(),
+        window: None,
+        held: None,
     }
 }
 

@@ -4,11 +4,13 @@
 //! from its flags (the release, helm, the run, its nodes) is in
 //! [`crate::step`].
 
+pub mod approve;
 pub mod check_prerequisites;
 pub mod close_run;
 pub mod complete;
 pub mod cordon;
 pub mod drain;
+pub mod gate;
 pub mod helm_upgrade;
 pub mod plan;
 pub mod restart_kata_pod;

@@ -58,6 +58,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             criteria: &criteria,
             pool_label: args.waves.pool_label(),
             policy: &policy,
+            schedule: &args.waves.schedule(),
             skip_completed: None,
             pods: &pods,
         },

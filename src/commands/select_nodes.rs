@@ -10,6 +10,7 @@ use crate::error::ExitStatus;
 use crate::nodes::planning;
 use crate::nodes::waves;
 use crate::output;
+use crate::schedule;
 use crate::step;
 
 /// Flags of `klm select-nodes`.
@@ -40,6 +41,12 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     pub index_file: Option<PathBuf>,
 
+    /// Also write the waves that wait for something before they start (a
+    /// gate, the window) to this file, as `,2,5,`: the workflow holds only
+    /// those (needs --run-id).
+    #[arg(long, value_name = "PATH")]
+    pub held_file: Option<PathBuf>,
+
     /// At most this many waves (what one Argo workflow carries); 0 = no bound
     /// (Argo with node status offloading).
     #[arg(long, value_name = "N", default_value_t = waves::DEFAULT_MAX_WAVES)]
@@ -58,11 +65,12 @@ pub struct Args {
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let policy = args.waves.policy();
     let criteria = step::criteria(&args.selection)?;
-    if args.index_file.is_some() && args.run.run_id.is_none() {
+    let schedule = args.waves.schedule();
+    if (args.index_file.is_some() || args.held_file.is_some()) && args.run.run_id.is_none() {
         return Err(crate::error::UserError::bad_input(
             "--index-file needs the run: its steps read their wave from the run record",
         )
-        .hint("pass --run-id (or set KLM_RUN_ID) with --index-file, or use --waves-file")
+        .hint("pass --run-id (or set KLM_RUN_ID) with --index-file and --held-file, or use --waves-file")
         .into());
     }
     let client = crate::cluster::client(global).await?;
@@ -75,6 +83,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             criteria: &criteria,
             pool_label: args.waves.pool_label(),
             policy: &policy,
+            schedule: &schedule,
             skip_completed: args.skip_completed.as_ref(),
             max_waves: args.max_waves,
             run_id: args.run.run_id.as_deref(),
@@ -85,6 +94,15 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         let indices: Vec<usize> = selection.waves.iter().map(|w| w.index).collect();
         std::fs::write(path, serde_json::to_string(&indices)?)
             .with_context(|| format!("writing the wave indices to {}", path.display()))?;
+    }
+    if let Some(path) = &args.held_file {
+        let held = schedule::held_waves(
+            &selection.waves,
+            &selection.gates,
+            schedule.window.is_some(),
+        );
+        std::fs::write(path, held)
+            .with_context(|| format!("writing the held waves to {}", path.display()))?;
     }
     if let Some(path) = &args.waves_file {
         let json = serde_json::to_string(&selection.waves)?;

@@ -101,6 +101,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             criteria: &criteria,
             pool_label: args.waves.pool_label(),
             policy: &policy,
+            schedule: &args.waves.schedule(),
             skip_completed: Some(&args.target_version),
             pods: &pods,
         };
@@ -121,6 +122,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         criteria,
         pool_label: args.waves.pool_label().map(String::from),
         policy,
+        schedule: args.waves.schedule(),
         verification: pods,
         verification_timeout: args.verification.verification_timeout,
         keep_failed: args.verification.keep_failed,

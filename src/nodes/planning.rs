@@ -14,6 +14,8 @@ use crate::nodes::selection::{self, Criteria};
 use crate::nodes::waves::{self, Ordered, Policy, Wave};
 use crate::output::Report;
 use crate::release::ReleaseRef;
+use crate::schedule::Schedule;
+use crate::schedule::gates::Gate;
 
 /// The nodes selected for an upgrade, and its waves.
 #[derive(Debug, serde::Serialize)]
@@ -38,6 +40,12 @@ pub struct Selection {
     pub criteria: String,
     /// How the waves were cut, for people.
     pub policy: String,
+    /// The gates between the waves (set by [`plan_run`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<Gate>,
+    /// The maintenance window waves start in (set by [`plan_run`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
 }
 
 impl Report for Selection {
@@ -60,10 +68,20 @@ impl Report for Selection {
             self.waves.len(),
             self.policy
         )];
-        lines.extend(self.waves.iter().map(|w| match &w.pool {
-            Some(pool) => format!("  wave {} (pool {pool}): {}", w.index, w.nodes.join(", ")),
-            None => format!("  wave {}: {}", w.index, w.nodes.join(", ")),
-        }));
+        for w in &self.waves {
+            if let Some(gate) = self.gates.iter().find(|g| g.before_wave == w.index) {
+                lines.push(format!("  gate after {}: {}", gate.after, gate.holds_for()));
+            }
+            lines.push(match &w.pool {
+                Some(pool) => format!("  wave {} (pool {pool}): {}", w.index, w.nodes.join(", ")),
+                None => format!("  wave {}: {}", w.index, w.nodes.join(", ")),
+            });
+        }
+        if let Some(window) = &self.window {
+            lines.push(format!(
+                "each wave starts only inside the maintenance window {window}; outside it the run waits for it to open"
+            ));
+        }
         if !self.skipped.is_empty() {
             lines.push(format!(
                 "skipped (completed at the target version): {}",
@@ -162,6 +180,8 @@ pub async fn select(
         max_unavailable: policy.max_unavailable.map(|b| b.of(selected)),
         criteria: described.unwrap_or_else(|| describe(criteria)),
         policy: policy.describe(),
+        gates: Vec::new(),
+        window: None,
     })
 }
 
@@ -307,6 +327,8 @@ mod tests {
             max_unavailable: None,
             criteria: "taint key maintenance".into(),
             policy: "batch size 1".into(),
+            gates: Vec::new(),
+            window: None,
         };
         assert_eq!(
             selection.text(),
@@ -326,6 +348,8 @@ pub struct PlanRequest<'a> {
     pub pool_label: Option<&'a str>,
     /// How the waves are cut.
     pub policy: &'a Policy,
+    /// When the waves may start: gates between them, a window.
+    pub schedule: &'a Schedule,
     /// Skip nodes already completed at this version (resuming).
     pub skip_completed: Option<&'a semver::Version>,
     /// At most this many waves (0: no bound).
@@ -334,15 +358,19 @@ pub struct PlanRequest<'a> {
     pub run_id: Option<&'a str>,
 }
 
-/// Selects the nodes and plans the waves ([`select`]), refuses a plan with
-/// more waves than `max_waves`, and records it in the run (when one is
-/// named): the waves every later step of the run reads.
+/// Selects the nodes and plans the waves ([`select`]) and the gates between
+/// them, refuses a plan with more waves than `max_waves`, and records it in
+/// the run (when one is named): the waves every later step of the run reads.
 pub async fn plan_run(
     client: &Client,
     helm: &Helm,
     request: &PlanRequest<'_>,
 ) -> anyhow::Result<Selection> {
-    let selection = select(
+    request
+        .schedule
+        .gates
+        .validate(request.policy.canary, request.pool_label)?;
+    let mut selection = select(
         client,
         helm,
         request.release,
@@ -358,6 +386,14 @@ pub async fn plan_run(
         request.policy.batch,
         request.max_waves,
     )?;
+    selection.gates = request
+        .schedule
+        .gates
+        .plan(&selection.waves, request.policy.canary.is_some());
+    selection.window = request.schedule.window.as_ref().map(ToString::to_string);
+    if let Some(gates) = request.schedule.gates.describe() {
+        selection.policy = format!("{}, {gates}", selection.policy);
+    }
     if let Some(run_id) = request.run_id {
         let records = crate::run_record::Records::new(client, &request.release.namespace);
         let record = crate::step::active_run(&records, &request.release.name, Some(run_id)).await?;
@@ -366,6 +402,16 @@ pub async fn plan_run(
             .update(&record.release, &record.run_id, |r| {
                 r.waves = Some(planned.clone());
                 r.max_unavailable = selection.max_unavailable;
+                // A retried select-nodes plans the same gates; how far the
+                // run got through them stands.
+                if r.gates
+                    .iter()
+                    .map(|g| g.before_wave)
+                    .ne(selection.gates.iter().map(|g| g.before_wave))
+                {
+                    r.gates = selection.gates.clone();
+                }
+                r.window = selection.window.clone();
             })
             .await?;
     }

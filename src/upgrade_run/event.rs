@@ -13,6 +13,10 @@ pub enum Phase {
     Planned,
     /// The release moved to the target before the waves (daemonset mode).
     ReleaseUpgraded,
+    /// The run waits before a wave: at a gate (soak, approval) or for its window.
+    Held,
+    /// A gate did its part: a soak's verification passed, an approval came.
+    GatePassed,
     /// A wave begins.
     WaveStarted,
     /// A node is held for the run and unschedulable.
@@ -62,6 +66,8 @@ impl Phase {
             Phase::Started => "started",
             Phase::Planned => "planned",
             Phase::ReleaseUpgraded => "release-upgraded",
+            Phase::Held => "held",
+            Phase::GatePassed => "gate-passed",
             Phase::WaveStarted => "wave-started",
             Phase::Cordoned => "cordoned",
             Phase::Draining => "draining",

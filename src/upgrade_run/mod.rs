@@ -65,6 +65,8 @@ pub struct Settings {
     pub pool_label: Option<String>,
     /// How the waves are cut.
     pub policy: crate::nodes::waves::Policy,
+    /// When the waves may start: gates between them, a window.
+    pub schedule: crate::schedule::Schedule,
     /// The verification pods: the default, and the pools' own.
     pub verification: Pods,
     /// How long one node's verification may take.

@@ -8,6 +8,7 @@ use crate::close_run::{self, Ended};
 use crate::complete;
 use crate::cordon;
 use crate::drain;
+use crate::gate;
 use crate::nodes::planning;
 use crate::nodes::selection::Criteria;
 use crate::output::Report;
@@ -34,6 +35,7 @@ pub(super) async fn waves(
         criteria: &settings.criteria,
         pool_label: settings.pool_label.as_deref(),
         policy: &settings.policy,
+        schedule: &settings.schedule,
         skip_completed: Some(&settings.target),
         // One process carries any number of waves (a workflow's status does not).
         max_waves: 0,
@@ -79,6 +81,11 @@ pub(super) async fn waves(
     unless_interrupted(interrupts)?;
 
     for wave in &selection.waves {
+        let held = selection.window.is_some()
+            || selection.gates.iter().any(|g| g.before_wave == wave.index);
+        if held {
+            hold_wave(cluster, settings, interrupts, reporter, wave.index).await?;
+        }
         let mut event = reporter.run(Phase::WaveStarted).in_wave(wave.index);
         event.nodes = wave.nodes.clone();
         reporter.send(event);
@@ -128,6 +135,70 @@ pub(super) async fn waves(
     .map_err(Stop::Failed)?;
     finished.outcome().map_err(|e| Stop::Failed(e.into()))?;
     Ok(())
+}
+
+/// The workflow's `hold` template: pass the wave's gate and window, waiting
+/// in between (a soak or a window: a timer; an approval: `klm approve`,
+/// watched for), until the wave may start. A signal cuts a wait short; the
+/// gate's own work (verifying again, rolling back) finishes first.
+async fn hold_wave(
+    cluster: Cluster<'_>,
+    settings: &Settings,
+    interrupts: &Interrupts,
+    reporter: &mut Reporter<'_>,
+    index: usize,
+) -> Result<(), Stop> {
+    let Cluster { client, helm, .. } = cluster;
+    let mut resumed_from = None;
+    loop {
+        let request = gate::Request {
+            release: settings.release.clone(),
+            run_id: reporter.run_id.clone(),
+            wave: index as u32,
+            resumed_from,
+            approver: gate::Approver::Klm,
+            rollback: settings.rollback(),
+            now: jiff::Timestamp::now(),
+        };
+        let passage = shielded(interrupts, reporter, gate::pass(client, helm, &request))
+            .await?
+            .map_err(Stop::Failed)?;
+        for done in &passage.done {
+            let event = reporter
+                .run(Phase::GatePassed)
+                .in_wave(index)
+                .saying(done.clone());
+            reporter.send(event);
+        }
+        if let Some(held) = &passage.held {
+            let event = reporter
+                .run(Phase::Held)
+                .in_wave(index)
+                .saying(held.clone());
+            reporter.send(event);
+        }
+        resumed_from = match passage.wait {
+            gate::Wait::Nothing => return Ok(()),
+            gate::Wait::Soak(d) | gate::Wait::Window(d) => {
+                let timer = async {
+                    tokio::time::sleep(d).await;
+                    anyhow::Ok(())
+                };
+                cancellable(interrupts, timer)
+                    .await?
+                    .map_err(Stop::Failed)?;
+                None
+            }
+            gate::Wait::Approval => {
+                let approval =
+                    gate::await_approval(client, &settings.release, &reporter.run_id, index as u32);
+                cancellable(interrupts, approval)
+                    .await?
+                    .map_err(Stop::Failed)?;
+                None
+            }
+        };
+    }
 }
 
 fn upgrade_request(

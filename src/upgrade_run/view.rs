@@ -169,6 +169,8 @@ fn worth_a_line(phase: Phase) -> bool {
         Phase::Started
             | Phase::Planned
             | Phase::ReleaseUpgraded
+            | Phase::Held
+            | Phase::GatePassed
             | Phase::WaveCompleted
             | Phase::WaveFailed
             | Phase::RestartFailed

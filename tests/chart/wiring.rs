@@ -197,6 +197,13 @@ fn check_references(wf: &Workflow, name: &str, problems: &mut Vec<String>) {
                  problems: &mut Vec<String>| {
         let ok = if let Some(p) = reference.strip_prefix("workflow.parameters.") {
             wf.parameters.contains_key(p)
+        } else if let Some(p) = reference.strip_prefix("workflow.outputs.parameters.") {
+            // A global output: some step exports it.
+            wf.templates.values().any(|t| {
+                t["outputs"]["parameters"]
+                    .as_array()
+                    .is_some_and(|ps| ps.iter().any(|o| o["globalName"] == p))
+            })
         } else if globals.contains(&reference) {
             true
         } else if let Some(p) = reference.strip_prefix("inputs.parameters.") {
@@ -363,6 +370,8 @@ fn sample_values(wf: &Workflow, overrides: &BTreeMap<&str, &str>) -> BTreeMap<St
         "wave 1 (worker-1,worker-2) failed".into(),
     );
     values.insert("inputs.parameters.index".into(), "1".into());
+    values.insert("inputs.parameters.resumed-from".into(), "approval".into());
+    values.insert("workflow.namespace".into(), "argo".into());
     values.insert("inputs.parameters.upgrade-status".into(), "Failed".into());
     values.insert(
         "inputs.parameters.run-id".into(),
@@ -503,7 +512,10 @@ fn check_workflow(wf: &Workflow) {
     );
 }
 
-/// Depth-first over template calls, reporting cycles (recursion).
+/// Depth-first over template calls, reporting cycles (recursion). One is
+/// allowed: the hold calls itself after each wait, a handful of times at
+/// most (soak, approval, window), far from Argo's depth limit of 100; the
+/// waves must never recurse (one level per wave).
 fn walk_calls(
     wf: &Workflow,
     name: &str,
@@ -511,6 +523,9 @@ fn walk_calls(
     reached: &mut BTreeSet<String>,
     problems: &mut Vec<String>,
 ) {
+    if name == "hold" && path.last().is_some_and(|p| p == "hold") {
+        return;
+    }
     if path.iter().any(|p| p == name) {
         problems.push(format!(
             "templates recurse: {} -> {name}",
@@ -778,6 +793,61 @@ fn check_shared_env(
     }
 }
 
+/// A wave's hold: only for the waves select-nodes names in its global
+/// `held-waves`; klm gate by index, then a timed or an approval suspend by
+/// what it wrote, then the hold again told what the wave waited for.
+fn check_hold(wf: &Workflow, step: &Value, problems: &mut Vec<String>) {
+    let when = step["when"].as_str().unwrap_or_default();
+    if when != "'{{workflow.outputs.parameters.held-waves}}' =~ ',{{inputs.parameters.index}},'" {
+        problems.push(format!(
+            "a wave's hold is not limited to the held waves: when {when:?}"
+        ));
+    }
+    let select = wf.template("select-nodes");
+    let exported = select["outputs"]["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|p| p["globalName"] == "held-waves" && p["valueFrom"]["path"] == "/tmp/held-waves");
+    let select_args = wf.klm_args(select).unwrap_or_default();
+    if !exported || !select_args.contains(&"--held-file=/tmp/held-waves".to_string()) {
+        problems.push("select-nodes does not export the held waves it writes".into());
+    }
+    let hold = wf.template(step["template"].as_str().unwrap_or_default());
+    let groups = wf.groups(hold);
+    let gate = wf.template(groups[0][0]["template"].as_str().unwrap_or_default());
+    let gate_args = wf.klm_args(gate).unwrap_or_default();
+    for wanted in [
+        "--wave={{inputs.parameters.index}}",
+        "--resumed-from={{inputs.parameters.resumed-from}}",
+        "--outputs-dir=/tmp/gate",
+    ] {
+        if !gate_args.contains(&wanted.to_string()) {
+            problems.push(format!(
+                "the hold's klm gate lacks {wanted}: klm {}",
+                gate_args.join(" ")
+            ));
+        }
+    }
+    let suspends: Vec<&Value> = groups[1]
+        .iter()
+        .map(|s| wf.template(s["template"].as_str().unwrap_or_default()))
+        .collect();
+    let timed = suspends
+        .iter()
+        .any(|t| t["suspend"]["duration"] == "{{inputs.parameters.seconds}}");
+    let approval = suspends
+        .iter()
+        .any(|t| t["suspend"].is_object() && t["suspend"].get("duration").is_none());
+    let again = &groups[2][0];
+    if !timed || !approval || again["template"] != step["template"] {
+        problems.push(
+            "the hold does not wait (a timed and an approval suspend) and pass its gate again"
+                .into(),
+        );
+    }
+}
+
 /// Retries: infrastructure failures only, never klm's verdicts (exit 1, 2, 3).
 fn check_retries(name: &str, retry: &Value, problems: &mut Vec<String>) {
     let expression = retry["expression"].as_str().unwrap_or_default();
@@ -793,8 +863,16 @@ fn check_retries(name: &str, retry: &Value, problems: &mut Vec<String>) {
     }
 }
 
-/// One Argo `when` after substitution: `'a' == 'b'` or `'a' != 'b'`.
+/// One Argo `when` after substitution: `'a' == 'b'`, `'a' != 'b'`, `'a' =~
+/// 'b'` (b a literal: a holds it), or several joined by `||`.
 fn evaluate_when(when: &str) -> bool {
+    if when.contains("||") {
+        return when.split("||").any(evaluate_when);
+    }
+    let unquote = |s: &str| s.trim().trim_matches('\'').to_string();
+    if let Some((l, r)) = when.split_once("=~") {
+        return unquote(l).contains(&unquote(r));
+    }
     let (left, equal, right) = if let Some((l, r)) = when.split_once("!=") {
         (l, false, r)
     } else if let Some((l, r)) = when.split_once("==") {
@@ -802,7 +880,6 @@ fn evaluate_when(when: &str) -> bool {
     } else {
         panic!("cannot evaluate when {when:?}");
     };
-    let unquote = |s: &str| s.trim().trim_matches('\'').to_string();
     (unquote(left) == unquote(right)) == equal
 }
 
@@ -833,7 +910,9 @@ fn run_cost(
         for (key, value) in parameters {
             out = out.replace(&format!("{{{{workflow.parameters.{key}}}}}"), value);
         }
+        // A wave of a run without gates or a window: none waits.
         out.replace("{{steps.upgrade.status}}", "Succeeded")
+            .replace("{{workflow.outputs.parameters.held-waves}}", ",")
     };
     let (mut pods, mut nodes) = (0, 1);
     for group in wf.groups(template) {
@@ -961,10 +1040,13 @@ fn check_waves(wf: &Workflow, problems: &mut Vec<String>) {
         "deploy-version passes select-nodes' waves to the loop"
     );
 
-    // A wave: upgrade (cordon first), then settle; every step by index.
+    // A wave: hold (only the waves select-nodes names), upgrade (cordon
+    // first), then settle; every step by index.
     let wave = wf.template(looped["template"].as_str().expect("a template"));
     let groups = wf.groups(wave);
-    assert_eq!(groups.len(), 2, "a wave is upgrade, then settle");
+    assert_eq!(groups.len(), 3, "a wave is hold, upgrade, then settle");
+    check_hold(wf, &groups[0][0], problems);
+    let groups = &groups[1..];
     let upgrade_step = &groups[0][0];
     assert_eq!(upgrade_step["continueOn"]["failed"], true);
     assert_eq!(upgrade_step["continueOn"]["error"], true);
@@ -1069,10 +1151,12 @@ fn a_wave_is_small() {
     {
         println!("per successful wave: {plain:?}, with drain {drained:?} (pods, status nodes)");
     }
-    assert_eq!(plain, (4, 17), "(pods, status nodes) per wave");
+    // The hold step, skipped unless the wave waits, is 2 of them (its
+    // StepGroup and its Skipped node).
+    assert_eq!(plain, (4, 19), "(pods, status nodes) per wave");
     assert_eq!(
         drained,
-        (5, 18),
+        (5, 20),
         "with drain: (pods, status nodes) per wave"
     );
 }

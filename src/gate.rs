@@ -1,0 +1,500 @@
+//! What a run does before a held wave (`klm gate`, and `klm upgrade` before
+//! such a wave): pass the wave's gate — soak, then verify the nodes before
+//! it again (rolling back those that fail, which fails the run), then wait
+//! for a person's approval — and wait for the maintenance window to open.
+//!
+//! One call does what can be done now and says what the wave waits for
+//! next ([`Wait`]); the caller waits (Argo: a suspend step; klm upgrade: in
+//! process) and calls again, until the wave may start. How far the run got
+//! is recorded in the run's gate, so a retried or resumed call carries on.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::Client;
+
+use crate::error::UserError;
+use crate::events::{NodeEvent, NodeEvents};
+use crate::helm::Helm;
+use crate::nodes::hold;
+use crate::release::ReleaseRef;
+use crate::rollback::{self, RolledBack};
+use crate::run_record::{Held, Records, RunRecord, Waiting, now};
+use crate::schedule::gates::Gate;
+use crate::schedule::window::Window;
+use crate::step;
+
+/// Who gives an approval: what a held run tells people to run.
+#[derive(Debug, Clone)]
+pub enum Approver {
+    /// The workflow's suspend step: `argo resume`.
+    Argo {
+        /// The command, e.g. `argo resume upgrade-x7k2p -n argo`.
+        command: String,
+    },
+    /// `klm approve`, for `klm upgrade`.
+    Klm,
+}
+
+impl Approver {
+    fn command(&self, record: &RunRecord) -> String {
+        match self {
+            Approver::Argo { command } => command.clone(),
+            Approver::Klm => format!(
+                "klm approve --run-id {} --helm-release {} --helm-namespace {}",
+                record.run_id, record.release, record.namespace
+            ),
+        }
+    }
+}
+
+/// Which wave of which run, and what it waited for last.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The release.
+    pub release: ReleaseRef,
+    /// The run.
+    pub run_id: String,
+    /// The wave (from 1) about to start.
+    pub wave: u32,
+    /// What the wave waited for before this call (None: the first call).
+    /// After an approval wait in Argo, the wait ending is the approval.
+    pub resumed_from: Option<Waiting>,
+    /// Who approves.
+    pub approver: Approver,
+    /// How nodes that fail their verification after the soak are rolled
+    /// back; its verification pods verify them after the soak too.
+    pub rollback: rollback::Settings,
+    /// Now (a parameter, so tests can set the clock).
+    pub now: Timestamp,
+}
+
+/// What the wave waits for next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wait {
+    /// Nothing: the wave may start.
+    Nothing,
+    /// The gate's soak, this much longer.
+    Soak(Duration),
+    /// A person's approval.
+    Approval,
+    /// The maintenance window, which opens in this long.
+    Window(Duration),
+}
+
+impl Wait {
+    /// The word the workflow branches on, and the seconds of a timed wait.
+    pub fn step_outputs(&self) -> (&'static str, u64) {
+        match self {
+            Wait::Nothing => ("none", 0),
+            Wait::Soak(d) => (Waiting::Soak.as_str(), d.as_secs()),
+            Wait::Approval => (Waiting::Approval.as_str(), 0),
+            Wait::Window(d) => (Waiting::Window.as_str(), d.as_secs()),
+        }
+    }
+}
+
+/// What one call did and what the wave waits for now.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Passage {
+    /// The run.
+    pub run_id: String,
+    /// The wave.
+    pub wave: u32,
+    /// What it waits for, for people (None: it may start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
+    /// What happened in this call, for people.
+    pub done: Vec<String>,
+    /// What the wave waits for.
+    #[serde(skip)]
+    pub wait: Wait,
+}
+
+impl crate::output::Report for Passage {
+    fn text(&self) -> String {
+        let mut lines = self.done.clone();
+        lines.push(match &self.held {
+            Some(held) => format!("run {}: {held}", self.run_id),
+            None => format!("run {}: wave {} may start", self.run_id, self.wave),
+        });
+        lines.join("\n")
+    }
+}
+
+/// Passes what it can of wave `request.wave`'s gate and window now, and
+/// says what the wave waits for next. A soak's verification that fails
+/// rolls those nodes back and fails the run (an error, exit 1).
+pub async fn pass(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Passage> {
+    let records = Records::new(client, &request.release.namespace);
+    let record = step::active_run(&records, &request.release.name, Some(&request.run_id)).await?;
+    step::wave_of(&record, request.wave)?;
+    let index = request.wave as usize;
+    let mut passage = Passage {
+        run_id: record.run_id.clone(),
+        wave: request.wave,
+        held: None,
+        done: Vec::new(),
+        wait: Wait::Nothing,
+    };
+    if let Some(gate) = record.gates.iter().find(|g| g.before_wave == index) {
+        let wait = pass_gate(
+            client,
+            helm,
+            &records,
+            &record,
+            gate,
+            request,
+            &mut passage.done,
+        )
+        .await?;
+        if wait != Wait::Nothing {
+            return hold(&records, &record, request, wait, passage).await;
+        }
+    }
+    if let Some(raw) = &record.window {
+        let window = Window::parse(raw)
+            .map_err(|why| UserError::failed(format!("the run's recorded window: {why}")))?
+            .ok_or_else(|| UserError::failed("the run's recorded window is empty"))?;
+        let opens = window.next_open(request.now);
+        if opens > request.now {
+            let wait = Wait::Window(until(request.now, opens));
+            return hold(&records, &record, request, wait, passage).await;
+        }
+    }
+    if record.held.is_some() {
+        records
+            .update(&record.release, &record.run_id, |r| r.held = None)
+            .await?;
+    }
+    Ok(passage)
+}
+
+/// Passes what can be passed of `gate` now; what is left to wait for.
+async fn pass_gate(
+    client: &Client,
+    helm: &Helm,
+    records: &Records,
+    record: &RunRecord,
+    gate: &Gate,
+    request: &Request,
+    done: &mut Vec<String>,
+) -> anyhow::Result<Wait> {
+    let mut passage = gate.passage.clone();
+    if let Some(seconds) = gate.soak_seconds {
+        let ends = match &passage.soak_until {
+            Some(at) => at.parse::<Timestamp>().map_err(|e| {
+                UserError::failed(format!("the gate's recorded soak end {at:?}: {e}"))
+            })?,
+            None => {
+                let ends = request.now + Duration::from_secs(seconds);
+                passage.soak_until = Some(ends.to_string());
+                record_passage(records, record, gate, &passage).await?;
+                done.push(format!(
+                    "gate after {}: soaking for {}",
+                    gate.after,
+                    crate::schedule::gates::human(seconds)
+                ));
+                ends
+            }
+        };
+        if request.now < ends {
+            return Ok(Wait::Soak(until(request.now, ends)));
+        }
+        if !passage.reverified {
+            reverify(client, helm, record, gate, request).await?;
+            passage.reverified = true;
+            record_passage(records, record, gate, &passage).await?;
+            done.push(format!(
+                "gate after {}: {} node(s) passed their verification after the soak",
+                gate.after,
+                gate.reverify.len()
+            ));
+        }
+    }
+    if gate.approval && passage.approved.is_none() {
+        if request.resumed_from != Some(Waiting::Approval) {
+            return Ok(Wait::Approval);
+        }
+        // The workflow's approval step ended: a person resumed it.
+        passage.approved = Some(format!("resumed at {}", request.now));
+        record_passage(records, record, gate, &passage).await?;
+        done.push(format!("gate after {}: approved", gate.after));
+    }
+    Ok(Wait::Nothing)
+}
+
+/// Verifies the gate's nodes again; rolls back those that fail (the run
+/// fails, so no later wave starts) and returns the failure.
+async fn reverify(
+    client: &Client,
+    helm: &Helm,
+    record: &RunRecord,
+    gate: &Gate,
+    request: &Request,
+) -> anyhow::Result<()> {
+    let Some(again) = &request.rollback.reverify else {
+        return Err(UserError::bad_input(format!(
+            "the gate after {} verifies {} node(s) again after its soak, and no verification pod was given",
+            gate.after,
+            gate.reverify.len()
+        ))
+        .hint("pass --verification-pod (the workflow passes the chart's)")
+        .into());
+    };
+    let nodes_api = kube::Api::all(client.clone());
+    let nodes =
+        futures::future::try_join_all(gate.reverify.iter().map(|n| hold::get(&nodes_api, n)))
+            .await?;
+    let assigned = again.pods.assign(&nodes, record.pool_label.as_deref())?;
+    let verdicts = crate::verification::verify_nodes(
+        client,
+        &assigned,
+        &record.run_id,
+        again.timeout,
+        again.keep_failed,
+    )
+    .await?;
+    let release_id = record.release_id();
+    NodeEvents::new(client, &record.run_id, &release_id)
+        .record_each(verdicts.iter().map(|v| {
+            let pod = v.pod.clone();
+            let event = if v.passed {
+                NodeEvent::VerificationPassed { pod }
+            } else {
+                let reason = format!("after the soak: {}", v.reason.clone().unwrap_or_default());
+                NodeEvent::VerificationFailed { pod, reason }
+            };
+            (v.node.clone(), event)
+        }))
+        .await;
+    let failed: Vec<String> = verdicts
+        .iter()
+        .filter(|v| !v.passed)
+        .map(|v| v.node.clone())
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let reason = format!(
+        "the gate after {} (before wave {}): {} failed verification after the soak (run {})",
+        gate.after,
+        gate.before_wave,
+        failed.join(", "),
+        record.run_id
+    );
+    let report: RolledBack = rollback::roll_back(
+        client,
+        helm,
+        &rollback::Request {
+            nodes: failed.clone(),
+            reason: Some(reason.clone()),
+            release: request.release.clone(),
+            run_id: Some(record.run_id.clone()),
+            settings: request.rollback.clone(),
+        },
+    )
+    .await?;
+    report.outcome()?;
+    Err(UserError::failed(format!("{reason}; rolled back {}: no further wave starts", failed.join(", ")))
+        .hint(format!(
+            "see the failed verification pods' Events on the nodes and `klm status --run-id {}`; fix the cause, then start a new run: nodes completed by this run are skipped",
+            record.run_id
+        ))
+        .into())
+}
+
+/// Records the run as held before the request's wave, for `wait`.
+async fn hold(
+    records: &Records,
+    record: &RunRecord,
+    request: &Request,
+    wait: Wait,
+    mut passage: Passage,
+) -> anyhow::Result<Passage> {
+    let (waiting_for, until) = match &wait {
+        Wait::Soak(d) => (Waiting::Soak, Some(request.now + *d)),
+        Wait::Approval => (Waiting::Approval, None),
+        Wait::Window(d) => (Waiting::Window, Some(request.now + *d)),
+        Wait::Nothing => unreachable!("a wave that waits for nothing is not held"),
+    };
+    let approve_with = (waiting_for == Waiting::Approval).then(|| request.approver.command(record));
+    let since = match &record.held {
+        Some(h) if h.wave == request.wave as usize && h.waiting_for == waiting_for => {
+            h.since.clone()
+        }
+        _ => now(),
+    };
+    let held = Held {
+        wave: request.wave as usize,
+        waiting_for,
+        since,
+        until: until.map(|t| t.to_string()),
+        approve_with,
+    };
+    passage.held = Some(held.to_string());
+    records
+        .update(&record.release, &record.run_id, |r| {
+            r.held = Some(held.clone())
+        })
+        .await?;
+    passage.wait = wait;
+    Ok(passage)
+}
+
+/// Writes how far the run got through `gate`.
+async fn record_passage(
+    records: &Records,
+    record: &RunRecord,
+    gate: &Gate,
+    passage: &crate::schedule::gates::Passage,
+) -> anyhow::Result<()> {
+    records
+        .update(&record.release, &record.run_id, |r| {
+            if let Some(g) = r
+                .gates
+                .iter_mut()
+                .find(|g| g.before_wave == gate.before_wave)
+            {
+                g.passage = passage.clone();
+            }
+        })
+        .await?;
+    Ok(())
+}
+
+/// From `now` to `then`, in whole seconds rounded up (at least 1).
+fn until(now: Timestamp, then: Timestamp) -> Duration {
+    let millis = then
+        .as_millisecond()
+        .saturating_sub(now.as_millisecond())
+        .max(0) as u64;
+    Duration::from_secs(millis.div_ceil(1000).max(1))
+}
+
+/// Waits until the run's gate before `wave` is approved (`klm approve`),
+/// watching the run record; fails when the run is closed meanwhile.
+pub async fn await_approval(
+    client: &Client,
+    release: &ReleaseRef,
+    run_id: &str,
+    wave: u32,
+) -> anyhow::Result<()> {
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), &release.namespace);
+    let name = crate::run_record::name_for(&release.name);
+    // A person may take days; the wait is a watch, not a poll.
+    let patience = Duration::from_secs(365 * 24 * 3600);
+    crate::wait::watch_until(
+        api,
+        crate::wait::by_name(&name),
+        patience,
+        format!("the approval of run {run_id}"),
+        |found| {
+            let record = found
+                .first()
+                .and_then(|cm| cm.data.as_ref()?.get(crate::run_record::DATA_KEY).cloned())
+                .and_then(|raw| serde_json::from_str::<RunRecord>(&raw).ok());
+            match record {
+                Some(r) if r.run_id != run_id => {
+                    crate::wait::Check::Failed(format!("run {} replaced run {run_id}", r.run_id))
+                }
+                Some(r) if r.state.is_closed() => crate::wait::Check::Failed(format!(
+                    "run {run_id} was closed while it waited for approval"
+                )),
+                Some(r)
+                    if r.gates.iter().any(|g| {
+                        g.before_wave == wave as usize && g.passage.approved.is_some()
+                    }) =>
+                {
+                    crate::wait::Check::Done(())
+                }
+                _ => crate::wait::Check::Pending,
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Approves the gate the run is held at (`klm approve`): refused when the
+/// run waits for no approval, or when its workflow gives it (`argo resume`).
+pub async fn approve(
+    client: &Client,
+    release: &ReleaseRef,
+    run_id: Option<&str>,
+    by: &str,
+) -> anyhow::Result<String> {
+    let records = Records::new(client, &release.namespace);
+    let record = records.resolve(&release.name, run_id).await?;
+    let held = record
+        .held
+        .as_ref()
+        .filter(|h| h.waiting_for == Waiting::Approval && !record.state.is_closed());
+    let Some(held) = held else {
+        let now = match (&record.held, record.state.is_closed()) {
+            (_, true) => format!("it is {:?}", record.state).to_lowercase(),
+            (Some(h), false) => h.to_string(),
+            (None, false) => "it is not held".to_string(),
+        };
+        return Err(UserError::precondition(format!(
+            "run {} waits for no approval: {now}",
+            record.run_id
+        ))
+        .hint(format!("see `klm status --run-id {}`", record.run_id))
+        .into());
+    };
+    if let Some(command) = held
+        .approve_with
+        .as_deref()
+        .filter(|c| !c.starts_with("klm approve"))
+    {
+        return Err(UserError::precondition(format!(
+            "run {} is held by its workflow, which a person resumes itself",
+            record.run_id
+        ))
+        .hint(format!("run: {command}"))
+        .into());
+    }
+    let wave = held.wave;
+    let approval = format!("by {by} at {}", now());
+    records
+        .update(&record.release, &record.run_id, |r| {
+            if let Some(g) = r.gates.iter_mut().find(|g| g.before_wave == wave) {
+                g.passage.approved = Some(approval.clone());
+            }
+        })
+        .await?;
+    Ok(format!(
+        "run {}: wave {wave} approved {approval}",
+        record.run_id
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_round_up_to_whole_seconds() {
+        let now: Timestamp = "2026-12-02T10:00:00Z".parse().unwrap();
+        let then: Timestamp = "2026-12-02T10:00:01.2Z".parse().unwrap();
+        assert_eq!(until(now, then), Duration::from_secs(2));
+        assert_eq!(
+            until(then, now),
+            Duration::from_secs(1),
+            "never zero: the caller waits, then asks again"
+        );
+        assert_eq!(
+            Wait::Soak(Duration::from_secs(600)).step_outputs(),
+            ("soak", 600)
+        );
+        assert_eq!(Wait::Approval.step_outputs(), ("approval", 0));
+        assert_eq!(Wait::Nothing.step_outputs(), ("none", 0));
+        assert_eq!(
+            Wait::Window(Duration::from_secs(5)).step_outputs(),
+            ("window", 5)
+        );
+    }
+}
