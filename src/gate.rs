@@ -139,7 +139,7 @@ pub async fn pass(client: &Client, helm: &Helm, request: &Request) -> anyhow::Re
         wait: Wait::Nothing,
     };
     if let Some(gate) = record.gates.iter().find(|g| g.before_wave == index) {
-        let wait = pass_gate(
+        let (wait, ends) = pass_gate(
             client,
             helm,
             &records,
@@ -150,7 +150,7 @@ pub async fn pass(client: &Client, helm: &Helm, request: &Request) -> anyhow::Re
         )
         .await?;
         if wait != Wait::Nothing {
-            return hold(&records, &record, request, wait, passage).await;
+            return hold(&records, &record, request, wait, ends, passage).await;
         }
     }
     if let Some(raw) = &record.window {
@@ -160,7 +160,7 @@ pub async fn pass(client: &Client, helm: &Helm, request: &Request) -> anyhow::Re
         let opens = window.next_open(request.now);
         if opens > request.now {
             let wait = Wait::Window(until(request.now, opens));
-            return hold(&records, &record, request, wait, passage).await;
+            return hold(&records, &record, request, wait, Some(opens), passage).await;
         }
     }
     if record.held.is_some() {
@@ -171,7 +171,8 @@ pub async fn pass(client: &Client, helm: &Helm, request: &Request) -> anyhow::Re
     Ok(passage)
 }
 
-/// Passes what can be passed of `gate` now; what is left to wait for.
+/// Passes what can be passed of `gate` now; what is left to wait for, and
+/// until when (a soak).
 async fn pass_gate(
     client: &Client,
     helm: &Helm,
@@ -180,7 +181,7 @@ async fn pass_gate(
     gate: &Gate,
     request: &Request,
     done: &mut Vec<String>,
-) -> anyhow::Result<Wait> {
+) -> anyhow::Result<(Wait, Option<Timestamp>)> {
     let mut passage = gate.passage.clone();
     if let Some(seconds) = gate.soak_seconds {
         let ends = match &passage.soak_until {
@@ -191,16 +192,11 @@ async fn pass_gate(
                 let ends = request.now + Duration::from_secs(seconds);
                 passage.soak_until = Some(ends.to_string());
                 record_passage(records, record, gate, &passage).await?;
-                done.push(format!(
-                    "gate after {}: soaking for {}",
-                    gate.after,
-                    crate::schedule::gates::human(seconds)
-                ));
                 ends
             }
         };
         if request.now < ends {
-            return Ok(Wait::Soak(until(request.now, ends)));
+            return Ok((Wait::Soak(until(request.now, ends)), Some(ends)));
         }
         if !passage.reverified {
             reverify(client, helm, record, gate, request).await?;
@@ -215,14 +211,14 @@ async fn pass_gate(
     }
     if gate.approval && passage.approved.is_none() {
         if request.resumed_from != Some(Waiting::Approval) {
-            return Ok(Wait::Approval);
+            return Ok((Wait::Approval, None));
         }
         // The workflow's approval step ended: a person resumed it.
         passage.approved = Some(format!("resumed at {}", request.now));
         record_passage(records, record, gate, &passage).await?;
         done.push(format!("gate after {}: approved", gate.after));
     }
-    Ok(Wait::Nothing)
+    Ok((Wait::Nothing, None))
 }
 
 /// Verifies the gate's nodes again; rolls back those that fail (the run
@@ -305,18 +301,20 @@ async fn reverify(
         .into())
 }
 
-/// Records the run as held before the request's wave, for `wait`.
+/// Records the run as held before the request's wave, for `wait`, until
+/// `until` (a soak's end, the window's opening).
 async fn hold(
     records: &Records,
     record: &RunRecord,
     request: &Request,
     wait: Wait,
+    until: Option<Timestamp>,
     mut passage: Passage,
 ) -> anyhow::Result<Passage> {
-    let (waiting_for, until) = match &wait {
-        Wait::Soak(d) => (Waiting::Soak, Some(request.now + *d)),
-        Wait::Approval => (Waiting::Approval, None),
-        Wait::Window(d) => (Waiting::Window, Some(request.now + *d)),
+    let waiting_for = match &wait {
+        Wait::Soak(_) => Waiting::Soak,
+        Wait::Approval => Waiting::Approval,
+        Wait::Window(_) => Waiting::Window,
         Wait::Nothing => unreachable!("a wave that waits for nothing is not held"),
     };
     let approve_with = (waiting_for == Waiting::Approval).then(|| request.approver.command(record));

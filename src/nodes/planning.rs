@@ -391,6 +391,12 @@ pub async fn plan_run(
         .gates
         .plan(&selection.waves, request.policy.canary.is_some());
     selection.window = request.schedule.window.as_ref().map(ToString::to_string);
+    crate::schedule::check_capacity(
+        selection.waves.len(),
+        selection.gates.len(),
+        selection.window.is_some(),
+        request.max_waves,
+    )?;
     if let Some(gates) = request.schedule.gates.describe() {
         selection.policy = format!("{}, {gates}", selection.policy);
     }

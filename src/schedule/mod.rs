@@ -5,6 +5,7 @@
 pub mod gates;
 pub mod window;
 
+use crate::error::UserError;
 use crate::nodes::waves::Wave;
 use gates::Gate;
 
@@ -44,5 +45,82 @@ impl Schedule {
             .flatten()
             .collect();
         (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+/// How many plain waves' worth of workflow status a plan with holds takes:
+/// a held wave's hold is about half a wave more (one pass of `klm gate`:
+/// some 9 status nodes beside a wave's 19), a gate's soak and approval two
+/// waves more (three passes). With a window every wave is held.
+pub fn wave_weight(waves: usize, gates: usize, window: bool) -> usize {
+    let held = if window { waves } else { 0 };
+    waves + held.div_ceil(2) + 2 * gates
+}
+
+/// Refuses a plan whose holds take it past what one workflow carries
+/// (`max_waves` plain waves; 0: no bound). The waves alone were checked
+/// already ([`crate::nodes::waves::check_capacity`]).
+pub fn check_capacity(
+    waves: usize,
+    gates: usize,
+    window: bool,
+    max_waves: usize,
+) -> Result<(), UserError> {
+    let weight = wave_weight(waves, gates, window);
+    if max_waves == 0 || weight <= max_waves {
+        return Ok(());
+    }
+    let fits = max_waves.saturating_sub(2 * gates) * 2 / 3;
+    Err(UserError::bad_input(format!(
+        "{waves} waves with their holds ({gates} gate(s){}) take as much workflow status as {weight} plain waves; one workflow carries {max_waves} (--max-waves)",
+        if window { ", a window: every wave held" } else { "" }
+    ))
+    .hint(if window {
+        format!("with a window, plan at most about {fits} waves: a larger --batch-size, or several runs with --node-selector")
+    } else {
+        "fewer gates (--gate canary instead of pool), or a larger --batch-size".to_string()
+    })
+    .hint("with Argo node status offloading configured (persistence.nodeStatusOffLoad), pass --max-waves 0"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_weigh_on_what_one_workflow_carries() {
+        assert_eq!(wave_weight(100, 0, false), 100, "no holds: the waves alone");
+        assert_eq!(wave_weight(100, 3, false), 106);
+        assert_eq!(wave_weight(100, 0, true), 150);
+        assert!(check_capacity(500, 0, true, 750).is_ok());
+        let err = check_capacity(600, 0, true, 750).unwrap_err().to_string();
+        assert!(err.contains("as 900 plain waves"), "{err}");
+        assert!(check_capacity(100_000, 5, true, 0).is_ok());
+        let held = |w: &[usize]| {
+            let waves: Vec<Wave> = w
+                .iter()
+                .map(|i| Wave {
+                    index: *i,
+                    nodes: vec![],
+                    node_list: String::new(),
+                    pool: None,
+                })
+                .collect();
+            waves
+        };
+        let gate = gates::Gate {
+            before_wave: 2,
+            after: "the canary wave".into(),
+            reverify: vec![],
+            soak_seconds: None,
+            approval: true,
+            passage: Default::default(),
+        };
+        assert_eq!(
+            held_waves(&held(&[1, 2, 3]), std::slice::from_ref(&gate), false),
+            ",2,"
+        );
+        assert_eq!(held_waves(&held(&[1, 2]), &[], true), ",1,2,");
+        assert_eq!(held_waves(&held(&[1, 2]), &[], false), ",");
     }
 }

@@ -195,6 +195,11 @@ async fn hold_wave(
                 cancellable(interrupts, approval)
                     .await?
                     .map_err(Stop::Failed)?;
+                let event = reporter
+                    .run(Phase::GatePassed)
+                    .in_wave(index)
+                    .saying(format!("wave {index} approved (klm approve)"));
+                reporter.send(event);
                 None
             }
         };

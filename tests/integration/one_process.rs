@@ -364,6 +364,109 @@ async fn a_failure_on_the_second_node_rolls_it_back_and_leaves_the_third_untouch
 }
 
 #[tokio::test]
+async fn a_canary_gate_soaks_verifies_again_and_waits_for_klm_approve() {
+    let case = Case::start(CaseSpec::new("gate", 3, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = broken_on(&case, dir.path(), &[]);
+    let gate = [
+        "-o",
+        "json",
+        "--canary-size",
+        "1",
+        "--batch-size",
+        "2",
+        "--gate",
+        "canary",
+        "--gate-soak",
+        "2s",
+        "--gate-approval",
+    ];
+    let args = upgrade_args(&case, "run-gate", &pod, &gate);
+    let mut klm = case.klm_command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut child = klm
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut events: Vec<Value> = Vec::new();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let event: Value = serde_json::from_str(&line).unwrap();
+        let approval = event["phase"] == "held"
+            && event["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("waiting for approval");
+        events.push(event);
+        if approval {
+            break;
+        }
+    }
+    // Held before wave 2: klm status says so, and names the command.
+    let status = case.klm(&["status"]).await.code(0);
+    assert!(
+        status
+            .stdout
+            .contains("held before wave 2: waiting for approval (klm approve --run-id run-gate"),
+        "{}",
+        status.stdout
+    );
+    let record = case.run_record().await.unwrap();
+    assert_eq!(
+        record["gates"][0]["passage"]["reverified"], true,
+        "{record:#}"
+    );
+    assert_eq!(
+        annotation(&case.get_node(case.node(1)).await, STATUS),
+        None,
+        "wave 2 waits"
+    );
+    let approved = case.klm(&["approve", "--run-id", "run-gate"]).await.code(0);
+    assert!(
+        approved.stdout.contains("wave 2 approved"),
+        "{}",
+        approved.stdout
+    );
+    while let Some(line) = lines.next_line().await.unwrap() {
+        events.push(serde_json::from_str(&line).unwrap());
+    }
+    let output = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}\n{events:#?}");
+    let seen: Vec<(&str, Option<u64>)> = events
+        .iter()
+        .map(|e| (e["phase"].as_str().unwrap(), e["wave"].as_u64()))
+        .collect();
+    let at = |phase: &str, wave: u64| {
+        seen.iter()
+            .position(|s| *s == (phase, Some(wave)))
+            .unwrap_or_else(|| panic!("no {phase} of wave {wave}: {seen:?}"))
+    };
+    // The canary completes, the soak holds, its verification passes again,
+    // the approval holds, then wave 2 starts.
+    assert!(at("wave-completed", 1) < at("held", 2), "{seen:?}");
+    assert!(at("held", 2) < at("gate-passed", 2), "{seen:?}");
+    assert!(at("gate-passed", 2) < at("wave-started", 2), "{seen:?}");
+    for node in &case.nodes {
+        let n = case.get_node(node).await;
+        assert_eq!(
+            annotation(&n, STATUS).as_deref(),
+            Some("completed"),
+            "{node}"
+        );
+    }
+    // Nothing waits for an approval any more.
+    let refused = case.klm(&["approve", "--run-id", "run-gate"]).await.code(3);
+    assert!(
+        refused.stderr.contains("waits for no approval"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[tokio::test]
 async fn sigterm_mid_wave_releases_the_nodes_and_a_new_run_can_start() {
     let case = Case::start(CaseSpec::new("sigterm", 2, "3.27.0"))
         .await

@@ -116,7 +116,15 @@ async fn a_wave_policy_that_contradicts_itself_is_refused_before_anything_change
         .await
         .unwrap();
     let snapshot = case.snapshot().await;
-    let refusals: [(&[&str], &str); 5] = [
+    let refusals: [(&[&str], &str); 10] = [
+        (&["--gate", "canary", "--gate-approval"], "there is none"),
+        (&["--gate-soak", "10m"], "--gate is none"),
+        (&["--gate", "pool", "--gate-soak", "1m"], "no --pool-label"),
+        (
+            &["--gate", "canary", "--canary-size", "1"],
+            "holds the run for nothing",
+        ),
+        (&["--window", "Mon 25:00-26:00"], "not a time of day"),
         (&["--pool-order", "gpu"], "needs --pool-label"),
         (
             &["--batch-size", "3", "--max-batch-size", "2"],

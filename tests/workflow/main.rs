@@ -10,6 +10,7 @@ mod support;
 
 mod capacity;
 mod flow;
+mod gates;
 mod interrupted;
 mod submit;
 mod upgrade;

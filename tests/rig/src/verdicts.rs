@@ -5,7 +5,9 @@
 //! node's simulated host runs [`BROKEN_VERSION`] (on the nodes listed in
 //! [`BROKEN_NODES`], or on every node when that is absent), `succeed`
 //! otherwise. So a node fails its check on the new version and passes it
-//! again once it is rolled back.
+//! again once it is rolled back. The same annotation on a Node breaks that
+//! version on it from then on: a node that goes bad after it passed (what a
+//! gate's soak is for).
 
 use anyhow::Result;
 use futures::StreamExt;
@@ -61,18 +63,18 @@ async fn decide(pods: &Api<Pod>, nodes: &Api<Node>, pod: &Pod) -> Result<()> {
     let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
         return Ok(()); // not bound yet: decided on the binding's event
     };
-    let installed = nodes
-        .get(&node)
-        .await?
-        .annotations()
-        .get(INSTALLED_VERSION)
-        .cloned();
-    let outcome = verdict(
-        annotations.get(BROKEN_VERSION).map(String::as_str),
-        annotations.get(BROKEN_NODES).map(String::as_str),
-        &node,
-        installed.as_deref(),
-    );
+    let host = nodes.get(&node).await?;
+    let installed = host.annotations().get(INSTALLED_VERSION).cloned();
+    let gone_bad = host.annotations().get(BROKEN_VERSION);
+    let outcome = match gone_bad {
+        Some(version) => verdict(Some(version), None, &node, installed.as_deref()),
+        None => verdict(
+            annotations.get(BROKEN_VERSION).map(String::as_str),
+            annotations.get(BROKEN_NODES).map(String::as_str),
+            &node,
+            installed.as_deref(),
+        ),
+    };
     let namespace = pod.namespace().unwrap_or_default();
     let patch = json!({"metadata": {"annotations": {OUTCOME: outcome}}});
     Api::<Pod>::namespaced(pods.clone().into_client(), &namespace)

@@ -1,0 +1,313 @@
+//! Runs that hold between waves: a canary gate's soak (then the canary is
+//! verified again) and approval (`argo resume`), a node that goes bad during
+//! the soak (rolled back; the run stops), and a maintenance window (the
+//! first wave waits for it to open).
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use kube::Api;
+use kube::api::DynamicObject;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::wait::await_condition;
+use serde_json::{Value, json};
+
+use crate::flow::{Flow, STATUS, annotation, argo_rig, verification_pod_broken_at};
+use crate::support::CaseSpec;
+use crate::upgrade::{assert_all_completed, selector};
+
+/// Waits, watching the run record, until the run is held for `waiting_for`;
+/// returns the record then.
+async fn await_held(flow: &Flow, waiting_for: &str) -> Value {
+    let api: Api<ConfigMap> = Api::namespaced(flow.case.admin.clone(), &flow.case.namespace);
+    let name = format!("{}-klm-run", flow.case.release);
+    let record = |cm: &ConfigMap| -> Option<Value> {
+        serde_json::from_str(cm.data.as_ref()?.get("record.json")?).ok()
+    };
+    let held = await_condition(api, &name, |cm: Option<&ConfigMap>| {
+        cm.and_then(record)
+            .is_some_and(|r| r["held"]["waitingFor"] == waiting_for)
+    });
+    let found = tokio::time::timeout(Duration::from_secs(300), held)
+        .await
+        .unwrap_or_else(|_| panic!("the run was not held for {waiting_for} within 5 minutes"))
+        .unwrap()
+        .expect("the run record");
+    record(&found).unwrap()
+}
+
+/// Waits, watching the workflow, until a suspend step named `step` waits.
+async fn await_suspended_at(flow: &Flow, name: &str, step: &str) {
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        flow.case.admin.clone(),
+        &flow.argo_namespace,
+        &crate::flow::workflow_resource(),
+    );
+    let suspended = await_condition(api, name, |wf: Option<&DynamicObject>| {
+        wf.and_then(|wf| wf.data["status"]["nodes"].as_object().cloned())
+            .is_some_and(|nodes| {
+                nodes.values().any(|n| {
+                    n["type"] == "Suspend" && n["phase"] == "Running" && n["displayName"] == step
+                })
+            })
+    });
+    tokio::time::timeout(Duration::from_secs(120), suspended)
+        .await
+        .unwrap_or_else(|_| panic!("workflow {name} did not suspend at {step} within 2 minutes"))
+        .unwrap();
+}
+
+/// The Events klm recorded on a node, by reason, in order.
+async fn event_reasons(flow: &Flow, node: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::all(flow.case.admin.clone());
+    let list = events
+        .list(&kube::api::ListParams::default().fields(&format!("involvedObject.name={node}")))
+        .await
+        .unwrap();
+    let mut items = list.items;
+    items.sort_by_key(|e| {
+        e.event_time
+            .clone()
+            .map(|t| t.0)
+            .or(e.first_timestamp.clone().map(|t| t.0))
+    });
+    items.into_iter().filter_map(|e| e.reason).collect()
+}
+
+#[tokio::test]
+async fn a_canary_gate_soaks_verifies_again_and_waits_for_argo_resume() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start(rig, CaseSpec::new("wf-gate", 3, "3.27.0"))
+        .await
+        .unwrap();
+    // A pod the rig decides from the host (it passes on every version here).
+    flow.install_chart(&verification_pod_broken_at("9.9.9", &[]))
+        .await
+        .unwrap();
+    let selector = selector(&flow);
+    let name = flow
+        .submit(
+            None,
+            &[
+                ("target-version", "3.28.0"),
+                ("node-selector", &selector),
+                ("canary-size", "1"),
+                ("batch-size", "2"),
+                ("gate", "canary"),
+                ("gate-soak", "5s"),
+                ("gate-approval", "true"),
+            ],
+        )
+        .await
+        .unwrap();
+    let record = await_held(&flow, "approval").await;
+    let canary = flow.case.node(0).to_string();
+    // Held before wave 2: the canary completed, soaked and verified again;
+    // the others untouched; the command that approves is the workflow's.
+    let gate = &record["gates"][0];
+    assert_eq!(gate["beforeWave"], 2, "{record:#}");
+    assert_eq!(gate["reverify"], json!([canary]), "{record:#}");
+    assert_eq!(gate["passage"]["reverified"], true, "{record:#}");
+    assert!(gate["passage"]["soakUntil"].is_string(), "{record:#}");
+    assert!(gate["passage"].get("approved").is_none(), "{record:#}");
+    assert_eq!(record["held"]["wave"], 2);
+    let approve_with = record["held"]["approveWith"].as_str().unwrap_or_default();
+    assert!(
+        approve_with.starts_with(&format!("argo resume {name} -n ")),
+        "{approve_with}"
+    );
+    let nodes = flow.nodes().await;
+    assert_eq!(
+        annotation(&nodes[&canary], STATUS).as_deref(),
+        Some("completed")
+    );
+    for i in 1..3 {
+        assert_eq!(
+            annotation(&nodes[flow.case.node(i)], STATUS),
+            None,
+            "node {i} waits"
+        );
+    }
+    let reasons = event_reasons(&flow, &canary).await;
+    let passed = reasons
+        .iter()
+        .filter(|r| *r == "KataVerificationPassed")
+        .count();
+    assert_eq!(
+        passed, 2,
+        "verified at the upgrade and again after the soak: {reasons:?}"
+    );
+    // The workflow is suspended at the approval (no pod runs for it).
+    await_suspended_at(&flow, &name, "approval").await;
+
+    let resume = flow.argo().args(["resume", &name]).output().await.unwrap();
+    assert!(
+        resume.status.success(),
+        "argo resume: {}",
+        String::from_utf8_lossy(&resume.stderr)
+    );
+    let run = flow.wait(&name).await.unwrap();
+    run.succeeded();
+    let report = run.report();
+    assert_all_completed(&flow, "3.28.0", &report).await;
+    let record = flow.case.run_record().await.unwrap();
+    assert!(
+        record["gates"][0]["passage"]["approved"].is_string(),
+        "{record:#}"
+    );
+    assert!(
+        record.get("held").is_none(),
+        "a finished run waits for nothing: {record:#}"
+    );
+}
+
+#[tokio::test]
+async fn a_canary_that_goes_bad_during_the_soak_is_rolled_back_and_the_run_stops() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start(rig, CaseSpec::new("wf-soak", 3, "3.27.0"))
+        .await
+        .unwrap();
+    flow.install_chart(&verification_pod_broken_at("9.9.9", &[]))
+        .await
+        .unwrap();
+    let selector = selector(&flow);
+    let name = flow
+        .submit(
+            None,
+            &[
+                ("target-version", "3.28.0"),
+                ("node-selector", &selector),
+                ("canary-size", "1"),
+                ("gate", "canary"),
+                ("gate-soak", "20s"),
+            ],
+        )
+        .await
+        .unwrap();
+    await_held(&flow, "soak").await;
+    // The canary passed its verification; now 3.28.0 goes bad on it.
+    let canary = flow.case.node(0).to_string();
+    let nodes: Api<Node> = Api::all(flow.case.admin.clone());
+    let patch = json!({"metadata": {"annotations": {"rig.klm.test/broken-version": "3.28.0"}}});
+    nodes
+        .patch(&canary, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let run = flow.wait(&name).await.unwrap();
+    run.failed();
+    let report = run.report();
+    let found = flow.nodes().await;
+    let canary_node = &found[&canary];
+    assert_eq!(
+        annotation(canary_node, STATUS).as_deref(),
+        Some("rolled-back"),
+        "{report}"
+    );
+    assert_eq!(
+        crate::flow::host_version(canary_node).as_deref(),
+        Some("3.27.0"),
+        "{report}"
+    );
+    assert!(
+        !crate::flow::unschedulable(canary_node),
+        "back in service\n{report}"
+    );
+    for i in 1..3 {
+        let node = &found[flow.case.node(i)];
+        assert_eq!(
+            annotation(node, STATUS),
+            None,
+            "node {i} untouched\n{report}"
+        );
+        assert_eq!(
+            crate::flow::host_version(node).as_deref(),
+            Some("3.27.0"),
+            "{report}"
+        );
+    }
+    let record = flow.case.run_record().await.unwrap();
+    assert_eq!(record["state"], "failed", "{record:#}");
+    let failure = record["failure"].as_str().unwrap_or_default();
+    assert!(
+        failure.contains("failed verification after the soak"),
+        "{failure}"
+    );
+    let reasons = event_reasons(&flow, &canary).await;
+    assert!(
+        reasons.contains(&"KataVerificationFailed".to_string()),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&"KataRolledBack".to_string()),
+        "{reasons:?}"
+    );
+    // No later wave started: the only cordon was the canary's.
+    let workflow = flow.workflow(&name).await.unwrap();
+    let cordons = workflow["status"]["nodes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|n| n["type"] == "Pod" && n["templateName"] == "cordon")
+        .count();
+    assert_eq!(cordons, 1, "{report}");
+}
+
+#[tokio::test]
+async fn the_first_wave_waits_for_the_window_to_open() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start(rig, CaseSpec::new("wf-window", 2, "3.27.0"))
+        .await
+        .unwrap();
+    // A window that opens at the next minute but one (UTC), for ten minutes.
+    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
+    let opens = now.checked_add(jiff::Span::new().minutes(2)).unwrap();
+    let opens = opens.with().second(0).subsec_nanosecond(0).build().unwrap();
+    let closes = opens.checked_add(jiff::Span::new().minutes(10)).unwrap();
+    let window = format!(
+        "{}-{} UTC",
+        opens.strftime("%H:%M"),
+        closes.strftime("%H:%M")
+    );
+    let selector = selector(&flow);
+    let name = flow
+        .submit(
+            None,
+            &[
+                ("target-version", "3.28.0"),
+                ("node-selector", &selector),
+                ("batch-size", "2"),
+                ("window", &window),
+            ],
+        )
+        .await
+        .unwrap();
+    let record = await_held(&flow, "window").await;
+    assert_eq!(record["held"]["wave"], 1, "{record:#}");
+    let until: jiff::Timestamp = record["held"]["until"].as_str().unwrap().parse().unwrap();
+    assert_eq!(until, opens.timestamp(), "{record:#}");
+    for (node_name, node) in flow.nodes().await {
+        assert_eq!(
+            annotation(&node, STATUS),
+            None,
+            "{node_name} waits for the window"
+        );
+    }
+    let run = flow.wait(&name).await.unwrap();
+    run.succeeded();
+    let report = run.report();
+    assert_all_completed(&flow, "3.28.0", &report).await;
+    // The wave's first step started once the window was open.
+    let workflow = flow.workflow(&name).await.unwrap();
+    let cordon_started = workflow["status"]["nodes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|n| n["type"] == "Pod" && n["templateName"] == "cordon")
+        .filter_map(|n| n["startedAt"].as_str()?.parse::<jiff::Timestamp>().ok())
+        .min()
+        .expect("cordon ran");
+    assert!(
+        cordon_started >= opens.timestamp(),
+        "cordon at {cordon_started}, window at {opens}\n{report}"
+    );
+}
