@@ -490,6 +490,49 @@ mod tests {
     }
 
     #[test]
+    fn a_held_run_says_what_it_waits_for_and_how_to_go_on() {
+        let mut record = crate::run_record::example();
+        record.held = Some(crate::run_record::Held {
+            wave: 2,
+            waiting_for: crate::run_record::Waiting::Approval,
+            since: "2026-12-02T10:00:00Z".into(),
+            until: None,
+            approve_with: Some("argo resume upgrade-1 -n argo".into()),
+        });
+        let mut fleet = Fleet {
+            record: Some(record),
+            ..Fleet::default()
+        };
+        let text = fleet.status(&Criteria::default()).text();
+        let second = text.lines().nth(1).unwrap_or_default();
+        assert_eq!(
+            second, "held before wave 2: waiting for approval (argo resume upgrade-1 -n argo)",
+            "{text}"
+        );
+        // A closed run waits for nothing, whatever its record kept.
+        if let Some(r) = fleet.record.as_mut() {
+            r.state = RunState::Failed;
+        }
+        assert!(
+            !fleet
+                .status(&Criteria::default())
+                .text()
+                .contains("held before")
+        );
+        let window = crate::run_record::Held {
+            wave: 1,
+            waiting_for: crate::run_record::Waiting::Window,
+            since: "2026-12-02T10:00:00Z".into(),
+            until: Some("2026-12-03T00:00:00Z".into()),
+            approve_with: None,
+        };
+        assert_eq!(
+            window.to_string(),
+            "held before wave 1: outside the maintenance window, which opens at 2026-12-03T00:00:00Z"
+        );
+    }
+
+    #[test]
     fn the_default_view_shows_kata_nodes_and_the_ones_klm_touched() {
         let fleet = Fleet {
             nodes: vec![

@@ -90,6 +90,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let criteria = step::criteria(&args.selection)?;
     let pods = Pods::from_args(&args.verification)?;
     let policy = args.waves.policy();
+    let schedule = args.waves.schedule();
+    // Contradicting gate flags are refused before the run is recorded.
+    schedule
+        .gates
+        .validate(policy.canary, args.waves.pool_label())?;
     let client = crate::cluster::client(global).await?;
     let helm = step::helm(&args.release, global)?;
     let release = step::release_ref(&args.release);
@@ -101,7 +106,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             criteria: &criteria,
             pool_label: args.waves.pool_label(),
             policy: &policy,
-            schedule: &args.waves.schedule(),
+            schedule: &schedule,
             skip_completed: Some(&args.target_version),
             pods: &pods,
         };
@@ -122,7 +127,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         criteria,
         pool_label: args.waves.pool_label().map(String::from),
         policy,
-        schedule: args.waves.schedule(),
+        schedule,
         verification: pods,
         verification_timeout: args.verification.verification_timeout,
         keep_failed: args.verification.keep_failed,

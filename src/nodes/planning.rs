@@ -335,6 +335,48 @@ mod tests {
             "No nodes matched taint key maintenance: nothing to do.\n1 already completed at the target version: w1"
         );
     }
+
+    #[test]
+    fn the_plan_shows_each_gate_before_its_wave_and_the_window() {
+        let wave = |index: usize, node: &str| Wave {
+            index,
+            nodes: vec![node.into()],
+            node_list: node.into(),
+            pool: None,
+        };
+        let selection = Selection {
+            nodes: vec!["a".into(), "b".into()],
+            count: 2,
+            waves: vec![wave(1, "a"), wave(2, "b")],
+            skipped: Vec::new(),
+            unavailable: Vec::new(),
+            unavailable_included: false,
+            max_unavailable: None,
+            criteria: "label selector \"pool=kata\"".into(),
+            policy: "batch size 1".into(),
+            gates: vec![Gate {
+                before_wave: 2,
+                after: "the canary wave".into(),
+                reverify: vec!["a".into()],
+                soak_seconds: Some(600),
+                approval: true,
+                passage: Default::default(),
+            }],
+            window: Some("Mon-Fri 01:00-05:00 Europe/Paris".into()),
+        };
+        let text = selection.text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[1], "  wave 1: a");
+        assert_eq!(
+            lines[2],
+            "  gate after the canary wave: a soak of 10m then verification of 1 node(s) again, then a person's approval"
+        );
+        assert_eq!(lines[3], "  wave 2: b");
+        assert!(
+            lines[4].contains("maintenance window Mon-Fri 01:00-05:00 Europe/Paris"),
+            "{text}"
+        );
+    }
 }
 
 /// What [`plan_run`] plans.
