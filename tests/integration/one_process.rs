@@ -61,6 +61,28 @@ fn upgrade_args(case: &Case, run: &str, pod: &Path, extra: &[&str]) -> Vec<Strin
     args
 }
 
+/// Starts `klm upgrade` (see [`upgrade_args`]) with its output piped; the
+/// process and its standard output's lines.
+fn spawn_upgrade(
+    case: &Case,
+    run: &str,
+    pod: &Path,
+    extra: &[&str],
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+) {
+    let args = upgrade_args(case, run, pod, extra);
+    let mut klm = case.klm_command(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut child = klm
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
 /// Runs `klm upgrade` (see [`upgrade_args`]) to its end.
 async fn klm_upgrade(case: &Case, run: &str, pod: &Path, extra: &[&str]) -> Klm {
     let args = upgrade_args(case, run, pod, extra);
@@ -383,14 +405,7 @@ async fn a_canary_gate_soaks_verifies_again_and_waits_for_klm_approve() {
         "2s",
         "--gate-approval",
     ];
-    let args = upgrade_args(&case, "run-gate", &pod, &gate);
-    let mut klm = case.klm_command(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let mut child = klm
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (child, mut lines) = spawn_upgrade(&case, "run-gate", &pod, &gate);
     let mut events: Vec<Value> = Vec::new();
     while let Some(line) = lines.next_line().await.unwrap() {
         let event: Value = serde_json::from_str(&line).unwrap();
@@ -473,14 +488,7 @@ async fn sigterm_mid_wave_releases_the_nodes_and_a_new_run_can_start() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pod = broken_on(&case, dir.path(), &[]);
-    let args = upgrade_args(&case, "run-term", &pod, &["-o", "json"]);
-    let mut klm = case.klm_command(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    let mut child = klm
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (child, mut lines) = spawn_upgrade(&case, "run-term", &pod, &["-o", "json"]);
     let mut events = Vec::new();
     // SIGTERM once wave 1's kata-deploy restarts.
     while let Some(line) = lines.next_line().await.unwrap() {

@@ -57,6 +57,44 @@ async fn await_suspended_at(flow: &Flow, name: &str, step: &str) {
         .unwrap();
 }
 
+/// A case of `nodes` nodes with the chart's pod decided by the rig from the
+/// host (it passes on every version until a node is told otherwise), and a
+/// run to 3.28.0 of its nodes submitted with `params`; the workflow's name.
+async fn submit_gated(
+    prefix: &str,
+    nodes: usize,
+    params: &[(&str, &str)],
+) -> Option<(Flow, String)> {
+    let rig = argo_rig().await?;
+    let flow = Flow::start(rig, CaseSpec::new(prefix, nodes, "3.27.0"))
+        .await
+        .unwrap();
+    flow.install_chart(&verification_pod_broken_at("9.9.9", &[]))
+        .await
+        .unwrap();
+    let selector = selector(&flow);
+    let mut all = vec![
+        ("target-version", "3.28.0"),
+        ("node-selector", selector.as_str()),
+    ];
+    all.extend_from_slice(params);
+    let name = flow.submit(None, &all).await.unwrap();
+    Some((flow, name))
+}
+
+/// When each pod of a template ran in a workflow, in order.
+fn pod_starts(workflow: &Value, template: &str) -> Vec<jiff::Timestamp> {
+    let mut starts: Vec<jiff::Timestamp> = workflow["status"]["nodes"]
+        .as_object()
+        .into_iter()
+        .flat_map(|nodes| nodes.values())
+        .filter(|n| n["type"] == "Pod" && n["templateName"] == template)
+        .filter_map(|n| n["startedAt"].as_str()?.parse().ok())
+        .collect();
+    starts.sort();
+    starts
+}
+
 /// The Events klm recorded on a node, by reason, in order.
 async fn event_reasons(flow: &Flow, node: &str) -> Vec<String> {
     let events: Api<k8s_openapi::api::core::v1::Event> = Api::all(flow.case.admin.clone());
@@ -76,30 +114,16 @@ async fn event_reasons(flow: &Flow, node: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_canary_gate_soaks_verifies_again_and_waits_for_argo_resume() {
-    let Some(rig) = argo_rig().await else { return };
-    let flow = Flow::start(rig, CaseSpec::new("wf-gate", 3, "3.27.0"))
-        .await
-        .unwrap();
-    // A pod the rig decides from the host (it passes on every version here).
-    flow.install_chart(&verification_pod_broken_at("9.9.9", &[]))
-        .await
-        .unwrap();
-    let selector = selector(&flow);
-    let name = flow
-        .submit(
-            None,
-            &[
-                ("target-version", "3.28.0"),
-                ("node-selector", &selector),
-                ("canary-size", "1"),
-                ("batch-size", "2"),
-                ("gate", "canary"),
-                ("gate-soak", "5s"),
-                ("gate-approval", "true"),
-            ],
-        )
-        .await
-        .unwrap();
+    let gate = [
+        ("canary-size", "1"),
+        ("batch-size", "2"),
+        ("gate", "canary"),
+        ("gate-soak", "5s"),
+        ("gate-approval", "true"),
+    ];
+    let Some((flow, name)) = submit_gated("wf-gate", 3, &gate).await else {
+        return;
+    };
     let record = await_held(&flow, "approval").await;
     let canary = flow.case.node(0).to_string();
     // Held before wave 2: the canary completed, soaked and verified again;
@@ -163,27 +187,14 @@ async fn a_canary_gate_soaks_verifies_again_and_waits_for_argo_resume() {
 
 #[tokio::test]
 async fn a_canary_that_goes_bad_during_the_soak_is_rolled_back_and_the_run_stops() {
-    let Some(rig) = argo_rig().await else { return };
-    let flow = Flow::start(rig, CaseSpec::new("wf-soak", 3, "3.27.0"))
-        .await
-        .unwrap();
-    flow.install_chart(&verification_pod_broken_at("9.9.9", &[]))
-        .await
-        .unwrap();
-    let selector = selector(&flow);
-    let name = flow
-        .submit(
-            None,
-            &[
-                ("target-version", "3.28.0"),
-                ("node-selector", &selector),
-                ("canary-size", "1"),
-                ("gate", "canary"),
-                ("gate-soak", "20s"),
-            ],
-        )
-        .await
-        .unwrap();
+    let gate = [
+        ("canary-size", "1"),
+        ("gate", "canary"),
+        ("gate-soak", "20s"),
+    ];
+    let Some((flow, name)) = submit_gated("wf-soak", 3, &gate).await else {
+        return;
+    };
     await_held(&flow, "soak").await;
     // The canary passed its verification; now 3.28.0 goes bad on it.
     let canary = flow.case.node(0).to_string();
@@ -243,21 +254,11 @@ async fn a_canary_that_goes_bad_during_the_soak_is_rolled_back_and_the_run_stops
     );
     // No later wave started: the only cordon was the canary's.
     let workflow = flow.workflow(&name).await.unwrap();
-    let cordons = workflow["status"]["nodes"]
-        .as_object()
-        .unwrap()
-        .values()
-        .filter(|n| n["type"] == "Pod" && n["templateName"] == "cordon")
-        .count();
-    assert_eq!(cordons, 1, "{report}");
+    assert_eq!(pod_starts(&workflow, "cordon").len(), 1, "{report}");
 }
 
 #[tokio::test]
 async fn the_first_wave_waits_for_the_window_to_open() {
-    let Some(rig) = argo_rig().await else { return };
-    let flow = Flow::start(rig, CaseSpec::new("wf-window", 2, "3.27.0"))
-        .await
-        .unwrap();
     // A window that opens at the next minute but one (UTC), for ten minutes.
     let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
     let opens = now.checked_add(jiff::Span::new().minutes(2)).unwrap();
@@ -268,19 +269,10 @@ async fn the_first_wave_waits_for_the_window_to_open() {
         opens.strftime("%H:%M"),
         closes.strftime("%H:%M")
     );
-    let selector = selector(&flow);
-    let name = flow
-        .submit(
-            None,
-            &[
-                ("target-version", "3.28.0"),
-                ("node-selector", &selector),
-                ("batch-size", "2"),
-                ("window", &window),
-            ],
-        )
-        .await
-        .unwrap();
+    let params = [("batch-size", "2"), ("window", window.as_str())];
+    let Some((flow, name)) = submit_gated("wf-window", 2, &params).await else {
+        return;
+    };
     let record = await_held(&flow, "window").await;
     assert_eq!(record["held"]["wave"], 1, "{record:#}");
     let until: jiff::Timestamp = record["held"]["until"].as_str().unwrap().parse().unwrap();
@@ -298,14 +290,7 @@ async fn the_first_wave_waits_for_the_window_to_open() {
     assert_all_completed(&flow, "3.28.0", &report).await;
     // The wave's first step started once the window was open.
     let workflow = flow.workflow(&name).await.unwrap();
-    let cordon_started = workflow["status"]["nodes"]
-        .as_object()
-        .unwrap()
-        .values()
-        .filter(|n| n["type"] == "Pod" && n["templateName"] == "cordon")
-        .filter_map(|n| n["startedAt"].as_str()?.parse::<jiff::Timestamp>().ok())
-        .min()
-        .expect("cordon ran");
+    let cordon_started = pod_starts(&workflow, "cordon")[0];
     assert!(
         cordon_started >= opens.timestamp(),
         "cordon at {cordon_started}, window at {opens}\n{report}"
