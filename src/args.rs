@@ -335,6 +335,24 @@ pub struct SelectionArgs {
     pub node_taint_value: Option<String>,
 }
 
+/// How a step rolls nodes back: the chart the recorded versions are
+/// reinstalled from, how long each node may take, and the pods that verify
+/// the nodes again (none given: no verification).
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    /// How long each node may take to come back Ready at the old version.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
+    pub timeout: Duration,
+
+    /// Which chart (job mode reinstalls the recorded version from it).
+    #[command(flatten)]
+    pub chart: ChartArgs,
+
+    /// Verify the nodes again after the rollback.
+    #[command(flatten)]
+    pub verification: VerificationArgs,
+}
+
 /// The verification pod and how it runs.
 #[derive(Debug, Clone, Args)]
 pub struct VerificationArgs {

@@ -3,9 +3,7 @@
 //! of [`crate::args`] into the library's types, and refuse (bad input or a
 //! precondition, nothing changed) a step that does not fit its run.
 
-use crate::args::{
-    ChartArgs, GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, SelectionArgs, VerificationArgs,
-};
+use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RollbackArgs, RunArgs, SelectionArgs};
 use crate::error::UserError;
 use crate::helm::Helm;
 use crate::nodes::selection::Criteria;
@@ -140,16 +138,13 @@ pub fn criteria(args: &SelectionArgs) -> Result<Criteria, UserError> {
 /// waiting `timeout` per node, and verifying them again with the
 /// verification pods given (each node its pool's, else the default; none
 /// given: no verification) at the flags' timeout.
-pub fn rollback_settings(
-    chart: ChartArgs,
-    timeout: std::time::Duration,
-    verification: &VerificationArgs,
-) -> Result<rollback::Settings, UserError> {
+pub fn rollback_settings(args: &RollbackArgs) -> Result<rollback::Settings, UserError> {
+    let verification = &args.verification;
     let pods = Pods::from_args(verification)?;
     Ok(rollback::Settings {
-        chart: chart.chart,
-        helm_timeout: chart.helm_timeout,
-        timeout,
+        chart: args.chart.chart.clone(),
+        helm_timeout: args.chart.helm_timeout,
+        timeout: args.timeout,
         reverify: (!pods.is_empty()).then_some(Reverify {
             pods,
             timeout: verification.verification_timeout,

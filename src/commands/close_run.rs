@@ -3,11 +3,9 @@
 //! it held safely, roll back those caught mid-upgrade (see
 //! [`crate::close_run`] for the rules).
 
-use std::time::Duration;
-
 use clap::Args as ClapArgs;
 
-use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration};
+use crate::args::{GlobalArgs, ReleaseArgs, RollbackArgs, RunArgs};
 use crate::close_run::{self, Request};
 use crate::error::{ExitStatus, UserError};
 use crate::output;
@@ -32,25 +30,17 @@ pub struct Args {
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
 
-    /// How long each node may take to come back Ready at the old version.
-    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
-    pub timeout: Duration,
-
     /// Which release.
     #[command(flatten)]
     pub release: ReleaseArgs,
-
-    /// Which chart (a rollback reinstalls the recorded version from it).
-    #[command(flatten)]
-    pub chart: ChartArgs,
 
     /// Which run (required).
     #[command(flatten)]
     pub run: RunArgs,
 
-    /// Verify rolled-back nodes again before they return to service.
+    /// How nodes are rolled back (and verified again).
     #[command(flatten)]
-    pub verification: VerificationArgs,
+    pub rollback: RollbackArgs,
 }
 
 /// A flag's value, trimmed; None when it is empty.
@@ -79,7 +69,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         failures: non_empty(&args.failures),
         reason: args.reason,
     };
-    let settings = step::rollback_settings(args.chart, args.timeout, &args.verification)?;
+    let settings = step::rollback_settings(&args.rollback)?;
     let ended = close_run::end_run(
         &client,
         &step::helm(&args.release, global)?,

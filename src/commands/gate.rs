@@ -4,12 +4,11 @@
 //! wave may start.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args as ClapArgs;
 
-use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration};
+use crate::args::{GlobalArgs, ReleaseArgs, RollbackArgs, RunArgs};
 use crate::error::{ExitStatus, UserError};
 use crate::gate::{self, Approver, Request};
 use crate::output;
@@ -39,25 +38,17 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     pub outputs_dir: Option<PathBuf>,
 
-    /// How long each node may take to come back Ready at the old version, should it fail after the soak.
-    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
-    pub timeout: Duration,
-
     /// Which release.
     #[command(flatten)]
     pub release: ReleaseArgs,
-
-    /// Which chart (a rollback reinstalls the recorded version from it).
-    #[command(flatten)]
-    pub chart: ChartArgs,
 
     /// Which run.
     #[command(flatten)]
     pub run: RunArgs,
 
-    /// The pods that verify the gate's nodes after the soak (and after a rollback).
+    /// How nodes are rolled back (and verified again).
     #[command(flatten)]
-    pub verification: VerificationArgs,
+    pub rollback: RollbackArgs,
 }
 
 /// `--resumed-from`: what the wave waited for (None: nothing yet).
@@ -85,7 +76,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
                 .into(),
         );
     };
-    let rollback = step::rollback_settings(args.chart, args.timeout, &args.verification)?;
+    let rollback = step::rollback_settings(&args.rollback)?;
     let client = crate::cluster::client(global).await?;
     let request = Request {
         release: step::release_ref(&args.release),

@@ -1,12 +1,8 @@
 //! `klm rollback`: return nodes to the version recorded before the run.
 
-use std::time::Duration;
-
 use clap::Args as ClapArgs;
 
-use crate::args::{
-    ChartArgs, GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration,
-};
+use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RollbackArgs, RunArgs};
 use crate::error::ExitStatus;
 use crate::output;
 use crate::rollback::{self, Request};
@@ -22,10 +18,6 @@ pub struct Args {
     #[command(flatten)]
     pub nodes: NodesArgs,
 
-    /// How long each node may take to come back Ready at the old version.
-    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
-    pub timeout: Duration,
-
     /// Why (recorded on the run record; the workflow passes the failing step).
     #[arg(long, value_name = "TEXT")]
     pub reason: Option<String>,
@@ -34,22 +26,18 @@ pub struct Args {
     #[command(flatten)]
     pub release: ReleaseArgs,
 
-    /// Which chart (job mode reinstalls the recorded version from it).
-    #[command(flatten)]
-    pub chart: ChartArgs,
-
     /// Which run (default: the release's latest run).
     #[command(flatten)]
     pub run: RunArgs,
 
-    /// Verify the nodes again after the rollback (optional).
+    /// How nodes are rolled back (and verified again).
     #[command(flatten)]
-    pub verification: VerificationArgs,
+    pub rollback: RollbackArgs,
 }
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let settings = step::rollback_settings(args.chart, args.timeout, &args.verification)?;
+    let settings = step::rollback_settings(&args.rollback)?;
     let client = crate::cluster::client(global).await?;
     let nodes = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let request = Request {

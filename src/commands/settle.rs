@@ -2,11 +2,9 @@
 //! completes the wave's verified nodes when the wave's upgrade succeeded, or
 //! rolls back the nodes the run touched and fails, so no later wave starts.
 
-use std::time::Duration;
-
 use clap::Args as ClapArgs;
 
-use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration};
+use crate::args::{GlobalArgs, ReleaseArgs, RollbackArgs, RunArgs};
 use crate::error::{ExitStatus, UserError};
 use crate::output;
 use crate::settle::{Counts, Request, Settled, settle};
@@ -30,25 +28,17 @@ pub struct Args {
     #[arg(long, value_name = "STATUS")]
     pub upgrade_status: String,
 
-    /// How long each node may take to come back Ready at the old version.
-    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
-    pub timeout: Duration,
-
     /// Which release.
     #[command(flatten)]
     pub release: ReleaseArgs,
-
-    /// Which chart (a rollback reinstalls the recorded version from it).
-    #[command(flatten)]
-    pub chart: ChartArgs,
 
     /// Which run.
     #[command(flatten)]
     pub run: RunArgs,
 
-    /// Verify rolled-back nodes again before they return to service.
+    /// How nodes are rolled back (and verified again).
     #[command(flatten)]
-    pub verification: VerificationArgs,
+    pub rollback: RollbackArgs,
 
     /// Also write how many nodes the wave completed, rolled back and left
     /// failed, one number per file (`completed`, `rolled-back`, `failed`) in
@@ -87,7 +77,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .hint("pass how the wave's upgrade ended, e.g. Succeeded or Failed (the workflow passes {{steps.upgrade.status}})")
         .into());
     }
-    let rollback = step::rollback_settings(args.chart, args.timeout, &args.verification)?;
+    let rollback = step::rollback_settings(&args.rollback)?;
     let client = crate::cluster::client(global).await?;
     let request = Request {
         release: step::release_ref(&args.release),
