@@ -12,13 +12,15 @@
 //!   (which nodes, in which waves), [`cordon`] (a wave's nodes held),
 //!   [`upgrade`] (the release's helm upgrade), [`restart`] (kata-deploy back
 //!   on nodes), [`verification::step`] (their verification), [`rollback`],
-//!   [`complete`], [`settle`] (ending a wave) and [`close_run`] (ending a
-//!   run), [`plan`] (what a run would do), with [`run_values`] (the
+//!   [`complete`], [`settle`] (ending a wave), [`gate`] (what a held wave
+//!   waits for: a gate's soak and approval, the window) and [`close_run`]
+//!   (ending a run), [`plan`] (what a run would do), with [`run_values`] (the
 //!   values a run sets on kata-deploy) and [`step`] (what a step resolves
 //!   from its flags: the release, helm, the run, its nodes).
 //! * Modules by concern: [`cluster`] (connecting), [`release`] and [`helm`]
 //!   (the kata-deploy Helm release), [`versions`] (version rules),
-//!   [`nodes`] (selection, waves, holding nodes), [`fleet`] (the fleet as
+//!   [`nodes`] (selection, waves, holding nodes), [`schedule`] (gates
+//!   between waves, maintenance windows), [`fleet`] (the fleet as
 //!   `klm status` shows and watches it), [`kata_deploy`]
 //!   (kata-deploy's pods and Jobs on nodes), [`verification`] (verification
 //!   pods), [`drain`], [`run_record`] (what a run needs to roll back),
