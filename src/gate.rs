@@ -14,7 +14,7 @@ use jiff::Timestamp;
 use kube::Client;
 
 use crate::error::UserError;
-use crate::events::{NodeEvent, NodeEvents};
+use crate::events::NodeEvents;
 use crate::helm::Helm;
 use crate::nodes::hold;
 use crate::release::ReleaseRef;
@@ -74,23 +74,40 @@ pub struct Request {
 pub enum Wait {
     /// Nothing: the wave may start.
     Nothing,
-    /// The gate's soak, this much longer.
-    Soak(Duration),
+    /// The gate's soak, which ends then.
+    Soak(Timestamp),
     /// A person's approval.
     Approval,
-    /// The maintenance window, which opens in this long.
-    Window(Duration),
+    /// The maintenance window, which opens then.
+    Window(Timestamp),
 }
 
 impl Wait {
-    /// The word the workflow branches on, and the seconds of a timed wait.
-    pub fn step_outputs(&self) -> (&'static str, u64) {
+    /// What the run waits for (None: nothing), and until when.
+    fn held_for(&self) -> Option<(Waiting, Option<Timestamp>)> {
         match self {
-            Wait::Nothing => ("none", 0),
-            Wait::Soak(d) => (Waiting::Soak.as_str(), d.as_secs()),
-            Wait::Approval => (Waiting::Approval.as_str(), 0),
-            Wait::Window(d) => (Waiting::Window.as_str(), d.as_secs()),
+            Wait::Nothing => None,
+            Wait::Soak(ends) => Some((Waiting::Soak, Some(*ends))),
+            Wait::Approval => Some((Waiting::Approval, None)),
+            Wait::Window(opens) => Some((Waiting::Window, Some(*opens))),
         }
+    }
+
+    /// How long a timed wait (a soak, a window) still takes from `now`, in
+    /// whole seconds rounded up, at least 1 (zero for the others).
+    pub fn remaining(&self, now: Timestamp) -> Duration {
+        match self.held_for() {
+            Some((_, Some(then))) => until(now, then),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The word the workflow branches on, and the seconds of a timed wait.
+    pub fn step_outputs(&self, now: Timestamp) -> (&'static str, u64) {
+        let word = self
+            .held_for()
+            .map_or("none", |(waiting, _)| waiting.as_str());
+        (word, self.remaining(now).as_secs())
     }
 }
 
@@ -139,7 +156,7 @@ pub async fn pass(client: &Client, helm: &Helm, request: &Request) -> anyhow::Re
         wait: Wait::Nothing,
     };
     if let Some(gate) = record.gates.iter().find(|g| g.before_wave == index) {
-        let (wait, ends) = pass_gate(
+        let wait = pass_gate(
             client,
             helm,
             &records,
@@ -150,7 +167,7 @@ pub async fn pass(client: &Client, helm: &Helm, request: &Request) -> anyhow::Re
         )
         .await?;
         if wait != Wait::Nothing {
-            return hold(&records, &record, request, wait, ends, passage).await;
+            return hold(&records, &record, request, wait, passage).await;
         }
     }
     if let Some(raw) = &record.window {
@@ -159,8 +176,7 @@ pub async fn pass(client: &Client, helm: &Helm, request: &Request) -> anyhow::Re
             .ok_or_else(|| UserError::failed("the run's recorded window is empty"))?;
         let opens = window.next_open(request.now);
         if opens > request.now {
-            let wait = Wait::Window(until(request.now, opens));
-            return hold(&records, &record, request, wait, Some(opens), passage).await;
+            return hold(&records, &record, request, Wait::Window(opens), passage).await;
         }
     }
     if record.held.is_some() {
@@ -171,8 +187,7 @@ pub async fn pass(client: &Client, helm: &Helm, request: &Request) -> anyhow::Re
     Ok(passage)
 }
 
-/// Passes what can be passed of `gate` now; what is left to wait for, and
-/// until when (a soak).
+/// Passes what can be passed of `gate` now; what is left to wait for.
 async fn pass_gate(
     client: &Client,
     helm: &Helm,
@@ -181,7 +196,7 @@ async fn pass_gate(
     gate: &Gate,
     request: &Request,
     done: &mut Vec<String>,
-) -> anyhow::Result<(Wait, Option<Timestamp>)> {
+) -> anyhow::Result<Wait> {
     let mut passage = gate.passage.clone();
     if let Some(seconds) = gate.soak_seconds {
         let ends = match &passage.soak_until {
@@ -196,7 +211,7 @@ async fn pass_gate(
             }
         };
         if request.now < ends {
-            return Ok((Wait::Soak(until(request.now, ends)), Some(ends)));
+            return Ok(Wait::Soak(ends));
         }
         if !passage.reverified {
             reverify(client, helm, record, gate, request).await?;
@@ -211,14 +226,14 @@ async fn pass_gate(
     }
     if gate.approval && passage.approved.is_none() {
         if request.resumed_from != Some(Waiting::Approval) {
-            return Ok((Wait::Approval, None));
+            return Ok(Wait::Approval);
         }
         // The workflow's approval step ended: a person resumed it.
         passage.approved = Some(format!("resumed at {}", request.now));
         record_passage(records, record, gate, &passage).await?;
         done.push(format!("gate after {}: approved", gate.after));
     }
-    Ok((Wait::Nothing, None))
+    Ok(Wait::Nothing)
 }
 
 /// Verifies the gate's nodes again; rolls back those that fail (the run
@@ -254,16 +269,11 @@ async fn reverify(
     .await?;
     let release_id = record.release_id();
     NodeEvents::new(client, &record.run_id, &release_id)
-        .record_each(verdicts.iter().map(|v| {
-            let pod = v.pod.clone();
-            let event = if v.passed {
-                NodeEvent::VerificationPassed { pod }
-            } else {
-                let reason = format!("after the soak: {}", v.reason.clone().unwrap_or_default());
-                NodeEvent::VerificationFailed { pod, reason }
-            };
-            (v.node.clone(), event)
-        }))
+        .record_each(
+            verdicts
+                .iter()
+                .map(|v| (v.node.clone(), v.event(Some("after the soak")))),
+        )
         .await;
     let failed: Vec<String> = verdicts
         .iter()
@@ -301,22 +311,17 @@ async fn reverify(
         .into())
 }
 
-/// Records the run as held before the request's wave, for `wait`, until
-/// `until` (a soak's end, the window's opening).
+/// Records the run as held before the request's wave, for `wait`.
 async fn hold(
     records: &Records,
     record: &RunRecord,
     request: &Request,
     wait: Wait,
-    until: Option<Timestamp>,
     mut passage: Passage,
 ) -> anyhow::Result<Passage> {
-    let waiting_for = match &wait {
-        Wait::Soak(_) => Waiting::Soak,
-        Wait::Approval => Waiting::Approval,
-        Wait::Window(_) => Waiting::Window,
-        Wait::Nothing => unreachable!("a wave that waits for nothing is not held"),
-    };
+    let (waiting_for, until) = wait
+        .held_for()
+        .expect("a wave that waits for nothing is not held");
     let approve_with = (waiting_for == Waiting::Approval).then(|| request.approver.command(record));
     let since = match &record.held {
         Some(h) if h.wave == request.wave as usize && h.waiting_for == waiting_for => {
@@ -484,15 +489,12 @@ mod tests {
             Duration::from_secs(1),
             "never zero: the caller waits, then asks again"
         );
-        assert_eq!(
-            Wait::Soak(Duration::from_secs(600)).step_outputs(),
-            ("soak", 600)
-        );
-        assert_eq!(Wait::Approval.step_outputs(), ("approval", 0));
-        assert_eq!(Wait::Nothing.step_outputs(), ("none", 0));
-        assert_eq!(
-            Wait::Window(Duration::from_secs(5)).step_outputs(),
-            ("window", 5)
-        );
+        assert_eq!(Wait::Window(then).remaining(now), Duration::from_secs(2));
+        let soak_ends: Timestamp = "2026-12-02T10:10:00Z".parse().unwrap();
+        assert_eq!(Wait::Soak(soak_ends).step_outputs(now), ("soak", 600));
+        assert_eq!(Wait::Approval.step_outputs(now), ("approval", 0));
+        assert_eq!(Wait::Nothing.step_outputs(now), ("none", 0));
+        let opens: Timestamp = "2026-12-02T10:00:05Z".parse().unwrap();
+        assert_eq!(Wait::Window(opens).step_outputs(now), ("window", 5));
     }
 }

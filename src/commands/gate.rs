@@ -92,7 +92,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     };
     let passage = gate::pass(&client, &step::helm(&args.release, global)?, &request).await?;
     if let Some(dir) = &args.outputs_dir {
-        let (wait, seconds) = passage.wait.step_outputs();
+        let (wait, seconds) = passage.wait.step_outputs(request.now);
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating --outputs-dir {}", dir.display()))?;
         for (name, value) in [("wait", wait.to_string()), ("seconds", seconds.to_string())] {

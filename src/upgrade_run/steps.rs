@@ -179,9 +179,10 @@ async fn hold_wave(
         }
         resumed_from = match passage.wait {
             gate::Wait::Nothing => return Ok(()),
-            gate::Wait::Soak(d) | gate::Wait::Window(d) => {
+            timed @ (gate::Wait::Soak(_) | gate::Wait::Window(_)) => {
+                let left = timed.remaining(jiff::Timestamp::now());
                 let timer = async {
-                    tokio::time::sleep(d).await;
+                    tokio::time::sleep(left).await;
                     anyhow::Ok(())
                 };
                 cancellable(interrupts, timer)

@@ -50,6 +50,24 @@ pub struct NodeVerdict {
     pub kept: bool,
 }
 
+impl NodeVerdict {
+    /// The verdict as the Event klm records on its node; `context` (e.g.
+    /// `after the soak`) opens a failure's reason.
+    pub fn event(&self, context: Option<&str>) -> crate::events::NodeEvent {
+        use crate::events::NodeEvent;
+        let pod = self.pod.clone();
+        if self.passed {
+            return NodeEvent::VerificationPassed { pod };
+        }
+        let why = self.reason.clone().unwrap_or_default();
+        let reason = match context {
+            Some(context) => format!("{context}: {why}"),
+            None => why,
+        };
+        NodeEvent::VerificationFailed { pod, reason }
+    }
+}
+
 /// Runs each node's pod (see [`super::Pods::assign`]) concurrently and
 /// returns a verdict per node.
 pub async fn verify_nodes(

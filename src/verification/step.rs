@@ -5,7 +5,7 @@ use futures::future::try_join_all;
 use kube::Client;
 
 use crate::annotations::NodeStatus;
-use crate::events::{NodeEvent, NodeEvents};
+use crate::events::NodeEvents;
 use crate::nodes::hold;
 use crate::output::Report;
 use crate::release::ReleaseRef;
@@ -136,16 +136,7 @@ pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verifi
             .await?;
     }
     NodeEvents::new(client, &run_id, &release_id)
-        .record_each(verdicts.iter().map(|v| {
-            let pod = v.pod.clone();
-            let event = if v.passed {
-                NodeEvent::VerificationPassed { pod }
-            } else {
-                let reason = v.reason.clone().unwrap_or_default();
-                NodeEvent::VerificationFailed { pod, reason }
-            };
-            (v.node.clone(), event)
-        }))
+        .record_each(verdicts.iter().map(|v| (v.node.clone(), v.event(None))))
         .await;
     Ok(Verification {
         passed,
