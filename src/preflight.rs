@@ -112,6 +112,7 @@ impl Checked {
             gates: Vec::new(),
             window: None,
             held: None,
+            inherited: None,
         }
     }
 }

@@ -119,8 +119,9 @@ pub trait Observer {
 /// How the run's work ended, before the run was closed.
 #[derive(Debug)]
 pub enum Ending {
-    /// Every wave completed and the run finished.
-    Completed,
+    /// Every wave completed and the run finished; what it left on the
+    /// release for the nodes outside it, if anything (a partial run).
+    Completed(Option<String>),
     /// A wave failed and was rolled back; no further wave started.
     WaveFailed(UserError),
     /// Ctrl-C or SIGTERM.
@@ -176,7 +177,7 @@ impl Outcome {
             Closing::Done(ended) => ended.outcome()?,
         }
         match self.ending {
-            Ending::Completed => Ok(()),
+            Ending::Completed(_) => Ok(()),
             Ending::WaveFailed(err) => Err(err.into()),
             Ending::Failed(err) => Err(err),
             Ending::Interrupted(signal) => Err(UserError::failed(format!(
@@ -191,7 +192,7 @@ impl Outcome {
 
 fn ending_name(ending: &Ending) -> &'static str {
     match ending {
-        Ending::Completed => "completed",
+        Ending::Completed(_) => "completed",
         Ending::WaveFailed(_) => "failed a wave",
         Ending::Interrupted(_) => "was interrupted",
         Ending::Failed(_) => "failed",
@@ -240,7 +241,7 @@ pub async fn run(
 
     let mode = record.mode;
     let ending = match waves(cluster, settings, mode, interrupts, &mut reporter).await {
-        Ok(()) => Ending::Completed,
+        Ok(left) => Ending::Completed(left),
         Err(Stop::Interrupted(signal)) => Ending::Interrupted(signal),
         Err(Stop::WaveFailed(err)) => Ending::WaveFailed(err),
         Err(Stop::Failed(err)) => Ending::Failed(err),
@@ -279,11 +280,14 @@ fn last_words(
         Err(err) => Err(format!("closing the run failed: {err:#}")),
     };
     match (ending, closed) {
-        (Ending::Completed, Ok(())) => (
+        (Ending::Completed(left), Ok(())) => (
             Phase::RunCompleted,
-            format!("every planned node is at {target}"),
+            match left {
+                Some(left) => format!("every planned node is at {target}; {left}"),
+                None => format!("every planned node is at {target}"),
+            },
         ),
-        (Ending::Completed, Err(why)) => (Phase::RunFailed, why),
+        (Ending::Completed(_), Err(why)) => (Phase::RunFailed, why),
         (Ending::WaveFailed(err), _) => (Phase::RunFailed, err.message.clone()),
         (Ending::Failed(err), _) => (Phase::RunFailed, format!("{err:#}")),
         (Ending::Interrupted(signal), _) => (

@@ -20,14 +20,15 @@ use crate::verification::step as verification;
 use crate::versions::{DeploymentMode, ModeChoice};
 
 /// Steps 1 to 3: plan, upgrade the release, the waves, finish, for a run
-/// in `mode` (as recorded).
+/// in `mode` (as recorded). Returns what the finished run left on the
+/// release for the nodes outside it (a partial run), if anything.
 pub(super) async fn waves(
     cluster: Cluster<'_>,
     settings: &Settings,
     mode: DeploymentMode,
     interrupts: &Interrupts,
     reporter: &mut Reporter<'_>,
-) -> Result<(), Stop> {
+) -> Result<Option<String>, Stop> {
     let Cluster { client, helm, .. } = cluster;
     let run_id = reporter.run_id.clone();
     let plan = planning::PlanRequest {
@@ -133,8 +134,7 @@ pub(super) async fn waves(
     )
     .await?
     .map_err(Stop::Failed)?;
-    finished.outcome().map_err(|e| Stop::Failed(e.into()))?;
-    Ok(())
+    Ok(finished.left_note())
 }
 
 /// The workflow's `hold` template: pass the wave's gate and window, waiting
@@ -439,7 +439,7 @@ pub(super) async fn close(
 ) -> Result<anyhow::Result<Ended>, Abandoned> {
     let Cluster { client, helm, .. } = cluster;
     let (status, reason) = match ending {
-        Ending::Completed => ("Succeeded", None),
+        Ending::Completed(_) => ("Succeeded", None),
         Ending::WaveFailed(_) => ("Failed", None),
         Ending::Interrupted(signal) => (
             "Failed",

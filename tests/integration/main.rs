@@ -7,6 +7,7 @@ mod edges;
 mod idempotence;
 mod job_mode;
 mod one_process;
+mod partial;
 mod policy;
 mod run_end;
 mod side_by_side;
