@@ -218,6 +218,10 @@ pub async fn run(
         pool_label: settings.pool_label.as_deref(),
         pods: &settings.verification,
     };
+    // What the plan refuses (a selection without the release's nodes, a
+    // policy that cannot be planned) is refused before the run is recorded:
+    // bad input changes nothing.
+    crate::nodes::planning::plan_run(client, helm, &steps::plan_request(settings, None)).await?;
     let started = preflight::start_run(client, helm, &start).await?;
     let record = &started.record;
     let mut reporter = Reporter {

@@ -31,17 +31,7 @@ pub(super) async fn waves(
 ) -> Result<Option<String>, Stop> {
     let Cluster { client, helm, .. } = cluster;
     let run_id = reporter.run_id.clone();
-    let plan = planning::PlanRequest {
-        release: &settings.release,
-        criteria: &settings.criteria,
-        pool_label: settings.pool_label.as_deref(),
-        policy: &settings.policy,
-        schedule: &settings.schedule,
-        skip_completed: Some(&settings.target),
-        // One process carries any number of waves (a workflow's status does not).
-        max_waves: 0,
-        run_id: Some(&run_id),
-    };
+    let plan = plan_request(settings, Some(&run_id));
     let selection = shielded(
         interrupts,
         reporter,
@@ -61,7 +51,10 @@ pub(super) async fn waves(
             selection.skipped.join(", ")
         ));
     }
-    if let Some(note) = selection.unavailable_note() {
+    for note in [selection.unavailable_note(), selection.left_out_note()]
+        .into_iter()
+        .flatten()
+    {
         message.push_str(&format!("; {note}"));
     }
     reporter.send(event.saying(message));
@@ -135,6 +128,24 @@ pub(super) async fn waves(
     .await?
     .map_err(Stop::Failed)?;
     Ok(finished.left_note())
+}
+
+/// What the run plans (and records in the run named, if any).
+pub(super) fn plan_request<'a>(
+    settings: &'a Settings,
+    run_id: Option<&'a str>,
+) -> planning::PlanRequest<'a> {
+    planning::PlanRequest {
+        release: &settings.release,
+        criteria: &settings.criteria,
+        pool_label: settings.pool_label.as_deref(),
+        policy: &settings.policy,
+        schedule: &settings.schedule,
+        skip_completed: Some(&settings.target),
+        // One process carries any number of waves (a workflow's status does not).
+        max_waves: 0,
+        run_id,
+    }
 }
 
 /// The workflow's `hold` template: pass the wave's gate and window, waiting

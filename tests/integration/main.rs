@@ -10,6 +10,7 @@ mod one_process;
 mod partial;
 mod policy;
 mod run_end;
+mod selection;
 mod side_by_side;
 mod support;
 mod upgrade;
