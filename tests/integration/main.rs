@@ -9,6 +9,7 @@ mod job_mode;
 mod one_process;
 mod partial;
 mod policy;
+mod refused;
 mod run_end;
 mod selection;
 mod side_by_side;

