@@ -420,16 +420,20 @@ pub fn parse_pool_pod(raw: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
-/// Parses `90s`, `10m`, `1h30m` or a bare number of seconds.
+/// Parses `90s`, `10m`, `1h30m` or a bare number of seconds, of at least a
+/// second (timeouts: helm takes whole seconds, and no wait is shorter).
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
-    if let Ok(seconds) = raw.parse::<u64>() {
-        return Ok(Duration::from_secs(seconds));
-    }
-    let parsed = humantime::parse_duration(raw)
-        .map_err(|e| format!("{e} (expected e.g. 90s, 10m, 1h30m)"))?;
+    let parsed = match raw.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(raw)
+            .map_err(|e| format!("{e} (expected e.g. 90s, 10m, 1h30m)"))?,
+    };
     if parsed.is_zero() {
-        return Err("must be longer than zero".into());
+        return Err("must be longer than zero (e.g. 90s, 10m)".into());
+    }
+    if parsed < Duration::from_secs(1) {
+        return Err("must be at least 1s (e.g. 90s, 10m)".into());
     }
     Ok(parsed)
 }
@@ -498,6 +502,14 @@ mod tests {
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("0s").is_err());
+        // A bare 0 is refused like 0s (it timed a restart out at once).
+        assert_eq!(
+            parse_duration("0").unwrap_err(),
+            "must be longer than zero (e.g. 90s, 10m)"
+        );
+        assert!(parse_duration(" 0 ").is_err());
+        assert!(parse_duration("500ms").is_err());
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
         assert!(parse_duration("soon").is_err());
     }
 

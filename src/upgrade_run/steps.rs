@@ -328,9 +328,25 @@ async fn upgrade_wave(
         chart: settings.chart.clone(),
         helm_timeout: settings.helm_timeout,
     };
-    let restarted = cancellable(interrupts, restart::restart(client, helm, &restart))
-        .await?
-        .map_err(failed("restart-kata-pod"))?;
+    let restarted = match cancellable(interrupts, restart::restart(client, helm, &restart)).await? {
+        Ok(restarted) => restarted,
+        Err(err) => {
+            // The restart could not be carried out at all: why is each
+            // node's restart-failed event (and a log line), not only the
+            // wave's failure.
+            let why = format!("restart-kata-pod failed: {err:#}");
+            tracing::warn!(wave = index, "{why}");
+            for node in nodes {
+                let event = reporter
+                    .run(Phase::RestartFailed)
+                    .in_wave(index)
+                    .on(node)
+                    .saying(why.clone());
+                reporter.send(event);
+            }
+            return Err(WaveStop::Failed(why));
+        }
+    };
     for failure in &restarted.failed {
         let event = reporter
             .run(Phase::RestartFailed)

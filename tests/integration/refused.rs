@@ -42,6 +42,37 @@ async fn refused_steps_after_a_run_change_nothing() {
             3,
             "never touched",
         ),
+        // 2. A bare 0 is no duration, as 0s is not.
+        (
+            vec![
+                "upgrade",
+                "--target-version",
+                "3.28.0",
+                "--verification-pod",
+                &pod,
+                "--verification-namespace",
+                &ns,
+                "--restart-timeout",
+                "0",
+            ],
+            2,
+            "longer than zero",
+        ),
+        (
+            vec![
+                "verify",
+                "--nodes",
+                n1,
+                "--verification-pod",
+                &pod,
+                "--verification-namespace",
+                &ns,
+                "--verification-timeout",
+                "0",
+            ],
+            2,
+            "longer than zero",
+        ),
     ];
     let mut failures = Vec::new();
     for (args, code, says) in &refused {
