@@ -438,6 +438,43 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
+/// Argo's phases of a step or a workflow (`{{steps.X.status}}`,
+/// `{{workflow.status}}`), as Argo spells them.
+pub const ARGO_STATUSES: [&str; 7] = [
+    "Succeeded",
+    "Failed",
+    "Error",
+    "Skipped",
+    "Omitted",
+    "Running",
+    "Pending",
+];
+
+/// Parses one of Argo's statuses, in any case, into Argo's spelling: a
+/// status that is not one (a typo, `succeeded` read as a failure) is
+/// refused rather than taken for a failure.
+pub fn parse_argo_status(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    ARGO_STATUSES
+        .iter()
+        .find(|status| status.eq_ignore_ascii_case(raw))
+        .map(|status| status.to_string())
+        .ok_or_else(|| {
+            format!(
+                "{raw:?} is not an Argo status: expected one of {}",
+                ARGO_STATUSES.join(", ")
+            )
+        })
+}
+
+/// Like [`parse_argo_status`]; an empty value is kept empty (no status).
+pub fn parse_optional_argo_status(raw: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        return Ok(String::new());
+    }
+    parse_argo_status(raw)
+}
+
 /// Parses the `--set`-style list the workflow passes (`a=1,b.c=x`) into
 /// separate `key=value` items, keeping commas inside `{...}` and escaped `\,`.
 pub fn split_set_values(raw: &str) -> Result<Vec<String>, String> {
@@ -511,6 +548,21 @@ mod tests {
         assert!(parse_duration("500ms").is_err());
         assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn argo_statuses_are_taken_in_any_case_and_nothing_else() {
+        assert_eq!(parse_argo_status("succeeded").unwrap(), "Succeeded");
+        assert_eq!(parse_argo_status(" SUCCEEDED ").unwrap(), "Succeeded");
+        assert_eq!(parse_argo_status("Failed").unwrap(), "Failed");
+        assert_eq!(parse_argo_status("error").unwrap(), "Error");
+        for bad in ["", "ok", "Success", "{{steps.upgrade.status}}"] {
+            let err = parse_argo_status(bad).unwrap_err();
+            assert!(err.contains("is not an Argo status"), "{err}");
+        }
+        assert_eq!(parse_optional_argo_status("").unwrap(), "");
+        assert_eq!(parse_optional_argo_status("failed").unwrap(), "Failed");
+        assert!(parse_optional_argo_status("done").is_err());
     }
 
     #[test]

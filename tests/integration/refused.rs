@@ -3,8 +3,12 @@
 //! (nodes, kata-deploy pods, the run record, the release); and a check by
 //! hand writes nothing into a closed run's record.
 
-use crate::support::{Case, CaseSpec};
+use crate::run_end::{start, submit};
+use crate::support::{Case, CaseSpec, annotation};
 use crate::upgrade::verification_pod;
+use crate::workflow::Workflow;
+
+const STATUS: &str = "katacontainers.io/kata-lifecycle-manager-status";
 
 #[tokio::test]
 async fn refused_steps_after_a_run_change_nothing() {
@@ -73,6 +77,12 @@ async fn refused_steps_after_a_run_change_nothing() {
             2,
             "longer than zero",
         ),
+        // 3. Only Argo's statuses.
+        (
+            vec!["settle", "--wave", "1", "--upgrade-status", "done"],
+            2,
+            "is not an Argo status",
+        ),
     ];
     let mut failures = Vec::new();
     for (args, code, says) in &refused {
@@ -94,4 +104,28 @@ async fn refused_steps_after_a_run_change_nothing() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// 3. `settle --upgrade-status succeeded` (any case) completes the wave as
+/// `Succeeded` does; it rolled a verified wave back before.
+#[tokio::test]
+async fn settle_takes_argos_statuses_in_any_case() {
+    let case = Case::start(CaseSpec::new("settlecase", 1, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wf = Workflow::render(&case, &verification_pod(dir.path(), &[])).await;
+    let run = submit(&case, &wf, "wf-lower", &[], dir.path());
+    assert_eq!(start(&run).await, vec![1]);
+    for step in ["cordon", "restart-kata-pod", "verify"] {
+        run.step(step, &[("index", "1")]).await.ok();
+    }
+    run.step("settle", &[("index", "1"), ("upgrade-status", "succeeded")])
+        .await
+        .ok();
+    assert_eq!(
+        annotation(&case.get_node(case.node(0)).await, STATUS).as_deref(),
+        Some("completed")
+    );
+    assert_eq!(case.run_record().await.unwrap()["state"], "running");
 }
