@@ -104,6 +104,26 @@ async fn refused_steps_after_a_run_change_nothing() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // 4. A check by hand with no run active writes nothing into the closed
+    // run's record (nor moves the node).
+    let before = case.snapshot().await;
+    case.klm(&[
+        "verify",
+        "--nodes",
+        n2,
+        "--verification-pod",
+        &pod,
+        "--verification-namespace",
+        &ns,
+    ])
+    .await
+    .ok();
+    assert_eq!(
+        case.snapshot().await,
+        before,
+        "verify by hand changed the run record"
+    );
 }
 
 /// 3. `settle --upgrade-status succeeded` (any case) completes the wave as
