@@ -408,6 +408,15 @@ pub fn pool_label(flag: Option<&str>) -> Option<&str> {
     flag.filter(|label| !label.trim().is_empty())
 }
 
+/// Whether a run may go to a version older than the release's.
+#[derive(Debug, Clone, Args)]
+pub struct DowngradeArgs {
+    /// Allow a --target-version older than the release's version (a
+    /// downgrade); without it a downgrade is refused before anything changes.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub allow_downgrade: bool,
+}
+
 /// Parses `--pool-verification-pod POOL=PATH`.
 pub fn parse_pool_pod(raw: &str) -> Result<(String, PathBuf), String> {
     match raw.split_once('=') {

@@ -98,6 +98,8 @@ pub struct Request<'a> {
     pub skip_completed: Option<&'a Version>,
     /// The verification pods to validate.
     pub pods: &'a Pods,
+    /// A target older than the release's version was asked for explicitly.
+    pub allow_downgrade: bool,
 }
 
 /// Runs every read-only check of a run's start and plans its waves.
@@ -117,6 +119,11 @@ pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow
         request.pods,
     )
     .await?;
+    preflight::check_downgrade(
+        &release.chart_version,
+        request.target,
+        request.allow_downgrade,
+    )?;
     let planning = planning::PlanRequest {
         release: request.release,
         criteria: request.criteria,

@@ -2,7 +2,9 @@
 
 use clap::Args as ClapArgs;
 
-use crate::args::{GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs, WavesArgs};
+use crate::args::{
+    DowngradeArgs, GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs, WavesArgs,
+};
 use crate::error::ExitStatus;
 use crate::output;
 use crate::plan;
@@ -38,6 +40,10 @@ pub struct Args {
     /// The verification pod to validate (optional for a plan).
     #[command(flatten)]
     pub verification: VerificationArgs,
+
+    /// Whether the target may be older than the release's version.
+    #[command(flatten)]
+    pub downgrade: DowngradeArgs,
 }
 
 /// Runs the step.
@@ -61,6 +67,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             schedule: &args.waves.schedule(),
             skip_completed: None,
             pods: &pods,
+            allow_downgrade: args.downgrade.allow_downgrade,
         },
     )
     .await?;

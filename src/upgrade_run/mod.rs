@@ -81,6 +81,8 @@ pub struct Settings {
     pub helm_timeout: Duration,
     /// How long a node's kata-deploy may take to come back Ready.
     pub restart_timeout: Duration,
+    /// A target older than the release's version was asked for explicitly.
+    pub allow_downgrade: bool,
 }
 
 impl Settings {
@@ -217,6 +219,7 @@ pub async fn run(
         chart_values: settings.chart_values.clone(),
         pool_label: settings.pool_label.as_deref(),
         pods: &settings.verification,
+        allow_downgrade: settings.allow_downgrade,
     };
     // What the plan refuses (a selection without the release's nodes, a
     // policy that cannot be planned) is refused before the run is recorded:
@@ -234,8 +237,15 @@ pub async fn run(
     } else {
         "recorded"
     };
+    // What a person should know (a downgrade asked for) is in the event
+    // stream, not only in a log line.
+    let warnings: String = started
+        .warnings
+        .iter()
+        .map(|w| format!("; warning: {w}"))
+        .collect();
     let event = reporter.run(Phase::Started).saying(format!(
-        "{} from {} to {} in {} mode ({how})",
+        "{} from {} to {} in {} mode ({how}){warnings}",
         settings.release.name, record.before.chart_version, record.target_version, record.mode
     ));
     reporter.send(event);

@@ -19,6 +19,7 @@ async fn refused_steps_after_a_run_change_nothing() {
     let pod = verification_pod(dir.path(), &[]).display().to_string();
     let [n1, n2] = [case.node(0), case.node(1)];
     let ns = case.namespace.clone();
+    let only_n2 = format!("kubernetes.io/hostname={n2}");
     // A run that upgraded n1 only, now closed: the release is at 3.28.0.
     case.klm(&[
         "upgrade",
@@ -83,6 +84,40 @@ async fn refused_steps_after_a_run_change_nothing() {
             2,
             "is not an Argo status",
         ),
+        // 6. A downgrade must be asked for.
+        (
+            vec![
+                "check-prerequisites",
+                "--target-version",
+                "3.27.0",
+                "--verification-pod",
+                &pod,
+                "--verification-namespace",
+                &ns,
+            ],
+            2,
+            "older than the release's 3.28.0",
+        ),
+        (
+            vec![
+                "upgrade",
+                "--target-version",
+                "3.27.0",
+                "--verification-pod",
+                &pod,
+                "--verification-namespace",
+                &ns,
+                "--node-selector",
+                &only_n2,
+            ],
+            2,
+            "--allow-downgrade",
+        ),
+        (
+            vec!["plan", "--target-version", "3.27.0"],
+            2,
+            "older than the release's 3.28.0",
+        ),
     ];
     let mut failures = Vec::new();
     for (args, code, says) in &refused {
@@ -104,6 +139,13 @@ async fn refused_steps_after_a_run_change_nothing() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // An explicit downgrade plans, and says it downgrades.
+    let plan = case
+        .klm(&["plan", "--target-version", "3.27.0", "--allow-downgrade"])
+        .await
+        .ok();
+    assert!(plan.stdout.contains("downgrades"), "{}", plan.stdout);
 
     // 4. A check by hand with no run active writes nothing into the closed
     // run's record (nor moves the node).
