@@ -408,6 +408,95 @@ pub fn pool_label(flag: Option<&str>) -> Option<&str> {
     flag.filter(|label| !label.trim().is_empty())
 }
 
+/// The flags that reach a run again as they were given (the cluster and
+/// identity, the release, the chart, the verification pods), for a command
+/// klm prints: it must work when pasted. Paths are made absolute.
+pub fn reach_flags(
+    client: &ClientArgs,
+    release: &ReleaseArgs,
+    chart: &ChartArgs,
+    verification: &VerificationArgs,
+) -> Vec<String> {
+    let path = |p: &PathBuf| {
+        std::path::absolute(p)
+            .unwrap_or_else(|_| p.clone())
+            .display()
+            .to_string()
+    };
+    let mut flags = Vec::new();
+    let mut flag = |name: &str, value: String| {
+        flags.push(name.to_string());
+        flags.push(value);
+    };
+    if let Some(kubeconfig) = &client.kubeconfig {
+        flag("--kubeconfig", path(kubeconfig));
+    }
+    for (name, value) in [
+        ("--context", &client.context),
+        ("--cluster", &client.cluster),
+        ("--user", &client.user),
+        ("--as", &client.as_user),
+    ] {
+        if let Some(value) = value {
+            flag(name, value.clone());
+        }
+    }
+    for group in &client.as_groups {
+        flag("--as-group", group.clone());
+    }
+    flag("--helm-release", release.helm_release.clone());
+    flag("--helm-namespace", release.helm_namespace.clone());
+    if release.helm.as_os_str() != "helm" {
+        flag("--helm", path(&release.helm));
+    }
+    if chart.chart != DEFAULT_CHART {
+        flag("--chart", chart.chart.clone());
+    }
+    match (
+        &verification.verification_pod,
+        &verification.verification_pod_base64,
+    ) {
+        (Some(pod), _) if pod.as_os_str() != "-" => flag("--verification-pod", path(pod)),
+        (Some(_), _) => flag("--verification-pod", "<file>".into()),
+        (None, Some(encoded)) => flag("--verification-pod-base64", encoded.clone()),
+        (None, None) => {}
+    }
+    for (pool, pod) in &verification.pool_verification_pods {
+        flag("--pool-verification-pod", format!("{pool}={}", path(pod)));
+    }
+    if let Some(encoded) = &verification.pool_verification_pods_base64 {
+        flag("--pool-verification-pods-base64", encoded.clone());
+    }
+    if verification.verification_namespace != "default" {
+        flag(
+            "--verification-namespace",
+            verification.verification_namespace.clone(),
+        );
+    }
+    flags
+}
+
+/// A command line of these words, each quoted for a POSIX shell where it
+/// needs to be.
+pub fn command_line<S: AsRef<str>>(words: impl IntoIterator<Item = S>) -> String {
+    words
+        .into_iter()
+        .map(|word| {
+            let word = word.as_ref();
+            let plain = !word.is_empty()
+                && word
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+<>".contains(c));
+            if plain {
+                word.to_string()
+            } else {
+                format!("'{}'", word.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Whether a run may go to a version older than the release's.
 #[derive(Debug, Clone, Args)]
 pub struct DowngradeArgs {
@@ -557,6 +646,25 @@ mod tests {
         assert!(parse_duration("500ms").is_err());
         assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn printed_commands_quote_what_a_shell_would_split() {
+        assert_eq!(
+            command_line([
+                "klm",
+                "close-run",
+                "--run-id",
+                "klm-1",
+                "--verification-pod",
+                "/a b/it's.yaml"
+            ]),
+            "klm close-run --run-id klm-1 --verification-pod '/a b/it'\\''s.yaml'"
+        );
+        assert_eq!(
+            command_line(["--chart", "oci://x/y:1.0"]),
+            "--chart oci://x/y:1.0"
+        );
     }
 
     #[test]

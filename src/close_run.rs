@@ -23,7 +23,7 @@ use crate::nodes::hold::{self, Release, Released};
 use crate::nodes::selection;
 use crate::output::Report;
 use crate::release::ReleaseRef;
-use crate::run_record::{NodeProgress, RecordError, Records, RunRecord, RunState};
+use crate::run_record::{NodeProgress, Records, RunRecord, RunState};
 
 /// Which run ended, and how.
 #[derive(Debug, Clone)]
@@ -264,13 +264,27 @@ pub async fn close(client: &Client, request: &Request) -> anyhow::Result<Closing
     let succeeded = request.workflow_status.as_deref() == Some("Succeeded");
     let release_id = annotations::release_id(&request.release.namespace, &request.release.name);
     let records = Records::new(client, &request.release.namespace);
-    let record = match records.resolve(&request.release.name, Some(run_id)).await {
-        Ok(record) => Some(record),
-        // Failed before it was recorded (or another run holds the release):
-        // never close someone else's record.
-        Err(RecordError::NoRecord { .. } | RecordError::RunMismatch { .. }) => None,
-        Err(err) => return Err(err.into()),
-    };
+    let latest = records
+        .load(&request.release.name)
+        .await?
+        .map(|(record, _)| record);
+    // Failed before it was recorded (or another run holds the release):
+    // never close someone else's record.
+    let record = latest.clone().filter(|r| &r.run_id == run_id);
+    let nodes_api: Api<Node> = Api::all(client.clone());
+    let all_nodes = nodes_api
+        .list(&kube::api::ListParams::default())
+        .await
+        .during(|| "listing nodes".to_string())?
+        .items;
+    let known = crate::runs::Known::of(&release_id, latest.as_ref(), &all_nodes);
+    // By hand (no workflow status: not an exit handler), a run this release
+    // does not have is a mistake (a typo, another release or namespace),
+    // not "nothing to close". An exit handler's run that failed before it
+    // was recorded has nothing to close.
+    if request.workflow_status.is_none() && !known.has(run_id) {
+        return Err(known.unknown(run_id, "close-run").into());
+    }
     let mut report = Closed {
         run_id: run_id.clone(),
         ..Default::default()
@@ -304,12 +318,7 @@ pub async fn close(client: &Client, request: &Request) -> anyhow::Result<Closing
     report.state = record.as_ref().map(|r| r.state);
 
     // 2. Decide per node the run holds.
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    let held: Vec<Node> = nodes_api
-        .list(&kube::api::ListParams::default())
-        .await
-        .during(|| "listing nodes".to_string())?
-        .items
+    let held: Vec<Node> = all_nodes
         .into_iter()
         .filter(|n| selection::annotation(n, annotations::RUN) == Some(run_id.as_str()))
         // A run id is unique only per release: another release's run of the

@@ -15,8 +15,9 @@
 //!   [`complete`], [`settle`] (ending a wave), [`gate`] (what a held wave
 //!   waits for: a gate's soak and approval, the window) and [`close_run`]
 //!   (ending a run), [`plan`] (what a run would do), with [`run_values`] (the
-//!   values a run sets on kata-deploy) and [`step`] (what a step resolves
-//!   from its flags: the release, helm, the run, its nodes).
+//!   values a run sets on kata-deploy), [`step`] (what a step resolves
+//!   from its flags: the release, helm, the run, its nodes) and [`runs`]
+//!   (the runs a release has, for a step asked for one it does not).
 //! * Modules by concern: [`cluster`] (connecting), [`release`] and [`helm`]
 //!   (the kata-deploy Helm release), [`versions`] (version rules),
 //!   [`nodes`] (selection, waves, holding nodes), [`schedule`] (gates
@@ -55,6 +56,7 @@ pub mod restart;
 pub mod rollback;
 pub mod run_record;
 pub mod run_values;
+pub mod runs;
 pub mod schedule;
 pub mod settle;
 pub mod step;

@@ -11,12 +11,13 @@ use crate::error::{ExitStatus, KubeResultExt};
 use crate::nodes::hold::{self, Release, Released};
 use crate::nodes::selection;
 use crate::output::{self, Report};
+use crate::run_record::Records;
 use kube::ResourceExt;
 
 /// Flags of `klm uncordon`.
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "A node that was unschedulable before the run is left unschedulable.\n\nExamples:\n  klm uncordon --nodes worker-1\n  klm uncordon --nodes worker-1 --run-id upgrade-1\n  klm uncordon --all-held --run-id upgrade-1 --helm-namespace kata-system   # the workflow's exit handler"
+    after_help = "A node that was unschedulable before the run is left unschedulable.\n\nExamples:\n  klm uncordon --nodes worker-1\n  klm uncordon --nodes worker-1 --run-id upgrade-1\n  klm uncordon --all-held --run-id upgrade-1 --helm-namespace kata-system   # every node the run holds"
 )]
 pub struct Args {
     /// The nodes.
@@ -87,7 +88,20 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         annotations::release_id(&args.release.helm_namespace, &args.release.helm_release);
     let names = if args.nodes.all_held {
         let run_id = args.run.run_id.as_deref().unwrap_or_default();
-        let held = held_by(&nodes_api, run_id, &release_id).await?;
+        let all = nodes_api
+            .list(&kube::api::ListParams::default())
+            .await
+            .during(|| "listing nodes".to_string())?
+            .items;
+        let record = Records::new(&client, &args.release.helm_namespace)
+            .load(&args.release.helm_release)
+            .await?
+            .map(|(record, _)| record);
+        let known = crate::runs::Known::of(&release_id, record.as_ref(), &all);
+        if !known.has(run_id) {
+            return Err(known.unknown(run_id, "uncordon --all-held").into());
+        }
+        let held = held_by(all, run_id, &release_id);
         let (failed, rest): (Vec<Node>, Vec<Node>) = held.into_iter().partition(|n| {
             selection::annotation(n, annotations::STATUS) == Some(NodeStatus::Failed.as_str())
         });
@@ -119,16 +133,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     Ok(ExitStatus::Done)
 }
 
-/// The nodes a run of a release holds (one LIST, filtered by the run and
-/// release annotations; a hold that names no release matches any).
-async fn held_by(nodes: &Api<Node>, run_id: &str, release_id: &str) -> anyhow::Result<Vec<Node>> {
-    let all = nodes
-        .list(&kube::api::ListParams::default())
-        .await
-        .during(|| "listing nodes".to_string())?;
-    Ok(all
-        .items
-        .into_iter()
+/// The nodes a run of a release holds (filtered by the run and release
+/// annotations; a hold that names no release matches any).
+fn held_by(all: Vec<Node>, run_id: &str, release_id: &str) -> Vec<Node> {
+    all.into_iter()
         .filter(|n| selection::annotation(n, annotations::RUN) == Some(run_id))
         .filter(|n| {
             hold::same_release(
@@ -136,5 +144,5 @@ async fn held_by(nodes: &Api<Node>, run_id: &str, release_id: &str) -> anyhow::R
                 Some(release_id),
             )
         })
-        .collect())
+        .collect()
 }

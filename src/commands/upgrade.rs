@@ -123,6 +123,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             .hint("pass --verification-pod FILE or --verification-pod-base64 (or KLM_VERIFICATION_POD_BASE64); --dry-run shows the plan without one")
             .into());
     }
+    let reach = crate::args::reach_flags(
+        &global.client,
+        &args.release,
+        &args.chart,
+        &args.verification,
+    );
     let settings = Settings {
         release,
         run_id: args.run.run_id,
@@ -141,6 +147,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         helm_timeout: args.chart.helm_timeout,
         restart_timeout: args.restart_timeout,
         allow_downgrade: args.downgrade.allow_downgrade,
+        reach,
     };
     let evicting = crate::cluster::client_without_retry(global).await?;
     let cluster = Cluster {

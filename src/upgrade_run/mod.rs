@@ -83,6 +83,22 @@ pub struct Settings {
     pub restart_timeout: Duration,
     /// A target older than the release's version was asked for explicitly.
     pub allow_downgrade: bool,
+    /// The flags that reach this run again as they were given (the cluster,
+    /// the release, the chart, the verification pods): the commands klm
+    /// prints carry them, so that they work when pasted.
+    pub reach: Vec<String>,
+}
+
+impl Settings {
+    /// The command that ends run `run_id` later, as the exit handler would.
+    pub fn close_command(&self, run_id: &str) -> String {
+        crate::args::command_line(
+            ["klm", "close-run", "--run-id", run_id]
+                .into_iter()
+                .map(String::from)
+                .chain(self.reach.iter().cloned()),
+        )
+    }
 }
 
 impl Settings {
@@ -152,6 +168,9 @@ pub struct Outcome {
     pub ending: Ending,
     /// How closing it went.
     pub closing: Closing,
+    /// The command that ends the run later (printed when klm left without
+    /// closing it).
+    pub close_with: String,
 }
 
 impl Outcome {
@@ -166,7 +185,8 @@ impl Outcome {
                     signal.name()
                 ))
                 .hint(format!(
-                    "end the run with `klm close-run --run-id {run_id} --verification-pod <file>` (it rolls back what was in flight and releases the rest)"
+                    "end the run with `{}` (it rolls back what was in flight, verifies it again and releases the rest)",
+                    self.close_with
                 ))
                 .into());
             }
@@ -260,7 +280,12 @@ pub async fn run(
         Err(Stop::WaveFailed(err)) => Ending::WaveFailed(err),
         Err(Stop::Failed(err)) => Ending::Failed(err),
         Err(Stop::Abandoned(signal)) => {
-            return Ok(abandoned(reporter, signal, Ending::Interrupted(signal)));
+            return Ok(abandoned(
+                reporter,
+                settings,
+                signal,
+                Ending::Interrupted(signal),
+            ));
         }
     };
     if let Ending::Interrupted(signal) = &ending {
@@ -268,12 +293,13 @@ pub async fn run(
     }
     let closed = match close(cluster, settings, interrupts, &mut reporter, &ending).await {
         Ok(closed) => closed,
-        Err(Abandoned(signal)) => return Ok(abandoned(reporter, signal, ending)),
+        Err(Abandoned(signal)) => return Ok(abandoned(reporter, settings, signal, ending)),
     };
     let (phase, message) = last_words(&ending, &closed, &settings.target);
     let event = reporter.run(phase).saying(message);
     reporter.send(event);
     Ok(Outcome {
+        close_with: settings.close_command(&reporter.run_id),
         run_id: reporter.run_id,
         ending,
         closing: match closed {
@@ -311,13 +337,19 @@ fn last_words(
     }
 }
 
-fn abandoned(mut reporter: Reporter<'_>, signal: Signal, ending: Ending) -> Outcome {
+fn abandoned(
+    mut reporter: Reporter<'_>,
+    settings: &Settings,
+    signal: Signal,
+    ending: Ending,
+) -> Outcome {
     let event = reporter.run(Phase::Abandoned).saying(format!(
         "a second {}: leaving without cleaning up",
         signal.name()
     ));
     reporter.send(event);
     Outcome {
+        close_with: settings.close_command(&reporter.run_id),
         run_id: reporter.run_id,
         ending,
         closing: Closing::Abandoned(signal),

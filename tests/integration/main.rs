@@ -4,6 +4,7 @@
 mod bad_input;
 mod drain;
 mod edges;
+mod hints;
 mod idempotence;
 mod job_mode;
 mod one_process;
