@@ -82,11 +82,15 @@ impl Classify for RecordError {
             RecordError::NoRecord { .. } => {
                 vec!["run `klm check-prerequisites --target-version ...` first: it records what rollback will need".into()]
             }
+            // Never the lock's deletion: whoever meets it is not the run's
+            // owner, and a second run beside a live one is what it prevents.
             RecordError::AnotherRunActive { release, namespace, active, .. } => vec![
-                "two upgrades must never run at once; wait for it to finish".into(),
                 format!(
-                    "if run {active} is dead, finish it with `klm rollback` or `klm complete --finish-run --run-id {active}`, or delete configmap {} -n {namespace} after checking the nodes with `klm status`",
-                    name_for(release)
+                    "two upgrades must never run at once: wait for run {active} to finish (`klm status --run-id {active} --helm-release {release} --helm-namespace {namespace}` shows where it stands)"
+                ),
+                format!(
+                    "if run {active} is dead (its workflow gone, its klm upgrade killed), its owner ends it with `{}` (it rolls back what was in flight, releases its nodes and closes its record; add --verification-pod FILE to verify the nodes it rolls back)",
+                    close_command(active, Some(&crate::annotations::release_id(namespace, release)))
                 ),
             ],
             RecordError::RunMismatch { found, .. } => vec![format!("pass --run-id {found}, or omit --run-id to use the release's latest run")],
@@ -399,6 +403,17 @@ impl RunRecord {
 /// `--run-id`, or a run klm has no record of), which changes no node's state.
 pub fn named_run<'a>(latest: Option<&'a RunRecord>, run_id: Option<&str>) -> Option<&'a RunRecord> {
     latest.filter(|record| run_id == Some(record.run_id.as_str()))
+}
+
+/// The command that ends run `run_id` of `release` (`namespace/name`, when
+/// known) as its exit handler would: what a hint offers for a dead run.
+/// Add `--verification-pod FILE` to verify the nodes it rolls back again.
+pub fn close_command(run_id: &str, release: Option<&str>) -> String {
+    let mut words = vec!["klm", "close-run", "--run-id", run_id];
+    if let Some((namespace, name)) = release.and_then(|r| r.split_once('/')) {
+        words.extend(["--helm-release", name, "--helm-namespace", namespace]);
+    }
+    crate::args::command_line(words)
 }
 
 /// The ConfigMap name of a release's run record.

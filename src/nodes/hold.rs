@@ -82,6 +82,7 @@ fn status_patch(
         return Err(HoldError::HeldByAnotherRun {
             node: node.to_string(),
             holder: holder.to_string(),
+            release: holder_release.map(String::from),
             status: status.unwrap_or_default().to_string(),
         });
     }
@@ -134,6 +135,8 @@ pub enum HoldError {
         node: String,
         /// The run holding it.
         holder: String,
+        /// That run's release (`namespace/name`), when the node names it.
+        release: Option<String>,
         /// Its status annotation.
         status: String,
     },
@@ -196,9 +199,17 @@ impl crate::error::Classify for HoldError {
     }
     fn hints(&self) -> Vec<String> {
         match self {
-            HoldError::HeldByAnotherRun { node, holder, .. } => vec![format!(
-                "wait for run {holder} to finish; if it is dead, release the node with `klm uncordon --nodes {node} --run-id {holder}` or roll it back with `klm rollback --nodes {node}`"
-            )],
+            // Never another run's node taken from it: a dead run is ended
+            // as its exit handler would, by whoever owns it.
+            HoldError::HeldByAnotherRun {
+                holder, release, ..
+            } => vec![
+                format!("two runs never share a node: wait for run {holder} to finish"),
+                format!(
+                    "if run {holder} is dead (its workflow gone, its klm upgrade killed), its owner ends it with `{}` (it rolls back what was in flight, releases its nodes and closes its record; add --verification-pod FILE to verify the nodes it rolls back)",
+                    crate::run_record::close_command(holder, release.as_deref())
+                ),
+            ],
             HoldError::HeldByAnotherRelease { release, .. } => vec![format!(
                 "another kata-deploy release ({release}) upgrades this node: select only this release's nodes (the default selection), or wait for that run to finish"
             )],
@@ -599,6 +610,7 @@ fn refuse_other_holder(
     Err(HoldError::HeldByAnotherRun {
         node: node.to_string(),
         holder: holder.to_string(),
+        release: holder_release.map(String::from),
         status,
     })
 }

@@ -2,7 +2,8 @@
 //! items 7 and 8): the command that ends a run klm left without cleaning
 //! up carries the release, chart and verification pod it needs; a step
 //! asked for a run the release does not have refuses (exit 3) and names
-//! the runs there are.
+//! the runs there are; a run that meets another's lock is offered the
+//! dead run's close-run, never the lock's deletion.
 
 use std::process::Stdio;
 
@@ -37,7 +38,7 @@ async fn kill(child: &tokio::process::Child, signal: &str) {
 }
 
 #[tokio::test]
-async fn an_abandoned_runs_close_command_works_when_pasted() {
+async fn an_abandoned_runs_close_command_works_when_pasted_and_strangers_get_no_lock_to_delete() {
     let case = Case::start(CaseSpec::new("hints", 2, "3.27.0"))
         .await
         .unwrap();
@@ -110,7 +111,29 @@ async fn an_abandoned_runs_close_command_works_when_pasted() {
     };
     assert!(!held.is_empty(), "the run left holding a node");
 
+    // A stranger's run meets the lock: it is offered waiting, or the dead
+    // run's close-run for its owner; never deleting the lock.
     let before = case.snapshot().await;
+    let other = upgrade("run-other");
+    let refused = case
+        .klm(&other.iter().map(String::as_str).collect::<Vec<_>>())
+        .await
+        .code(3);
+    assert!(
+        refused.stderr.contains(&format!(
+            "`klm close-run --run-id {run} --helm-release kata-deploy --helm-namespace {}`",
+            case.namespace
+        )),
+        "{}",
+        refused.stderr
+    );
+    for never in ["delete", "configmap", "complete --finish-run"] {
+        assert!(
+            !refused.stderr.contains(never),
+            "{never}: {}",
+            refused.stderr
+        );
+    }
 
     // A run the release does not have: refused, naming the runs there are
     // (and, for a run of another release, the flags that reach it).
