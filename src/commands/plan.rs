@@ -65,7 +65,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             pool_label: args.waves.pool_label(),
             policy: &policy,
             schedule: &args.waves.schedule(),
-            skip_completed: None,
+            // As the run does: nodes completed at the target are skipped.
+            skip_completed: Some(&target),
             pods: &pods,
             allow_downgrade: args.downgrade.allow_downgrade,
         },

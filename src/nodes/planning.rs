@@ -59,7 +59,14 @@ pub struct Selection {
 impl Report for Selection {
     fn text(&self) -> String {
         if self.nodes.is_empty() {
-            let mut text = format!("No nodes matched {}: nothing to do.", self.criteria);
+            let mut text = if self.skipped.is_empty() {
+                format!("No nodes matched {}: nothing to do.", self.criteria)
+            } else {
+                format!(
+                    "Every node matched by {} is completed at the target version already: nothing to do.",
+                    self.criteria
+                )
+            };
             if !self.skipped.is_empty() {
                 text.push_str(&format!(
                     "\n{} already completed at the target version: {}",
@@ -416,7 +423,17 @@ mod tests {
         };
         assert_eq!(
             selection.text(),
-            "No nodes matched taint key maintenance: nothing to do.\n1 already completed at the target version: w1\nleft out, matched but not running release kube-system/kata-deploy's kata-deploy (the pods of DaemonSet kube-system/kata-deploy): gpu-1"
+            "Every node matched by taint key maintenance is completed at the target version already: nothing to do.\n1 already completed at the target version: w1\nleft out, matched but not running release kube-system/kata-deploy's kata-deploy (the pods of DaemonSet kube-system/kata-deploy): gpu-1"
+        );
+        let nothing = Selection {
+            skipped: Vec::new(),
+            left_out: Vec::new(),
+            left_out_because: None,
+            ..selection
+        };
+        assert_eq!(
+            nothing.text(),
+            "No nodes matched taint key maintenance: nothing to do."
         );
     }
 

@@ -17,5 +17,6 @@ mod side_by_side;
 mod support;
 mod upgrade;
 mod verify;
+mod views;
 mod watch;
 mod workflow;

@@ -1,0 +1,73 @@
+//! What klm says about a fleet must be true (issue 25, item 10): `klm plan`
+//! and `klm upgrade --dry-run` agree once nodes are completed at the target,
+//! and neither says "no nodes matched" of nodes it skipped.
+
+use crate::support::{CASE_LABEL, Case, CaseSpec};
+use crate::upgrade::verification_pod;
+
+#[tokio::test]
+async fn plan_and_dry_run_agree_on_nodes_completed_at_the_target() {
+    let case = Case::start(CaseSpec::new("views", 2, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = verification_pod(dir.path(), &[]).display().to_string();
+    let [n1, n2] = [case.node(0), case.node(1)];
+    let all = format!("{CASE_LABEL}={}", case.namespace);
+    let only_n1 = format!("kubernetes.io/hostname={n1}");
+    let upgrade_n1 = [
+        "upgrade",
+        "--target-version",
+        "3.28.0",
+        "--node-selector",
+        &only_n1,
+        "--verification-pod",
+        &pod,
+        "--verification-namespace",
+        &case.namespace,
+        "--restart-timeout",
+        "60s",
+    ];
+    case.klm(&upgrade_n1).await.ok();
+
+    let before = case.snapshot().await;
+    for selector in [&all, &only_n1] {
+        let flags = [
+            "--target-version",
+            "3.28.0",
+            "--node-selector",
+            selector.as_str(),
+            "--verification-pod",
+            &pod,
+            "--verification-namespace",
+            &case.namespace,
+        ];
+        let plan = case.klm(&[&["plan"][..], &flags[..]].concat()).await.ok();
+        let dry_run = case
+            .klm(&[&["upgrade", "--dry-run"][..], &flags[..]].concat())
+            .await
+            .ok();
+        assert_eq!(plan.stdout, dry_run.stdout, "plan and --dry-run agree");
+        assert!(plan.stdout.contains(n1), "{}", plan.stdout);
+        assert!(!plan.stdout.contains("No nodes matched"), "{}", plan.stdout);
+        if selector == &only_n1 {
+            assert!(
+                plan.stdout.contains(&format!(
+                    "Every node matched by label selector \"{only_n1}\" is completed at the target version already: nothing to do."
+                )),
+                "{}",
+                plan.stdout
+            );
+        } else {
+            assert!(
+                plan.stdout
+                    .contains(&format!("skipped (completed at the target version): {n1}"))
+                    && plan.stdout.contains(&format!("wave 1: {n2}")),
+                "{}",
+                plan.stdout
+            );
+        }
+    }
+
+    assert_eq!(case.snapshot().await, before, "plan changed nothing");
+}
