@@ -50,11 +50,21 @@ impl Report for Uncordoned {
         let mut lines: Vec<String> = self
             .released
             .iter()
-            .map(|r| {
-                if r.kept_cordoned {
-                    format!("{}: released; left unschedulable because it was unschedulable before the run", r.node)
-                } else {
-                    format!("{}: uncordoned", r.node)
+            .map(|r| match (r.was_held, r.kept_cordoned, r.uncordoned) {
+                (true, true, _) => format!(
+                    "{}: released; left unschedulable because it was unschedulable before the run",
+                    r.node
+                ),
+                (false, true, _) => format!(
+                    "{}: left unschedulable: no run holds it, so no run cordoned it (klm lifts only a cordon a run made)",
+                    r.node
+                ),
+                (_, false, true) => format!("{}: uncordoned", r.node),
+                (true, false, false) => {
+                    format!("{}: released; it was schedulable already", r.node)
+                }
+                (false, false, false) => {
+                    format!("{}: schedulable, and no run holds it: nothing to do", r.node)
                 }
             })
             .collect();

@@ -406,10 +406,17 @@ pub struct Released {
     pub node: String,
     /// Whether it is schedulable now.
     pub schedulable: bool,
-    /// Whether it stayed cordoned because it was unschedulable before the run.
+    /// Whether it stayed cordoned because it was unschedulable before the
+    /// run (or no run held it: klm lifts only a cordon a run made).
     pub kept_cordoned: bool,
     /// Taints removed or restored.
     pub taints_changed: usize,
+    /// Whether a run held it (for the report's words; not in JSON).
+    #[serde(skip)]
+    pub was_held: bool,
+    /// Whether this release made it schedulable (it was not before).
+    #[serde(skip)]
+    pub uncordoned: bool,
 }
 
 /// Releases a node from a run in one patch guarded by the resourceVersion it
@@ -442,9 +449,11 @@ pub async fn release(
             return Ok(None);
         }
         // Only a cordon a run made is lifted: a node no run holds was cordoned
-        // by someone else (or stays cordoned from before a finished run).
-        let kept_cordoned = holder.is_none()
-            || annotation(&current, annotations::WAS_UNSCHEDULABLE) == Some("true");
+        // by someone else (or stays cordoned from before a finished run). A
+        // schedulable node keeps no cordon, whoever holds it.
+        let kept_cordoned = is_unschedulable(&current)
+            && (holder.is_none()
+                || annotation(&current, annotations::WAS_UNSCHEDULABLE) == Some("true"));
         let recorded = recorded_taints(&current)?;
         let mut taints: Vec<Taint> = selection::taints(&current).to_vec();
         let before = taints.len();
@@ -516,6 +525,8 @@ pub async fn release(
                     schedulable,
                     kept_cordoned,
                     taints_changed,
+                    was_held: holder.is_some(),
+                    uncordoned: uncordon && is_unschedulable(&current),
                 }));
             }
             Err(err) if err.is_conflict() => continue,

@@ -1,12 +1,14 @@
 //! What klm says about a fleet must be true (issue 25, item 10): `klm plan`
 //! and `klm upgrade --dry-run` agree once nodes are completed at the target,
-//! and neither says "no nodes matched" of nodes it skipped.
+//! and neither says "no nodes matched" of nodes it skipped; `uncordon` of a
+//! schedulable node no run holds does not claim it was unschedulable before
+//! a run.
 
 use crate::support::{CASE_LABEL, Case, CaseSpec};
 use crate::upgrade::verification_pod;
 
 #[tokio::test]
-async fn plan_and_dry_run_agree_on_nodes_completed_at_the_target() {
+async fn plan_and_uncordon_say_what_is_true() {
     let case = Case::start(CaseSpec::new("views", 2, "3.27.0"))
         .await
         .unwrap();
@@ -69,5 +71,23 @@ async fn plan_and_dry_run_agree_on_nodes_completed_at_the_target() {
         }
     }
 
-    assert_eq!(case.snapshot().await, before, "plan changed nothing");
+    // A schedulable node no run holds: nothing to do, and said so.
+    let uncordon = case.klm(&["uncordon", "--nodes", n2]).await.ok();
+    assert!(
+        !uncordon.stdout.contains("unschedulable before the run"),
+        "{}",
+        uncordon.stdout
+    );
+    assert!(
+        uncordon.stdout.contains(&format!(
+            "{n2}: schedulable, and no run holds it: nothing to do"
+        )),
+        "{}",
+        uncordon.stdout
+    );
+    assert_eq!(
+        case.snapshot().await,
+        before,
+        "plan and uncordon changed nothing"
+    );
 }
