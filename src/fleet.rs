@@ -62,6 +62,10 @@ pub struct NodeRow {
 #[derive(Debug, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
+    /// Why the release's kata-deploy could not be read (no release of that
+    /// name in that namespace, ...): the nodes are shown without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub release_problem: Option<String>,
     /// The release's latest run, if any.
     pub run: Option<RunSummary>,
     /// The nodes.
@@ -192,6 +196,11 @@ impl Report for Status {
             rows
         };
         let mut text = String::new();
+        if let Some(problem) = &self.release_problem {
+            text.push_str(&format!(
+                "{problem}: kata-deploy's pods and revision are not shown; name your release with --helm-release and --helm-namespace (`helm list -A` lists them)\n\n"
+            ));
+        }
         if let Some(run) = &self.run {
             text.push_str(&format!(
                 "run {}: {:?} ({} mode, {} -> {}){}\n\n",
@@ -248,6 +257,8 @@ pub struct Fleet {
     pub revision: Option<String>,
     /// The run shown.
     pub record: Option<RunRecord>,
+    /// Why the release's kata-deploy could not be read, if it could not.
+    pub release_problem: Option<String>,
 }
 
 impl Fleet {
@@ -276,7 +287,11 @@ impl Fleet {
                 .map(|(node, _)| node.clone())
                 .collect();
         }
-        Status { run, nodes }
+        Status {
+            release_problem: self.release_problem.clone(),
+            run,
+            nodes,
+        }
     }
 
     fn row(&self, n: &Node) -> NodeRow {
@@ -317,11 +332,17 @@ pub fn run_failed(status: &Status) -> bool {
         .is_some_and(|r| matches!(r.state, RunState::Failed | RunState::Interrupted))
 }
 
-/// The release's kata-deploy DaemonSet, if it has one that can be read.
-async fn daemonset(client: &Client, helm: &Helm, release: &ReleaseRef) -> Option<KataDaemonSet> {
-    let found = release.load(helm).await.ok()?;
-    let object = found.daemonset().ok()?;
-    KataDaemonSet::find(client, &object).await.ok()
+/// The release's kata-deploy DaemonSet, or why it cannot be read.
+async fn daemonset(
+    client: &Client,
+    helm: &Helm,
+    release: &ReleaseRef,
+) -> Result<KataDaemonSet, String> {
+    let found = release.load(helm).await.map_err(|e| e.to_string())?;
+    let object = found.daemonset().map_err(|e| e.to_string())?;
+    KataDaemonSet::find(client, &object)
+        .await
+        .map_err(|e| crate::error::describe(&e.into()))
 }
 
 async fn current_revision(daemonset: &KataDaemonSet) -> Option<String> {
@@ -361,14 +382,17 @@ pub async fn snapshot(
         record,
         ..Fleet::default()
     };
-    if let Some(daemonset) = daemonset(client, helm, release).await {
-        fleet.revision = current_revision(&daemonset).await;
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &daemonset.namespace);
-        if let Ok(list) = pods
-            .list(&ListParams::default().labels(daemonset.selector()))
-            .await
-        {
-            fleet.pods = by_node(list.items);
+    match daemonset(client, helm, release).await {
+        Err(why) => fleet.release_problem = Some(why),
+        Ok(daemonset) => {
+            fleet.revision = current_revision(&daemonset).await;
+            let pods: Api<Pod> = Api::namespaced(client.clone(), &daemonset.namespace);
+            if let Ok(list) = pods
+                .list(&ListParams::default().labels(daemonset.selector()))
+                .await
+            {
+                fleet.pods = by_node(list.items);
+            }
         }
     }
     Ok(fleet)
@@ -418,7 +442,10 @@ pub async fn watch(
     )
     .touched_objects()
     .map(|_| Touched::Shown);
-    let daemonset = daemonset(client, helm, release).await;
+    let (daemonset, release_problem) = match daemonset(client, helm, release).await {
+        Ok(daemonset) => (Some(daemonset), None),
+        Err(why) => (None, Some(why)),
+    };
     let (pod_store, pod_writer) = reflector::store::<Pod>();
     let mut streams: Vec<futures::stream::BoxStream<'_, Touched>> =
         vec![nodes.boxed(), records.boxed()];
@@ -464,6 +491,7 @@ pub async fn watch(
             pods: by_node(cloned(&pod_store)),
             revision: revision.clone(),
             record: record_of(&record_store, run_id),
+            release_problem: release_problem.clone(),
         };
         let status = fleet.status(criteria);
         let rendered = serde_json::to_string(&status)?;
@@ -629,6 +657,21 @@ mod tests {
                 .status(&Criteria::default())
                 .text()
                 .contains("keeps")
+        );
+    }
+
+    #[test]
+    fn a_release_that_cannot_be_read_is_said_first() {
+        let fleet = Fleet {
+            release_problem: Some(
+                "Helm release kata-deploy was not found in namespace kube-system".into(),
+            ),
+            ..Fleet::default()
+        };
+        let text = fleet.status(&Criteria::default()).text();
+        assert!(
+            text.starts_with("Helm release kata-deploy was not found in namespace kube-system: kata-deploy's pods and revision are not shown; name your release with --helm-release and --helm-namespace"),
+            "{text}"
         );
     }
 

@@ -2,13 +2,13 @@
 //! and `klm upgrade --dry-run` agree once nodes are completed at the target,
 //! and neither says "no nodes matched" of nodes it skipped; `uncordon` of a
 //! schedulable node no run holds does not claim it was unschedulable before
-//! a run.
+//! a run; `klm status` of a release that is not there says so.
 
 use crate::support::{CASE_LABEL, Case, CaseSpec};
 use crate::upgrade::verification_pod;
 
 #[tokio::test]
-async fn plan_and_uncordon_say_what_is_true() {
+async fn plan_uncordon_and_status_say_what_is_true() {
     let case = Case::start(CaseSpec::new("views", 2, "3.27.0"))
         .await
         .unwrap();
@@ -89,5 +89,25 @@ async fn plan_and_uncordon_say_what_is_true() {
         case.snapshot().await,
         before,
         "plan and uncordon changed nothing"
+    );
+
+    // No such release: status says so before its table.
+    let status = case
+        .klm(&[
+            "status",
+            "--helm-release",
+            "no-such-release",
+            "--node-selector",
+            &all,
+        ])
+        .await
+        .ok();
+    assert!(
+        status.stdout.starts_with(&format!(
+            "Helm release no-such-release was not found in namespace {}: kata-deploy's pods and revision are not shown",
+            case.namespace
+        )),
+        "{}",
+        status.stdout
     );
 }
