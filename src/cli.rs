@@ -68,6 +68,8 @@ pub enum Command {
     Settle(commands::settle::Args),
     /// End a run however it ended: roll back nodes caught mid-upgrade, release the rest, close the record.
     CloseRun(commands::close_run::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion(commands::completion::Args),
 }
 
 impl Command {

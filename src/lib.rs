@@ -91,5 +91,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Gate(args) => commands::gate::run(args, global).await,
         Command::Approve(args) => commands::approve::run(args, global).await,
         Command::CloseRun(args) => commands::close_run::run(args, global).await,
+        Command::Completion(args) => {
+            commands::completion::run(&args, <Cli as clap::CommandFactory>::command())
+        }
     }
 }

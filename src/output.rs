@@ -32,6 +32,12 @@ pub fn print_line(value: &impl Serialize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints text as it is (a completion script).
+pub fn print_raw(text: &str) -> anyhow::Result<()> {
+    write_report(&mut std::io::stdout().lock(), text)?;
+    Ok(())
+}
+
 /// Writes a rendered report. A reader that went away (`klm status | head`)
 /// is not a failure: it had what it wanted, and the step's work is done.
 fn write_report(out: &mut impl Write, rendered: &str) -> std::io::Result<()> {

@@ -8,6 +8,7 @@ pub mod approve;
 pub mod check_prerequisites;
 pub mod close_run;
 pub mod complete;
+pub mod completion;
 pub mod cordon;
 pub mod drain;
 pub mod gate;

@@ -1,0 +1,52 @@
+//! The command line as people type it (issue 25, item 12), without a
+//! cluster: `klm completion bash|zsh|fish`.
+
+use std::process::Command;
+
+/// Runs klm with a clean environment; exit code, stdout, stderr.
+fn klm(args: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_klm"))
+        .args(args)
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("KLM_LOG", "off")
+        .output()
+        .expect("klm runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn completion_scripts_cover_the_subcommands_and_their_flags() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, script, stderr) = klm(&["completion", shell]);
+        assert_eq!(code, 0, "{shell}: {stderr}");
+        // fish names a flag `-l helm-namespace`, the others `--helm-namespace`.
+        for word in [
+            "check-prerequisites",
+            "close-run",
+            "helm-namespace",
+            "batch-size",
+        ] {
+            assert!(script.contains(word), "{shell} completion lacks {word}");
+        }
+    }
+    let (code, _, stderr) = klm(&["completion", "tcsh"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("possible values: bash"), "{stderr}");
+    // The bash script is valid bash, where there is one to ask.
+    let (_, script, _) = klm(&["completion", "bash"]);
+    if let Ok(checked) = Command::new("bash").args(["-n", "-c", &script]).output() {
+        assert!(
+            checked.status.success(),
+            "{}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
+}
