@@ -101,9 +101,12 @@ pub struct ReleaseArgs {
     )]
     pub helm_release: String,
 
-    /// Namespace of the kata-deploy Helm release.
+    /// Namespace of the kata-deploy Helm release (-n, --namespace as kubectl
+    /// users type it).
     #[arg(
         long,
+        short = 'n',
+        visible_alias = "namespace",
         default_value = "kube-system",
         env = "KLM_HELM_NAMESPACE",
         value_name = "NAMESPACE"

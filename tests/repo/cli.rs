@@ -1,5 +1,6 @@
 //! The command line as people type it (issue 25, item 12), without a
-//! cluster: `klm completion bash|zsh|fish`.
+//! cluster: `klm completion bash|zsh|fish`; `-n NS` as kubectl users type
+//! it.
 
 use std::process::Command;
 
@@ -48,5 +49,21 @@ fn completion_scripts_cover_the_subcommands_and_their_flags() {
             "{}",
             String::from_utf8_lossy(&checked.stderr)
         );
+    }
+}
+
+#[test]
+fn kubectl_users_name_the_namespace_with_n() {
+    for flag in ["-n", "--namespace", "--helm-namespace"] {
+        let (code, _, stderr) = klm(&[
+            "status",
+            flag,
+            "kata-system",
+            "--kubeconfig",
+            "missing.kubeconfig",
+        ]);
+        // Parsed: what fails is the missing kubeconfig, not the flag.
+        assert_eq!(code, 2, "{flag}: {stderr}");
+        assert!(stderr.contains("does not exist"), "{flag}: {stderr}");
     }
 }
