@@ -126,7 +126,7 @@ pub struct ChartArgs {
     pub chart: String,
 
     /// How long one helm operation may take.
-    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_HELM_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_HELM_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
     pub helm_timeout: Duration,
 }
 
@@ -188,7 +188,7 @@ pub struct NodesArgs {
     pub nodes: Vec<NodeList>,
 
     /// Instead of --nodes: wave K (from 1) of the run's plan, as `select-nodes --run-id` recorded it.
-    #[arg(long, value_name = "K", conflicts_with = "nodes", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "K", conflicts_with = "nodes", value_parser = crate::args::parse_wave, allow_negative_numbers = true)]
     pub wave: Option<u32>,
 }
 
@@ -240,7 +240,7 @@ pub fn parse_node_list(raw: &str) -> Result<NodeList, String> {
 #[derive(Debug, Clone, Args)]
 pub struct WavesArgs {
     /// Nodes per wave (1 = strict node by node), or a percentage of the selected nodes (10%).
-    #[arg(long, default_value = "1", value_name = "N|N%", value_parser = crate::nodes::waves::parse_batch_size)]
+    #[arg(long, default_value = "1", value_name = "N|N%", value_parser = crate::nodes::waves::parse_batch_size, allow_negative_numbers = true)]
     pub batch_size: BatchSize,
 
     /// How waves grow within a pool, starting from --batch-size.
@@ -248,11 +248,11 @@ pub struct WavesArgs {
     pub batch_growth: Growth,
 
     /// The largest a grown wave may be (0 = no cap).
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     pub max_batch_size: usize,
 
     /// The run's first wave: this many nodes of the first pool (0 = no canary wave).
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    #[arg(long, default_value_t = 0, value_name = "N", value_parser = parse_count, allow_negative_numbers = true)]
     pub canary_size: usize,
 
     /// Order nodes by this label first (pool by pool), then by name; a wave never mixes two pools.
@@ -265,7 +265,7 @@ pub struct WavesArgs {
 
     /// At most this many selected nodes unschedulable at once (a number, or N% of them),
     /// counting nodes already NotReady or cordoned by someone else (0 = no budget).
-    #[arg(long, value_name = "N|N%", default_value = "0", value_parser = crate::nodes::waves::parse_max_unavailable)]
+    #[arg(long, value_name = "N|N%", default_value = "0", value_parser = crate::nodes::waves::parse_max_unavailable, allow_negative_numbers = true)]
     pub max_unavailable: Budget,
 
     /// With --max-unavailable: plan nodes that are NotReady or cordoned by someone else
@@ -278,7 +278,7 @@ pub struct WavesArgs {
     pub gate: GateAt,
 
     /// At a gate: wait this long, then verify the nodes since the last gate again (0 = no soak).
-    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::schedule::gates::parse_soak)]
+    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::schedule::gates::parse_soak, allow_hyphen_values = true)]
     pub gate_soak: Soak,
 
     /// At a gate: wait for a person's approval (Argo: argo resume; klm upgrade: klm approve).
@@ -344,7 +344,7 @@ pub struct SelectionArgs {
 #[derive(Debug, Clone, Args)]
 pub struct RollbackArgs {
     /// How long each node may take to come back Ready at the old version.
-    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
     pub timeout: Duration,
 
     /// Which chart (job mode reinstalls the recorded version from it).
@@ -397,7 +397,7 @@ pub struct VerificationArgs {
     pub verification_namespace: String,
 
     /// How long one node's verification may take.
-    #[arg(long, default_value = "180s", value_parser = parse_duration, env = "KLM_VERIFICATION_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, default_value = "180s", value_parser = parse_duration, env = "KLM_VERIFICATION_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
     pub verification_timeout: Duration,
 
     /// Keep a failed verification pod for inspection instead of deleting it.
@@ -525,6 +525,9 @@ pub fn parse_pool_pod(raw: &str) -> Result<(String, PathBuf), String> {
 /// second (timeouts: helm takes whole seconds, and no wait is shorter).
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
+    if raw.starts_with('-') {
+        return Err("cannot be negative: give how long, e.g. 90s, 10m".into());
+    }
     let parsed = match raw.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),
         Err(_) => humantime::parse_duration(raw)
@@ -537,6 +540,23 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         return Err("must be at least 1s (e.g. 90s, 10m)".into());
     }
     Ok(parsed)
+}
+
+/// Parses a count (of nodes, of waves): a whole number, 0 or more.
+pub fn parse_count(raw: &str) -> Result<usize, String> {
+    raw.trim()
+        .parse::<usize>()
+        .map_err(|_| format!("{raw:?} is not a count: give a whole number, 0 or more"))
+}
+
+/// Parses a wave's index: waves are numbered from 1.
+pub fn parse_wave(raw: &str) -> Result<u32, String> {
+    match raw.trim().parse::<u32>() {
+        Ok(index) if index >= 1 => Ok(index),
+        _ => Err(format!(
+            "{raw:?} is not a wave: waves are numbered from 1 (select-nodes prints them)"
+        )),
+    }
 }
 
 /// Argo's phases of a step or a workflow (`{{steps.X.status}}`,
@@ -647,8 +667,24 @@ mod tests {
         );
         assert!(parse_duration(" 0 ").is_err());
         assert!(parse_duration("500ms").is_err());
+        assert_eq!(
+            parse_duration("-5s").unwrap_err(),
+            "cannot be negative: give how long, e.g. 90s, 10m"
+        );
         assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn counts_and_waves_say_what_they_take() {
+        assert_eq!(parse_count("3").unwrap(), 3);
+        assert_eq!(
+            parse_count("-1").unwrap_err(),
+            "\"-1\" is not a count: give a whole number, 0 or more"
+        );
+        assert_eq!(parse_wave("2").unwrap(), 2);
+        assert!(parse_wave("0").unwrap_err().contains("numbered from 1"));
+        assert!(parse_wave("-1").unwrap_err().contains("numbered from 1"));
     }
 
     #[test]

@@ -56,19 +56,19 @@ pub struct Args {
     /// The deadline each workflow step gets (the chart's
     /// workflow.stepDeadlineSeconds): timeouts that a step could not finish
     /// within are refused. Without it, nothing is checked.
-    #[arg(long, value_parser = parse_duration, env = "KLM_STEP_DEADLINE", value_name = "DURATION")]
+    #[arg(long, value_parser = parse_duration, env = "KLM_STEP_DEADLINE", value_name = "DURATION", allow_hyphen_values = true)]
     pub step_deadline: Option<Duration>,
 
     /// The helm timeout the run's steps use (checked against --step-deadline).
-    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_HELM_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_HELM_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
     pub helm_timeout: Duration,
 
     /// The restart timeout the run's steps use (checked against --step-deadline).
-    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
     pub restart_timeout: Duration,
 
     /// The drain timeout the run's steps use (checked against --step-deadline).
-    #[arg(long, default_value = "300s", value_parser = parse_duration, env = "KLM_DRAIN_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, default_value = "300s", value_parser = parse_duration, env = "KLM_DRAIN_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
     pub drain_timeout: Duration,
 }
 

@@ -20,7 +20,7 @@ pub struct Args {
     pub nodes: NodesArgs,
 
     /// How long evictions may wait for PodDisruptionBudgets and pods to go.
-    #[arg(long, default_value = "300s", value_parser = parse_duration, env = "KLM_DRAIN_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, default_value = "300s", value_parser = parse_duration, env = "KLM_DRAIN_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
     pub drain_timeout: Duration,
 
     /// The run that holds the nodes.

@@ -22,7 +22,7 @@ use crate::step;
 )]
 pub struct Args {
     /// The wave (from 1) about to start.
-    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "K", value_parser = crate::args::parse_wave, allow_negative_numbers = true)]
     pub wave: u32,
 
     /// What the wave waited for before this call (empty: nothing yet); after

@@ -32,7 +32,7 @@ pub struct Args {
     pub nodes: Option<crate::args::NodeList>,
 
     /// job mode, instead of --nodes: wave K (from 1) of the run's recorded plan.
-    #[arg(long, value_name = "K", conflicts_with = "nodes", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "K", conflicts_with = "nodes", value_parser = crate::args::parse_wave, allow_negative_numbers = true)]
     pub wave: Option<u32>,
 
     /// Chart values for this step, after the run's recorded ones.

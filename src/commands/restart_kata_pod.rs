@@ -26,7 +26,7 @@ pub struct Args {
     pub deployment_mode: ModeChoice,
 
     /// How long each node may take to come back Ready.
-    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
     pub timeout: Duration,
 
     /// Which release.

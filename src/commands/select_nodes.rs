@@ -49,7 +49,7 @@ pub struct Args {
 
     /// At most this many waves (what one Argo workflow carries); 0 = no bound
     /// (Argo with node status offloading).
-    #[arg(long, value_name = "N", default_value_t = waves::DEFAULT_MAX_WAVES)]
+    #[arg(long, value_name = "N", default_value_t = waves::DEFAULT_MAX_WAVES, value_parser = crate::args::parse_count, allow_negative_numbers = true)]
     pub max_waves: usize,
 
     /// Which release (to find the nodes that run its kata-deploy).

@@ -20,7 +20,7 @@ pub const SUCCEEDED: &str = "Succeeded";
 )]
 pub struct Args {
     /// The wave (from 1) of the run's recorded plan.
-    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "K", value_parser = crate::args::parse_wave, allow_negative_numbers = true)]
     pub wave: u32,
 
     /// How the wave's upgrade ended: Argo's `{{steps.upgrade.status}}`

@@ -49,11 +49,11 @@ pub struct Args {
     pub drain: bool,
 
     /// How long a drain may wait for PodDisruptionBudgets and pods to go.
-    #[arg(long, default_value = "300s", value_parser = parse_duration, env = "KLM_DRAIN_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, default_value = "300s", value_parser = parse_duration, env = "KLM_DRAIN_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
     pub drain_timeout: Duration,
 
     /// How long a node's kata-deploy may take to come back Ready.
-    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
+    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
     pub restart_timeout: Duration,
 
     /// The run's extra kata-deploy chart values.

@@ -208,6 +208,9 @@ pub fn parse_soak(raw: &str) -> Result<Soak, String> {
 fn parse_soak_duration(raw: &str) -> Result<Option<Duration>, String> {
     match raw.trim() {
         "" | "0" | "0s" => Ok(None),
+        raw if raw.starts_with('-') => Err(format!(
+            "gate soak {raw:?} cannot be negative: give how long, e.g. 10m (0: no soak)"
+        )),
         raw => match raw.parse::<u64>() {
             Ok(seconds) => Ok(Some(Duration::from_secs(seconds))),
             Err(_) => humantime::parse_duration(raw)

@@ -1,6 +1,6 @@
 //! The command line as people type it (issue 25, item 12), without a
 //! cluster: `klm completion bash|zsh|fish`; `-n NS` as kubectl users type
-//! it.
+//! it; a negative number reaches its flag's own check.
 
 use std::process::Command;
 
@@ -65,5 +65,47 @@ fn kubectl_users_name_the_namespace_with_n() {
         // Parsed: what fails is the missing kubeconfig, not the flag.
         assert_eq!(code, 2, "{flag}: {stderr}");
         assert!(stderr.contains("does not exist"), "{flag}: {stderr}");
+    }
+}
+
+#[test]
+fn a_negative_number_gets_its_flags_own_message() {
+    let cases: [(&[&str], &str); 7] = [
+        (&["select-nodes", "--batch-size", "-1"], "batch size \"-1\""),
+        (
+            &["select-nodes", "--max-batch-size", "-3"],
+            "is not a count",
+        ),
+        (&["select-nodes", "--canary-size", "-1"], "is not a count"),
+        (
+            &["select-nodes", "--max-unavailable", "-2"],
+            "max-unavailable \"-2\"",
+        ),
+        (
+            &["settle", "--wave", "-1", "--upgrade-status", "Failed"],
+            "waves are numbered from 1",
+        ),
+        (
+            &["restart-kata-pod", "--nodes", "w1", "--timeout", "-5s"],
+            "cannot be negative",
+        ),
+        (
+            &[
+                "upgrade",
+                "--target-version",
+                "3.28.0",
+                "--gate-soak",
+                "-10m",
+            ],
+            "cannot be negative",
+        ),
+    ];
+    for (args, says) in cases {
+        let (code, _, stderr) = klm(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(says) && !stderr.contains("unexpected argument"),
+            "{args:?}: {stderr}"
+        );
     }
 }

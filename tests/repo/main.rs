@@ -12,7 +12,8 @@
 //! - `dependencies`: the crates the project bans stay out.
 //! - `help`: snapshots of `klm --help`, each subcommand's help and one
 //!   error per exit code.
-//! - `cli`: the command line as people type it (completion scripts, `-n`).
+//! - `cli`: the command line as people type it (completion scripts, `-n`,
+//!   negative numbers).
 
 mod cli;
 mod containerfile;
