@@ -91,6 +91,7 @@ pub enum LogFormat {
 
 /// Which kata-deploy release to act on.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Release")]
 pub struct ReleaseArgs {
     /// Name of the kata-deploy Helm release.
     #[arg(
@@ -120,6 +121,7 @@ pub struct ReleaseArgs {
 
 /// Where the kata-deploy chart comes from (for upgrades and rollbacks).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Chart")]
 pub struct ChartArgs {
     /// The kata-deploy chart: an OCI reference, a repo/chart name, or a local path or .tgz.
     #[arg(long, default_value = DEFAULT_CHART, env = "KLM_CHART", value_name = "REF")]
@@ -132,6 +134,7 @@ pub struct ChartArgs {
 
 /// The user's extra kata-deploy chart values, as helm's `--set` items.
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Chart")]
 pub struct ChartValuesArgs {
     /// Extra chart values, as helm's --set (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_set_item)]
@@ -174,6 +177,7 @@ pub fn parse_set_list(raw: &str) -> Result<SetList, String> {
 
 /// Identifies the run a step belongs to.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Run")]
 pub struct RunArgs {
     /// The run this step belongs to (the Argo workflow name); default: the release's active run.
     #[arg(long, env = "KLM_RUN_ID", value_name = "ID")]
@@ -238,6 +242,7 @@ pub fn parse_node_list(raw: &str) -> Result<NodeList, String> {
 
 /// How the selected nodes are split into waves (see [`Policy`]).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Waves")]
 pub struct WavesArgs {
     /// Nodes per wave (1 = strict node by node), or a percentage of the selected nodes (10%).
     #[arg(long, default_value = "1", value_name = "N|N%", value_parser = crate::nodes::waves::parse_batch_size, allow_negative_numbers = true)]
@@ -274,19 +279,19 @@ pub struct WavesArgs {
     pub include_unavailable: bool,
 
     /// Hold the run after the canary wave (canary), or after it and after each pool (pool).
-    #[arg(long, value_enum, default_value_t = GateAt::None)]
+    #[arg(help_heading = "Gates and window", long, value_enum, default_value_t = GateAt::None)]
     pub gate: GateAt,
 
     /// At a gate: wait this long, then verify the nodes since the last gate again (0 = no soak).
-    #[arg(long, value_name = "DURATION", default_value = "0", value_parser = crate::schedule::gates::parse_soak, allow_hyphen_values = true)]
+    #[arg(help_heading = "Gates and window", long, value_name = "DURATION", default_value = "0", value_parser = crate::schedule::gates::parse_soak, allow_hyphen_values = true)]
     pub gate_soak: Soak,
 
     /// At a gate: wait for a person's approval (Argo: argo resume; klm upgrade: klm approve).
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    #[arg(help_heading = "Gates and window", long, value_name = "BOOL", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub gate_approval: bool,
 
     /// Start waves only in this window, e.g. "Mon-Fri 01:00-05:00 Europe/Paris" (empty = any time).
-    #[arg(long, value_name = "WINDOW", default_value = "", value_parser = crate::schedule::window::parse_window)]
+    #[arg(help_heading = "Gates and window", long, value_name = "WINDOW", default_value = "", value_parser = crate::schedule::window::parse_window)]
     pub window: WindowArg,
 }
 
@@ -324,6 +329,7 @@ impl WavesArgs {
 
 /// How nodes are selected.
 #[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Node selection")]
 pub struct SelectionArgs {
     /// Label selector for the nodes (e.g. `node-pool=kata,zone in (a,b)`).
     #[arg(long, value_name = "SELECTOR")]
@@ -342,6 +348,7 @@ pub struct SelectionArgs {
 /// reinstalled from, how long each node may take, and the pods that verify
 /// the nodes again (none given: no verification).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Rollback")]
 pub struct RollbackArgs {
     /// How long each node may take to come back Ready at the old version.
     #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
@@ -358,6 +365,7 @@ pub struct RollbackArgs {
 
 /// The verification pod and how it runs.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Verification")]
 pub struct VerificationArgs {
     /// The verification pod YAML (a file path, or - for stdin); ${NODE} and ${TEST_POD} are substituted.
     #[arg(long, value_name = "PATH", conflicts_with = "verification_pod_base64")]

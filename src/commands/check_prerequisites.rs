@@ -28,22 +28,6 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
     pub deployment_mode: ModeChoice,
 
-    /// The run's extra kata-deploy chart values: recorded, every upgrade of the run uses them.
-    #[command(flatten)]
-    pub values: ChartValuesArgs,
-
-    /// Which release.
-    #[command(flatten)]
-    pub release: ReleaseArgs,
-
-    /// Which run (a new run id is generated when none is given).
-    #[command(flatten)]
-    pub run: RunArgs,
-
-    /// The verification pods to validate.
-    #[command(flatten)]
-    pub verification: VerificationArgs,
-
     /// Whether the target may be older than the release's version.
     #[command(flatten)]
     pub downgrade: DowngradeArgs,
@@ -70,6 +54,22 @@ pub struct Args {
     /// The drain timeout the run's steps use (checked against --step-deadline).
     #[arg(long, default_value = "300s", value_parser = parse_duration, env = "KLM_DRAIN_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
     pub drain_timeout: Duration,
+
+    /// The run's extra kata-deploy chart values: recorded, every upgrade of the run uses them.
+    #[command(flatten)]
+    pub values: ChartValuesArgs,
+
+    /// Which release.
+    #[command(flatten)]
+    pub release: ReleaseArgs,
+
+    /// Which run (a new run id is generated when none is given).
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// The verification pods to validate.
+    #[command(flatten)]
+    pub verification: VerificationArgs,
 }
 
 /// What check-prerequisites found.

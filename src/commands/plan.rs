@@ -25,6 +25,10 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
     pub deployment_mode: ModeChoice,
 
+    /// Whether the target may be older than the release's version.
+    #[command(flatten)]
+    pub downgrade: DowngradeArgs,
+
     /// How the nodes are split into waves.
     #[command(flatten)]
     pub waves: WavesArgs,
@@ -40,10 +44,6 @@ pub struct Args {
     /// The verification pod to validate (optional for a plan).
     #[command(flatten)]
     pub verification: VerificationArgs,
-
-    /// Whether the target may be older than the release's version.
-    #[command(flatten)]
-    pub downgrade: DowngradeArgs,
 }
 
 /// Runs the step.

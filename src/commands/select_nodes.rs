@@ -19,14 +19,6 @@ use crate::step;
     after_help = "Without a selector, the nodes that run this release's kata-deploy are selected: in daemonset\nmode the nodes of its DaemonSet's pods, in job mode the nodes its installer targets (its node\nselector), never those of another kata-deploy release.\nWith --run-id, the plan is recorded in the run (an empty plan: helm-upgrade then changes nothing).\nA plan with more waves than one workflow carries (--max-waves) is refused before anything changes.\n\nExamples:\n  klm select-nodes --batch-size 2\n  klm select-nodes --node-selector node-pool=kata --node-taint-key maintenance -o json\n  klm select-nodes --skip-completed 3.28.0 --waves-file /tmp/waves.json"
 )]
 pub struct Args {
-    /// How nodes are selected.
-    #[command(flatten)]
-    pub selection: SelectionArgs,
-
-    /// How the nodes are split into waves.
-    #[command(flatten)]
-    pub waves: WavesArgs,
-
     /// Skip nodes already completed at this version (to resume a run).
     #[arg(long, value_name = "VERSION", value_parser = crate::versions::parse_flag)]
     pub skip_completed: Option<semver::Version>,
@@ -51,6 +43,14 @@ pub struct Args {
     /// (Argo with node status offloading).
     #[arg(long, value_name = "N", default_value_t = waves::DEFAULT_MAX_WAVES, value_parser = crate::args::parse_count, allow_negative_numbers = true)]
     pub max_waves: usize,
+
+    /// How nodes are selected.
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+
+    /// How the nodes are split into waves.
+    #[command(flatten)]
+    pub waves: WavesArgs,
 
     /// Which release (to find the nodes that run its kata-deploy).
     #[command(flatten)]

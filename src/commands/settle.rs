@@ -28,6 +28,12 @@ pub struct Args {
     #[arg(long, value_name = "STATUS", value_parser = crate::args::parse_argo_status)]
     pub upgrade_status: String,
 
+    /// Also write how many nodes the wave completed, rolled back and left
+    /// failed, one number per file (`completed`, `rolled-back`, `failed`) in
+    /// this directory: the workflow's node counters read them.
+    #[arg(long, value_name = "DIR")]
+    pub counts_dir: Option<std::path::PathBuf>,
+
     /// Which release.
     #[command(flatten)]
     pub release: ReleaseArgs,
@@ -39,12 +45,6 @@ pub struct Args {
     /// How nodes are rolled back (and verified again).
     #[command(flatten)]
     pub rollback: RollbackArgs,
-
-    /// Also write how many nodes the wave completed, rolled back and left
-    /// failed, one number per file (`completed`, `rolled-back`, `failed`) in
-    /// this directory: the workflow's node counters read them.
-    #[arg(long, value_name = "DIR")]
-    pub counts_dir: Option<std::path::PathBuf>,
 }
 
 /// Writes the counts where `--counts-dir` says (nowhere without it), one

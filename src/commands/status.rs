@@ -18,10 +18,6 @@ use crate::step;
     after_help = "With --watch, the table is drawn again whenever a node, kata-deploy pod or the run record\nchanges (from watches, not polling), until Ctrl-C; with -o json, one JSON document per line.\n\nExamples:\n  klm status\n  klm status --watch\n  klm status --node-selector node-pool=kata -o json\n  klm status --run-id upgrade-1 --fail-if-run-failed   # exit 3 once the run failed or was interrupted"
 )]
 pub struct Args {
-    /// Which nodes (default: the nodes that run kata-deploy or carry klm's annotations).
-    #[command(flatten)]
-    pub selection: SelectionArgs,
-
     /// Exit 3 if the run has failed or was interrupted (a guard for scripts).
     #[arg(long, requires = "run_id", conflicts_with = "watch")]
     pub fail_if_run_failed: bool,
@@ -29,6 +25,10 @@ pub struct Args {
     /// Keep the table current as nodes, kata-deploy pods and the run change, until Ctrl-C.
     #[arg(long, short = 'w')]
     pub watch: bool,
+
+    /// Which nodes (default: the nodes that run kata-deploy or carry klm's annotations).
+    #[command(flatten)]
+    pub selection: SelectionArgs,
 
     /// Which release.
     #[command(flatten)]

@@ -32,18 +32,6 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
     pub deployment_mode: ModeChoice,
 
-    /// How the nodes are split into waves.
-    #[command(flatten)]
-    pub waves: WavesArgs,
-
-    /// How nodes are selected.
-    #[command(flatten)]
-    pub selection: SelectionArgs,
-
-    /// The verification pod every node must pass.
-    #[command(flatten)]
-    pub verification: VerificationArgs,
-
     /// Evict the pods of each wave's nodes before upgrading them.
     #[arg(long)]
     pub drain: bool,
@@ -56,13 +44,29 @@ pub struct Args {
     #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
     pub restart_timeout: Duration,
 
-    /// The run's extra kata-deploy chart values.
-    #[command(flatten)]
-    pub values: ChartValuesArgs,
-
     /// Whether the target may be older than the release's version.
     #[command(flatten)]
     pub downgrade: DowngradeArgs,
+
+    /// Show what the upgrade would do (`klm plan`), changing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// How the nodes are split into waves.
+    #[command(flatten)]
+    pub waves: WavesArgs,
+
+    /// How nodes are selected.
+    #[command(flatten)]
+    pub selection: SelectionArgs,
+
+    /// The verification pod every node must pass.
+    #[command(flatten)]
+    pub verification: VerificationArgs,
+
+    /// The run's extra kata-deploy chart values.
+    #[command(flatten)]
+    pub values: ChartValuesArgs,
 
     /// Which release.
     #[command(flatten)]
@@ -76,10 +80,6 @@ pub struct Args {
     /// run's id resumes it).
     #[command(flatten)]
     pub run: RunArgs,
-
-    /// Show what the upgrade would do (`klm plan`), changing nothing.
-    #[arg(long)]
-    pub dry_run: bool,
 }
 
 impl Args {

@@ -19,6 +19,11 @@ pub struct Args {
     #[command(flatten)]
     pub nodes: NodesArgs,
 
+    /// The label whose values are the pools, to pick each node's pool pod
+    /// (default: the run's, as check-prerequisites recorded it).
+    #[arg(long, value_name = "LABEL")]
+    pub pool_label: Option<String>,
+
     /// The verification pod.
     #[command(flatten)]
     pub verification: VerificationArgs,
@@ -30,11 +35,6 @@ pub struct Args {
     /// Which run (labels the pods it creates).
     #[command(flatten)]
     pub run: RunArgs,
-
-    /// The label whose values are the pools, to pick each node's pool pod
-    /// (default: the run's, as check-prerequisites recorded it).
-    #[arg(long, value_name = "LABEL")]
-    pub pool_label: Option<String>,
 }
 
 /// Runs the step.

@@ -1,6 +1,7 @@
 //! The command line as people type it (issue 25, item 12), without a
 //! cluster: `klm completion bash|zsh|fish`; `-n NS` as kubectl users type
-//! it; a negative number reaches its flag's own check.
+//! it; a negative number reaches its flag's own check; help grouped by
+//! heading.
 
 use std::process::Command;
 
@@ -107,5 +108,53 @@ fn a_negative_number_gets_its_flags_own_message() {
             stderr.contains(says) && !stderr.contains("unexpected argument"),
             "{args:?}: {stderr}"
         );
+    }
+}
+
+#[test]
+fn help_is_grouped_by_heading() {
+    use clap::CommandFactory;
+    let mut cli = kata_lifecycle_manager::cli::Cli::command();
+    // Built, the subcommands carry the global flags too.
+    cli.build();
+    for subcommand in cli.get_subcommands() {
+        let ungrouped: Vec<&str> = subcommand
+            .get_arguments()
+            .filter(|a| a.get_help_heading().is_none() && !a.is_hide_set())
+            .filter_map(|a| a.get_long())
+            .collect();
+        // A subcommand's own flags stay under "Options"; the shared ones
+        // (waves, selection, verification, chart, release, run, connection,
+        // output) each under their heading.
+        assert!(
+            ungrouped.len() <= 10,
+            "klm {} has {} options without a heading: {ungrouped:?}",
+            subcommand.get_name(),
+            ungrouped.len()
+        );
+    }
+    let upgrade = cli.find_subcommand("upgrade").unwrap();
+    let heading = |long: &str| {
+        upgrade
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_help_heading())
+    };
+    for (long, expected) in [
+        ("target-version", None),
+        ("drain", None),
+        ("dry-run", None),
+        ("allow-downgrade", None),
+        ("batch-size", Some("Waves")),
+        ("gate-soak", Some("Gates and window")),
+        ("node-selector", Some("Node selection")),
+        ("verification-pod", Some("Verification")),
+        ("chart", Some("Chart")),
+        ("helm-namespace", Some("Release")),
+        ("run-id", Some("Run")),
+        ("kubeconfig", Some("Connection")),
+        ("output", Some("Output")),
+    ] {
+        assert_eq!(heading(long), expected, "--{long}");
     }
 }

@@ -13,7 +13,7 @@
 //! - `help`: snapshots of `klm --help`, each subcommand's help and one
 //!   error per exit code.
 //! - `cli`: the command line as people type it (completion scripts, `-n`,
-//!   negative numbers).
+//!   negative numbers, help grouped by heading).
 
 mod cli;
 mod containerfile;
