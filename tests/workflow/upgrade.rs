@@ -393,3 +393,73 @@ async fn rollback_node_returns_a_node_to_its_version_before_the_run() {
         "the other node is untouched\n{report}"
     );
 }
+
+/// The proposal's canary flow (issue 25, "First"), in daemonset mode: one
+/// labelled node first, then the rest. Both workflows succeed; between them
+/// the release keeps OnDelete (the node not yet upgraded must not restart
+/// unverified), on record for the next run; the workflow that upgrades the
+/// last node gives the user's values back.
+#[tokio::test]
+async fn a_canary_node_first_then_the_rest_both_succeed_and_the_values_come_back() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start(rig, CaseSpec::new("wf-canary", 2, "3.27.0"))
+        .await
+        .unwrap();
+    let values_before = flow.release_values().await;
+    let (canary, rest) = (flow.case.node(0).to_string(), flow.case.node(1).to_string());
+    flow.case.label(&canary, "klm.test/canary", "true").await;
+    let all = selector(&flow);
+    let only_canary = format!("{all},klm.test/canary=true");
+
+    let run = flow
+        .run(
+            None,
+            &[
+                ("target-version", "3.28.0"),
+                ("node-selector", &only_canary),
+            ],
+        )
+        .await
+        .unwrap();
+    run.succeeded();
+    let report = run.report();
+    let nodes = flow.nodes().await;
+    assert_eq!(
+        host_version(&nodes[&canary]).as_deref(),
+        Some("3.28.0"),
+        "{report}"
+    );
+    assert_eq!(
+        host_version(&nodes[&rest]).as_deref(),
+        Some("3.27.0"),
+        "the node outside the canary run did not restart\n{report}"
+    );
+    let record = flow.case.run_record().await.unwrap();
+    assert_eq!(record["state"], json!("completed"), "{report}");
+    assert_eq!(
+        record["mechanics"]["updateStrategy.type"],
+        json!("OnDelete"),
+        "what stays on the release is on record for the next run\n{report}"
+    );
+    assert_eq!(
+        flow.release_values().await["updateStrategy"]["type"],
+        json!("OnDelete"),
+        "{report}"
+    );
+
+    let run = flow
+        .run(
+            None,
+            &[("target-version", "3.28.0"), ("node-selector", &all)],
+        )
+        .await
+        .unwrap();
+    run.succeeded();
+    let report = run.report();
+    assert_all_completed(&flow, "3.28.0", &report).await;
+    assert_eq!(
+        flow.release_values().await,
+        values_before,
+        "the run that upgraded the last node restored the user's values\n{report}"
+    );
+}
