@@ -119,7 +119,7 @@ impl RunSummary {
             "; the next run restores your values when it finishes".to_string()
         } else {
             format!(
-                " until the nodes still on an older kata-deploy are upgraded ({}); the run that upgrades the last of them restores your values",
+                " until every node runs kata-deploy's current revision (not yet: {}); the run that brings the last of them there restores your values",
                 self.nodes_behind.join(", ")
             )
         };
@@ -644,7 +644,7 @@ mod tests {
         let second = status.text().lines().nth(1).unwrap_or_default().to_string();
         assert_eq!(
             second,
-            "the release keeps updateStrategy.type=\"OnDelete\", verification.pod=\"\" (set by run upgrade-1 for its own mechanics) until the nodes still on an older kata-deploy are upgraded (w2); the run that upgrades the last of them restores your values"
+            "the release keeps updateStrategy.type=\"OnDelete\", verification.pod=\"\" (set by run upgrade-1 for its own mechanics) until every node runs kata-deploy's current revision (not yet: w2); the run that brings the last of them there restores your values"
         );
         // A running run's mechanics are its own business.
         record.state = RunState::Running;

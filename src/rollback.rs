@@ -530,7 +530,7 @@ async fn revert_daemonset(
             reference,
             &request.settings.chart,
             &record.before.chart_version,
-            record.before.revision,
+            record.values_revision(),
             false
         )
     ));
@@ -618,7 +618,7 @@ async fn revert_job(
             reference,
             &request.settings.chart,
             &record.before.chart_version,
-            record.before.revision,
+            record.values_revision(),
             true,
         ));
     }

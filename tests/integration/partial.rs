@@ -64,7 +64,7 @@ async fn after_the_canary(case: &Case, run: &str) {
         .ok();
     assert!(
         status.stdout.contains(&format!(
-            "the release keeps updateStrategy.type=\"OnDelete\", verification.pod=\"\" (set by run {run} for its own mechanics) until the nodes still on an older kata-deploy are upgraded ({rest})"
+            "the release keeps updateStrategy.type=\"OnDelete\", verification.pod=\"\" (set by run {run} for its own mechanics) until every node runs kata-deploy's current revision (not yet: {rest})"
         )),
         "{}",
         status.stdout
@@ -195,4 +195,85 @@ async fn a_canary_workflow_succeeds_and_the_workflow_for_the_rest_restores_the_u
     after_the_canary(&case, "wf-canary").await;
     by_the_steps(&case, &wf, "wf-rest", &all_selector(&case)).await;
     after_the_rest(&case, "wf-rest", &installed).await;
+}
+
+/// Item 9: a failed daemonset run leaves OnDelete on the release (its
+/// rollback must not restart every node unverified); the next run must not
+/// take klm's values for the user's. `klm status` says what is left, and
+/// the run that succeeds after it restores the user's values.
+#[tokio::test]
+async fn a_failed_runs_mechanics_are_restored_by_the_run_that_succeeds_after_it() {
+    let case = Case::start(CaseSpec::new("failedthen", 2, "3.27.0"))
+        .await
+        .unwrap();
+    let installed = case.user_values().await;
+    let dir = tempfile::tempdir().unwrap();
+    let [n1, n2] = [case.node(0), case.node(1)];
+    let broken = klm_rig::verification_pod::VerificationPod::succeeding()
+        .broken_at("3.28.0", &[n2])
+        .tolerating_everything()
+        .write(dir.path(), "broken")
+        .display()
+        .to_string();
+    let passing = verification_pod(dir.path(), &[]).display().to_string();
+    let upgrade = |pod: String, run: &'static str| {
+        let case = &case;
+        async move {
+            let selector = all_selector(case);
+            let args = [
+                "upgrade",
+                "--target-version",
+                "3.28.0",
+                "--node-selector",
+                &selector,
+                "--verification-pod",
+                &pod,
+                "--verification-namespace",
+                &case.namespace,
+                "--run-id",
+                run,
+                "--restart-timeout",
+                "60s",
+            ];
+            case.klm(&args).await
+        }
+    };
+
+    // n1 completes, n2 fails its verification and is rolled back.
+    upgrade(broken, "fails").await.code(1);
+    assert_eq!(case.run_record().await.unwrap()["state"], "failed");
+    assert_eq!(
+        case.user_values().await["updateStrategy"]["type"],
+        "OnDelete",
+        "the failed run's rollback keeps OnDelete"
+    );
+    let status = case
+        .klm(&["status", "--node-selector", &all_selector(&case)])
+        .await
+        .ok();
+    assert!(
+        status
+            .stdout
+            .contains("the release keeps updateStrategy.type=\"OnDelete\", verification.pod=\"\" (set by run fails for its own mechanics)"),
+        "{}",
+        status.stdout
+    );
+
+    // The next run succeeds and gives the user's values back.
+    upgrade(passing, "again").await.ok();
+    assert_eq!(
+        host_version(&case.get_node(n2).await).as_deref(),
+        Some("3.28.0")
+    );
+    assert_eq!(
+        host_version(&case.get_node(n1).await).as_deref(),
+        Some("3.28.0")
+    );
+    let record = case.run_record().await.unwrap();
+    assert_eq!(record["inherited"]["runId"], "fails", "{record:#}");
+    assert_eq!(
+        case.user_values().await,
+        installed,
+        "no value of klm's outlives the runs"
+    );
 }
