@@ -259,6 +259,7 @@ async fn finish_run(
         chart,
         &release.chart_version,
         record.before.revision,
+        record.mode,
         no_hooks,
     );
     match restorable {
@@ -275,6 +276,7 @@ async fn finish_run(
                     chart,
                     &release.chart_version,
                     &values,
+                    record.mode,
                     no_hooks,
                     helm_timeout,
                 )

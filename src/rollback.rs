@@ -418,7 +418,12 @@ async fn revert_daemonset(
     report: &mut RolledBack,
 ) -> anyhow::Result<()> {
     let mechanics = run_values::daemonset();
-    let mechanic_keys: Vec<&str> = mechanics.iter().map(|(k, _)| k.as_str()).collect();
+    // The mode pin is not the user's either: every upgrade sets it.
+    let mechanic_keys: Vec<&str> = mechanics
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .chain([crate::release::MODE_KEY])
+        .collect();
     let reference = &request.release;
     let chart_name = reference.load(helm).await?.chart_name;
     let plan = revert_plan(helm, reference, &chart_name, record, names, report).await?;
@@ -432,7 +437,9 @@ async fn revert_daemonset(
             current.chart_version != *version || current.status != "deployed" || {
                 let mut wanted = values.clone();
                 run_values::apply(&mut wanted, &mechanics);
-                wanted != current.user_values
+                let pin = [crate::release::MODE_KEY];
+                run_values::without(&wanted, &pin)
+                    != run_values::without(&current.user_values, &pin)
             }
         };
         if differs {
@@ -445,6 +452,7 @@ async fn revert_daemonset(
                         &request.settings.chart,
                         version,
                         values,
+                        record.mode,
                         request.settings.helm_timeout,
                     ),
                 )
@@ -471,6 +479,10 @@ async fn revert_daemonset(
                 .map(|e| NodeFailure::new(node, crate::error::describe(&e.into())))
         }));
     }
+    if report.release_reverted {
+        let records = Records::new(client, &reference.namespace);
+        crate::nodes::marks::take_back(client, helm, &records, reference, &record.run_id).await?;
+    }
     let still_new: Vec<String> = record
         .nodes_in(&[NodeProgress::Completed])
         .into_iter()
@@ -491,6 +503,7 @@ async fn revert_daemonset(
             &request.settings.chart,
             &record.before.chart_version,
             record.before.revision,
+            record.mode,
             false
         )
     ));
@@ -525,6 +538,7 @@ async fn revert_job(
         let coalesced = reference.coalesced_values(helm).await?;
         let mut values = base.clone();
         run_values::apply(&mut values, &run_values::job_wave(nodes, &coalesced));
+        kata_deploy::clear_finished_install_jobs(client, reference, nodes).await?;
         let started = crate::run_record::now();
         records
             .update(&record.release, &record.run_id, |r| {
@@ -540,13 +554,14 @@ async fn revert_job(
                     &request.settings.chart,
                     version,
                     values,
+                    record.mode,
                     request.settings.helm_timeout,
                 ),
             )
             .await?;
         if let Err(err) = kata_deploy::wait_install_jobs(
             client,
-            &record.namespace,
+            reference,
             nodes,
             Some(&started),
             request.settings.timeout,
@@ -564,6 +579,7 @@ async fn revert_job(
             &request.settings.chart,
             &record.before.chart_version,
             &record.before.user_values,
+            record.mode,
             true,
             request.settings.helm_timeout,
         )
@@ -579,6 +595,7 @@ async fn revert_job(
             &request.settings.chart,
             &record.before.chart_version,
             record.before.revision,
+            record.mode,
             true,
         ));
     }

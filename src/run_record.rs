@@ -221,6 +221,12 @@ pub struct RunRecord {
     /// What the run waits for before its next wave, while it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<Held>,
+    /// Node labels the run added so that nodes not yet upgraded stay
+    /// schedulable for Kata under the target's RuntimeClasses (node → label
+    /// → value; see [`crate::nodes::marks`]): taken off again when the
+    /// release returns to a version that does not select them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub marks: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// A run waiting before a wave: at a gate, or for its window.
@@ -564,6 +570,7 @@ pub(crate) fn example() -> RunRecord {
         gates: Vec::new(),
         window: None,
         held: None,
+        marks: BTreeMap::new(),
     }
 }
 

@@ -107,6 +107,11 @@ pub struct Upgraded {
     /// run records it: install Jobs older than this belong to an earlier wave.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wave_started_at: Option<String>,
+    /// daemonset mode: the nodes labelled so that they keep taking Kata pods
+    /// under the target's RuntimeClasses until their turn
+    /// ([`crate::nodes::marks`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub marked: Vec<String>,
 }
 
 impl Report for Upgraded {
@@ -138,8 +143,17 @@ impl Report for Upgraded {
                     }
                     DeploymentMode::Job => format!("installed on {}", self.nodes.join(", ")),
                 };
+                let marked = if self.marked.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; labelled {} for {}'s RuntimeClasses, so they take Kata pods until their turn",
+                        self.marked.join(", "),
+                        self.to_version
+                    )
+                };
                 format!(
-                    "upgraded {} from {} to {} in {} mode: {scope}",
+                    "upgraded {} from {} to {} in {} mode: {scope}{marked}",
                     self.release, self.from_version, self.to_version, self.mode
                 )
             }
@@ -180,6 +194,7 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
         nodes: wave.clone(),
         mechanics: Vec::new(),
         wave_started_at: None,
+        marked: Vec::new(),
     };
     if stage != Stage::of(mode) {
         report.outcome = Outcome::OtherStage;
@@ -202,6 +217,10 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
                 && run_values::is_on_delete(&release.user_values)
                 && release.revision > record.before.revision
             {
+                // A retried step still labels what it did not get to.
+                report.marked =
+                    crate::nodes::marks::keep_schedulable(client, &records, &record, &release)
+                        .await?;
                 report.outcome = Outcome::AlreadyDone;
                 return Ok(report);
             }
@@ -224,6 +243,7 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
                 report.wave_started_at = record.wave_started_at.clone();
                 return Ok(report);
             }
+            crate::kata_deploy::clear_finished_install_jobs(client, reference, &wave).await?;
             let started = crate::run_record::now();
             records
                 .update(&record.release, &record.run_id, |r| {
@@ -248,9 +268,15 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
             .collect(),
         set_json,
         timeout: request.helm_timeout,
+        mode,
     };
     release.upgrade(helm, &upgrade).await?;
     report.mechanics = mechanics.iter().map(|(k, _)| k.clone()).collect();
+    if mode == DeploymentMode::Daemonset {
+        let upgraded = reference.load(helm).await?;
+        report.marked =
+            crate::nodes::marks::keep_schedulable(client, &records, &record, &upgraded).await?;
+    }
     records
         .update(&record.release, &record.run_id, |r| {
             for (key, value) in &mechanics {
@@ -299,6 +325,7 @@ mod tests {
             nodes: vec!["w1".into(), "w2".into()],
             mechanics: Vec::new(),
             wave_started_at: None,
+            marked: Vec::new(),
         };
         assert_eq!(
             report.text(),

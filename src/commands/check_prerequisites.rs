@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::args::{
-    ChartValuesArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration,
+    ChartArgs, ChartValuesArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration,
 };
 use crate::error::ExitStatus;
 use crate::output::{self, Report};
@@ -54,9 +54,10 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, env = "KLM_STEP_DEADLINE", value_name = "DURATION")]
     pub step_deadline: Option<Duration>,
 
-    /// The helm timeout the run's steps use (checked against --step-deadline).
-    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_HELM_TIMEOUT", value_name = "DURATION")]
-    pub helm_timeout: Duration,
+    /// The kata-deploy chart the run upgrades to, and the helm timeout its
+    /// steps use (checked against --step-deadline).
+    #[command(flatten)]
+    pub chart: ChartArgs,
 
     /// The restart timeout the run's steps use (checked against --step-deadline).
     #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION")]
@@ -146,7 +147,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     if let Some(deadline) = args.step_deadline {
         preflight::check_step_deadline(
             deadline,
-            args.helm_timeout,
+            args.chart.helm_timeout,
             args.restart_timeout,
             args.verification.verification_timeout,
             args.drain_timeout,
@@ -156,6 +157,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let client = crate::cluster::client(global).await?;
     let helm = step::helm(&args.release, global)?;
     let reference = step::release_ref(&args.release);
+    let chart_values = args.values.items();
     let started = preflight::start_run(
         &client,
         &helm,
@@ -164,9 +166,14 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             run_id: args.run.run_id.clone(),
             target: &target,
             mode: args.deployment_mode,
-            chart_values: args.values.items(),
+            chart_values: chart_values.clone(),
             pool_label: crate::args::pool_label(args.pool_label.as_deref()),
             pods: &pods,
+            rehearsal: preflight::Rehearsal {
+                chart: &args.chart.chart,
+                chart_values: &chart_values,
+                helm_timeout: args.chart.helm_timeout,
+            },
         },
     )
     .await?;

@@ -2,7 +2,9 @@
 
 use clap::Args as ClapArgs;
 
-use crate::args::{GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs, WavesArgs};
+use crate::args::{
+    ChartArgs, ChartValuesArgs, GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs, WavesArgs,
+};
 use crate::error::ExitStatus;
 use crate::output;
 use crate::plan;
@@ -38,6 +40,15 @@ pub struct Args {
     /// The verification pod to validate (optional for a plan).
     #[command(flatten)]
     pub verification: VerificationArgs,
+
+    /// The kata-deploy chart the run would upgrade to (its upgrade is
+    /// rendered with --dry-run=server).
+    #[command(flatten)]
+    pub chart: ChartArgs,
+
+    /// The run's extra kata-deploy chart values.
+    #[command(flatten)]
+    pub values: ChartValuesArgs,
 }
 
 /// Runs the step.
@@ -48,6 +59,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let pods = crate::verification::Pods::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
     let helm = step::helm(&args.release, global)?;
+    let chart_values = args.values.items();
     let plan = plan::plan(
         &client,
         &helm,
@@ -61,6 +73,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             schedule: &args.waves.schedule(),
             skip_completed: None,
             pods: &pods,
+            rehearsal: crate::preflight::Rehearsal {
+                chart: &args.chart.chart,
+                chart_values: &chart_values,
+                helm_timeout: args.chart.helm_timeout,
+            },
         },
     )
     .await?;

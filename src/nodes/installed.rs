@@ -49,6 +49,16 @@ async fn daemonset(
     let current = daemonset
         .current_revision(std::time::Duration::from_secs(60))
         .await?;
+    // An image tag is a chart version only where the release was once at
+    // it: a digest-pinned or custom `image.tag` is not (a rollback to it
+    // would name a chart that may not exist).
+    let released: Vec<String> = reference
+        .history(helm)
+        .await?
+        .iter()
+        .map(|h| h.chart_version(&release.chart_name))
+        .collect();
+    let api: Api<Node> = Api::all(client.clone());
     let mut found = BTreeMap::new();
     for node in nodes {
         let pods = daemonset.pods_on(node).await?;
@@ -56,17 +66,31 @@ async fn daemonset(
             continue;
         };
         // A pod of the current template runs the release's chart version;
-        // an older one, the version its image names.
+        // an older one, the version its image names, if the release had it;
+        // else the version klm last verified on the node.
         let version = if kata_deploy::revision_of(pod) == Some(current.hash.as_str()) {
             Some(release.chart_version.clone())
         } else {
-            kata_deploy::pod_version(pod)
+            match kata_deploy::pod_version(pod).filter(|tag| released.contains(tag)) {
+                Some(tag) => Some(tag),
+                None => verified_version(&api, node).await?,
+            }
         };
         if let Some(version) = version {
             found.insert(node.clone(), version);
         }
     }
     Ok(found)
+}
+
+/// The version klm last verified on a node (its annotation).
+async fn verified_version(api: &Api<Node>, node: &str) -> anyhow::Result<Option<String>> {
+    Ok(api
+        .get_opt(node)
+        .await?
+        .as_ref()
+        .and_then(|n| crate::nodes::selection::annotation(n, annotations::CURRENT_VERSION))
+        .map(String::from))
 }
 
 async fn job(
@@ -99,13 +123,8 @@ async fn job(
     let api: Api<Node> = Api::all(client.clone());
     let missing: Vec<&String> = nodes.iter().filter(|n| !found.contains_key(*n)).collect();
     for node in missing {
-        if let Some(version) = api
-            .get_opt(node)
-            .await?
-            .as_ref()
-            .and_then(|n| crate::nodes::selection::annotation(n, annotations::CURRENT_VERSION))
-        {
-            found.insert(node.clone(), version.to_string());
+        if let Some(version) = verified_version(&api, node).await? {
+            found.insert(node.clone(), version);
         }
     }
     Ok(found)

@@ -216,6 +216,11 @@ pub async fn run(
         chart_values: settings.chart_values.clone(),
         pool_label: settings.pool_label.as_deref(),
         pods: &settings.verification,
+        rehearsal: preflight::Rehearsal {
+            chart: &settings.chart,
+            chart_values: &settings.chart_values,
+            helm_timeout: settings.helm_timeout,
+        },
     };
     let started = preflight::start_run(client, helm, &start).await?;
     let record = &started.record;
