@@ -303,11 +303,13 @@ async fn finish_run(
                 .collect();
         }
     }
+    crate::dispatch::resume_reconcilers(client, record).await?;
     records
         .update(&record.release, &record.run_id, |r| {
             r.state = RunState::Completed;
             r.held = None;
             r.mechanics.clear();
+            r.suspended.clear();
         })
         .await?;
     Ok(())

@@ -113,6 +113,7 @@ impl Checked {
             window: None,
             held: None,
             marks: Default::default(),
+            suspended: Vec::new(),
         }
     }
 }
@@ -154,9 +155,8 @@ pub async fn check(
     }
     let mode = detected;
     versions::check_minimum(target, mode)?;
-    if mode == DeploymentMode::Job {
-        versions::refuse_pruning_job_mode(&current, target)?;
-    }
+    let own_dispatcher =
+        mode == DeploymentMode::Job && versions::runs_own_dispatcher(&current, target);
     for pod in pods.all() {
         crate::verification::run::dry_run(client, pod).await?;
     }
@@ -171,7 +171,19 @@ pub async fn check(
         .hint("drop deploymentMode from --set / --helm-set-values; switching modes is a separate helm upgrade of every node at once (see --deployment-mode)")
         .into());
     }
-    let rehearsed = rehearse(helm, &release, &coalesced, mode, target, rehearsal).await?;
+    let rehearsed = rehearse(
+        helm,
+        &release,
+        &coalesced,
+        mode,
+        own_dispatcher,
+        target,
+        rehearsal,
+    )
+    .await?;
+    if own_dispatcher {
+        check_dispatchers(helm, &release, &rehearsed).await?;
+    }
     let mut warnings = Vec::new();
     if let Some(warning) = new_runtime_class_labels(&release, &rehearsed, target) {
         warnings.push(warning);
@@ -214,11 +226,14 @@ pub async fn rehearse(
     release: &Release,
     coalesced: &serde_json::Value,
     mode: DeploymentMode,
+    own_dispatcher: bool,
     target: &Version,
     rehearsal: &Rehearsal<'_>,
 ) -> Result<serde_json::Value, crate::release::ReleaseError> {
     let mechanics = match mode {
         DeploymentMode::Daemonset => crate::run_values::daemonset(),
+        // From 4.1 the release moves with the user's values alone.
+        DeploymentMode::Job if own_dispatcher => Vec::new(),
         DeploymentMode::Job => {
             crate::run_values::job_wave(&["klm-preflight-placeholder".into()], coalesced)
         }
@@ -232,8 +247,38 @@ pub async fn rehearse(
         set_json,
         timeout: rehearsal.helm_timeout,
         mode,
+        no_hooks: false,
+        description: None,
     };
     release.rehearse(helm, &upgrade).await
+}
+
+/// job mode from 4.1: the install dispatcher the target renders (each wave
+/// runs a copy of it) and the one the release recorded now (a rollback runs
+/// a copy of it) are of a shape klm knows; otherwise nothing may start.
+async fn check_dispatchers(
+    helm: &Helm,
+    release: &Release,
+    rehearsed: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let hooks: Vec<&str> = rehearsed
+        .get("hooks")
+        .and_then(serde_json::Value::as_array)
+        .map(|hooks| {
+            hooks
+                .iter()
+                .filter_map(|h| h.get("manifest").and_then(serde_json::Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::dispatch::Dispatcher::find(hooks, &release.reference.name, release.revision + 1)?;
+    let recorded = release.reference.hooks(helm, release.revision).await?;
+    crate::dispatch::Dispatcher::find(
+        recorded.iter().map(String::as_str),
+        &release.reference.name,
+        release.revision,
+    )?;
+    Ok(())
 }
 
 /// What a person should know when the target's RuntimeClasses select nodes

@@ -372,6 +372,28 @@ impl ReleaseRef {
         })
     }
 
+    /// The hooks a revision recorded, as `helm get hooks` prints them (YAML
+    /// documents), split into documents.
+    pub async fn hooks(&self, helm: &Helm, revision: u32) -> Result<Vec<String>, ReleaseError> {
+        let revision = revision.to_string();
+        let text = helm
+            .run([
+                "get",
+                "hooks",
+                self.name.as_str(),
+                "--namespace",
+                self.namespace.as_str(),
+                "--revision",
+                revision.as_str(),
+            ])
+            .await
+            .map_err(|source| self.helm_error(source))?;
+        Ok(manifest_documents(&text)
+            .into_iter()
+            .map(String::from)
+            .collect())
+    }
+
     /// The history of the release (oldest first).
     pub async fn history(&self, helm: &Helm) -> Result<Vec<HistoryEntry>, ReleaseError> {
         helm.json([
@@ -449,7 +471,18 @@ impl HistoryEntry {
     pub fn values_only(&self) -> bool {
         self.description == VALUES_ONLY_DESCRIPTION
     }
+
+    /// Whether klm wrote this revision without running hooks to dispatch the
+    /// nodes itself (job mode from 4.1): the nodes it installed are not in
+    /// the history, only in what klm verified on each.
+    pub fn dispatched_by_klm(&self) -> bool {
+        self.description.starts_with("kata-lifecycle-manager:")
+            && self.description.ends_with(HOOKS_NOT_RUN)
+    }
 }
+
+/// How the description of a revision klm wrote with `--no-hooks` ends.
+pub const HOOKS_NOT_RUN: &str = "(hooks not run)";
 
 /// A namespaced object in the release's manifest.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -490,6 +523,11 @@ pub struct Upgrade {
     /// The release's mode, pinned on every upgrade to a chart that has the
     /// key ([`pin_mode`]).
     pub mode: DeploymentMode,
+    /// Run no hook (job mode from 4.1: the release moves, no installer
+    /// runs; klm dispatches each wave itself).
+    pub no_hooks: bool,
+    /// The revision's description in `helm history` (None: helm's own).
+    pub description: Option<String>,
 }
 
 /// The value that keeps a release in its mode: every helm upgrade klm runs
@@ -525,6 +563,8 @@ impl Upgrade {
             set_json: Vec::new(),
             timeout,
             mode,
+            no_hooks: false,
+            description: None,
         }
     }
 }
@@ -624,6 +664,12 @@ impl Release {
         }
         if let Some(pin) = pin_mode(&upgrade.version, upgrade.mode) {
             args.extend(["--set".into(), pin.into()]);
+        }
+        if upgrade.no_hooks {
+            args.push("--no-hooks".into());
+        }
+        if let Some(description) = &upgrade.description {
+            args.extend(["--description".into(), description.into()]);
         }
         args.extend([
             "--timeout".into(),

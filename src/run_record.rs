@@ -227,6 +227,11 @@ pub struct RunRecord {
     /// release returns to a version that does not select them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub marks: BTreeMap<String, BTreeMap<String, String>>,
+    /// The release's reconcile CronJobs the run suspended (job mode from
+    /// 4.1: none may install the release's version on a node the run has not
+    /// verified), resumed when the run ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspended: Vec<String>,
 }
 
 /// A run waiting before a wave: at a gate, or for its window.
@@ -571,6 +576,7 @@ pub(crate) fn example() -> RunRecord {
         window: None,
         held: None,
         marks: BTreeMap::new(),
+        suspended: Vec::new(),
     }
 }
 

@@ -111,6 +111,13 @@ pub fn job_mode_prunes(version: &Version) -> bool {
     at_least(version, &JOB_PRUNES_FROM)
 }
 
+/// Whether a job-mode run between these versions dispatches each wave with
+/// a copy of the release's own dispatcher ([`crate::dispatch`]) instead of a
+/// helm upgrade scoped with `job.nodes`: where either version prunes.
+pub fn runs_own_dispatcher(before: &Version, target: &Version) -> bool {
+    job_mode_prunes(before) || job_mode_prunes(target)
+}
+
 /// Checks a target version against the mode's minimum.
 pub fn check_minimum(target: &Version, mode: DeploymentMode) -> Result<(), UserError> {
     let minimum = mode.minimum();

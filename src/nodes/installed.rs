@@ -102,11 +102,35 @@ async fn job(
     let release = reference.load(helm).await?;
     let mut history = reference.history(helm).await?;
     history.sort_by_key(|h| std::cmp::Reverse(h.revision));
+    let api: Api<Node> = Api::all(client.clone());
     let mut found = BTreeMap::new();
-    for entry in history
-        .iter()
-        .filter(|h| h.was_deployed() && !h.values_only())
-    {
+    // A run of klm that moved the release without hooks (job mode from
+    // 4.1) installed its waves' nodes itself: no revision records that, but
+    // klm verified each node at the version it moved the release to, which
+    // is newer than every revision before that move.
+    let mut dispatched: Vec<String> = Vec::new();
+    for entry in history.iter().filter(|h| h.was_deployed()) {
+        if entry.dispatched_by_klm() {
+            dispatched.push(entry.chart_version(&release.chart_name));
+            continue;
+        }
+        if entry.values_only() {
+            continue;
+        }
+        if !dispatched.is_empty() {
+            let pending: Vec<String> = nodes
+                .iter()
+                .filter(|n| !found.contains_key(*n))
+                .cloned()
+                .collect();
+            for node in pending {
+                if let Some(version) = verified_version(&api, &node).await?
+                    && dispatched.contains(&version)
+                {
+                    found.insert(node, version);
+                }
+            }
+        }
         let pending: Vec<&String> = nodes.iter().filter(|n| !found.contains_key(*n)).collect();
         if pending.is_empty() {
             break;
@@ -120,7 +144,6 @@ async fn job(
             }
         }
     }
-    let api: Api<Node> = Api::all(client.clone());
     let missing: Vec<&String> = nodes.iter().filter(|n| !found.contains_key(*n)).collect();
     for node in missing {
         if let Some(version) = verified_version(&api, node).await? {
