@@ -20,24 +20,36 @@ pub const VERSIONS: &[(&str, &str)] = &[
     ),
     (
         "3.27.0",
-        "updateStrategy rendered verbatim; no deploymentMode",
+        "updateStrategy rendered verbatim; no deploymentMode; no health probes; a deleted pod cleans up (preStop)",
     ),
-    ("3.28.0", "like 3.27"),
+    (
+        "3.28.0",
+        "like 3.27, cleaning up on SIGTERM instead of in a preStop hook",
+    ),
     (
         "3.29.0",
         "broken: its kata-deploy pods never become Ready, its install Jobs fail",
     ),
     (
+        "3.30.0",
+        "no health probes; a deleted pod cleans up only when its DaemonSet is gone (DAEMONSET_NAME)",
+    ),
+    ("3.31.0", "health probes: Ready once installed"),
+    (
         "3.32.0",
         "job mode (in-tree dispatcher, job.nodes, job.parallelism)",
     ),
     ("3.33.0", "like 3.32"),
+    ("4.0.0", "like 3.32; podAnnotations"),
     (
         "4.1.0",
-        "job mode that prunes owned nodes outside job.nodes; immutable mode and suffix",
+        "job mode that prunes owned nodes outside job.nodes; immutable mode and suffix; RuntimeClasses select the instance mark; job.nodeSelector refused in both modes",
     ),
     ("4.2.0", "like 4.1"),
-    ("0.0.0-dev", "main: like 4.1"),
+    (
+        "0.0.0-dev",
+        "main: like 4.1, with the external k8s-job-dispatcher",
+    ),
 ];
 
 /// The fixture chart's source directory.
@@ -108,6 +120,9 @@ fn flavour_values(version: &str, values: &mut Value) -> Result<()> {
     if v < semver::Version::new(3, 32, 0) {
         map.remove("deploymentMode");
         map.remove("job");
+    }
+    if v < semver::Version::new(4, 0, 0) {
+        map.remove("podAnnotations");
     }
     if v >= semver::Version::new(4, 1, 0)
         && let Some(job) = map.get_mut("job").and_then(Value::as_object_mut)

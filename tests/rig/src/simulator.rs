@@ -62,6 +62,10 @@ pub const PRUNES: &str = "rig.klm.test/prunes";
 /// Node annotation (a knob for tests): the versions, comma-separated, whose
 /// install Jobs fail on this node.
 pub const INSTALL_FAILS: &str = "rig.klm.test/install-fails";
+/// Node annotation (a knob for tests): the seconds a kata-deploy without
+/// health probes takes to install on this node after its pod is Ready,
+/// instead of [`probeless_install_delay`].
+pub const PROBELESS_INSTALL_SECS: &str = "rig.klm.test/probeless-install-secs";
 /// The prefix of kata-deploy's per-install node mark (4.1 and later).
 pub const INSTANCE_LABEL_PREFIX: &str = "kata-deploy.katacontainers.io";
 /// The labels and annotation kata-deploy's dispatchers put on per-node Jobs.
@@ -258,7 +262,16 @@ async fn on_kata_deploy_pod(client: &Client, pod: &Pod, state: &Arc<State>) -> R
         }
         installed.insert(key, agent.version.clone());
     }
-    if agent.probes {
+    let delay = if agent.probes {
+        Duration::ZERO
+    } else {
+        Api::<Node>::all(client.clone())
+            .get_opt(&node)
+            .await?
+            .and_then(|n| n.annotations().get(PROBELESS_INSTALL_SECS)?.parse().ok())
+            .map_or_else(probeless_install_delay, Duration::from_secs)
+    };
+    if delay.is_zero() {
         return install_on_node(client, &node, &agent.version, agent.mark.as_deref(), None).await;
     }
     // Ready already, installing still: the host has the version only later,
@@ -270,7 +283,7 @@ async fn on_kata_deploy_pod(client: &Client, pod: &Pod, state: &Arc<State>) -> R
     );
     let state = state.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(probeless_install_delay()).await;
+        tokio::time::sleep(delay).await;
         let current = Api::<Pod>::namespaced(client.clone(), &namespace)
             .get_opt(&pod_name)
             .await;
