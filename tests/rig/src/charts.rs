@@ -48,7 +48,7 @@ pub const VERSIONS: &[(&str, &str)] = &[
     ("4.2.0", "like 4.1"),
     (
         "0.0.0-dev",
-        "main: like 4.1, with the external k8s-job-dispatcher",
+        "main: like 4.1, with the external k8s-job-dispatcher; app version 4.1.0",
     ),
 ];
 
@@ -86,7 +86,7 @@ pub fn package_all(dir: &Path) -> Result<()> {
                 "--version",
                 version,
                 "--app-version",
-                version,
+                app_version(version),
                 "--destination",
             ])
             .arg(&out)
@@ -104,6 +104,17 @@ pub fn package_all(dir: &Path) -> Result<()> {
     }
     std::fs::write(stamp_file, stamp)?;
     Ok(())
+}
+
+/// The app version (kata-deploy's image tag) a chart version ships with:
+/// its own, but main's chart (`0.0.0-dev`) carries the release it follows,
+/// as the real package does (4.1.0 at the snapshot the tests know).
+pub fn app_version(version: &str) -> &str {
+    if version.starts_with("0.0.0") {
+        "4.1.0"
+    } else {
+        version
+    }
 }
 
 /// The values a version ships with.
@@ -146,6 +157,9 @@ fn source_hash(dir: &Path) -> Result<u64> {
         std::fs::read(&file)?.hash(&mut hasher);
     }
     VERSIONS.hash(&mut hasher);
+    for (version, _) in VERSIONS {
+        app_version(version).hash(&mut hasher);
+    }
     Ok(hasher.finish())
 }
 

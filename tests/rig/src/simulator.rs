@@ -832,12 +832,17 @@ async fn node_job(
             .get_or_insert_with(BTreeMap::new)
             .insert(OUTCOME.into(), "fail".into());
     }
+    let fails_at_once = fails.then_some(0);
     let pod_spec = spec
         .template
         .spec
         .as_mut()
         .ok_or_else(|| anyhow!("the install Job template has no pod spec"))?;
     pod_spec.node_name = Some(node.to_string());
+    if fails_at_once.is_some() {
+        // No retries with back-off: the knob's failure is meant, not flaky.
+        spec.backoff_limit = fails_at_once;
+    }
     Ok(job)
 }
 
