@@ -239,8 +239,8 @@ async fn job_mode_installs_only_on_job_nodes() -> Result<()> {
         .map(|j| j.name_any())
         .collect();
     let mut expected = vec![
-        format!("kata-deploy-install-{namespace}-{}", names[0]),
-        format!("kata-deploy-install-{namespace}-{}", names[2]),
+        format!("kata-deploy-{namespace}-install-{}", names[0]),
+        format!("kata-deploy-{namespace}-install-{}", names[2]),
     ];
     expected.sort();
     let mut jobs = jobs;
