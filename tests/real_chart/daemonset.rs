@@ -42,7 +42,8 @@ async fn from_3_30_to_3_32_is_refused_or_waits_until_installed() {
     refused_or_proven(&case, &klm, &["3.30.0"], "3.32.0", &before).await;
 }
 
-/// node-feature-discovery's pods, by UID.
+/// node-feature-discovery's worker pods on the case's nodes, by UID (its
+/// DaemonSet runs on every node of the rig).
 async fn nfd_pods(case: &Case) -> Vec<String> {
     let mut uids: Vec<String> = Api::<Pod>::namespaced(case.admin.clone(), &case.namespace)
         .list(&ListParams::default())
@@ -54,6 +55,12 @@ async fn nfd_pods(case: &Case) -> Vec<String> {
             p.owner_references()
                 .iter()
                 .any(|o| o.name.ends_with("node-feature-discovery-worker"))
+        })
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_some_and(|n| case.nodes.contains(n))
         })
         .filter_map(|p| p.uid())
         .collect();
@@ -71,7 +78,11 @@ async fn with_node_feature_discovery_klm_drives_kata_deploys_daemonset() {
     };
     let case = real::case(charts, "dsnfd", 2, "3.30.0", install).await;
     let nfd_before = nfd_pods(&case).await;
-    assert!(!nfd_before.is_empty(), "NFD's worker runs");
+    assert_eq!(
+        nfd_before.len(),
+        case.nodes.len(),
+        "NFD's worker runs on every node"
+    );
 
     // What klm reports as kata-deploy is kata-deploy, not NFD (v0.19.0).
     let status = case.klm(&["status", "-o", "json"]).await.ok();

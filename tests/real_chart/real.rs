@@ -287,9 +287,10 @@ pub async fn klm_upgrade(case: &Case, run: &str, target: &str, pod: &Path, extra
         &case.namespace,
         "--run-id",
         run,
-        "--restart-timeout",
-        "90s",
     ];
+    if !extra.contains(&"--restart-timeout") {
+        args.extend(["--restart-timeout", "90s"]);
+    }
     args.extend_from_slice(extra);
     let klm = case.klm(&args).await;
     #[allow(clippy::print_stderr)]
