@@ -95,6 +95,10 @@ async fn with_node_feature_discovery_klm_drives_kata_deploys_daemonset() {
 
     let dir = tempfile::tempdir().unwrap();
     let before = case.snapshot().await;
+    let mut hardware_before = std::collections::BTreeMap::new();
+    for node in &case.nodes {
+        hardware_before.insert(node.clone(), case.get_node(node).await.labels().clone());
+    }
     let klm = klm_upgrade(&case, "run-nfd", "3.32.0", &passing_pod(dir.path()), &[]).await;
     refused_or_proven(&case, &klm, &["3.30.0"], "3.32.0", &before).await;
     assert_eq!(
@@ -102,6 +106,24 @@ async fn with_node_feature_discovery_klm_drives_kata_deploys_daemonset() {
         nfd_before,
         "node-feature-discovery's pods are never restarted"
     );
+    // The TEE RuntimeClasses select node-feature-discovery's hardware
+    // labels: klm never writes them (a node is SNP- or TDX-capable or not).
+    for node in &case.nodes {
+        let hardware = |labels: &std::collections::BTreeMap<String, String>| -> Vec<String> {
+            labels
+                .keys()
+                .filter(|k| {
+                    k.contains("feature.node.kubernetes.io") || k.starts_with("nvidia.com/")
+                })
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            hardware(case.get_node(node).await.labels()),
+            hardware(&hardware_before[node]),
+            "{node}'s hardware labels changed"
+        );
+    }
     if klm.code == 0 {
         let pods = case.kata_pods().await;
         for node in &case.nodes {
