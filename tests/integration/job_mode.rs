@@ -458,3 +458,46 @@ async fn a_dispatcher_hook_of_unknown_shape_is_refused_before_anything_runs() {
     );
     assert_eq!(case.snapshot().await, before, "the refusal changed nothing");
 }
+
+#[tokio::test]
+async fn a_chart_whose_default_mode_changed_keeps_the_release_in_its_mode() {
+    // Installed at 4.2.0 with the default mode (daemonset), no value set.
+    let case = Case::start(CaseSpec::new("modepin", 2, "4.2.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = verification_pod(dir.path(), &[]).display().to_string();
+    // 4.3.0 makes job mode the default: without the pin, the release would
+    // be rendered in job mode (which kata-deploy's state check refuses).
+    let args = upgrade_all(&case, "4.3.0", &pod, "wf-modepin");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    case.klm(&args).await.ok();
+    let values: serde_json::Value = serde_json::from_str(
+        &case
+            .helm_admin(&[
+                "get".into(),
+                "values".into(),
+                case.release.clone(),
+                "-n".into(),
+                case.namespace.clone(),
+                "-o".into(),
+                "json".into(),
+            ])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(values["deploymentMode"], json!("daemonset"), "{values}");
+    let pods = case.kata_pods().await;
+    for node in &case.nodes {
+        assert_eq!(
+            host_version(&case.get_node(node).await).as_deref(),
+            Some("4.3.0"),
+            "{node}"
+        );
+        assert!(
+            pods.contains_key(node),
+            "{node} runs kata-deploy's DaemonSet pod"
+        );
+    }
+}

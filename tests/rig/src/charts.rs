@@ -47,6 +47,10 @@ pub const VERSIONS: &[(&str, &str)] = &[
     ),
     ("4.2.0", "like 4.1"),
     (
+        "4.3.0",
+        "like 4.1, with job mode the default (kata-deploy's main since PR #13841)",
+    ),
+    (
         "0.0.0-dev",
         "main: like 4.1, with the external k8s-job-dispatcher; app version 4.1.0",
     ),
@@ -140,6 +144,9 @@ fn flavour_values(version: &str, values: &mut Value) -> Result<()> {
     {
         job.remove("nodeSelector");
         job.remove("nodeSelectorExpressions");
+    }
+    if version == "4.3.0" {
+        map.insert("deploymentMode".into(), serde_json::json!("job"));
     }
     if version == "3.29.0" {
         map.insert("fake".into(), serde_json::json!({"outcome": "never-ready", "failOnNodes": [], "failOutcome": "never-ready", "installOutcome": "fail", "verificationOutcome": ""}));
