@@ -408,6 +408,15 @@ pub fn pool_label(flag: Option<&str>) -> Option<&str> {
     flag.filter(|label| !label.trim().is_empty())
 }
 
+/// Whether a run may go to a version older than the release's.
+#[derive(Debug, Clone, Args)]
+pub struct DowngradeArgs {
+    /// Allow a --target-version older than the release's version (a
+    /// downgrade); without it a downgrade is refused before anything changes.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub allow_downgrade: bool,
+}
+
 /// Parses `--pool-verification-pod POOL=PATH`.
 pub fn parse_pool_pod(raw: &str) -> Result<(String, PathBuf), String> {
     match raw.split_once('=') {
@@ -420,18 +429,59 @@ pub fn parse_pool_pod(raw: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
-/// Parses `90s`, `10m`, `1h30m` or a bare number of seconds.
+/// Parses `90s`, `10m`, `1h30m` or a bare number of seconds, of at least a
+/// second (timeouts: helm takes whole seconds, and no wait is shorter).
 pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     let raw = raw.trim();
-    if let Ok(seconds) = raw.parse::<u64>() {
-        return Ok(Duration::from_secs(seconds));
-    }
-    let parsed = humantime::parse_duration(raw)
-        .map_err(|e| format!("{e} (expected e.g. 90s, 10m, 1h30m)"))?;
+    let parsed = match raw.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => humantime::parse_duration(raw)
+            .map_err(|e| format!("{e} (expected e.g. 90s, 10m, 1h30m)"))?,
+    };
     if parsed.is_zero() {
-        return Err("must be longer than zero".into());
+        return Err("must be longer than zero (e.g. 90s, 10m)".into());
+    }
+    if parsed < Duration::from_secs(1) {
+        return Err("must be at least 1s (e.g. 90s, 10m)".into());
     }
     Ok(parsed)
+}
+
+/// Argo's phases of a step or a workflow (`{{steps.X.status}}`,
+/// `{{workflow.status}}`), as Argo spells them.
+pub const ARGO_STATUSES: [&str; 7] = [
+    "Succeeded",
+    "Failed",
+    "Error",
+    "Skipped",
+    "Omitted",
+    "Running",
+    "Pending",
+];
+
+/// Parses one of Argo's statuses, in any case, into Argo's spelling: a
+/// status that is not one (a typo, `succeeded` read as a failure) is
+/// refused rather than taken for a failure.
+pub fn parse_argo_status(raw: &str) -> Result<String, String> {
+    let raw = raw.trim();
+    ARGO_STATUSES
+        .iter()
+        .find(|status| status.eq_ignore_ascii_case(raw))
+        .map(|status| status.to_string())
+        .ok_or_else(|| {
+            format!(
+                "{raw:?} is not an Argo status: expected one of {}",
+                ARGO_STATUSES.join(", ")
+            )
+        })
+}
+
+/// Like [`parse_argo_status`]; an empty value is kept empty (no status).
+pub fn parse_optional_argo_status(raw: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        return Ok(String::new());
+    }
+    parse_argo_status(raw)
 }
 
 /// Parses the `--set`-style list the workflow passes (`a=1,b.c=x`) into
@@ -498,7 +548,30 @@ mod tests {
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert!(parse_duration("0s").is_err());
+        // A bare 0 is refused like 0s (it timed a restart out at once).
+        assert_eq!(
+            parse_duration("0").unwrap_err(),
+            "must be longer than zero (e.g. 90s, 10m)"
+        );
+        assert!(parse_duration(" 0 ").is_err());
+        assert!(parse_duration("500ms").is_err());
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn argo_statuses_are_taken_in_any_case_and_nothing_else() {
+        assert_eq!(parse_argo_status("succeeded").unwrap(), "Succeeded");
+        assert_eq!(parse_argo_status(" SUCCEEDED ").unwrap(), "Succeeded");
+        assert_eq!(parse_argo_status("Failed").unwrap(), "Failed");
+        assert_eq!(parse_argo_status("error").unwrap(), "Error");
+        for bad in ["", "ok", "Success", "{{steps.upgrade.status}}"] {
+            let err = parse_argo_status(bad).unwrap_err();
+            assert!(err.contains("is not an Argo status"), "{err}");
+        }
+        assert_eq!(parse_optional_argo_status("").unwrap(), "");
+        assert_eq!(parse_optional_argo_status("failed").unwrap(), "Failed");
+        assert!(parse_optional_argo_status("done").is_err());
     }
 
     #[test]

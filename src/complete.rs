@@ -53,6 +53,10 @@ pub struct Completed {
     pub restored: Vec<String>,
     /// With --finish-run: release values left in place, with why.
     pub left_in_place: Vec<LeftInPlace>,
+    /// With --finish-run, daemonset mode: the nodes outside the run that
+    /// still run an older kata-deploy, which keep the release on OnDelete.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes_behind: Vec<String>,
 }
 
 /// A value the run set on the release and did not restore.
@@ -88,10 +92,16 @@ impl Report for Completed {
                 self.restored.join(", ")
             ));
         }
-        for left in &self.left_in_place {
+        if let Some(left) = self.left_in_place.first() {
+            let values: Vec<String> = self
+                .left_in_place
+                .iter()
+                .map(|l| format!("{}={}", l.key, l.value))
+                .collect();
             lines.push(format!(
-                "left in place: {}={} ({})",
-                left.key, left.value, left.reason
+                "the release keeps {} until the rest of its nodes are upgraded: {}",
+                values.join(", "),
+                left.reason
             ));
         }
         if lines.is_empty() {
@@ -102,26 +112,20 @@ impl Report for Completed {
 }
 
 impl Completed {
-    /// How completing ended for the caller: failed (exit 1) when the run is
-    /// finished but the release keeps values it set for its own mechanics.
-    pub fn outcome(&self) -> Result<(), UserError> {
-        let Some(left) = self.left_in_place.first() else {
-            return Ok(());
-        };
-        Err(UserError::failed(format!(
-            "run {} is finished, but the release keeps values it set for its own mechanics: {}",
-            self.run_id,
-            self.left_in_place
-                .iter()
-                .map(|l| format!("{}={}", l.key, l.value))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
-        .hint(left.reason.clone())
-        .hint(format!(
-            "once that is resolved, put the values you had before the run back with: {}",
-            left.command
-        )))
+    /// What a finished run left on the release, in a sentence (None: nothing).
+    pub fn left_note(&self) -> Option<String> {
+        let values: Vec<String> = self
+            .left_in_place
+            .iter()
+            .map(|l| format!("{}={}", l.key, l.value))
+            .collect();
+        (!values.is_empty()).then(|| {
+            format!(
+                "the release stays on {} until the nodes still on an older kata-deploy are upgraded ({}); the run that upgrades the last of them restores your values",
+                values.join(", "),
+                self.nodes_behind.join(", ")
+            )
+        })
     }
 }
 
@@ -250,27 +254,27 @@ async fn finish_run(
     // job mode: the values go back without hooks, so the installer does not
     // run again on any node (the release's values then say what the user
     // asked for; each node runs what klm verified on it).
-    let (restorable, no_hooks) = match record.mode {
-        DeploymentMode::Daemonset => (daemonset_fully_rolled(client, &release).await?, false),
-        DeploymentMode::Job => (Ok(()), true),
+    let (behind, no_hooks) = match record.mode {
+        DeploymentMode::Daemonset => (nodes_behind(client, &release).await?, false),
+        DeploymentMode::Job => (Vec::new(), true),
     };
     let command = crate::release::restore_command(
         &reference,
         chart,
         &release.chart_version,
-        record.before.revision,
+        record.values_revision(),
         record.mode,
         no_hooks,
     );
-    match restorable {
-        Ok(()) if !mechanics.is_empty() => {
-            let mut values = release.user_values.clone();
-            crate::run_values::restore_user_values(
-                &mut values,
-                mechanics.iter().map(|(k, _)| k.as_str()),
-                &record.before.user_values,
-            );
-            release
+    let left = !behind.is_empty() && !mechanics.is_empty();
+    if behind.is_empty() && !mechanics.is_empty() {
+        let mut values = release.user_values.clone();
+        crate::run_values::restore_user_values(
+            &mut values,
+            mechanics.iter().map(|(k, _)| k.as_str()),
+            &record.before.user_values,
+        );
+        release
                 .restore_values(
                     helm,
                     chart,
@@ -288,40 +292,70 @@ async fn finish_run(
                     ))
                     .hint(format!("retry `klm complete --finish-run --run-id {}`, or restore them with: {command}", record.run_id))
                 })?;
-            report.restored = mechanics.iter().map(|(k, _)| k.clone()).collect();
-        }
-        Ok(()) => {}
-        Err(reason) => {
-            report.left_in_place = mechanics
-                .into_iter()
-                .map(|(key, value)| LeftInPlace {
-                    key,
-                    value,
-                    reason: reason.clone(),
-                    command: command.clone(),
-                })
-                .collect();
-        }
+        report.restored = mechanics.iter().map(|(k, _)| k.clone()).collect();
+    } else if left {
+        // A partial run (a canary, a pool, a taint's nodes): the release
+        // keeps OnDelete, which protects the nodes outside the run from an
+        // unverified restart, until a run upgrades the last of them.
+        let version = &release.chart_version;
+        let reason = format!(
+            "the nodes still on an older kata-deploy ({}) would restart onto {version} unverified; the run that upgrades the last of them restores your values (or, once every node runs {version}: {command})",
+            behind.join(", ")
+        );
+        report.left_in_place = mechanics
+            .into_iter()
+            .map(|(key, value)| LeftInPlace {
+                key,
+                value,
+                reason: reason.clone(),
+                command: command.clone(),
+            })
+            .collect();
+        report.nodes_behind = behind;
     }
     crate::dispatch::resume_reconcilers(client, record).await?;
     records
         .update(&record.release, &record.run_id, |r| {
             r.state = RunState::Completed;
             r.held = None;
-            r.mechanics.clear();
             r.suspended.clear();
+            // What stays on the release stays on record: the next run takes
+            // it over and restores it (RunRecord::inherit).
+            if !left {
+                r.mechanics.clear();
+            }
         })
         .await?;
+    if left {
+        let values: Vec<String> = report
+            .left_in_place
+            .iter()
+            .map(|l| format!("{}={}", l.key, l.value))
+            .collect();
+        let event = NodeEvent::UpgradePending {
+            version: release.chart_version.clone(),
+            values: values.join(", "),
+        };
+        NodeEvents::new(client, &record.run_id, &record.release_id())
+            .record_each(
+                report
+                    .nodes_behind
+                    .iter()
+                    .map(|n| (n.clone(), event.clone())),
+            )
+            .await;
+    }
     Ok(())
 }
 
-/// Restoring RollingUpdate is safe only when every kata-deploy pod already
-/// runs the current revision: otherwise the controller would restart the
-/// remaining nodes onto the new version without verification.
-async fn daemonset_fully_rolled(
+/// The nodes whose kata-deploy pod does not run the DaemonSet's current
+/// revision. Restoring RollingUpdate is safe only when there are none:
+/// otherwise the controller would restart them onto the new version
+/// without verification.
+async fn nodes_behind(
     client: &Client,
     release: &crate::release::Release,
-) -> anyhow::Result<Result<(), String>> {
+) -> anyhow::Result<Vec<String>> {
     let daemonset = crate::kata_deploy::KataDaemonSet::find(client, &release.daemonset()?).await?;
     let revision = daemonset
         .current_revision(std::time::Duration::from_secs(60))
@@ -331,20 +365,14 @@ async fn daemonset_fully_rolled(
     let list = pods
         .list(&kube::api::ListParams::default().labels(daemonset.selector()))
         .await?;
-    let behind: Vec<String> = list
+    let mut behind: Vec<String> = list
         .items
         .iter()
         .filter(|p| crate::kata_deploy::revision_of(p) != Some(revision.hash.as_str()))
         .filter_map(|p| p.spec.as_ref()?.node_name.clone())
         .collect();
-    if behind.is_empty() {
-        Ok(Ok(()))
-    } else {
-        Ok(Err(format!(
-            "nodes outside this run still run an older kata-deploy ({}); restoring the update strategy would restart them unverified — upgrade them with klm, then restore it with helm",
-            behind.join(", ")
-        )))
-    }
+    behind.sort();
+    Ok(behind)
 }
 
 #[cfg(test)]
@@ -353,34 +381,28 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn values_left_in_place_fail_a_finished_run() {
+    fn values_left_on_the_release_are_said_not_failed() {
         let mut report = Completed {
             run_id: "upgrade-1".into(),
             version: "3.28.0".into(),
             ..Default::default()
         };
-        assert!(report.outcome().is_ok());
         assert_eq!(report.text(), "run upgrade-1 finished");
+        assert_eq!(report.left_note(), None);
         report.left_in_place = vec![LeftInPlace {
             key: "updateStrategy.type".into(),
             value: json!("OnDelete"),
-            reason: "nodes outside this run still run an older kata-deploy (w9)".into(),
+            reason: "restoring them now would restart w9 unverified".into(),
             command: "helm upgrade kata-deploy ...".into(),
         }];
-        let err = report.outcome().unwrap_err();
-        assert_eq!(err.status, crate::error::ExitStatus::Failed);
-        assert!(
-            err.message
-                .ends_with("for its own mechanics: updateStrategy.type=\"OnDelete\""),
-            "{}",
-            err.message
+        report.nodes_behind = vec!["w9".into()];
+        assert_eq!(
+            report.text(),
+            "the release keeps updateStrategy.type=\"OnDelete\" until the rest of its nodes are upgraded: restoring them now would restart w9 unverified"
         );
-        assert_eq!(err.hints.len(), 2);
-        assert!(err.hints[1].ends_with("helm upgrade kata-deploy ..."));
-        assert!(
-            report
-                .text()
-                .contains("left in place: updateStrategy.type=\"OnDelete\"")
+        assert_eq!(
+            report.left_note().unwrap(),
+            "the release stays on updateStrategy.type=\"OnDelete\" until the nodes still on an older kata-deploy are upgraded (w9); the run that upgrades the last of them restores your values"
         );
     }
 }

@@ -57,6 +57,15 @@ pub enum NodeEvent {
     },
     /// Released by the run without a change (it never started on the node).
     Released,
+    /// Outside a run that finished: its kata-deploy is older than the
+    /// release's, which keeps the run's `values` (OnDelete) until this node
+    /// is upgraded too.
+    UpgradePending {
+        /// The release's version.
+        version: String,
+        /// The values the release keeps, `key=value, ...`.
+        values: String,
+    },
 }
 
 impl NodeEvent {
@@ -72,6 +81,7 @@ impl NodeEvent {
             NodeEvent::RollbackFailed { .. } => "KataRollbackFailed",
             NodeEvent::Completed { .. } => "KataUpgradeCompleted",
             NodeEvent::Released => "KataUpgradeReleased",
+            NodeEvent::UpgradePending { .. } => "KataUpgradePending",
         }
     }
 
@@ -82,7 +92,7 @@ impl NodeEvent {
             NodeEvent::Upgraded { .. } | NodeEvent::UpgradeFailed { .. } => "RestartKataPod",
             NodeEvent::VerificationPassed { .. } | NodeEvent::VerificationFailed { .. } => "Verify",
             NodeEvent::RolledBack { .. } | NodeEvent::RollbackFailed { .. } => "Rollback",
-            NodeEvent::Completed { .. } => "Complete",
+            NodeEvent::Completed { .. } | NodeEvent::UpgradePending { .. } => "Complete",
             NodeEvent::Released => "CloseRun",
         }
     }
@@ -117,6 +127,9 @@ impl NodeEvent {
                 format!("verified at {version} and returned to service")
             }
             NodeEvent::Released => "released unchanged".to_string(),
+            NodeEvent::UpgradePending { version, values } => format!(
+                "the run finished without this node, whose kata-deploy is older than the release's {version}: the release keeps {values} until a run upgrades this node, so that it does not restart unverified"
+            ),
         };
         // An Event's note is at most 1 kB.
         let note = format!("run {run_id} of {release}: {what}");

@@ -89,6 +89,42 @@ pub struct RunSummary {
     /// What it waits for before its next wave, while it waits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held: Option<run_record::Held>,
+    /// Once it ended: the values it set for its own mechanics that the
+    /// release keeps (OnDelete, until the nodes still on an older
+    /// kata-deploy are upgraded); the next run restores them.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub left_on_release: BTreeMap<String, serde_json::Value>,
+    /// With values left on the release: the nodes whose kata-deploy pod is
+    /// older than the DaemonSet's current revision.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub nodes_behind: Vec<String>,
+}
+
+impl RunSummary {
+    /// What the run left on the release, in a sentence (None: nothing).
+    fn left_note(&self) -> Option<String> {
+        if self.left_on_release.is_empty() {
+            return None;
+        }
+        let values: Vec<String> = self
+            .left_on_release
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let until = if self.nodes_behind.is_empty() {
+            "; the next run restores your values when it finishes".to_string()
+        } else {
+            format!(
+                " until the nodes still on an older kata-deploy are upgraded ({}); the run that upgrades the last of them restores your values",
+                self.nodes_behind.join(", ")
+            )
+        };
+        Some(format!(
+            "the release keeps {} (set by run {} for its own mechanics){until}",
+            values.join(", "),
+            self.run_id
+        ))
+    }
 }
 
 impl From<RunRecord> for RunSummary {
@@ -102,6 +138,12 @@ impl From<RunRecord> for RunSummary {
             target_version: r.target_version.to_string(),
             nodes: r.nodes,
             held: r.held.filter(|_| r.state == RunState::Running),
+            left_on_release: if r.state.is_closed() {
+                r.mechanics
+            } else {
+                BTreeMap::new()
+            },
+            nodes_behind: Vec::new(),
         }
     }
 }
@@ -168,6 +210,10 @@ impl Report for Status {
                 text.truncate(text.len() - 1);
                 text.push_str(&format!("{held}\n\n"));
             }
+            if let Some(left) = run.left_note() {
+                text.truncate(text.len() - 1);
+                text.push_str(&format!("{left}\n\n"));
+            }
         }
         if self.nodes.is_empty() {
             text.push_str("no nodes match");
@@ -219,10 +265,18 @@ impl Fleet {
         });
         let mut nodes: Vec<NodeRow> = shown.map(|n| self.row(n)).collect();
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        Status {
-            run: self.record.clone().map(RunSummary::from),
-            nodes,
+        let mut run = self.record.clone().map(RunSummary::from);
+        if let (Some(run), Some(revision)) = (run.as_mut(), &self.revision)
+            && !run.left_on_release.is_empty()
+        {
+            run.nodes_behind = self
+                .pods
+                .iter()
+                .filter(|(_, p)| kata_deploy::revision_of(p) != Some(revision.as_str()))
+                .map(|(node, _)| node.clone())
+                .collect();
         }
+        Status { run, nodes }
     }
 
     fn row(&self, n: &Node) -> NodeRow {
@@ -529,6 +583,52 @@ mod tests {
         assert_eq!(
             window.to_string(),
             "held before wave 1: outside the maintenance window, which opens at 2026-12-03T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn a_finished_partial_run_says_what_the_release_keeps_and_until_when() {
+        let pod = |node: &str, hash: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("kata-deploy-{node}"), "labels": {"controller-revision-hash": hash}},
+                "spec": {"nodeName": node, "containers": []}
+            }))
+            .unwrap()
+        };
+        let mut record = crate::run_record::example();
+        record.state = RunState::Completed;
+        record.mechanics = BTreeMap::from([
+            (
+                "updateStrategy.type".to_string(),
+                serde_json::json!("OnDelete"),
+            ),
+            ("verification.pod".to_string(), serde_json::json!("")),
+        ]);
+        let fleet = Fleet {
+            pods: by_node([pod("w1", "new"), pod("w2", "old")]),
+            revision: Some("new".into()),
+            record: Some(record.clone()),
+            ..Fleet::default()
+        };
+        let status = fleet.status(&Criteria::default());
+        let run = status.run.as_ref().unwrap();
+        assert_eq!(run.nodes_behind, ["w2"]);
+        let second = status.text().lines().nth(1).unwrap_or_default().to_string();
+        assert_eq!(
+            second,
+            "the release keeps updateStrategy.type=\"OnDelete\", verification.pod=\"\" (set by run upgrade-1 for its own mechanics) until the nodes still on an older kata-deploy are upgraded (w2); the run that upgrades the last of them restores your values"
+        );
+        // A running run's mechanics are its own business.
+        record.state = RunState::Running;
+        let running = Fleet {
+            record: Some(record),
+            ..fleet
+        };
+        assert!(
+            !running
+                .status(&Criteria::default())
+                .text()
+                .contains("keeps")
         );
     }
 

@@ -100,6 +100,8 @@ pub struct Request<'a> {
     pub pods: &'a Pods,
     /// How the run would upgrade the release (rendered by the preflight).
     pub rehearsal: preflight::Rehearsal<'a>,
+    /// A target older than the release's version was asked for explicitly.
+    pub allow_downgrade: bool,
 }
 
 /// Runs every read-only check of a run's start and plans its waves.
@@ -120,6 +122,11 @@ pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow
         &request.rehearsal,
     )
     .await?;
+    preflight::check_downgrade(
+        &release.chart_version,
+        request.target,
+        request.allow_downgrade,
+    )?;
     let planning = planning::PlanRequest {
         release: request.release,
         criteria: request.criteria,

@@ -114,6 +114,7 @@ impl Checked {
             held: None,
             marks: Default::default(),
             suspended: Vec::new(),
+            inherited: None,
         }
     }
 }
@@ -335,9 +336,45 @@ fn mode_mismatch(
     .hint("or run with --deployment-mode auto to follow the release's mode")
 }
 
+/// Refuses (bad input, nothing changed) a target older than the release's
+/// version unless the downgrade is asked for (`--allow-downgrade`): a
+/// mistyped version must not take a fleet back. Development builds are
+/// never compared.
+pub fn check_downgrade(current: &str, target: &Version, allowed: bool) -> Result<(), UserError> {
+    let Ok(current) = versions::parse(current) else {
+        return Ok(());
+    };
+    if allowed || versions::is_dev(target) || versions::is_dev(&current) || target >= &current {
+        return Ok(());
+    }
+    Err(UserError::bad_input(format!(
+        "--target-version {target} is older than the release's {current}: this run would downgrade every node it upgrades"
+    ))
+    .hint(format!(
+        "to downgrade on purpose, pass --allow-downgrade (the workflow's allow-downgrade=true); to upgrade, pass a version of at least {current}"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_downgrade_must_be_asked_for() {
+        let v = |s: &str| Version::parse(s).unwrap();
+        let refused = check_downgrade("3.28.0", &v("3.27.0"), false).unwrap_err();
+        assert_eq!(refused.status, crate::error::ExitStatus::BadInput);
+        assert!(
+            refused.message.contains("older than the release's 3.28.0"),
+            "{}",
+            refused.message
+        );
+        assert!(refused.hints[0].contains("--allow-downgrade"));
+        assert!(check_downgrade("3.28.0", &v("3.27.0"), true).is_ok());
+        assert!(check_downgrade("3.28.0", &v("3.28.0"), false).is_ok());
+        assert!(check_downgrade("3.28.0", &v("3.29.0"), false).is_ok());
+        assert!(check_downgrade("0.0.0-dev", &v("3.27.0"), false).is_ok());
+    }
 
     #[test]
     fn the_step_deadline_must_cover_a_rollback() {
@@ -415,6 +452,8 @@ pub struct StartRequest<'a> {
     pub pods: &'a Pods,
     /// How the run will upgrade the release (rendered before it starts).
     pub rehearsal: Rehearsal<'a>,
+    /// A target older than the release's version was asked for explicitly.
+    pub allow_downgrade: bool,
 }
 
 /// A run started (or found already started: a retried step).
@@ -458,6 +497,11 @@ pub async fn start_run(
         &request.rehearsal,
     )
     .await?;
+    check_downgrade(
+        &checked.release.chart_version,
+        target,
+        request.allow_downgrade,
+    )?;
     let run_id = request
         .run_id
         .clone()

@@ -179,9 +179,10 @@ pub async fn roll_back(
     }
     let before = versions::parse(&record.before.chart_version)?;
 
+    let release_id = record.release_id();
+    refuse_untouched(&record, &nodes)?;
     // A node in service (the rollback-node entrypoint, a rollback by hand)
     // is cordoned for its rollback and released only once it is back.
-    let release_id = record.release_id();
     for node in names {
         hold::hold_for_rollback(client, node, &record.run_id, &release_id).await?;
     }
@@ -309,6 +310,45 @@ pub async fn roll_back(
         })
         .await?;
     Ok(report)
+}
+
+/// Refuses (a precondition, before anything changes) nodes the run never
+/// touched: it has nothing of its own to undo there, and no version of
+/// theirs on record to return them to.
+fn refuse_untouched(record: &RunRecord, nodes: &[Node]) -> Result<(), UserError> {
+    let release_id = record.release_id();
+    let untouched: Vec<String> = nodes
+        .iter()
+        .filter(|node| {
+            let name = node.metadata.name.as_deref().unwrap_or_default();
+            let held = crate::nodes::selection::annotation(node, crate::annotations::RUN)
+                == Some(record.run_id.as_str())
+                && crate::nodes::selection::annotation(node, crate::annotations::RELEASE)
+                    == Some(release_id.as_str());
+            let status = crate::nodes::selection::annotation(node, crate::annotations::STATUS);
+            !(record.nodes.contains_key(name) || held) || status.is_none()
+        })
+        .filter_map(|node| node.metadata.name.clone())
+        .collect();
+    if untouched.is_empty() {
+        return Ok(());
+    }
+    let touched: Vec<&str> = record.nodes.keys().map(String::as_str).collect();
+    let error = UserError::precondition(format!(
+        "run {} of {release_id} never touched {}: there is nothing of its own to roll back there; nothing was changed",
+        record.run_id,
+        untouched.join(", ")
+    ));
+    Err(if touched.is_empty() {
+        error.hint(format!("run {} touched no node", record.run_id))
+    } else {
+        error.hint(format!(
+            "the nodes run {} touched: {} (`klm status --run-id {}` shows where each stands)",
+            record.run_id,
+            touched.join(", "),
+            record.run_id
+        ))
+    })
 }
 
 /// The named nodes grouped by the version each returns to; the group at

@@ -232,6 +232,26 @@ pub struct RunRecord {
     /// verified), resumed when the run ends.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub suspended: Vec<String>,
+    /// Values an earlier run set for its own mechanics and left on the
+    /// release, which this run took over (see [`RunRecord::inherit`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherited: Option<Inherited>,
+}
+
+/// Values an earlier run of the release left on it for its own mechanics (a
+/// partial run: nodes outside it still ran an older kata-deploy; a run that
+/// failed or was interrupted), taken over by the next run: its `before`
+/// holds the user's own value of each, and its `mechanics` the keys, so
+/// that it restores them when it finishes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inherited {
+    /// The run that set them first.
+    pub run_id: String,
+    /// The release's revision before that run: its values are the user's own.
+    pub revision: u32,
+    /// The keys taken over.
+    pub keys: Vec<String>,
 }
 
 /// A run waiting before a wave: at a gate, or for its window.
@@ -313,6 +333,59 @@ impl RunRecord {
             .get(node)
             .map(String::as_str)
             .unwrap_or(&self.before.chart_version)
+    }
+
+    /// Takes over what `previous` (the release's run before this one, now
+    /// closed) left on the release for its own mechanics: each value it set
+    /// that the release still has (as this run's `before` saw it) gets the
+    /// user's own value before that run back in `before`, and joins this
+    /// run's mechanics, so this run restores it when it finishes (or reports
+    /// it, where that is not safe yet). A value someone changed since is
+    /// theirs, and left alone.
+    pub fn inherit(&mut self, previous: &RunRecord) {
+        if !previous.state.is_closed()
+            || previous.release != self.release
+            || previous.namespace != self.namespace
+        {
+            return;
+        }
+        let left: Vec<(String, Value)> = previous
+            .mechanics
+            .iter()
+            .filter(|(key, value)| {
+                crate::values::lookup(&self.before.user_values, key) == Some(value)
+            })
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        if left.is_empty() {
+            return;
+        }
+        for (key, value) in &left {
+            crate::values::restore_from(
+                &mut self.before.user_values,
+                key,
+                &previous.before.user_values,
+            );
+            self.mechanics.insert(key.clone(), value.clone());
+        }
+        let (run_id, revision) = match &previous.inherited {
+            Some(first) => (first.run_id.clone(), first.revision),
+            None => (previous.run_id.clone(), previous.before.revision),
+        };
+        self.inherited = Some(Inherited {
+            run_id,
+            revision,
+            keys: left.into_iter().map(|(key, _)| key).collect(),
+        });
+    }
+
+    /// The revision whose values are the user's own (what a command that
+    /// restores them reads): the release's before this run, or before the
+    /// run whose mechanics this one took over.
+    pub fn values_revision(&self) -> u32 {
+        self.inherited
+            .as_ref()
+            .map_or(self.before.revision, |i| i.revision)
     }
 
     /// The nodes of wave `index` (from 1) of the recorded plan.
@@ -427,7 +500,8 @@ impl Records {
 
     /// Starts a run: writes `record` unless this run's record exists already
     /// (a retried step keeps the original rollback target). Refuses while
-    /// another run is active.
+    /// another run is active. A new run takes over what the closed run before
+    /// it left on the release ([`RunRecord::inherit`]).
     pub async fn begin(&self, record: RunRecord) -> Result<Begun, RecordError> {
         for _ in 0..CONFLICT_RETRIES {
             let existing = self.load(&record.release).await?;
@@ -443,11 +517,17 @@ impl Records {
                         started_at: found.started_at,
                     });
                 }
-                Some((_, resource_version)) => self.write(&record, Some(resource_version)).await,
-                None => self.write(&record, None).await,
+                Some((found, resource_version)) => {
+                    let mut fresh = record.clone();
+                    fresh.inherit(&found);
+                    self.write(&fresh, Some(resource_version))
+                        .await
+                        .map(|()| fresh)
+                }
+                None => self.write(&record, None).await.map(|()| record.clone()),
             };
             match result {
-                Ok(()) => return Ok(Begun::Created(record)),
+                Ok(written) => return Ok(Begun::Created(written)),
                 Err(err) if is_conflict(&err) => continue,
                 Err(err) => return Err(err.into()),
             }
@@ -577,6 +657,7 @@ pub(crate) fn example() -> RunRecord {
         held: None,
         marks: BTreeMap::new(),
         suspended: Vec::new(),
+        inherited: None,
     }
 }
 
@@ -593,6 +674,72 @@ mod tests {
         assert!(named_run(None, Some("upgrade-1")).is_none());
     }
     use serde_json::json;
+
+    #[test]
+    fn a_run_takes_over_the_mechanics_the_run_before_left_on_the_release() {
+        // A canary run: the user had RollingUpdate; the run set OnDelete and
+        // verification.pod="" and finished with other nodes still older.
+        let mut canary = example();
+        canary.before.revision = 3;
+        canary.before.user_values =
+            json!({"debug": true, "updateStrategy": {"type": "RollingUpdate"}});
+        canary.mechanics = BTreeMap::from([
+            ("updateStrategy.type".to_string(), json!("OnDelete")),
+            ("verification.pod".to_string(), json!("")),
+        ]);
+        canary.state = RunState::Completed;
+        // The next run saw klm's values as "the release before the run".
+        let mut next = example();
+        next.run_id = "upgrade-2".into();
+        next.before.revision = 5;
+        next.before.user_values = json!({
+            "debug": true,
+            "updateStrategy": {"type": "OnDelete"},
+            "verification": {"pod": ""}
+        });
+        let mut running = canary.clone();
+        running.state = RunState::Running;
+        let untouched = next.clone();
+        next.inherit(&running);
+        assert_eq!(next, untouched, "only a closed run is taken over");
+
+        next.inherit(&canary);
+        assert_eq!(
+            next.before.user_values,
+            json!({"debug": true, "updateStrategy": {"type": "RollingUpdate"}}),
+            "the user's own values are the ones this run restores"
+        );
+        assert_eq!(next.mechanics, canary.mechanics);
+        let inherited = next.inherited.clone().unwrap();
+        assert_eq!(inherited.run_id, "upgrade-1");
+        assert_eq!(inherited.revision, 3);
+        assert_eq!(next.values_revision(), 3);
+        assert_eq!(
+            inherited.keys,
+            [
+                "updateStrategy.type".to_string(),
+                "verification.pod".to_string()
+            ]
+        );
+
+        // A third run takes over from the second, back to the first's revision.
+        let mut second = next.clone();
+        second.state = RunState::Completed;
+        let mut third = untouched.clone();
+        third.run_id = "upgrade-3".into();
+        third.inherit(&second);
+        assert_eq!(third.before.user_values, next.before.user_values);
+        assert_eq!(third.values_revision(), 3);
+
+        // A value someone changed since is theirs.
+        let mut changed = untouched.clone();
+        changed.before.user_values =
+            json!({"debug": true, "updateStrategy": {"type": "RollingUpdate"}});
+        changed.inherit(&canary);
+        assert_eq!(changed.inherited, None);
+        assert!(changed.mechanics.is_empty());
+        assert_eq!(changed.values_revision(), 5);
+    }
 
     #[test]
     fn records_round_trip_as_json() {

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::args::{
-    ChartArgs, ChartValuesArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs, parse_duration,
+    ChartArgs, ChartValuesArgs, DowngradeArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs,
+    parse_duration,
 };
 use crate::error::ExitStatus;
 use crate::output::{self, Report};
@@ -42,6 +43,10 @@ pub struct Args {
     /// The verification pods to validate.
     #[command(flatten)]
     pub verification: VerificationArgs,
+
+    /// Whether the target may be older than the release's version.
+    #[command(flatten)]
+    pub downgrade: DowngradeArgs,
 
     /// The label whose values are the run's pools: recorded, it picks each
     /// node's pool verification pod (needed with --pool-verification-pod).
@@ -174,6 +179,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
                 chart_values: &chart_values,
                 helm_timeout: args.chart.helm_timeout,
             },
+            allow_downgrade: args.downgrade.allow_downgrade,
         },
     )
     .await?;

@@ -17,9 +17,10 @@ use crate::step;
     after_help = "The workflow's exit handler runs it with --workflow-status and --failures. After\n`argo terminate` (which runs no exit handler) run it by hand, or submit the workflow\ntemplate's close-run entrypoint with -p run-id=<workflow>.\n\nExamples:\n  klm close-run --run-id upgrade-1 --workflow-status Failed --verification-pod verify.yaml\n  klm close-run --run-id upgrade-1 --reason \"terminated by hand\" --verification-pod verify.yaml"
 )]
 pub struct Args {
-    /// How the workflow ended (Argo's `{{workflow.status}}`); any status but
-    /// Succeeded closes a running record. Default: the run was interrupted.
-    #[arg(long, value_name = "STATUS")]
+    /// How the workflow ended (Argo's `{{workflow.status}}`, any case); any
+    /// status but Succeeded closes a running record. Default: the run was
+    /// interrupted.
+    #[arg(long, value_name = "STATUS", value_parser = crate::args::parse_optional_argo_status)]
     pub workflow_status: Option<String>,
 
     /// Argo's `{{workflow.failures}}` (a JSON list of the failed steps), for the record's reason.

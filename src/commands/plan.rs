@@ -3,7 +3,8 @@
 use clap::Args as ClapArgs;
 
 use crate::args::{
-    ChartArgs, ChartValuesArgs, GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs, WavesArgs,
+    ChartArgs, ChartValuesArgs, DowngradeArgs, GlobalArgs, ReleaseArgs, SelectionArgs,
+    VerificationArgs, WavesArgs,
 };
 use crate::error::ExitStatus;
 use crate::output;
@@ -49,6 +50,9 @@ pub struct Args {
     /// The run's extra kata-deploy chart values.
     #[command(flatten)]
     pub values: ChartValuesArgs,
+    /// Whether the target may be older than the release's version.
+    #[command(flatten)]
+    pub downgrade: DowngradeArgs,
 }
 
 /// Runs the step.
@@ -78,6 +82,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
                 chart_values: &chart_values,
                 helm_timeout: args.chart.helm_timeout,
             },
+            allow_downgrade: args.downgrade.allow_downgrade,
         },
     )
     .await?;

@@ -5,7 +5,7 @@
 use clap::Args as ClapArgs;
 
 use crate::args::{GlobalArgs, ReleaseArgs, RollbackArgs, RunArgs};
-use crate::error::{ExitStatus, UserError};
+use crate::error::ExitStatus;
 use crate::output;
 use crate::settle::{Counts, Request, Settled, settle};
 use crate::step;
@@ -24,8 +24,8 @@ pub struct Args {
     pub wave: u32,
 
     /// How the wave's upgrade ended: Argo's `{{steps.upgrade.status}}`
-    /// (Succeeded, Failed, Error, ...).
-    #[arg(long, value_name = "STATUS")]
+    /// (Succeeded, Failed, Error, ...; any case).
+    #[arg(long, value_name = "STATUS", value_parser = crate::args::parse_argo_status)]
     pub upgrade_status: String,
 
     /// Which release.
@@ -69,14 +69,7 @@ fn write_counts(counts: Counts, dir: Option<&std::path::Path>) -> anyhow::Result
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let status = args.upgrade_status.trim().to_string();
-    if status.is_empty() || status.contains("{{") {
-        return Err(UserError::bad_input(format!(
-            "--upgrade-status {status:?} is not a status"
-        ))
-        .hint("pass how the wave's upgrade ended, e.g. Succeeded or Failed (the workflow passes {{steps.upgrade.status}})")
-        .into());
-    }
+    let status = args.upgrade_status;
     let rollback = step::rollback_settings(&args.rollback)?;
     let client = crate::cluster::client(global).await?;
     let request = Request {

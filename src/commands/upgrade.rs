@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::Args as ClapArgs;
 
 use crate::args::{
-    ChartArgs, ChartValuesArgs, GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs, VerificationArgs,
-    WavesArgs, parse_duration,
+    ChartArgs, ChartValuesArgs, DowngradeArgs, GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs,
+    VerificationArgs, WavesArgs, parse_duration,
 };
 use crate::error::{ExitStatus, UserError};
 use crate::output;
@@ -59,6 +59,10 @@ pub struct Args {
     /// The run's extra kata-deploy chart values.
     #[command(flatten)]
     pub values: ChartValuesArgs,
+
+    /// Whether the target may be older than the release's version.
+    #[command(flatten)]
+    pub downgrade: DowngradeArgs,
 
     /// Which release.
     #[command(flatten)]
@@ -115,6 +119,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
                 chart_values: &chart_values,
                 helm_timeout: args.chart.helm_timeout,
             },
+            allow_downgrade: args.downgrade.allow_downgrade,
         };
         output::print(global.output, &plan::plan(&client, &helm, &request).await?)?;
         return Ok(ExitStatus::Done);
@@ -141,6 +146,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
         restart_timeout: args.restart_timeout,
+        allow_downgrade: args.downgrade.allow_downgrade,
     };
     let evicting = crate::cluster::client_without_retry(global).await?;
     let cluster = Cluster {

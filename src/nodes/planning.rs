@@ -29,6 +29,14 @@ pub struct Selection {
     pub waves: Vec<Wave>,
     /// Nodes skipped because they are completed at the target version.
     pub skipped: Vec<String>,
+    /// Nodes the criteria matched that do not run the release's
+    /// kata-deploy: left out (an explicit selection is narrowed to the
+    /// release's nodes, as the default selection is).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<String>,
+    /// Why they were left out, for people.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left_out_because: Option<String>,
     /// Nodes unavailable already (`name (NotReady)`, `name (cordoned)`):
     /// skipped, unless `unavailable_included`.
     pub unavailable: Vec<String>,
@@ -58,6 +66,9 @@ impl Report for Selection {
                     self.skipped.len(),
                     self.skipped.join(", ")
                 ));
+            }
+            if let Some(note) = self.left_out_note() {
+                text.push_str(&format!("\n{note}"));
             }
             return text;
         }
@@ -89,11 +100,26 @@ impl Report for Selection {
             ));
         }
         lines.extend(self.unavailable_note());
+        lines.extend(self.left_out_note());
         lines.join("\n")
     }
 }
 
 impl Selection {
+    /// The nodes left out for not running the release's kata-deploy, if any.
+    pub fn left_out_note(&self) -> Option<String> {
+        if self.left_out.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "left out, matched but {}: {}",
+            self.left_out_because
+                .as_deref()
+                .unwrap_or("not running this release's kata-deploy"),
+            self.left_out.join(", ")
+        ))
+    }
+
     /// What became of the nodes unavailable already, if there were any.
     pub fn unavailable_note(&self) -> Option<String> {
         if self.unavailable.is_empty() {
@@ -128,13 +154,27 @@ pub async fn select(
     let nodes =
         crate::nodes::listing::list_for_selection(client, criteria.label_selector.as_deref())
             .await?;
-    let (with_kata_pod, described) = if criteria.is_empty() {
-        let (found, how) = release_nodes(client, helm, reference, &nodes).await?;
-        (found, Some(how))
-    } else {
-        (BTreeSet::new(), None)
-    };
-    let chosen = selection::choose(&nodes, criteria, &with_kata_pod);
+    let release = release_nodes(client, helm, reference, &nodes).await?;
+    // An explicit selection is narrowed to the release's nodes, as the
+    // default one is: a node without the release's kata-deploy would be
+    // cordoned and waited on for a whole restart timeout, then fail.
+    let (chosen, outside): (Vec<&Node>, Vec<&Node>) =
+        selection::choose(&nodes, criteria, &release.names)
+            .into_iter()
+            .partition(|n| release.names.contains(&n.name_any()));
+    let mut left_out: Vec<String> = outside.iter().map(|n| n.name_any()).collect();
+    left_out.sort();
+    if chosen.is_empty() && !left_out.is_empty() {
+        return Err(crate::error::UserError::bad_input(format!(
+            "none of the nodes matched by {} runs release {}'s kata-deploy ({}): {}",
+            describe(criteria),
+            release.id,
+            release.source,
+            left_out.join(", ")
+        ))
+        .hint("select nodes where this release's kata-deploy runs (`klm status` lists them), or name the release that runs on these nodes with --helm-release and --helm-namespace")
+        .into());
+    }
     // Nodes out of service already are skipped only under a budget (and
     // then unless included): without one, the default run plans every node.
     let skip_unavailable = policy.max_unavailable.is_some() && !policy.include_unavailable;
@@ -175,14 +215,55 @@ pub async fn select(
         nodes: ordered.into_iter().map(|n| n.name).collect(),
         waves,
         skipped,
+        left_out_because: (!left_out.is_empty()).then(|| {
+            format!(
+                "not running release {}'s kata-deploy ({})",
+                release.id, release.source
+            )
+        }),
+        left_out,
         unavailable,
         unavailable_included: !skip_unavailable,
         max_unavailable: policy.max_unavailable.map(|b| b.of(selected)),
-        criteria: described.unwrap_or_else(|| describe(criteria)),
+        criteria: if criteria.is_empty() {
+            release.default_selection()
+        } else {
+            describe(criteria)
+        },
         policy: policy.describe(),
         gates: Vec::new(),
         window: None,
     })
+}
+
+/// The nodes that run a release's kata-deploy, and how they were found.
+struct ReleaseNodes {
+    /// Their names.
+    names: BTreeSet<String>,
+    /// The release, `namespace/name`.
+    id: String,
+    /// How they were found, for people: `the pods of DaemonSet ns/name`,
+    /// `its installer targets them (job.nodeSelector: ...)`.
+    source: String,
+    /// Whether the release installs with per-node Jobs.
+    job_mode: bool,
+}
+
+impl ReleaseNodes {
+    /// The default selection, for the plan.
+    fn default_selection(&self) -> String {
+        if self.job_mode {
+            format!(
+                "default selection: the nodes release {}'s kata-deploy installer targets ({})",
+                self.id, self.source
+            )
+        } else {
+            format!(
+                "default selection: the nodes that run release {}'s kata-deploy ({})",
+                self.id, self.source
+            )
+        }
+    }
 }
 
 /// The nodes that run this release's kata-deploy, and how they were found
@@ -194,7 +275,7 @@ async fn release_nodes(
     helm: &Helm,
     reference: &ReleaseRef,
     nodes: &[Node],
-) -> anyhow::Result<(BTreeSet<String>, String)> {
+) -> anyhow::Result<ReleaseNodes> {
     let found = reference.load(helm).await?;
     let coalesced = reference.coalesced_values(helm).await?;
     let mode = crate::release::detect_mode(&coalesced).map_err(|why| {
@@ -225,13 +306,12 @@ async fn release_nodes(
                 })
                 .filter_map(|p| p.spec.as_ref()?.node_name.clone())
                 .collect();
-            Ok((
-                owned,
-                format!(
-                    "default selection: the nodes that run release {id}'s kata-deploy (the pods of DaemonSet {}/{})",
-                    ds.namespace, ds.name
-                ),
-            ))
+            Ok(ReleaseNodes {
+                names: owned,
+                source: format!("the pods of DaemonSet {}/{}", ds.namespace, ds.name),
+                id,
+                job_mode: false,
+            })
         }
         crate::versions::DeploymentMode::Job => {
             let version = crate::versions::parse(&found.chart_version)?;
@@ -261,12 +341,12 @@ async fn release_nodes(
             } else {
                 how.join(",")
             };
-            Ok((
-                targeted,
-                format!(
-                    "default selection: the nodes release {id}'s kata-deploy installer targets ({labels_key}: {how})"
-                ),
-            ))
+            Ok(ReleaseNodes {
+                names: targeted,
+                source: format!("{labels_key}: {how}"),
+                id,
+                job_mode: true,
+            })
         }
     }
 }
@@ -322,6 +402,10 @@ mod tests {
             count: 0,
             waves: Vec::new(),
             skipped: vec!["w1".into()],
+            left_out: vec!["gpu-1".into()],
+            left_out_because: Some(
+                "not running release kube-system/kata-deploy's kata-deploy (the pods of DaemonSet kube-system/kata-deploy)".into(),
+            ),
             unavailable: Vec::new(),
             unavailable_included: false,
             max_unavailable: None,
@@ -332,7 +416,7 @@ mod tests {
         };
         assert_eq!(
             selection.text(),
-            "No nodes matched taint key maintenance: nothing to do.\n1 already completed at the target version: w1"
+            "No nodes matched taint key maintenance: nothing to do.\n1 already completed at the target version: w1\nleft out, matched but not running release kube-system/kata-deploy's kata-deploy (the pods of DaemonSet kube-system/kata-deploy): gpu-1"
         );
     }
 
@@ -349,6 +433,8 @@ mod tests {
             count: 2,
             waves: vec![wave(1, "a"), wave(2, "b")],
             skipped: Vec::new(),
+            left_out: Vec::new(),
+            left_out_because: None,
             unavailable: Vec::new(),
             unavailable_included: false,
             max_unavailable: None,

@@ -81,6 +81,8 @@ pub struct Settings {
     pub helm_timeout: Duration,
     /// How long a node's kata-deploy may take to come back Ready.
     pub restart_timeout: Duration,
+    /// A target older than the release's version was asked for explicitly.
+    pub allow_downgrade: bool,
 }
 
 impl Settings {
@@ -119,8 +121,9 @@ pub trait Observer {
 /// How the run's work ended, before the run was closed.
 #[derive(Debug)]
 pub enum Ending {
-    /// Every wave completed and the run finished.
-    Completed,
+    /// Every wave completed and the run finished; what it left on the
+    /// release for the nodes outside it, if anything (a partial run).
+    Completed(Option<String>),
     /// A wave failed and was rolled back; no further wave started.
     WaveFailed(UserError),
     /// Ctrl-C or SIGTERM.
@@ -176,7 +179,7 @@ impl Outcome {
             Closing::Done(ended) => ended.outcome()?,
         }
         match self.ending {
-            Ending::Completed => Ok(()),
+            Ending::Completed(_) => Ok(()),
             Ending::WaveFailed(err) => Err(err.into()),
             Ending::Failed(err) => Err(err),
             Ending::Interrupted(signal) => Err(UserError::failed(format!(
@@ -191,7 +194,7 @@ impl Outcome {
 
 fn ending_name(ending: &Ending) -> &'static str {
     match ending {
-        Ending::Completed => "completed",
+        Ending::Completed(_) => "completed",
         Ending::WaveFailed(_) => "failed a wave",
         Ending::Interrupted(_) => "was interrupted",
         Ending::Failed(_) => "failed",
@@ -221,7 +224,12 @@ pub async fn run(
             chart_values: &settings.chart_values,
             helm_timeout: settings.helm_timeout,
         },
+        allow_downgrade: settings.allow_downgrade,
     };
+    // What the plan refuses (a selection without the release's nodes, a
+    // policy that cannot be planned) is refused before the run is recorded:
+    // bad input changes nothing.
+    crate::nodes::planning::plan_run(client, helm, &steps::plan_request(settings, None)).await?;
     let started = preflight::start_run(client, helm, &start).await?;
     let record = &started.record;
     let mut reporter = Reporter {
@@ -234,8 +242,15 @@ pub async fn run(
     } else {
         "recorded"
     };
+    // What a person should know (a downgrade asked for) is in the event
+    // stream, not only in a log line.
+    let warnings: String = started
+        .warnings
+        .iter()
+        .map(|w| format!("; warning: {w}"))
+        .collect();
     let event = reporter.run(Phase::Started).saying(format!(
-        "{} from {} to {} in {} mode ({how})",
+        "{} from {} to {} in {} mode ({how}){warnings}",
         settings.release.name, record.before.chart_version, record.target_version, record.mode
     ));
     reporter.send(event);
@@ -245,7 +260,7 @@ pub async fn run(
 
     let mode = record.mode;
     let ending = match waves(cluster, settings, mode, interrupts, &mut reporter).await {
-        Ok(()) => Ending::Completed,
+        Ok(left) => Ending::Completed(left),
         Err(Stop::Interrupted(signal)) => Ending::Interrupted(signal),
         Err(Stop::WaveFailed(err)) => Ending::WaveFailed(err),
         Err(Stop::Failed(err)) => Ending::Failed(err),
@@ -284,11 +299,14 @@ fn last_words(
         Err(err) => Err(format!("closing the run failed: {err:#}")),
     };
     match (ending, closed) {
-        (Ending::Completed, Ok(())) => (
+        (Ending::Completed(left), Ok(())) => (
             Phase::RunCompleted,
-            format!("every planned node is at {target}"),
+            match left {
+                Some(left) => format!("every planned node is at {target}; {left}"),
+                None => format!("every planned node is at {target}"),
+            },
         ),
-        (Ending::Completed, Err(why)) => (Phase::RunFailed, why),
+        (Ending::Completed(_), Err(why)) => (Phase::RunFailed, why),
         (Ending::WaveFailed(err), _) => (Phase::RunFailed, err.message.clone()),
         (Ending::Failed(err), _) => (Phase::RunFailed, format!("{err:#}")),
         (Ending::Interrupted(signal), _) => (

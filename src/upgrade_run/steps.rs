@@ -20,27 +20,18 @@ use crate::verification::step as verification;
 use crate::versions::{DeploymentMode, ModeChoice};
 
 /// Steps 1 to 3: plan, upgrade the release, the waves, finish, for a run
-/// in `mode` (as recorded).
+/// in `mode` (as recorded). Returns what the finished run left on the
+/// release for the nodes outside it (a partial run), if anything.
 pub(super) async fn waves(
     cluster: Cluster<'_>,
     settings: &Settings,
     mode: DeploymentMode,
     interrupts: &Interrupts,
     reporter: &mut Reporter<'_>,
-) -> Result<(), Stop> {
+) -> Result<Option<String>, Stop> {
     let Cluster { client, helm, .. } = cluster;
     let run_id = reporter.run_id.clone();
-    let plan = planning::PlanRequest {
-        release: &settings.release,
-        criteria: &settings.criteria,
-        pool_label: settings.pool_label.as_deref(),
-        policy: &settings.policy,
-        schedule: &settings.schedule,
-        skip_completed: Some(&settings.target),
-        // One process carries any number of waves (a workflow's status does not).
-        max_waves: 0,
-        run_id: Some(&run_id),
-    };
+    let plan = plan_request(settings, Some(&run_id));
     let selection = shielded(
         interrupts,
         reporter,
@@ -60,7 +51,10 @@ pub(super) async fn waves(
             selection.skipped.join(", ")
         ));
     }
-    if let Some(note) = selection.unavailable_note() {
+    for note in [selection.unavailable_note(), selection.left_out_note()]
+        .into_iter()
+        .flatten()
+    {
         message.push_str(&format!("; {note}"));
     }
     reporter.send(event.saying(message));
@@ -133,8 +127,25 @@ pub(super) async fn waves(
     )
     .await?
     .map_err(Stop::Failed)?;
-    finished.outcome().map_err(|e| Stop::Failed(e.into()))?;
-    Ok(())
+    Ok(finished.left_note())
+}
+
+/// What the run plans (and records in the run named, if any).
+pub(super) fn plan_request<'a>(
+    settings: &'a Settings,
+    run_id: Option<&'a str>,
+) -> planning::PlanRequest<'a> {
+    planning::PlanRequest {
+        release: &settings.release,
+        criteria: &settings.criteria,
+        pool_label: settings.pool_label.as_deref(),
+        policy: &settings.policy,
+        schedule: &settings.schedule,
+        skip_completed: Some(&settings.target),
+        // One process carries any number of waves (a workflow's status does not).
+        max_waves: 0,
+        run_id,
+    }
 }
 
 /// The workflow's `hold` template: pass the wave's gate and window, waiting
@@ -317,9 +328,25 @@ async fn upgrade_wave(
         chart: settings.chart.clone(),
         helm_timeout: settings.helm_timeout,
     };
-    let restarted = cancellable(interrupts, restart::restart(client, helm, &restart))
-        .await?
-        .map_err(failed("restart-kata-pod"))?;
+    let restarted = match cancellable(interrupts, restart::restart(client, helm, &restart)).await? {
+        Ok(restarted) => restarted,
+        Err(err) => {
+            // The restart could not be carried out at all: why is each
+            // node's restart-failed event (and a log line), not only the
+            // wave's failure.
+            let why = format!("restart-kata-pod failed: {err:#}");
+            tracing::warn!(wave = index, "{why}");
+            for node in nodes {
+                let event = reporter
+                    .run(Phase::RestartFailed)
+                    .in_wave(index)
+                    .on(node)
+                    .saying(why.clone());
+                reporter.send(event);
+            }
+            return Err(WaveStop::Failed(why));
+        }
+    };
     for failure in &restarted.failed {
         let event = reporter
             .run(Phase::RestartFailed)
@@ -439,7 +466,7 @@ pub(super) async fn close(
 ) -> Result<anyhow::Result<Ended>, Abandoned> {
     let Cluster { client, helm, .. } = cluster;
     let (status, reason) = match ending {
-        Ending::Completed => ("Succeeded", None),
+        Ending::Completed(_) => ("Succeeded", None),
         Ending::WaveFailed(_) => ("Failed", None),
         Ending::Interrupted(signal) => (
             "Failed",

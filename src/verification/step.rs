@@ -124,7 +124,11 @@ pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verifi
         verdicts.iter().partition(|v| v.passed);
     let passed: Vec<String> = passed.iter().map(|v| v.node.clone()).collect();
     let failed: Vec<String> = failed.iter().map(|v| v.node.clone()).collect();
-    if let Some(record) = record.filter(|r| r.run_id == run_id)
+    // Only the run the step names, while it runs, records its verdicts: a
+    // check by hand (no --run-id) writes nothing into the latest run's
+    // record, which may be long closed.
+    if let Some(record) = run_record::named_run(record.as_ref(), request.run_id.as_deref())
+        .filter(|r| !r.state.is_closed())
         && !passed.is_empty()
     {
         records

@@ -40,8 +40,18 @@ async fn user_values(case: &Case) -> Value {
 }
 
 async fn check_prerequisites(case: &Case, run: &str, target: &str, pod: &Path) {
+    check_prerequisites_with(case, run, target, pod, &[]).await;
+}
+
+async fn check_prerequisites_with(
+    case: &Case,
+    run: &str,
+    target: &str,
+    pod: &Path,
+    extra: &[&str],
+) {
     let pod = pod.display().to_string();
-    case.klm(&[
+    let mut args = vec![
         "check-prerequisites",
         "--target-version",
         target,
@@ -51,9 +61,9 @@ async fn check_prerequisites(case: &Case, run: &str, target: &str, pod: &Path) {
         &pod,
         "--verification-namespace",
         &case.namespace,
-    ])
-    .await
-    .ok();
+    ];
+    args.extend(extra);
+    case.klm(&args).await.ok();
 }
 
 async fn verify(case: &Case, run: &str, nodes: &str, pod: &Path) -> crate::support::Klm {
@@ -637,7 +647,7 @@ async fn job_mode_runs_leave_the_users_values() {
     // A second run (a downgrade: the fixture has no later job-mode version
     // that klm drives wave by wave) that fails and is rolled back.
     let run = "wf-jobvals-back";
-    check_prerequisites(&case, run, "3.32.0", &failing).await;
+    check_prerequisites_with(&case, run, "3.32.0", &failing, &["--allow-downgrade"]).await;
     job_wave(&case, run, "3.32.0", case.node(0)).await;
     verify(&case, run, case.node(0), &failing).await.code(1);
     case.klm(&[

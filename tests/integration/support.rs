@@ -562,6 +562,37 @@ impl Case {
             .expect("taint node");
     }
 
+    /// The release's user-supplied values (`helm get values -o json`).
+    pub async fn user_values(&self) -> Value {
+        let out = self
+            .helm_admin(&[
+                "get".into(),
+                "values".into(),
+                self.release.clone(),
+                "-n".into(),
+                self.namespace.clone(),
+                "-o".into(),
+                "json".into(),
+            ])
+            .await
+            .expect("helm get values");
+        serde_json::from_str(&out).expect("json")
+    }
+
+    /// Labels a node (as an operator would, to pick it for a run).
+    pub async fn label(&self, node: &str, key: &str, value: &str) {
+        let nodes: Api<Node> = Api::all(self.admin.clone());
+        let patch = serde_json::json!({"metadata": {"labels": {key: value}}});
+        nodes
+            .patch(
+                node,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .expect("label node");
+    }
+
     /// Cordons a node (as an operator would, before any run).
     pub async fn cordon_by_hand(&self, node: &str) {
         let nodes: Api<Node> = Api::all(self.admin.clone());

@@ -143,7 +143,12 @@ async fn take_turns(a: &Flow, b: &Flow) {
         let name = flow
             .submit(
                 None,
-                &[("target-version", target), ("node-selector", &selector)],
+                // Whichever runs second may go to an older version.
+                &[
+                    ("target-version", target),
+                    ("node-selector", &selector),
+                    ("allow-downgrade", "true"),
+                ],
             )
             .await
             .unwrap();
