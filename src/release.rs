@@ -787,13 +787,13 @@ impl Release {
     }
 }
 
-/// The node labels the RuntimeClasses of a manifest select nodes by
-/// (`scheduling.nodeSelector`, merged over every RuntimeClass): a node
-/// lacking one takes no new pod of that class.
+/// The node selectors of the RuntimeClasses of a manifest
+/// (`scheduling.nodeSelector`), one per RuntimeClass that has one: a node
+/// lacking a label of one takes no new pod of that class.
 pub fn runtime_class_node_labels(
     manifest: &str,
-) -> Result<std::collections::BTreeMap<String, String>, String> {
-    let mut labels = std::collections::BTreeMap::new();
+) -> Result<Vec<std::collections::BTreeMap<String, String>>, String> {
+    let mut selectors = Vec::new();
     for document in manifest_documents(manifest) {
         let value: Value = serde_saphyr::from_str(document)
             .map_err(|e| format!("the manifest does not parse: {e}"))?;
@@ -806,13 +806,14 @@ pub fn runtime_class_node_labels(
         else {
             continue;
         };
-        for (key, value) in selector {
-            if let Some(value) = value.as_str() {
-                labels.insert(key.clone(), value.to_string());
-            }
-        }
+        selectors.push(
+            selector
+                .iter()
+                .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_string())))
+                .collect(),
+        );
     }
-    Ok(labels)
+    Ok(selectors)
 }
 
 /// The name of kata-deploy's container in its DaemonSet's pods, the same
@@ -958,9 +959,10 @@ mod tests {
     #[test]
     fn runtime_classes_say_which_node_labels_they_select() {
         let manifest = "---\napiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata:\n  name: kata-qemu\nhandler: kata-qemu\nscheduling:\n  nodeSelector:\n    katacontainers.io/kata-runtime: \"true\"\n    kata-deploy.katacontainers.io/default: \"true\"\n---\napiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata:\n  name: kata-clh\nhandler: kata-clh\n---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: kata-deploy\n";
-        let labels = runtime_class_node_labels(manifest).unwrap();
+        let selectors = runtime_class_node_labels(manifest).unwrap();
+        assert_eq!(selectors.len(), 1, "kata-clh selects no node label");
         assert_eq!(
-            labels.into_iter().collect::<Vec<_>>(),
+            selectors[0].clone().into_iter().collect::<Vec<_>>(),
             vec![
                 (
                     "kata-deploy.katacontainers.io/default".to_string(),

@@ -8,11 +8,15 @@
 //! installer writes: once a daemonset-mode run moved the release to 4.1
 //! (before its waves), every node still on 4.0 would refuse new Kata pods
 //! until its turn (days, with soaks, approvals and windows). So the run adds
-//! the labels the target's RuntimeClasses select to the release's installed
-//! nodes that lack them, records what it added, and takes them off again
-//! when the release returns to a version whose RuntimeClasses do not select
-//! them (a rollback). Nothing is derived from version numbers: the labels
-//! are read from the RuntimeClasses themselves.
+//! the install marks the target's RuntimeClasses select to the release's
+//! installed nodes that lack them, records what it added, and takes them off
+//! again when the release returns to a version whose RuntimeClasses do not
+//! select them (a rollback). Nothing is derived from version numbers: the
+//! marks are read from the RuntimeClasses themselves. Only kata-deploy's
+//! own marks (labels under [`MARK_PREFIX`]) that every RuntimeClass selects
+//! are ever added: the hardware labels node-feature-discovery writes (SNP,
+//! TDX, GPUs), which TEE classes also select, say what a node is, and are
+//! never klm's to write.
 
 use std::collections::BTreeMap;
 
@@ -20,25 +24,39 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
-use crate::annotations;
 use crate::error::KubeResultExt;
 use crate::helm::Helm;
 use crate::kata_deploy::KataDaemonSet;
 use crate::release::{Release, ReleaseRef, runtime_class_node_labels};
 use crate::run_record::{Records, RunRecord};
 
-/// The labels `target`'s RuntimeClasses select that `current`'s do not
-/// (kata-deploy's own `katacontainers.io/kata-runtime` aside: every
-/// installed node has it).
-pub fn newly_required(
-    current: &BTreeMap<String, String>,
-    target: &BTreeMap<String, String>,
-) -> BTreeMap<String, String> {
-    target
+/// The prefix of kata-deploy's per-install marks on nodes
+/// (`kata-deploy.katacontainers.io/<suffix|default>`, from 4.1).
+pub const MARK_PREFIX: &str = "kata-deploy.katacontainers.io/";
+
+/// The install marks RuntimeClasses select: labels under [`MARK_PREFIX`]
+/// that every RuntimeClass with a node selector selects.
+pub fn install_marks(selectors: &[BTreeMap<String, String>]) -> BTreeMap<String, String> {
+    let Some((first, rest)) = selectors.split_first() else {
+        return BTreeMap::new();
+    };
+    first
         .iter()
-        .filter(|(key, _)| key.as_str() != annotations::KATA_RUNTIME_LABEL)
-        .filter(|(key, value)| current.get(*key) != Some(*value))
+        .filter(|(key, _)| key.starts_with(MARK_PREFIX))
+        .filter(|(key, value)| rest.iter().all(|s| s.get(*key) == Some(*value)))
         .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The install marks `target`'s RuntimeClasses select that `current`'s do not.
+pub fn newly_required(
+    current: &[BTreeMap<String, String>],
+    target: &[BTreeMap<String, String>],
+) -> BTreeMap<String, String> {
+    let current = install_marks(current);
+    install_marks(target)
+        .into_iter()
+        .filter(|(key, value)| current.get(key) != Some(value))
         .collect()
 }
 
@@ -67,11 +85,10 @@ pub async fn keep_schedulable(
     record: &RunRecord,
     release: &Release,
 ) -> anyhow::Result<Vec<String>> {
-    let required: BTreeMap<String, String> = runtime_class_node_labels(&release.manifest)
-        .map_err(|reason| anyhow::anyhow!("release {}: {reason}", release.reference.name))?
-        .into_iter()
-        .filter(|(key, _)| key != annotations::KATA_RUNTIME_LABEL)
-        .collect();
+    let required = install_marks(
+        &runtime_class_node_labels(&release.manifest)
+            .map_err(|reason| anyhow::anyhow!("release {}: {reason}", release.reference.name))?,
+    );
     if required.is_empty() {
         return Ok(Vec::new());
     }
@@ -126,8 +143,10 @@ pub async fn take_back(
         return Ok(Vec::new());
     }
     let release = reference.load(helm).await?;
-    let selected = runtime_class_node_labels(&release.manifest)
-        .map_err(|reason| anyhow::anyhow!("release {}: {reason}", reference.name))?;
+    let selected = install_marks(
+        &runtime_class_node_labels(&release.manifest)
+            .map_err(|reason| anyhow::anyhow!("release {}: {reason}", reference.name))?,
+    );
     let nodes: Api<Node> = Api::all(client.clone());
     let mut changed = Vec::new();
     for (name, labels) in &record.marks {
@@ -176,6 +195,7 @@ pub async fn take_back(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::annotations;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -185,21 +205,38 @@ mod tests {
     }
 
     #[test]
-    fn only_what_the_target_adds_is_required() {
+    fn only_the_install_mark_every_class_selects_is_required() {
         let runtime = (annotations::KATA_RUNTIME_LABEL, "true");
         let mark = ("kata-deploy.katacontainers.io/default", "true");
+        let snp = ("amd.feature.node.kubernetes.io/snp", "true");
         // 4.0 selects the runtime label only; 4.1 adds its instance mark.
         assert_eq!(
-            newly_required(&labels(&[runtime]), &labels(&[runtime, mark])),
+            newly_required(&[labels(&[runtime])], &[labels(&[runtime, mark])]),
             labels(&[mark])
         );
         // From 4.1 to main: nothing new.
-        assert!(newly_required(&labels(&[runtime, mark]), &labels(&[runtime, mark])).is_empty());
-        // An older chart without scheduling: still only the mark.
+        assert!(
+            newly_required(&[labels(&[runtime, mark])], &[labels(&[runtime, mark])]).is_empty()
+        );
+        // node-feature-discovery's hardware labels, selected by the TEE
+        // classes only, are never klm's to write.
         assert_eq!(
-            newly_required(&labels(&[]), &labels(&[runtime, mark])),
+            newly_required(
+                &[labels(&[runtime])],
+                &[labels(&[runtime, mark]), labels(&[runtime, mark, snp])]
+            ),
             labels(&[mark])
         );
+        assert!(
+            newly_required(
+                &[labels(&[runtime])],
+                &[labels(&[runtime]), labels(&[runtime, snp])]
+            )
+            .is_empty()
+        );
+        // A mark only some classes select is no install mark.
+        assert!(install_marks(&[labels(&[mark]), labels(&[runtime])]).is_empty());
+        assert!(install_marks(&[]).is_empty());
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod support;
 
 mod agreement;
 mod daemonset;
+mod hooks;
 mod job;
 mod real;
 
@@ -23,4 +24,10 @@ mod real;
 fn the_fixture_agrees_with_the_real_chart_on_what_klm_reads() {
     let charts = real_charts!();
     agreement::check(charts);
+}
+
+#[test]
+fn the_real_dispatcher_hooks_are_known_and_their_copies_never_prune() {
+    let charts = real_charts!();
+    hooks::check(charts);
 }
