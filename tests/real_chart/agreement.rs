@@ -395,6 +395,31 @@ fn value_sets(version: &str, mode: &str, nfd: bool, nodes: bool) -> Vec<String> 
     values
 }
 
+/// The cases of the real-chart tier share one cluster: every cluster-scoped
+/// object of the real chart carries `env.multiInstallSuffix` (`sfx` here),
+/// but node-feature-discovery's, which are named after the release (the
+/// tier gives NFD cases a release name of their own).
+fn cluster_scoped_names_are_apart(manifest: &str, what: &str) {
+    const CLUSTER_SCOPED: [&str; 5] = [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "RuntimeClass",
+        "NodeFeatureRule",
+        "CustomResourceDefinition",
+    ];
+    for doc in documents(manifest) {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+        if !CLUSTER_SCOPED.contains(&kind) {
+            continue;
+        }
+        assert!(
+            name.contains("sfx") || name.starts_with("kata-deploy-node-feature-discovery"),
+            "{what}: {kind} {name} is named neither for the suffix nor for the release"
+        );
+    }
+}
+
 /// Everything klm reads agrees, version by version, mode by mode.
 pub fn check(charts: &RealCharts) {
     let fixtures = charts_dir();
@@ -417,6 +442,7 @@ pub fn check(charts: &RealCharts) {
                 .unwrap_or_else(|e| panic!("the real chart renders ({what}): {e}"));
             let fixture_manifest = render(&fixture, &values)
                 .unwrap_or_else(|e| panic!("the fixture renders ({what}): {e}"));
+            cluster_scoped_names_are_apart(&real_manifest, &what);
             let (real_reads, real_runtimes) = reads(&real_manifest);
             let (fixture_reads, fixture_runtimes) = reads(&fixture_manifest);
             assert_eq!(
