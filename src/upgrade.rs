@@ -225,11 +225,7 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
             // A run whose plan has no node changes nothing: an upgraded
             // template would reach any node whose kata-deploy pod restarts,
             // unverified.
-            if record
-                .waves
-                .as_ref()
-                .is_some_and(|waves| waves.iter().all(Vec::is_empty))
-            {
+            if planned_nothing(&record) {
                 report.outcome = Outcome::NothingSelected;
                 return Ok(report);
             }
@@ -248,12 +244,7 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
         }
         DeploymentMode::Job => {
             let coalesced = reference.coalesced_values(helm).await?;
-            let done = wave.iter().all(|n| {
-                matches!(
-                    record.nodes.get(n),
-                    Some(NodeProgress::Upgraded | NodeProgress::Verified | NodeProgress::Completed)
-                )
-            });
+            let done = wave_upgraded(&record, &wave);
             if done
                 && release.chart_version == target.to_string()
                 && run_values::is_scoped_to(&coalesced, &wave)
@@ -325,11 +316,7 @@ async fn move_without_hooks(
     release: &crate::release::Release,
     mut report: Upgraded,
 ) -> anyhow::Result<Upgraded> {
-    if record
-        .waves
-        .as_ref()
-        .is_some_and(|waves| waves.iter().all(Vec::is_empty))
-    {
+    if planned_nothing(record) {
         report.outcome = Outcome::NothingSelected;
         return Ok(report);
     }
@@ -389,12 +376,7 @@ async fn dispatch_wave(
         ))
         .into());
     }
-    let done = wave.iter().all(|n| {
-        matches!(
-            record.nodes.get(n),
-            Some(NodeProgress::Upgraded | NodeProgress::Verified | NodeProgress::Completed)
-        )
-    });
+    let done = wave_upgraded(record, wave);
     if done {
         report.outcome = Outcome::AlreadyDone;
         report.wave_started_at = record.wave_started_at.clone();
@@ -439,6 +421,26 @@ async fn dispatch_wave(
         })
         .await?;
     Ok(report)
+}
+
+/// Whether select-nodes recorded a plan with no node for the run (then a
+/// run changes nothing: an upgraded release would reach any node whose
+/// installer runs, unverified).
+fn planned_nothing(record: &crate::run_record::RunRecord) -> bool {
+    record
+        .waves
+        .as_ref()
+        .is_some_and(|waves| waves.iter().all(Vec::is_empty))
+}
+
+/// Whether the run recorded every node of the wave upgraded (or further).
+fn wave_upgraded(record: &crate::run_record::RunRecord, wave: &[String]) -> bool {
+    wave.iter().all(|n| {
+        matches!(
+            record.nodes.get(n),
+            Some(NodeProgress::Upgraded | NodeProgress::Verified | NodeProgress::Completed)
+        )
+    })
 }
 
 /// Refuses (bad input, nothing changed) nodes where the stage takes none,

@@ -306,18 +306,7 @@ async fn upgrades_without_pruning(name: &str, from: &str, to: &str) {
     let case = pruning_case(name, 3, from).await;
     let dir = tempfile::tempdir().unwrap();
     let pod = verification_pod(dir.path(), &[]).display().to_string();
-    let values_before = case
-        .helm_admin(&[
-            "get".into(),
-            "values".into(),
-            case.release.clone(),
-            "-n".into(),
-            case.namespace.clone(),
-            "-o".into(),
-            "json".into(),
-        ])
-        .await
-        .unwrap();
+    let values_before = case.user_values().await;
     let run = format!("wf-{name}");
     let args = upgrade_all(&case, to, &pod, &run);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -339,22 +328,8 @@ async fn upgrades_without_pruning(name: &str, from: &str, to: &str) {
     assert_eq!(prunes(&case).await, Vec::new(), "no node was ever pruned");
     // The user's values are the user's: klm set nothing of its own but the
     // mode it keeps.
-    let values_after: serde_json::Value = serde_json::from_str(
-        &case
-            .helm_admin(&[
-                "get".into(),
-                "values".into(),
-                case.release.clone(),
-                "-n".into(),
-                case.namespace.clone(),
-                "-o".into(),
-                "json".into(),
-            ])
-            .await
-            .unwrap(),
-    )
-    .unwrap();
-    let mut expected: serde_json::Value = serde_json::from_str(&values_before).unwrap();
+    let values_after = case.user_values().await;
+    let mut expected = values_before;
     expected["deploymentMode"] = json!("job");
     assert_eq!(values_after, expected);
     // The release moved once without hooks; no helm upgrade ran per wave.
@@ -472,21 +447,7 @@ async fn a_chart_whose_default_mode_changed_keeps_the_release_in_its_mode() {
     let args = upgrade_all(&case, "4.3.0", &pod, "wf-modepin");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     case.klm(&args).await.ok();
-    let values: serde_json::Value = serde_json::from_str(
-        &case
-            .helm_admin(&[
-                "get".into(),
-                "values".into(),
-                case.release.clone(),
-                "-n".into(),
-                case.namespace.clone(),
-                "-o".into(),
-                "json".into(),
-            ])
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let values = case.user_values().await;
     assert_eq!(values["deploymentMode"], json!("daemonset"), "{values}");
     let pods = case.kata_pods().await;
     for node in &case.nodes {
