@@ -462,3 +462,40 @@ async fn a_chart_whose_default_mode_changed_keeps_the_release_in_its_mode() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_value_the_target_removed_is_refused_by_the_preflight_with_the_fix() {
+    // 4.0 in daemonset mode with a job.nodeSelector carried over: 4.1 removed
+    // the key and refuses it in both modes.
+    let case = Case::start_with(CaseSpec::new("removedkey", 1, "4.0.0"), |label| {
+        vec![format!("job.nodeSelector.klm\\.test/case={label}")]
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = verification_pod(dir.path(), &[]).display().to_string();
+    let before = case.snapshot().await;
+    let refused = case
+        .klm(&[
+            "check-prerequisites",
+            "--target-version",
+            "4.1.0",
+            "--verification-pod",
+            &pod,
+            "--verification-namespace",
+            &case.namespace,
+        ])
+        .await
+        .code(3);
+    assert!(
+        refused.stderr.contains("helm would refuse to upgrade")
+            && refused.stderr.contains("job.nodeSelector=null"),
+        "helm's words and the fix: {}",
+        refused.stderr
+    );
+    assert_eq!(
+        case.snapshot().await,
+        before,
+        "nothing was recorded or changed"
+    );
+}
