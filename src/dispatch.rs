@@ -218,21 +218,12 @@ impl Dispatcher {
 
     /// The dispatcher's command line (binary, then flags).
     fn command(&self) -> Result<&[String], DispatchError> {
-        let containers = self
-            .job
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .map(|p| p.containers.as_slice())
-            .unwrap_or_default();
-        match containers {
-            [only] => only
-                .command
-                .as_deref()
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| self.unknown("has no command")),
-            _ => Err(self.unknown(&format!("has {} containers, not one", containers.len()))),
-        }
+        only_container(&self.job)
+            .ok_or_else(|| self.unknown("has not exactly one container"))?
+            .command
+            .as_deref()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| self.unknown("has no command"))
     }
 
     fn unknown(&self, reason: &str) -> DispatchError {
@@ -258,12 +249,7 @@ impl Dispatcher {
                 unknown.join(", ")
             )));
         }
-        let has_args = self
-            .job
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|p| p.containers.first())
+        let has_args = only_container(&self.job)
             .and_then(|c| c.args.as_ref())
             .is_some_and(|a| !a.is_empty());
         if has_args {
@@ -329,6 +315,22 @@ impl Dispatcher {
     }
 }
 
+/// A Job's one container (None when it has none or several).
+fn only_container(job: &Job) -> Option<&k8s_openapi::api::core::v1::Container> {
+    match job
+        .spec
+        .as_ref()?
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .as_slice()
+    {
+        [only] => Some(only),
+        _ => None,
+    }
+}
+
 /// The name of a flag (`--nodes=a,b` → `--nodes`).
 fn flag_name(arg: &str) -> &str {
     arg.split_once('=').map_or(arg, |(name, _)| name)
@@ -337,12 +339,9 @@ fn flag_name(arg: &str) -> &str {
 /// What must hold of a copy before it is created: no prune, no node
 /// selection other than exactly `nodes`, every flag known.
 pub fn check_copy(job: &Job, nodes: &[String]) -> Result<(), String> {
-    let command = job
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.first())
+    let command = only_container(job)
         .and_then(|c| c.command.as_deref())
+        .filter(|c| !c.is_empty())
         .ok_or("has no command")?;
     let flags = &command[1..];
     for forbidden in [PRUNE_FLAG, "--node-selector", "--remove-node-label"] {
