@@ -531,6 +531,7 @@ pub async fn end_run(
     let Closing { report, leftover } = close(client, request).await?;
     let (run_id, reason, nodes) = match leftover {
         Leftover::Nothing | Leftover::Unrecorded => {
+            resume_reconcilers(client, request).await?;
             return Ok(Ended {
                 unrecorded: leftover == Leftover::Unrecorded,
                 closed: report,
@@ -550,10 +551,30 @@ pub async fn end_run(
         run_id: Some(run_id),
         settings: settings.clone(),
     };
-    let rolled_back = crate::rollback::roll_back(client, helm, &rollback).await?;
+    let rolled_back = crate::rollback::roll_back(client, helm, &rollback).await;
+    // Whatever the rollback did, the run is over: kata-deploy's reconcile
+    // CronJobs run again.
+    resume_reconcilers(client, request).await?;
     Ok(Ended {
         closed: report,
-        rolled_back: Some(rolled_back),
+        rolled_back: Some(rolled_back?),
         unrecorded: false,
     })
+}
+
+/// Resumes the reconcile CronJobs the run suspended (job mode from 4.1),
+/// once the run is closed, and forgets them.
+async fn resume_reconcilers(client: &Client, request: &Request) -> anyhow::Result<()> {
+    let records = Records::new(client, &request.release.namespace);
+    let Some((record, _)) = records.load(&request.release.name).await? else {
+        return Ok(());
+    };
+    if record.run_id != request.run_id || record.suspended.is_empty() || !record.state.is_closed() {
+        return Ok(());
+    }
+    crate::dispatch::resume_reconcilers(client, &record).await?;
+    records
+        .update(&record.release, &record.run_id, |r| r.suspended.clear())
+        .await?;
+    Ok(())
 }

@@ -263,6 +263,7 @@ async fn finish_run(
         chart,
         &release.chart_version,
         record.values_revision(),
+        record.mode,
         no_hooks,
     );
     let left = !behind.is_empty() && !mechanics.is_empty();
@@ -279,6 +280,7 @@ async fn finish_run(
                     chart,
                     &release.chart_version,
                     &values,
+                    record.mode,
                     no_hooks,
                     helm_timeout,
                 )
@@ -311,10 +313,12 @@ async fn finish_run(
             .collect();
         report.nodes_behind = behind;
     }
+    crate::dispatch::resume_reconcilers(client, record).await?;
     records
         .update(&record.release, &record.run_id, |r| {
             r.state = RunState::Completed;
             r.held = None;
+            r.suspended.clear();
             // What stays on the release stays on record: the next run takes
             // it over and restores it (RunRecord::inherit).
             if !left {

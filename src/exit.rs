@@ -36,6 +36,7 @@ fn classified<'a>(cause: &'a (dyn std::error::Error + 'static)) -> Option<&'a dy
         crate::nodes::hold::HoldError,
         crate::kata_deploy::KataDeployError,
         crate::drain::DrainError,
+        crate::dispatch::DispatchError,
     );
     None
 }

@@ -20,9 +20,12 @@ use crate::wait::{self, Check, WaitError, watch_until};
 
 /// The pod label the DaemonSet controller stamps with the template's hash.
 const REVISION_HASH_LABEL: &str = "controller-revision-hash";
-/// Labels the kata-deploy dispatcher puts on per-node install Jobs.
+/// The label kata-deploy's per-node Job template carries: `install` or `cleanup`.
 const JOB_STAGE_LABEL: &str = "kata-deploy/stage";
-const JOB_NODE_LABEL: &str = "kata-deploy-job-dispatcher/node";
+/// The label of the release that rendered a per-node Job's template.
+const JOB_RELEASE_LABEL: &str = "app.kubernetes.io/instance";
+/// The dispatcher's annotation with a per-node Job's node, as named.
+const JOB_NODE_NAME_ANNOTATION: &str = "kata-deploy-job-dispatcher/node-name";
 
 /// Why kata-deploy did not come up as expected.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +91,11 @@ pub struct Revision {
     pub number: i64,
     /// The kata-deploy image tag of the template (its version).
     pub version: Option<String>,
+    /// Whether kata-deploy's container has a readiness (or startup) probe,
+    /// so that its pod turns Ready only once Kata is installed (3.31.0 on).
+    /// Before, the pod is Ready when its container starts and installs
+    /// after: a restart then waits for kata-deploy's own label instead.
+    pub ready_means_installed: bool,
 }
 
 /// The release's kata-deploy DaemonSet.
@@ -185,18 +193,40 @@ impl KataDaemonSet {
             .get(REVISION_HASH_LABEL)
             .cloned()
             .unwrap_or_default();
-        let version = ds
+        let container = ds
             .spec
             .as_ref()
             .and_then(|s| s.template.spec.as_ref())
-            .and_then(|p| p.containers.first())
+            .and_then(kata_deploy_container);
+        let version = container
             .and_then(|c| c.image.as_deref())
             .and_then(image_tag);
+        let ready_means_installed =
+            container.is_some_and(|c| c.readiness_probe.is_some() || c.startup_probe.is_some());
         Ok(Revision {
             hash,
             number: newest.revision,
             version,
+            ready_means_installed,
         })
+    }
+
+    /// The nodes the DaemonSet's pods run on.
+    pub async fn nodes(&self) -> Result<Vec<String>, KataDeployError> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let pods = api
+            .list(&ListParams::default().labels(&self.selector))
+            .await
+            .during(|| format!("listing the pods of DaemonSet {}", self.name))?;
+        let mut nodes: Vec<String> = pods
+            .items
+            .iter()
+            .filter(|p| self.owns(p))
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        Ok(nodes)
     }
 
     /// The DaemonSet's pods on a node (not terminating).
@@ -245,12 +275,20 @@ impl KataDaemonSet {
             });
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
-        let mut old_uids = Vec::new();
-        let mut old_pod = None;
-        for pod in pods
+        let stale: Vec<&Pod> = pods
             .iter()
             .filter(|p| revision_of(p) != Some(revision.hash.as_str()))
-        {
+            .collect();
+        if !revision.ready_means_installed && !stale.is_empty() {
+            // Without a probe, Ready proves nothing, and the node already
+            // carries kata-deploy's label from its last install: take the
+            // label off, so that only the new pod's finished install puts it
+            // back (the node is cordoned for its turn; running pods stay).
+            remove_runtime_label(&self.client, node).await?;
+        }
+        let mut old_uids = Vec::new();
+        let mut old_pod = None;
+        for pod in stale {
             let uid = pod.uid().unwrap_or_default();
             let params = DeleteParams {
                 preconditions: Some(Preconditions {
@@ -305,6 +343,43 @@ impl KataDaemonSet {
     }
 }
 
+/// Takes kata-deploy's `katacontainers.io/kata-runtime` label off a node
+/// (kata-deploy writes it again at the end of every install).
+async fn remove_runtime_label(client: &Client, node: &str) -> Result<(), KataDeployError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let patch =
+        serde_json::json!({"metadata": {"labels": {annotations::KATA_RUNTIME_LABEL: null}}});
+    tracing::info!(
+        node,
+        "kata-deploy has no readiness probe at this version: its label marks the end of the install"
+    );
+    nodes
+        .patch(
+            node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .during(|| {
+            format!(
+                "removing {} from node {node}",
+                annotations::KATA_RUNTIME_LABEL
+            )
+        })?;
+    Ok(())
+}
+
+/// kata-deploy's container in a pod spec (by name; the first container of
+/// a spec without one).
+fn kata_deploy_container(
+    spec: &k8s_openapi::api::core::v1::PodSpec,
+) -> Option<&k8s_openapi::api::core::v1::Container> {
+    spec.containers
+        .iter()
+        .find(|c| c.name == crate::release::KATA_DEPLOY_CONTAINER)
+        .or_else(|| spec.containers.first())
+}
+
 /// Waits until kata-deploy has labelled the node `katacontainers.io/kata-runtime=true`.
 pub async fn wait_for_runtime_label(
     client: &Client,
@@ -330,26 +405,35 @@ pub async fn wait_for_runtime_label(
 pub struct Installed {
     /// The node.
     pub node: String,
-    /// The install Job.
-    pub job: String,
+    /// The install Job (None: deleted after its TTL before klm read it; the
+    /// dispatcher, which waited for it, reported the node installed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
     /// The installer image tag (its version).
     pub version: Option<String>,
 }
 
-/// Waits (watching) until each node's per-node install Job created at or
-/// after `since` has completed and the node carries the kata-runtime label;
-/// a failed Job fails at once.
+/// Waits (watching) until each node's per-node install Job of the release
+/// created at or after `since` has completed and the node carries the
+/// kata-runtime label; a failed Job fails at once. Called once the helm
+/// upgrade that dispatched the Jobs succeeded: its hook, the dispatcher,
+/// waited for every Job and exits non-zero when one failed, so a node whose
+/// Job is gone already (`job.ttlSecondsAfterFinished` shorter than the
+/// dispatcher's wait for the others) was installed.
 pub async fn wait_install_jobs(
     client: &Client,
-    namespace: &str,
+    release: &crate::release::ReleaseRef,
     nodes: &[String],
     since: Option<&str>,
     timeout: Duration,
 ) -> Result<Vec<Installed>, KataDeployError> {
     // One deadline for the whole wait: the Jobs, then the labels.
     let deadline = tokio::time::Instant::now() + timeout;
-    let api: Api<Job> = Api::namespaced(client.clone(), namespace);
-    let config = watcher::Config::default().labels(&format!("{JOB_STAGE_LABEL}=install"));
+    let api: Api<Job> = Api::namespaced(client.clone(), &release.namespace);
+    let config = watcher::Config::default().labels(&format!(
+        "{JOB_STAGE_LABEL}=install,{JOB_RELEASE_LABEL}={}",
+        release.name
+    ));
     let since: Option<k8s_openapi::jiff::Timestamp> = since.and_then(|s| s.parse().ok());
     let what = format!("the install Jobs of {} to complete", nodes.join(", "));
     let installed = watch_until(api, config, remaining(deadline), what, |jobs| {
@@ -367,6 +451,55 @@ pub async fn wait_install_jobs(
     )
     .await?;
     Ok(installed)
+}
+
+/// Deletes the release's finished per-node install Jobs of these nodes,
+/// before a helm upgrade dispatches to them again: kata-deploy's in-tree
+/// dispatcher (3.32, 4.0) adopts a Job of the name it would create that
+/// carries its owner label, an earlier wave's completed one included, and
+/// would then skip the node's install (a rollback right after an upgrade,
+/// within the Jobs' TTL, would reinstall nothing). Running Jobs are left
+/// alone. Returns the Jobs deleted.
+pub async fn clear_finished_install_jobs(
+    client: &Client,
+    release: &crate::release::ReleaseRef,
+    nodes: &[String],
+) -> Result<Vec<String>, KataDeployError> {
+    let api: Api<Job> = Api::namespaced(client.clone(), &release.namespace);
+    let selector = format!(
+        "{JOB_STAGE_LABEL}=install,{JOB_RELEASE_LABEL}={}",
+        release.name
+    );
+    let jobs = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .during(|| format!("listing the install Jobs of release {}", release.name))?;
+    let mut deleted = Vec::new();
+    for job in jobs.items.iter().filter(|j| {
+        job_node(j).is_some_and(|n| nodes.iter().any(|w| w == n))
+            && (job_condition(j, "Complete") || job_condition(j, "Failed"))
+    }) {
+        let name = job.name_any();
+        let params = DeleteParams {
+            propagation_policy: Some(kube::api::PropagationPolicy::Background),
+            preconditions: Some(Preconditions {
+                uid: job.uid(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api.delete(&name, &params).await {
+            Ok(_) => deleted.push(name),
+            Err(kube::Error::Api(s)) if s.is_not_found() || s.is_conflict() => {}
+            Err(e) => {
+                return Err(KubeError::new(format!("deleting install Job {name}"), e).into());
+            }
+        }
+    }
+    if !deleted.is_empty() {
+        tracing::info!(jobs = %deleted.join(", "), "deleted earlier install Jobs of the nodes, so the dispatcher installs them again");
+    }
+    Ok(deleted)
 }
 
 /// What is left of a deadline.
@@ -438,7 +571,7 @@ fn install_jobs_done(
     for node in nodes {
         let latest = jobs
             .iter()
-            .filter(|j| j.labels().get(JOB_NODE_LABEL) == Some(node))
+            .filter(|j| job_node(j) == Some(node.as_str()))
             .filter(|j| match (since, &j.metadata.creation_timestamp) {
                 // Creation times have second precision; the wave started within that second.
                 (Some(since), Some(created)) => created.0.as_second() >= since.as_second(),
@@ -446,7 +579,12 @@ fn install_jobs_done(
             })
             .max_by_key(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0));
         let Some(job) = latest else {
-            return Check::Pending;
+            done.push(Installed {
+                node: node.clone(),
+                job: None,
+                version: None,
+            });
+            continue;
         };
         if job_condition(job, "Failed") {
             return Check::Failed(format!(
@@ -471,11 +609,29 @@ fn install_jobs_done(
             .and_then(image_tag);
         done.push(Installed {
             node: node.clone(),
-            job: job.name_any(),
+            job: Some(job.name_any()),
             version,
         });
     }
     Check::Done(done)
+}
+
+/// The node a per-node install Job installs: the dispatcher's annotation
+/// with the name as it is, else the node the Job's pod is pinned to. Never
+/// the node label alone, which holds a sanitised form of the name.
+fn job_node(job: &Job) -> Option<&str> {
+    job.annotations()
+        .get(JOB_NODE_NAME_ANNOTATION)
+        .map(String::as_str)
+        .or_else(|| {
+            job.spec
+                .as_ref()?
+                .template
+                .spec
+                .as_ref()?
+                .node_name
+                .as_deref()
+        })
 }
 
 fn job_condition(job: &Job, kind: &str) -> bool {
@@ -508,11 +664,11 @@ pub fn is_ready(pod: &Pod) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-/// The kata-deploy version a pod runs: its first container's image tag.
+/// The kata-deploy version a pod runs: its kata-deploy container's image tag.
 pub fn pod_version(pod: &Pod) -> Option<String> {
     pod.spec
         .as_ref()
-        .and_then(|s| s.containers.first())
+        .and_then(kata_deploy_container)
         .and_then(|c| c.image.as_deref())
         .and_then(image_tag)
 }
@@ -566,6 +722,11 @@ fn selector_string(labels: &BTreeMap<String, String>) -> String {
 mod tests {
     use super::*;
 
+    /// The dispatcher's label of a per-node Job's node: the name sanitised
+    /// for a label value (lower case, `[a-z0-9-]` only, hashed when it
+    /// changed on main), so it is never compared with a node's name.
+    const JOB_NODE_LABEL: &str = "kata-deploy-job-dispatcher/node";
+
     #[test]
     fn image_tags_are_read_from_references() {
         assert_eq!(
@@ -595,16 +756,30 @@ mod tests {
         }))
     }
 
+    /// A per-node install Job as the dispatcher makes it: the node's name
+    /// sanitised in the label, as it is in the annotation.
     fn install_job(name: &str, node: &str, created: &str, condition: Option<&str>) -> Arc<Job> {
         let conditions: Vec<serde_json::Value> = condition
             .map(|kind| serde_json::json!({"type": kind, "status": "True"}))
             .into_iter()
             .collect();
+        let sanitised: String = node
+            .to_lowercase()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
         object(serde_json::json!({
             "metadata": {
                 "name": name,
                 "creationTimestamp": created,
-                "labels": {JOB_NODE_LABEL: node, JOB_STAGE_LABEL: "install"},
+                "labels": {JOB_NODE_LABEL: sanitised, JOB_STAGE_LABEL: "install"},
+                "annotations": {JOB_NODE_NAME_ANNOTATION: node},
             },
             "spec": {"template": {"spec": {"containers": [{"name": "install", "image": "quay.io/kata-containers/kata-deploy:3.33.0"}]}}},
             "status": {"conditions": conditions},
@@ -665,10 +840,16 @@ mod tests {
         let w2_done = install_job("w2", "w2", "2026-12-02T10:00:05Z", Some("Complete"));
         let w2_failed = install_job("w2", "w2", "2026-12-02T10:00:05Z", Some("Failed"));
         let check = |jobs: &[Arc<Job>]| install_jobs_done(jobs, &nodes, Some(&since));
+        // The earlier wave's Job is not this wave's: w1's is still to come
+        // (while w2 runs), or gone after its TTL once the dispatcher is done.
         assert!(matches!(
-            check(&[earlier_wave.clone(), w2_done.clone()]),
+            check(&[earlier_wave.clone(), w2_running.clone()]),
             Check::Pending
         ));
+        let Check::Done(ttl) = check(&[earlier_wave.clone(), w2_done.clone()]) else {
+            panic!("w1's Job was deleted after its TTL; the dispatcher reported it");
+        };
+        assert_eq!(ttl[0].job, None);
         assert!(matches!(check(&[w1.clone(), w2_running]), Check::Pending));
         assert!(
             matches!(check(&[w1.clone(), w2_failed]), Check::Failed(why) if why.contains("install Job w2 for node w2 failed"))
@@ -676,8 +857,39 @@ mod tests {
         let Check::Done(installed) = check(&[earlier_wave, w1, w2_done]) else {
             panic!("both nodes installed");
         };
-        assert_eq!(installed[0].job, "w1");
+        assert_eq!(installed[0].job.as_deref(), Some("w1"));
         assert_eq!(installed[1].version.as_deref(), Some("3.33.0"));
+    }
+
+    #[test]
+    fn a_dotted_node_is_found_by_its_jobs_annotation_not_its_sanitised_label() {
+        let node = "ip-10-0-1-23.ec2.internal".to_string();
+        let since: k8s_openapi::jiff::Timestamp = "2026-12-02T10:00:00Z".parse().unwrap();
+        let job = install_job(
+            "kata-deploy-install-ip-10-0-1-23-ec2-internal",
+            &node,
+            "2026-12-02T10:00:05Z",
+            Some("Complete"),
+        );
+        assert_eq!(
+            job.labels()[JOB_NODE_LABEL],
+            "ip-10-0-1-23-ec2-internal",
+            "the label is not the name"
+        );
+        let Check::Done(installed) =
+            install_jobs_done(&[job], std::slice::from_ref(&node), Some(&since))
+        else {
+            panic!("the dotted node's Job completed");
+        };
+        assert_eq!(installed[0].node, node);
+        // A Job without the annotation (older dispatchers) is the node it is
+        // pinned to.
+        let pinned: Arc<Job> = object(serde_json::json!({
+            "metadata": {"name": "j", "creationTimestamp": "2026-12-02T10:00:05Z"},
+            "spec": {"template": {"spec": {"nodeName": node, "containers": []}}},
+            "status": {"conditions": [{"type": "Complete", "status": "True"}]},
+        }));
+        assert_eq!(job_node(&pinned), Some(node.as_str()));
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod cluster;
 pub mod commands;
 pub mod complete;
 pub mod cordon;
+pub mod dispatch;
 pub mod drain;
 pub mod error;
 pub mod events;

@@ -98,6 +98,8 @@ pub struct Request<'a> {
     pub skip_completed: Option<&'a Version>,
     /// The verification pods to validate.
     pub pods: &'a Pods,
+    /// How the run would upgrade the release (rendered by the preflight).
+    pub rehearsal: preflight::Rehearsal<'a>,
     /// A target older than the release's version was asked for explicitly.
     pub allow_downgrade: bool,
 }
@@ -117,6 +119,7 @@ pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow
         request.target,
         request.mode,
         request.pods,
+        &request.rehearsal,
     )
     .await?;
     preflight::check_downgrade(

@@ -112,14 +112,28 @@ impl Checked {
             gates: Vec::new(),
             window: None,
             held: None,
+            marks: Default::default(),
+            suspended: Vec::new(),
             inherited: None,
         }
     }
 }
 
+/// How a run upgrades the release: what the preflight renders.
+#[derive(Debug, Clone, Copy)]
+pub struct Rehearsal<'a> {
+    /// The kata-deploy chart reference (`{version}` replaced, else `--version`).
+    pub chart: &'a str,
+    /// The run's extra chart values (`--set` items).
+    pub chart_values: &'a [String],
+    /// The helm timeout the run uses.
+    pub helm_timeout: Duration,
+}
+
 /// Every check that changes nothing: the release is deployed, the mode is
 /// the release's, the target suits the mode, job mode is not refused, the
-/// verification pod's namespace exists.
+/// verification pod's namespace exists, and helm would run the run's first
+/// upgrade as the identity klm runs as ([`rehearse`]).
 pub async fn check(
     client: &Client,
     helm: &Helm,
@@ -127,6 +141,7 @@ pub async fn check(
     target: &Version,
     choice: ModeChoice,
     pods: &Pods,
+    rehearsal: &Rehearsal<'_>,
 ) -> anyhow::Result<Checked> {
     let release = reference.load(helm).await?;
     release.ensure_deployed()?;
@@ -141,13 +156,39 @@ pub async fn check(
     }
     let mode = detected;
     versions::check_minimum(target, mode)?;
-    if mode == DeploymentMode::Job {
-        versions::refuse_pruning_job_mode(&current, target)?;
-    }
+    let own_dispatcher =
+        mode == DeploymentMode::Job && versions::runs_own_dispatcher(&current, target);
     for pod in pods.all() {
         crate::verification::run::dry_run(client, pod).await?;
     }
+    if let Some(item) = rehearsal.chart_values.iter().find(|item| {
+        item.split_once('=')
+            .is_some_and(|(key, _)| key.trim() == release::MODE_KEY)
+    }) {
+        return Err(UserError::bad_input(format!(
+            "{item:?}: a run never changes the release's mode; every upgrade it runs keeps {mode} ({}={mode})",
+            release::MODE_KEY
+        ))
+        .hint("drop deploymentMode from --set / --helm-set-values; switching modes is a separate helm upgrade of every node at once (see --deployment-mode)")
+        .into());
+    }
+    let rehearsed = rehearse(
+        helm,
+        &release,
+        &coalesced,
+        mode,
+        own_dispatcher,
+        target,
+        rehearsal,
+    )
+    .await?;
+    if own_dispatcher {
+        check_dispatchers(helm, &release, &rehearsed).await?;
+    }
     let mut warnings = Vec::new();
+    if let Some(warning) = new_runtime_class_labels(&release, &rehearsed, target) {
+        warnings.push(warning);
+    }
     if !versions::is_dev(target) && !versions::is_dev(&current) && target < &current {
         warnings.push(format!(
             "{target} is older than the deployed {current}: this run downgrades"
@@ -171,6 +212,98 @@ pub async fn check(
         previous_version,
         warnings,
     })
+}
+
+/// Renders the run's first `helm upgrade` exactly as the run will run it
+/// (its values: the user's, the run's `--set` items, the mechanics of the
+/// mode, the mode pinned) with `--dry-run=server`, as the identity klm runs
+/// as: what helm would refuse (a `lookup` the identity may not make, a
+/// chart version that does not exist, a `--set` that does not parse, a
+/// value the target chart removed) is refused here, before the run is
+/// recorded, with helm's words. Job mode renders one wave's upgrade, scoped
+/// to a placeholder node (the hooks do not run in a dry run).
+pub async fn rehearse(
+    helm: &Helm,
+    release: &Release,
+    coalesced: &serde_json::Value,
+    mode: DeploymentMode,
+    own_dispatcher: bool,
+    target: &Version,
+    rehearsal: &Rehearsal<'_>,
+) -> Result<serde_json::Value, crate::release::ReleaseError> {
+    let mechanics = match mode {
+        DeploymentMode::Daemonset => crate::run_values::daemonset(),
+        // From 4.1 the release moves with the user's values alone.
+        DeploymentMode::Job if own_dispatcher => Vec::new(),
+        DeploymentMode::Job => {
+            crate::run_values::job_wave(&["klm-preflight-placeholder".into()], coalesced)
+        }
+    };
+    let (set, set_json) = crate::run_values::as_set_flags(&mechanics);
+    let upgrade = crate::release::Upgrade {
+        chart: rehearsal.chart.to_string(),
+        version: target.to_string(),
+        values: crate::release::Values::ResetThenReuse,
+        set: rehearsal.chart_values.iter().cloned().chain(set).collect(),
+        set_json,
+        timeout: rehearsal.helm_timeout,
+        mode,
+        no_hooks: false,
+        description: None,
+    };
+    release.rehearse(helm, &upgrade).await
+}
+
+/// job mode from 4.1: the install dispatcher the target renders (each wave
+/// runs a copy of it) and the one the release recorded now (a rollback runs
+/// a copy of it) are of a shape klm knows; otherwise nothing may start.
+async fn check_dispatchers(
+    helm: &Helm,
+    release: &Release,
+    rehearsed: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let hooks: Vec<&str> = rehearsed
+        .get("hooks")
+        .and_then(serde_json::Value::as_array)
+        .map(|hooks| {
+            hooks
+                .iter()
+                .filter_map(|h| h.get("manifest").and_then(serde_json::Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::dispatch::Dispatcher::find(hooks, &release.reference.name, release.revision + 1)?;
+    let recorded = release.reference.hooks(helm, release.revision).await?;
+    crate::dispatch::Dispatcher::find(
+        recorded.iter().map(String::as_str),
+        &release.reference.name,
+        release.revision,
+    )?;
+    Ok(())
+}
+
+/// What a person should know when the target's RuntimeClasses select nodes
+/// by labels the release's do not (kata-deploy 4.1's instance mark): the
+/// nodes not upgraded yet lack them, and klm labels them before the waves.
+fn new_runtime_class_labels(
+    release: &Release,
+    rehearsed: &serde_json::Value,
+    target: &Version,
+) -> Option<String> {
+    let current = release::runtime_class_node_labels(&release.manifest).ok()?;
+    let manifest = rehearsed
+        .get("manifest")
+        .and_then(serde_json::Value::as_str)?;
+    let wanted = release::runtime_class_node_labels(manifest).ok()?;
+    let new = crate::nodes::marks::newly_required(&current, &wanted);
+    if new.is_empty() {
+        return None;
+    }
+    let labels: Vec<String> = new.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    Some(format!(
+        "kata-deploy {target}'s RuntimeClasses also select nodes labelled {}, which only {target}'s installer writes: when the release moves (before the first wave) klm adds the label to the release's nodes that lack it, so nodes not upgraded yet keep taking Kata pods, and takes it off again if the run rolls the release back",
+        labels.join(", ")
+    ))
 }
 
 fn mode_mismatch(
@@ -317,6 +450,8 @@ pub struct StartRequest<'a> {
     pub pool_label: Option<&'a str>,
     /// The verification pods to validate.
     pub pods: &'a Pods,
+    /// How the run will upgrade the release (rendered before it starts).
+    pub rehearsal: Rehearsal<'a>,
     /// A target older than the release's version was asked for explicitly.
     pub allow_downgrade: bool,
 }
@@ -344,6 +479,14 @@ pub async fn start_run(
 ) -> anyhow::Result<Started> {
     let target = request.target;
     request.pods.check_pool_label(request.pool_label)?;
+    let records = Records::new(client, &request.release.namespace);
+    if let Some(run_id) = &request.run_id
+        && let Some((recorded, _)) = records.load(&request.release.name).await?
+        && recorded.run_id == *run_id
+        && recorded.target_version != *target
+    {
+        return Err(target_mismatch(&recorded, target).into());
+    }
     let checked = check(
         client,
         helm,
@@ -351,6 +494,7 @@ pub async fn start_run(
         target,
         request.mode,
         request.pods,
+        &request.rehearsal,
     )
     .await?;
     check_downgrade(
@@ -370,20 +514,12 @@ pub async fn start_run(
     );
     record.pool_label = request.pool_label.map(String::from);
     record.pool_pods = request.pods.pools().map(String::from).collect();
-    let (record, resumed) = match Records::new(client, &request.release.namespace)
-        .begin(record)
-        .await?
-    {
+    let (record, resumed) = match records.begin(record).await? {
         Begun::Created(record) => (record, false),
         Begun::Resumed(record) => (record, true),
     };
     if resumed && record.target_version != *target {
-        return Err(UserError::bad_input(format!(
-            "run {} was recorded with target {}, not {target}",
-            record.run_id, record.target_version
-        ))
-        .hint("pass the recorded --target-version, or a new --run-id")
-        .into());
+        return Err(target_mismatch(&record, target).into());
     }
     Ok(Started {
         record,
@@ -391,4 +527,13 @@ pub async fn start_run(
         previous_version: checked.previous_version,
         warnings: checked.warnings,
     })
+}
+
+/// A run resumed with another target than it was recorded with.
+fn target_mismatch(record: &RunRecord, target: &Version) -> UserError {
+    UserError::bad_input(format!(
+        "run {} was recorded with target {}, not {target}",
+        record.run_id, record.target_version
+    ))
+    .hint("pass the recorded --target-version, or a new --run-id")
 }

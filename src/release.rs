@@ -64,8 +64,24 @@ pub enum ReleaseError {
         #[source]
         source: HelmError,
     },
+    /// helm refused the upgrade a run would run, rendered with
+    /// `--dry-run=server` before anything changed.
+    #[error("helm would refuse to upgrade {name} to {version}")]
+    Refused {
+        /// Release name.
+        name: String,
+        /// Its namespace.
+        namespace: String,
+        /// The chart version.
+        version: String,
+        /// What helm said.
+        #[source]
+        source: Box<HelmError>,
+    },
     /// The release's manifest has no kata-deploy DaemonSet where one is needed.
-    #[error("Helm release {name} has no DaemonSet in its manifest (is it in job mode?)")]
+    #[error(
+        "Helm release {name} has no kata-deploy DaemonSet (container kube-kata) in its manifest (is it in job mode?)"
+    )]
     NoDaemonSet {
         /// Release name.
         name: String,
@@ -87,6 +103,7 @@ impl Classify for ReleaseError {
                 source.status()
             }
             ReleaseError::Malformed { .. } => ExitStatus::Failed,
+            ReleaseError::Refused { source, .. } => refusal(source).0,
             _ => ExitStatus::Precondition,
         }
     }
@@ -124,8 +141,75 @@ impl Classify for ReleaseError {
                 source.hints()
             }
             ReleaseError::Malformed { .. } => Vec::new(),
+            ReleaseError::Refused {
+                name,
+                namespace,
+                version,
+                source,
+            } => {
+                let mut hints = refusal(source).1;
+                hints.push(format!(
+                    "nothing was changed; see the same answer with: helm upgrade {name} <chart> --version {version} -n {namespace} --reset-then-reuse-values --dry-run=server"
+                ));
+                hints
+            }
         }
     }
+}
+
+/// What a refused rehearsal means, from helm's words: the exit status and
+/// what to do about it.
+fn refusal(source: &HelmError) -> (ExitStatus, Vec<String>) {
+    let HelmError::Failed { stderr, .. } = source else {
+        return (source.status(), source.hints());
+    };
+    let said = |words: &[&str]| words.iter().any(|w| stderr.contains(w));
+    if said(&["forbidden"]) {
+        return (ExitStatus::Precondition, vec![
+            "the identity klm runs as may not read or write something the kata-deploy chart needs (its templates `lookup` objects cluster-wide): install the kata-lifecycle-manager chart's RBAC for this release (README, RBAC), or grant what helm names above".into(),
+        ]);
+    }
+    if said(&[
+        "failed parsing --set",
+        "parsing --set",
+        "key map",
+        "unable to parse key",
+    ]) {
+        return (ExitStatus::BadInput, vec![
+            "a --set / --helm-set-values item is not valid helm syntax: quote lists as {a,b}, escape commas in values with \\, and dots in keys with \\.".into(),
+        ]);
+    }
+    if said(&[
+        "job.nodeSelector",
+        "job.nodeSelectorExpressions",
+        "job.nodeAffinity",
+    ]) {
+        return (ExitStatus::Precondition, vec![
+            "kata-deploy 4.1 removed job.nodeSelector, job.nodeSelectorExpressions and job.nodeAffinity (in both modes): select nodes with the top-level nodeSelector or affinity instead, for example --helm-set-values 'job.nodeSelector=null,nodeSelector.<key>=<value>'".into(),
+        ]);
+    }
+    if said(&[
+        "deploymentMode is immutable",
+        "multiInstallSuffix is immutable",
+    ]) {
+        return (ExitStatus::Precondition, vec![
+            "kata-deploy keeps a release in the mode and suffix it was installed with: remove deploymentMode and env.multiInstallSuffix from --set / --helm-set-values".into(),
+        ]);
+    }
+    if said(&[
+        "not found",
+        "failed to download",
+        "no chart version found",
+        "no such file",
+        "manifest unknown",
+    ]) {
+        return (ExitStatus::Precondition, vec![
+            "the target chart could not be fetched: check --target-version (is that kata-deploy version published?) and --chart (or KLM_CHART) for a mirror".into(),
+        ]);
+    }
+    (ExitStatus::Precondition, vec![
+        "helm's words above say what the kata-deploy chart refuses; change the values or version it names and run again".into(),
+    ])
 }
 
 /// The shell command that puts the user's values (those of revision
@@ -136,6 +220,7 @@ pub fn restore_command(
     chart: &str,
     version: &str,
     revision: u32,
+    mode: DeploymentMode,
     no_hooks: bool,
 ) -> String {
     let (name, namespace) = (&reference.name, &reference.namespace);
@@ -144,9 +229,12 @@ pub fn restore_command(
     } else {
         format!("{chart} --version {version}")
     };
+    let pin = pin_mode(version, mode)
+        .map(|pin| format!(" --set {pin}"))
+        .unwrap_or_default();
     let hooks = if no_hooks { " --no-hooks" } else { "" };
     format!(
-        "helm get values {name} -n {namespace} --revision {revision} -o yaml > {name}-values.yaml && helm upgrade {name} {chart} -n {namespace} --reset-values -f {name}-values.yaml{hooks}"
+        "helm get values {name} -n {namespace} --revision {revision} -o yaml > {name}-values.yaml && helm upgrade {name} {chart} -n {namespace} --reset-values -f {name}-values.yaml{pin}{hooks}"
     )
 }
 
@@ -284,6 +372,28 @@ impl ReleaseRef {
         })
     }
 
+    /// The hooks a revision recorded, as `helm get hooks` prints them (YAML
+    /// documents), split into documents.
+    pub async fn hooks(&self, helm: &Helm, revision: u32) -> Result<Vec<String>, ReleaseError> {
+        let revision = revision.to_string();
+        let text = helm
+            .run([
+                "get",
+                "hooks",
+                self.name.as_str(),
+                "--namespace",
+                self.namespace.as_str(),
+                "--revision",
+                revision.as_str(),
+            ])
+            .await
+            .map_err(|source| self.helm_error(source))?;
+        Ok(manifest_documents(&text)
+            .into_iter()
+            .map(String::from)
+            .collect())
+    }
+
     /// The history of the release (oldest first).
     pub async fn history(&self, helm: &Helm) -> Result<Vec<HistoryEntry>, ReleaseError> {
         helm.json([
@@ -361,7 +471,18 @@ impl HistoryEntry {
     pub fn values_only(&self) -> bool {
         self.description == VALUES_ONLY_DESCRIPTION
     }
+
+    /// Whether klm wrote this revision without running hooks to dispatch the
+    /// nodes itself (job mode from 4.1): the nodes it installed are not in
+    /// the history, only in what klm verified on each.
+    pub fn dispatched_by_klm(&self) -> bool {
+        self.description.starts_with("kata-lifecycle-manager:")
+            && self.description.ends_with(HOOKS_NOT_RUN)
+    }
 }
+
+/// How the description of a revision klm wrote with `--no-hooks` ends.
+pub const HOOKS_NOT_RUN: &str = "(hooks not run)";
 
 /// A namespaced object in the release's manifest.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -399,7 +520,30 @@ pub struct Upgrade {
     pub set_json: Vec<String>,
     /// How long helm may take (hooks included).
     pub timeout: std::time::Duration,
+    /// The release's mode, pinned on every upgrade to a chart that has the
+    /// key ([`pin_mode`]).
+    pub mode: DeploymentMode,
+    /// Run no hook (job mode from 4.1: the release moves, no installer
+    /// runs; klm dispatches each wave itself).
+    pub no_hooks: bool,
+    /// The revision's description in `helm history` (None: helm's own).
+    pub description: Option<String>,
 }
+
+/// The value that keeps a release in its mode: every helm upgrade klm runs
+/// to a chart that knows `deploymentMode` (3.32.0 on) sets it, so a chart
+/// whose default mode changed (job on kata-deploy's main) never switches a
+/// release rendered with `--reset-then-reuse-values` or `--reset-values`.
+/// The pin stays in the release's values after the run: it says what the
+/// release is, and a later plain `helm upgrade` keeps it too.
+pub fn pin_mode(version: &str, mode: DeploymentMode) -> Option<String> {
+    let version = crate::versions::parse(version).ok()?;
+    crate::versions::at_least(&version, &crate::versions::MIN_JOB)
+        .then(|| format!("{MODE_KEY}={mode}"))
+}
+
+/// kata-deploy's value that selects its mode (3.32.0 on).
+pub const MODE_KEY: &str = "deploymentMode";
 
 impl Upgrade {
     /// An upgrade that installs `version` with exactly `values` and nothing
@@ -408,6 +552,7 @@ impl Upgrade {
         chart: &str,
         version: &str,
         values: serde_json::Value,
+        mode: DeploymentMode,
         timeout: std::time::Duration,
     ) -> Self {
         Self {
@@ -417,6 +562,9 @@ impl Upgrade {
             set: Vec::new(),
             set_json: Vec::new(),
             timeout,
+            mode,
+            no_hooks: false,
+            description: None,
         }
     }
 }
@@ -446,6 +594,44 @@ impl Release {
     /// Runs `helm upgrade` of this release. Arguments go to helm as a list,
     /// never through a shell.
     pub async fn upgrade(&self, helm: &Helm, upgrade: &Upgrade) -> Result<(), ReleaseError> {
+        let (args, _values_file) = self.upgrade_arguments(upgrade)?;
+        tracing::info!(release = %self.reference.name, version = %upgrade.version, "helm upgrade");
+        helm.run(args)
+            .await
+            .map_err(|source| ReleaseError::Upgrade {
+                name: self.reference.name.clone(),
+                version: upgrade.version.clone(),
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Renders exactly the `helm upgrade` [`Release::upgrade`] would run,
+    /// with `--dry-run=server`: the chart is fetched, the values parsed, the
+    /// templates rendered with their `lookup`s answered by the cluster as the
+    /// identity klm runs as, and every object checked by the API server, but
+    /// nothing is changed. Returns what helm would store as the release
+    /// (its manifest and hooks among it).
+    pub async fn rehearse(&self, helm: &Helm, upgrade: &Upgrade) -> Result<Value, ReleaseError> {
+        let (mut args, _values_file) = self.upgrade_arguments(upgrade)?;
+        args.extend(["--dry-run=server".into(), "--output".into(), "json".into()]);
+        tracing::debug!(release = %self.reference.name, version = %upgrade.version, "helm upgrade --dry-run=server");
+        helm.json(args)
+            .await
+            .map_err(|source| ReleaseError::Refused {
+                name: self.reference.name.clone(),
+                namespace: self.reference.namespace.clone(),
+                version: upgrade.version.clone(),
+                source: Box::new(source),
+            })
+    }
+
+    /// The arguments of a `helm upgrade` of this release, with the values
+    /// file they name (kept alive by the caller while helm runs).
+    fn upgrade_arguments(
+        &self,
+        upgrade: &Upgrade,
+    ) -> Result<(Vec<std::ffi::OsString>, Option<crate::helm::ValuesFile>), ReleaseError> {
         let mut args: Vec<std::ffi::OsString> =
             vec!["upgrade".into(), self.reference.name.clone().into()];
         args.extend(chart_arguments(&upgrade.chart, &upgrade.version));
@@ -453,7 +639,7 @@ impl Release {
             "--namespace".into(),
             self.reference.namespace.clone().into(),
         ]);
-        let _values_file;
+        let mut values_file = None;
         match &upgrade.values {
             Values::ResetThenReuse => args.push("--reset-then-reuse-values".into()),
             Values::Exactly(values) => {
@@ -467,7 +653,7 @@ impl Release {
                     "--values".into(),
                     file.path().as_os_str().to_owned(),
                 ]);
-                _values_file = file;
+                values_file = Some(file);
             }
         }
         for item in &upgrade.set {
@@ -476,19 +662,20 @@ impl Release {
         for item in &upgrade.set_json {
             args.extend(["--set-json".into(), item.into()]);
         }
+        if let Some(pin) = pin_mode(&upgrade.version, upgrade.mode) {
+            args.extend(["--set".into(), pin.into()]);
+        }
+        if upgrade.no_hooks {
+            args.push("--no-hooks".into());
+        }
+        if let Some(description) = &upgrade.description {
+            args.extend(["--description".into(), description.into()]);
+        }
         args.extend([
             "--timeout".into(),
             format!("{}s", upgrade.timeout.as_secs()).into(),
         ]);
-        tracing::info!(release = %self.reference.name, version = %upgrade.version, "helm upgrade");
-        helm.run(args)
-            .await
-            .map_err(|source| ReleaseError::Upgrade {
-                name: self.reference.name.clone(),
-                version: upgrade.version.clone(),
-                source,
-            })?;
-        Ok(())
+        Ok((args, values_file))
     }
 
     /// Puts exactly `values` back on the release at `version`
@@ -496,12 +683,14 @@ impl Release {
     /// mode: the installer dispatcher does not run again) and the revision is
     /// described as [`VALUES_ONLY_DESCRIPTION`], so it is never taken for an
     /// install.
+    #[allow(clippy::too_many_arguments)]
     pub async fn restore_values(
         &self,
         helm: &Helm,
         chart: &str,
         version: &str,
         values: &Value,
+        mode: DeploymentMode,
         no_hooks: bool,
         timeout: std::time::Duration,
     ) -> Result<(), ReleaseError> {
@@ -521,6 +710,9 @@ impl Release {
             "--timeout".into(),
             format!("{}s", timeout.as_secs()).into(),
         ]);
+        if let Some(pin) = pin_mode(version, mode) {
+            args.extend(["--set".into(), pin.into()]);
+        }
         if no_hooks {
             args.extend([
                 "--no-hooks".into(),
@@ -541,6 +733,16 @@ impl Release {
 
     /// The objects of a kind in the release's manifest.
     pub fn objects(&self, kind: &str) -> Result<Vec<ManifestObject>, ReleaseError> {
+        Ok(self
+            .parsed_objects(kind)?
+            .into_iter()
+            .map(|(object, _)| object)
+            .collect())
+    }
+
+    /// The objects of a kind in the release's manifest, each with its
+    /// document, in the manifest's order.
+    fn parsed_objects(&self, kind: &str) -> Result<Vec<(ManifestObject, Value)>, ReleaseError> {
         let mut found = Vec::new();
         for document in manifest_documents(&self.manifest) {
             let value: Value =
@@ -560,24 +762,75 @@ impl Release {
                 .and_then(|m| m.get("namespace"))
                 .and_then(Value::as_str)
                 .unwrap_or(&self.reference.namespace);
-            found.push(ManifestObject {
+            let object = ManifestObject {
                 kind: kind.to_string(),
                 name: name.to_string(),
                 namespace: namespace.to_string(),
-            });
+            };
+            found.push((object, value));
         }
         Ok(found)
     }
 
-    /// The kata-deploy DaemonSet of the release (daemonset mode).
+    /// The kata-deploy DaemonSet of the release (daemonset mode): the one
+    /// whose pods run kata-deploy's container ([`KATA_DEPLOY_CONTAINER`]).
+    /// A release can hold other DaemonSets (node-feature-discovery's worker,
+    /// which helm lists first, and kata-monitor), never to be taken for it.
     pub fn daemonset(&self) -> Result<ManifestObject, ReleaseError> {
-        self.objects("DaemonSet")?
+        self.parsed_objects("DaemonSet")?
             .into_iter()
-            .next()
+            .find(|(_, value)| runs_kata_deploy(value))
+            .map(|(object, _)| object)
             .ok_or_else(|| ReleaseError::NoDaemonSet {
                 name: self.reference.name.clone(),
             })
     }
+}
+
+/// The node selectors of the RuntimeClasses of a manifest
+/// (`scheduling.nodeSelector`), one per RuntimeClass that has one: a node
+/// lacking a label of one takes no new pod of that class.
+pub fn runtime_class_node_labels(
+    manifest: &str,
+) -> Result<Vec<std::collections::BTreeMap<String, String>>, String> {
+    let mut selectors = Vec::new();
+    for document in manifest_documents(manifest) {
+        let value: Value = serde_saphyr::from_str(document)
+            .map_err(|e| format!("the manifest does not parse: {e}"))?;
+        if value.get("kind").and_then(Value::as_str) != Some("RuntimeClass") {
+            continue;
+        }
+        let Some(selector) = value
+            .pointer("/scheduling/nodeSelector")
+            .and_then(Value::as_object)
+        else {
+            continue;
+        };
+        selectors.push(
+            selector
+                .iter()
+                .filter_map(|(key, value)| Some((key.clone(), value.as_str()?.to_string())))
+                .collect(),
+        );
+    }
+    Ok(selectors)
+}
+
+/// The name of kata-deploy's container in its DaemonSet's pods, the same
+/// in every version of the chart: what tells its DaemonSet from the others
+/// a release may hold.
+pub const KATA_DEPLOY_CONTAINER: &str = "kube-kata";
+
+/// Whether a DaemonSet document's pods run kata-deploy's container.
+fn runs_kata_deploy(daemonset: &Value) -> bool {
+    daemonset
+        .pointer("/spec/template/spec/containers")
+        .and_then(Value::as_array)
+        .is_some_and(|containers| {
+            containers
+                .iter()
+                .any(|c| c.get("name").and_then(Value::as_str) == Some(KATA_DEPLOY_CONTAINER))
+        })
 }
 
 /// The mode a release is in, from its coalesced values: no `deploymentMode`
@@ -679,7 +932,9 @@ mod tests {
 
     #[test]
     fn the_daemonset_is_found_in_the_manifest_with_its_suffix() {
-        let manifest = "---\n# Source: kata-deploy/templates/sa.yaml\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: kata-deploy-sa\n---\n# Source: kata-deploy/templates/ds.yaml\napiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: kata-deploy-blue\n  namespace: kata-system\nspec: {}\n---\n";
+        // As the real chart with node-feature-discovery on lists them:
+        // the subchart's worker first, then kata-deploy's, then kata-monitor's.
+        let manifest = "---\n# Source: kata-deploy/templates/sa.yaml\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: kata-deploy-sa\n---\n# Source: kata-deploy/charts/node-feature-discovery/templates/worker.yaml\napiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: node-feature-discovery-worker\n  namespace: kata-system\nspec:\n  template:\n    spec:\n      containers:\n      - name: worker\n        image: registry.k8s.io/nfd/node-feature-discovery:v0.19.0\n---\n# Source: kata-deploy/templates/kata-deploy.yaml\napiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: kata-deploy-blue\n  namespace: kata-system\nspec:\n  template:\n    spec:\n      containers:\n      - name: kube-kata\n        image: quay.io/kata-containers/kata-deploy:3.30.0\n---\n# Source: kata-deploy/templates/kata-monitor.yaml\napiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: kata-monitor\nspec:\n  template:\n    spec:\n      containers:\n      - name: kata-monitor\n---\n";
         let ds = release("deployed", manifest).daemonset().unwrap();
         assert_eq!(
             ds,
@@ -693,6 +948,45 @@ mod tests {
             release("deployed", "---\n# only a comment\n").daemonset(),
             Err(ReleaseError::NoDaemonSet { .. })
         ));
+        // A release whose only DaemonSet is not kata-deploy's has none.
+        let only_nfd = "---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: node-feature-discovery-worker\nspec:\n  template:\n    spec:\n      containers:\n      - name: worker\n";
+        assert!(matches!(
+            release("deployed", only_nfd).daemonset(),
+            Err(ReleaseError::NoDaemonSet { .. })
+        ));
+    }
+
+    #[test]
+    fn runtime_classes_say_which_node_labels_they_select() {
+        let manifest = "---\napiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata:\n  name: kata-qemu\nhandler: kata-qemu\nscheduling:\n  nodeSelector:\n    katacontainers.io/kata-runtime: \"true\"\n    kata-deploy.katacontainers.io/default: \"true\"\n---\napiVersion: node.k8s.io/v1\nkind: RuntimeClass\nmetadata:\n  name: kata-clh\nhandler: kata-clh\n---\napiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: kata-deploy\n";
+        let selectors = runtime_class_node_labels(manifest).unwrap();
+        assert_eq!(selectors.len(), 1, "kata-clh selects no node label");
+        assert_eq!(
+            selectors[0].clone().into_iter().collect::<Vec<_>>(),
+            vec![
+                (
+                    "kata-deploy.katacontainers.io/default".to_string(),
+                    "true".to_string()
+                ),
+                (
+                    "katacontainers.io/kata-runtime".to_string(),
+                    "true".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_mode_is_pinned_only_where_the_chart_has_the_key() {
+        assert_eq!(pin_mode("3.30.0", DeploymentMode::Daemonset), None);
+        assert_eq!(
+            pin_mode("3.32.0", DeploymentMode::Daemonset).as_deref(),
+            Some("deploymentMode=daemonset")
+        );
+        assert_eq!(
+            pin_mode("0.0.0-dev", DeploymentMode::Job).as_deref(),
+            Some("deploymentMode=job")
+        );
     }
 
     #[test]

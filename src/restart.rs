@@ -74,12 +74,17 @@ impl Report for Restart {
             }
         }
         for i in &self.installed {
-            lines.push(format!(
-                "{}: installed {} (Job {})",
-                i.node,
-                i.version.as_deref().unwrap_or("?"),
-                i.job
-            ));
+            lines.push(match &i.job {
+                Some(job) => format!(
+                    "{}: installed {} (Job {job})",
+                    i.node,
+                    i.version.as_deref().unwrap_or("?"),
+                ),
+                None => format!(
+                    "{}: installed (its Job was removed after its TTL; the dispatcher reported it)",
+                    i.node
+                ),
+            });
         }
         for f in &self.failed {
             lines.push(format!("{}: FAILED: {}", f.node, f.reason));
@@ -170,7 +175,7 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
             let upgraded = upgrade::upgrade(client, helm, &wave).await?;
             match kata_deploy::wait_install_jobs(
                 client,
-                &record.namespace,
+                &request.release,
                 names,
                 upgraded.wave_started_at.as_deref(),
                 request.timeout,

@@ -178,15 +178,6 @@ pub async fn roll_back(
         release.ensure_deployed()?;
     }
     let before = versions::parse(&record.before.chart_version)?;
-    if record.mode == DeploymentMode::Job {
-        let current = versions::parse(&release.chart_version)?;
-        versions::refuse_pruning_job_mode(&current, &before)?;
-        for name in names {
-            if let Ok(own) = versions::parse(record.version_before(name)) {
-                versions::refuse_pruning_job_mode(&current, &own)?;
-            }
-        }
-    }
 
     let release_id = record.release_id();
     refuse_untouched(&record, &nodes)?;
@@ -458,7 +449,12 @@ async fn revert_daemonset(
     report: &mut RolledBack,
 ) -> anyhow::Result<()> {
     let mechanics = run_values::daemonset();
-    let mechanic_keys: Vec<&str> = mechanics.iter().map(|(k, _)| k.as_str()).collect();
+    // The mode pin is not the user's either: every upgrade sets it.
+    let mechanic_keys: Vec<&str> = mechanics
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .chain([crate::release::MODE_KEY])
+        .collect();
     let reference = &request.release;
     let chart_name = reference.load(helm).await?.chart_name;
     let plan = revert_plan(helm, reference, &chart_name, record, names, report).await?;
@@ -472,7 +468,9 @@ async fn revert_daemonset(
             current.chart_version != *version || current.status != "deployed" || {
                 let mut wanted = values.clone();
                 run_values::apply(&mut wanted, &mechanics);
-                wanted != current.user_values
+                let pin = [crate::release::MODE_KEY];
+                run_values::without(&wanted, &pin)
+                    != run_values::without(&current.user_values, &pin)
             }
         };
         if differs {
@@ -485,6 +483,7 @@ async fn revert_daemonset(
                         &request.settings.chart,
                         version,
                         values,
+                        record.mode,
                         request.settings.helm_timeout,
                     ),
                 )
@@ -511,6 +510,10 @@ async fn revert_daemonset(
                 .map(|e| NodeFailure::new(node, crate::error::describe(&e.into())))
         }));
     }
+    if report.release_reverted {
+        let records = Records::new(client, &reference.namespace);
+        crate::nodes::marks::take_back(client, helm, &records, reference, &record.run_id).await?;
+    }
     let still_new: Vec<String> = record
         .nodes_in(&[NodeProgress::Completed])
         .into_iter()
@@ -531,6 +534,7 @@ async fn revert_daemonset(
             &request.settings.chart,
             &record.before.chart_version,
             record.values_revision(),
+            record.mode,
             false
         )
     ));
@@ -542,6 +546,78 @@ async fn revert_daemonset(
             "kata-deploy did not come back at the recorded version"
         ))
     }
+}
+
+/// job mode from 4.1 (a run that dispatched its waves itself): the release
+/// back at `version` with the user's values of then, without hooks, then
+/// that revision's own install dispatcher run for `nodes` only, without its
+/// prune ([`crate::dispatch`]), and its install Jobs waited for.
+#[allow(clippy::too_many_arguments)]
+async fn redispatch(
+    client: &Client,
+    helm: &Helm,
+    record: &RunRecord,
+    records: &Records,
+    request: &Request,
+    version: &str,
+    values: &Value,
+    nodes: &[String],
+) -> anyhow::Result<()> {
+    let reference = &request.release;
+    let current = reference.load(helm).await?;
+    let pin = [crate::release::MODE_KEY];
+    if current.chart_version != version
+        || run_values::without(&current.user_values, &pin) != run_values::without(values, &pin)
+    {
+        current
+            .restore_values(
+                helm,
+                &request.settings.chart,
+                version,
+                values,
+                record.mode,
+                true,
+                request.settings.helm_timeout,
+            )
+            .await?;
+    }
+    let at = reference.load(helm).await?;
+    let dispatcher = crate::dispatch::Dispatcher::find(
+        reference
+            .hooks(helm, at.revision)
+            .await?
+            .iter()
+            .map(String::as_str),
+        &reference.name,
+        at.revision,
+    )?;
+    kata_deploy::clear_finished_install_jobs(client, reference, nodes).await?;
+    let started = crate::run_record::now();
+    records
+        .update(&record.release, &record.run_id, |r| {
+            r.wave_started_at = Some(started.clone())
+        })
+        .await?;
+    let key = format!("rb{}-{}", at.revision, crate::dispatch::nodes_key(nodes));
+    crate::dispatch::dispatch(
+        client,
+        reference,
+        &dispatcher,
+        &record.run_id,
+        &key,
+        nodes,
+        request.settings.helm_timeout,
+    )
+    .await?;
+    kata_deploy::wait_install_jobs(
+        client,
+        reference,
+        nodes,
+        Some(&started),
+        request.settings.timeout,
+    )
+    .await?;
+    Ok(())
 }
 
 /// job mode: a plain `helm rollback` would not re-run the dispatcher, so a
@@ -561,10 +637,24 @@ async fn revert_job(
     let reference = &request.release;
     let chart_name = reference.load(helm).await?.chart_name;
     let plan = revert_plan(helm, reference, &chart_name, record, names, report).await?;
+    let own_dispatcher = versions::runs_own_dispatcher(
+        &versions::parse(&record.before.chart_version)?,
+        &record.target_version,
+    );
     for (version, base, nodes) in plan.iter().filter(|(_, _, nodes)| !nodes.is_empty()) {
+        if own_dispatcher {
+            if let Err(err) =
+                redispatch(client, helm, record, records, request, version, base, nodes).await
+            {
+                let why = crate::error::describe(&err);
+                report.failed.extend(NodeFailure::each(nodes, &why));
+            }
+            continue;
+        }
         let coalesced = reference.coalesced_values(helm).await?;
         let mut values = base.clone();
         run_values::apply(&mut values, &run_values::job_wave(nodes, &coalesced));
+        kata_deploy::clear_finished_install_jobs(client, reference, nodes).await?;
         let started = crate::run_record::now();
         records
             .update(&record.release, &record.run_id, |r| {
@@ -580,13 +670,14 @@ async fn revert_job(
                     &request.settings.chart,
                     version,
                     values,
+                    record.mode,
                     request.settings.helm_timeout,
                 ),
             )
             .await?;
         if let Err(err) = kata_deploy::wait_install_jobs(
             client,
-            &record.namespace,
+            reference,
             nodes,
             Some(&started),
             request.settings.timeout,
@@ -604,6 +695,7 @@ async fn revert_job(
             &request.settings.chart,
             &record.before.chart_version,
             &record.before.user_values,
+            record.mode,
             true,
             request.settings.helm_timeout,
         )
@@ -619,6 +711,7 @@ async fn revert_job(
             &request.settings.chart,
             &record.before.chart_version,
             record.values_revision(),
+            record.mode,
             true,
         ));
     }

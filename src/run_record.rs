@@ -225,6 +225,17 @@ pub struct RunRecord {
     /// What the run waits for before its next wave, while it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<Held>,
+    /// Node labels the run added so that nodes not yet upgraded stay
+    /// schedulable for Kata under the target's RuntimeClasses (node → label
+    /// → value; see [`crate::nodes::marks`]): taken off again when the
+    /// release returns to a version that does not select them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub marks: BTreeMap<String, BTreeMap<String, String>>,
+    /// The release's reconcile CronJobs the run suspended (job mode from
+    /// 4.1: none may install the release's version on a node the run has not
+    /// verified), resumed when the run ends.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspended: Vec<String>,
     /// Values an earlier run set for its own mechanics and left on the
     /// release, which this run took over (see [`RunRecord::inherit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -659,6 +670,8 @@ pub(crate) fn example() -> RunRecord {
         gates: Vec::new(),
         window: None,
         held: None,
+        marks: BTreeMap::new(),
+        suspended: Vec::new(),
         inherited: None,
     }
 }

@@ -107,6 +107,11 @@ pub struct Upgraded {
     /// run records it: install Jobs older than this belong to an earlier wave.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub wave_started_at: Option<String>,
+    /// daemonset mode: the nodes labelled so that they keep taking Kata pods
+    /// under the target's RuntimeClasses until their turn
+    /// ([`crate::nodes::marks`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub marked: Vec<String>,
 }
 
 impl Report for Upgraded {
@@ -130,6 +135,14 @@ impl Report for Upgraded {
                     self.release
                 ),
             },
+            Outcome::Upgraded
+                if self.mode == DeploymentMode::Job && self.stage == Stage::BeforeWaves =>
+            {
+                format!(
+                    "moved {} from {} to {} without hooks: no installer ran on any node; each wave's nodes follow",
+                    self.release, self.from_version, self.to_version
+                )
+            }
             Outcome::Upgraded => {
                 let scope = match self.mode {
                     DeploymentMode::Daemonset => {
@@ -138,8 +151,17 @@ impl Report for Upgraded {
                     }
                     DeploymentMode::Job => format!("installed on {}", self.nodes.join(", ")),
                 };
+                let marked = if self.marked.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; labelled {} for {}'s RuntimeClasses, so they take Kata pods until their turn",
+                        self.marked.join(", "),
+                        self.to_version
+                    )
+                };
                 format!(
-                    "upgraded {} from {} to {} in {} mode: {scope}",
+                    "upgraded {} from {} to {} in {} mode: {scope}{marked}",
                     self.release, self.from_version, self.to_version, self.mode
                 )
             }
@@ -180,7 +202,20 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
         nodes: wave.clone(),
         mechanics: Vec::new(),
         wave_started_at: None,
+        marked: Vec::new(),
     };
+    let own_dispatcher = mode == DeploymentMode::Job
+        && versions::runs_own_dispatcher(&versions::parse(&record.before.chart_version)?, &target);
+    if own_dispatcher {
+        return match stage {
+            Stage::BeforeWaves => {
+                move_without_hooks(client, helm, &records, &record, request, &release, report).await
+            }
+            Stage::Wave => {
+                dispatch_wave(client, helm, &records, &record, request, &wave, report).await
+            }
+        };
+    }
     if stage != Stage::of(mode) {
         report.outcome = Outcome::OtherStage;
         return Ok(report);
@@ -190,11 +225,7 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
             // A run whose plan has no node changes nothing: an upgraded
             // template would reach any node whose kata-deploy pod restarts,
             // unverified.
-            if record
-                .waves
-                .as_ref()
-                .is_some_and(|waves| waves.iter().all(Vec::is_empty))
-            {
+            if planned_nothing(&record) {
                 report.outcome = Outcome::NothingSelected;
                 return Ok(report);
             }
@@ -202,20 +233,18 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
                 && run_values::is_on_delete(&release.user_values)
                 && release.revision > record.before.revision
             {
+                // A retried step still labels what it did not get to.
+                report.marked =
+                    crate::nodes::marks::keep_schedulable(client, &records, &record, &release)
+                        .await?;
                 report.outcome = Outcome::AlreadyDone;
                 return Ok(report);
             }
             run_values::daemonset()
         }
         DeploymentMode::Job => {
-            versions::refuse_pruning_job_mode(&versions::parse(&release.chart_version)?, &target)?;
             let coalesced = reference.coalesced_values(helm).await?;
-            let done = wave.iter().all(|n| {
-                matches!(
-                    record.nodes.get(n),
-                    Some(NodeProgress::Upgraded | NodeProgress::Verified | NodeProgress::Completed)
-                )
-            });
+            let done = wave_upgraded(&record, &wave);
             if done
                 && release.chart_version == target.to_string()
                 && run_values::is_scoped_to(&coalesced, &wave)
@@ -224,6 +253,7 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
                 report.wave_started_at = record.wave_started_at.clone();
                 return Ok(report);
             }
+            crate::kata_deploy::clear_finished_install_jobs(client, reference, &wave).await?;
             let started = crate::run_record::now();
             records
                 .update(&record.release, &record.run_id, |r| {
@@ -248,9 +278,17 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
             .collect(),
         set_json,
         timeout: request.helm_timeout,
+        mode,
+        no_hooks: false,
+        description: None,
     };
     release.upgrade(helm, &upgrade).await?;
     report.mechanics = mechanics.iter().map(|(k, _)| k.clone()).collect();
+    if mode == DeploymentMode::Daemonset {
+        let upgraded = reference.load(helm).await?;
+        report.marked =
+            crate::nodes::marks::keep_schedulable(client, &records, &record, &upgraded).await?;
+    }
     records
         .update(&record.release, &record.run_id, |r| {
             for (key, value) in &mechanics {
@@ -262,6 +300,147 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
         })
         .await?;
     Ok(report)
+}
+
+/// job mode from 4.1, before the waves: the release moves to the target
+/// with the user's values untouched and `--no-hooks`, so no installer runs
+/// on any node (and nothing prunes); the release's reconcile CronJobs are
+/// suspended for the run. Each wave then dispatches to its own nodes
+/// ([`dispatch_wave`]).
+async fn move_without_hooks(
+    client: &Client,
+    helm: &Helm,
+    records: &Records,
+    record: &crate::run_record::RunRecord,
+    request: &Request,
+    release: &crate::release::Release,
+    mut report: Upgraded,
+) -> anyhow::Result<Upgraded> {
+    if planned_nothing(record) {
+        report.outcome = Outcome::NothingSelected;
+        return Ok(report);
+    }
+    let target = record.target_version.to_string();
+    if release.chart_version == target && release.revision > record.before.revision {
+        report.outcome = Outcome::AlreadyDone;
+    } else {
+        let upgrade = Upgrade {
+            chart: request.chart.clone(),
+            version: target.clone(),
+            values: Values::ResetThenReuse,
+            set: record
+                .chart_values
+                .iter()
+                .chain(&request.set)
+                .cloned()
+                .collect(),
+            set_json: Vec::new(),
+            timeout: request.helm_timeout,
+            mode: DeploymentMode::Job,
+            no_hooks: true,
+            description: Some(format!(
+                "kata-lifecycle-manager: run {}: release at {target}; nodes follow wave by wave {}",
+                record.run_id,
+                crate::release::HOOKS_NOT_RUN
+            )),
+        };
+        release.upgrade(helm, &upgrade).await?;
+    }
+    let moved = request.release.load(helm).await?;
+    crate::dispatch::suspend_reconcilers(client, records, record, &moved).await?;
+    Ok(report)
+}
+
+/// job mode from 4.1, one wave: runs the release's own install dispatcher,
+/// as its current revision recorded it, for the wave's nodes only and
+/// without its prune ([`crate::dispatch`]); records the nodes upgraded.
+async fn dispatch_wave(
+    client: &Client,
+    helm: &Helm,
+    records: &Records,
+    record: &crate::run_record::RunRecord,
+    request: &Request,
+    wave: &[String],
+    mut report: Upgraded,
+) -> anyhow::Result<Upgraded> {
+    let release = request.release.load(helm).await?;
+    let target = record.target_version.to_string();
+    if release.chart_version != target {
+        return Err(UserError::precondition(format!(
+            "release {} is at {}, not the run's {target}: the release moves before the waves",
+            release.reference.name, release.chart_version
+        ))
+        .hint(format!(
+            "run `klm helm-upgrade --stage before-waves --run-id {}` first",
+            record.run_id
+        ))
+        .into());
+    }
+    let done = wave_upgraded(record, wave);
+    if done {
+        report.outcome = Outcome::AlreadyDone;
+        report.wave_started_at = record.wave_started_at.clone();
+        return Ok(report);
+    }
+    let dispatcher = crate::dispatch::Dispatcher::find(
+        release
+            .reference
+            .hooks(helm, release.revision)
+            .await?
+            .iter()
+            .map(String::as_str),
+        &release.reference.name,
+        release.revision,
+    )?;
+    let started = crate::run_record::now();
+    records
+        .update(&record.release, &record.run_id, |r| {
+            r.wave_started_at = Some(started.clone())
+        })
+        .await?;
+    report.wave_started_at = Some(started);
+    let key = match request.wave {
+        Some(index) => format!("w{index}"),
+        None => crate::dispatch::nodes_key(wave),
+    };
+    crate::dispatch::dispatch(
+        client,
+        &request.release,
+        &dispatcher,
+        &record.run_id,
+        &key,
+        wave,
+        request.helm_timeout,
+    )
+    .await?;
+    records
+        .update(&record.release, &record.run_id, |r| {
+            for node in wave {
+                r.nodes.insert(node.clone(), NodeProgress::Upgraded);
+            }
+        })
+        .await?;
+    Ok(report)
+}
+
+/// Whether select-nodes recorded a plan with no node for the run (then a
+/// run changes nothing: an upgraded release would reach any node whose
+/// installer runs, unverified).
+fn planned_nothing(record: &crate::run_record::RunRecord) -> bool {
+    record
+        .waves
+        .as_ref()
+        .is_some_and(|waves| waves.iter().all(Vec::is_empty))
+}
+
+/// Whether the run recorded every node of the wave upgraded (or further).
+fn wave_upgraded(record: &crate::run_record::RunRecord, wave: &[String]) -> bool {
+    wave.iter().all(|n| {
+        matches!(
+            record.nodes.get(n),
+            Some(NodeProgress::Upgraded | NodeProgress::Verified | NodeProgress::Completed)
+        )
+    })
 }
 
 /// Refuses (bad input, nothing changed) nodes where the stage takes none,
@@ -299,6 +478,7 @@ mod tests {
             nodes: vec!["w1".into(), "w2".into()],
             mechanics: Vec::new(),
             wave_started_at: None,
+            marked: Vec::new(),
         };
         assert_eq!(
             report.text(),

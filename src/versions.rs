@@ -111,6 +111,13 @@ pub fn job_mode_prunes(version: &Version) -> bool {
     at_least(version, &JOB_PRUNES_FROM)
 }
 
+/// Whether a job-mode run between these versions dispatches each wave with
+/// a copy of the release's own dispatcher ([`crate::dispatch`]) instead of a
+/// helm upgrade scoped with `job.nodes`: where either version prunes.
+pub fn runs_own_dispatcher(before: &Version, target: &Version) -> bool {
+    job_mode_prunes(before) || job_mode_prunes(target)
+}
+
 /// Checks a target version against the mode's minimum.
 pub fn check_minimum(target: &Version, mode: DeploymentMode) -> Result<(), UserError> {
     let minimum = mode.minimum();
@@ -129,42 +136,17 @@ pub fn check_minimum(target: &Version, mode: DeploymentMode) -> Result<(), UserE
     .hint(format!("{why}; choose --target-version {minimum} or later")))
 }
 
-/// Refuses job mode where the current or target kata-deploy prunes nodes
-/// outside `job.nodes`: a wave-scoped upgrade (or rollback) would uninstall
-/// Kata from every other node of the fleet.
-pub fn refuse_pruning_job_mode(current: &Version, target: &Version) -> Result<(), UserError> {
-    let pruning: Vec<String> = [("current", current), ("target", target)]
-        .into_iter()
-        .filter(|(_, v)| job_mode_prunes(v))
-        .map(|(which, v)| format!("{which} {v}"))
-        .collect();
-    if pruning.is_empty() {
-        return Ok(());
-    }
-    Err(UserError::precondition(format!(
-        "job mode cannot be driven wave by wave with kata-deploy {} (>= {JOB_PRUNES_FROM})",
-        pruning.join(" and ")
-    ))
-    .hint(format!(
-        "from {JOB_PRUNES_FROM}, every job-mode upgrade uninstalls Kata from each installed node outside job.nodes, so a wave (or a rollback of one node) would remove Kata from the rest of the fleet"
-    ))
-    .hint("safe alternatives: upgrade the whole fleet in one wave (--batch-size covering every node), stay on a 4.0.x target, or reinstall kata-deploy in daemonset mode (its mode is immutable from 4.1.0) and upgrade node by node"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn job_mode_is_refused_where_kata_deploy_prunes() {
-        assert!(refuse_pruning_job_mode(&Version::new(3, 32, 0), &Version::new(4, 0, 0)).is_ok());
-        let err =
-            refuse_pruning_job_mode(&Version::new(4, 0, 0), &Version::new(4, 1, 0)).unwrap_err();
-        assert!(err.message.contains("target 4.1.0"), "{}", err.message);
-        assert_eq!(err.status, crate::error::ExitStatus::Precondition);
-        let err =
-            refuse_pruning_job_mode(&Version::new(4, 1, 0), &Version::new(4, 0, 9)).unwrap_err();
-        assert!(err.message.contains("current 4.1.0"), "{}", err.message);
+    fn runs_from_or_to_a_pruning_version_dispatch_their_own_waves() {
+        let v = |s: &str| parse(s).unwrap();
+        assert!(!runs_own_dispatcher(&v("3.32.0"), &v("4.0.0")));
+        assert!(runs_own_dispatcher(&v("4.0.0"), &v("4.1.0")));
+        assert!(runs_own_dispatcher(&v("4.1.0"), &v("4.0.9")));
+        assert!(runs_own_dispatcher(&v("4.1.0"), &v("0.0.0-dev")));
     }
 
     #[test]

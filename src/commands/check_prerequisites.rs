@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::args::{
-    ChartValuesArgs, DowngradeArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs,
+    ChartArgs, ChartValuesArgs, DowngradeArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs,
     parse_duration,
 };
 use crate::error::ExitStatus;
@@ -43,10 +43,6 @@ pub struct Args {
     #[arg(long, value_parser = parse_duration, env = "KLM_STEP_DEADLINE", value_name = "DURATION", allow_hyphen_values = true)]
     pub step_deadline: Option<Duration>,
 
-    /// The helm timeout the run's steps use (checked against --step-deadline).
-    #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_HELM_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
-    pub helm_timeout: Duration,
-
     /// The restart timeout the run's steps use (checked against --step-deadline).
     #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
     pub restart_timeout: Duration,
@@ -70,6 +66,11 @@ pub struct Args {
     /// The verification pods to validate.
     #[command(flatten)]
     pub verification: VerificationArgs,
+
+    /// The kata-deploy chart the run upgrades to, and the helm timeout its
+    /// steps use (checked against --step-deadline).
+    #[command(flatten)]
+    pub chart: ChartArgs,
 }
 
 /// What check-prerequisites found.
@@ -151,7 +152,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     if let Some(deadline) = args.step_deadline {
         preflight::check_step_deadline(
             deadline,
-            args.helm_timeout,
+            args.chart.helm_timeout,
             args.restart_timeout,
             args.verification.verification_timeout,
             args.drain_timeout,
@@ -161,6 +162,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let client = crate::cluster::client(global).await?;
     let helm = step::helm(&args.release, global)?;
     let reference = step::release_ref(&args.release);
+    let chart_values = args.values.items();
     let started = preflight::start_run(
         &client,
         &helm,
@@ -169,9 +171,14 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             run_id: args.run.run_id.clone(),
             target: &target,
             mode: args.deployment_mode,
-            chart_values: args.values.items(),
+            chart_values: chart_values.clone(),
             pool_label: crate::args::pool_label(args.pool_label.as_deref()),
             pods: &pods,
+            rehearsal: preflight::Rehearsal {
+                chart: &args.chart.chart,
+                chart_values: &chart_values,
+                helm_timeout: args.chart.helm_timeout,
+            },
             allow_downgrade: args.downgrade.allow_downgrade,
         },
     )

@@ -3,7 +3,8 @@
 use clap::Args as ClapArgs;
 
 use crate::args::{
-    DowngradeArgs, GlobalArgs, ReleaseArgs, SelectionArgs, VerificationArgs, WavesArgs,
+    ChartArgs, ChartValuesArgs, DowngradeArgs, GlobalArgs, ReleaseArgs, SelectionArgs,
+    VerificationArgs, WavesArgs,
 };
 use crate::error::ExitStatus;
 use crate::output;
@@ -44,6 +45,15 @@ pub struct Args {
     /// The verification pod to validate (optional for a plan).
     #[command(flatten)]
     pub verification: VerificationArgs,
+
+    /// The kata-deploy chart the run would upgrade to (its upgrade is
+    /// rendered with --dry-run=server).
+    #[command(flatten)]
+    pub chart: ChartArgs,
+
+    /// The run's extra kata-deploy chart values.
+    #[command(flatten)]
+    pub values: ChartValuesArgs,
 }
 
 /// Runs the step.
@@ -54,6 +64,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let pods = crate::verification::Pods::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
     let helm = step::helm(&args.release, global)?;
+    let chart_values = args.values.items();
     let plan = plan::plan(
         &client,
         &helm,
@@ -68,6 +79,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             // As the run does: nodes completed at the target are skipped.
             skip_completed: Some(&target),
             pods: &pods,
+            rehearsal: crate::preflight::Rehearsal {
+                chart: &args.chart.chart,
+                chart_values: &chart_values,
+                helm_timeout: args.chart.helm_timeout,
+            },
             allow_downgrade: args.downgrade.allow_downgrade,
         },
     )

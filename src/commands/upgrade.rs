@@ -103,6 +103,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let helm = step::helm(&args.release, global)?;
     let release = step::release_ref(&args.release);
     if args.dry_run {
+        let chart_values = args.values.items();
         let request = plan::Request {
             release: &release,
             target: &args.target_version,
@@ -113,6 +114,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             schedule: &schedule,
             skip_completed: Some(&args.target_version),
             pods: &pods,
+            rehearsal: crate::preflight::Rehearsal {
+                chart: &args.chart.chart,
+                chart_values: &chart_values,
+                helm_timeout: args.chart.helm_timeout,
+            },
             allow_downgrade: args.downgrade.allow_downgrade,
         };
         output::print(global.output, &plan::plan(&client, &helm, &request).await?)?;

@@ -49,6 +49,16 @@ async fn daemonset(
     let current = daemonset
         .current_revision(std::time::Duration::from_secs(60))
         .await?;
+    // An image tag is a chart version only where the release was once at
+    // it: a digest-pinned or custom `image.tag` is not (a rollback to it
+    // would name a chart that may not exist).
+    let released: Vec<String> = reference
+        .history(helm)
+        .await?
+        .iter()
+        .map(|h| h.chart_version(&release.chart_name))
+        .collect();
+    let api: Api<Node> = Api::all(client.clone());
     let mut found = BTreeMap::new();
     for node in nodes {
         let pods = daemonset.pods_on(node).await?;
@@ -56,17 +66,31 @@ async fn daemonset(
             continue;
         };
         // A pod of the current template runs the release's chart version;
-        // an older one, the version its image names.
+        // an older one, the version its image names, if the release had it;
+        // else the version klm last verified on the node.
         let version = if kata_deploy::revision_of(pod) == Some(current.hash.as_str()) {
             Some(release.chart_version.clone())
         } else {
-            kata_deploy::pod_version(pod)
+            match kata_deploy::pod_version(pod).filter(|tag| released.contains(tag)) {
+                Some(tag) => Some(tag),
+                None => verified_version(&api, node).await?,
+            }
         };
         if let Some(version) = version {
             found.insert(node.clone(), version);
         }
     }
     Ok(found)
+}
+
+/// The version klm last verified on a node (its annotation).
+async fn verified_version(api: &Api<Node>, node: &str) -> anyhow::Result<Option<String>> {
+    Ok(api
+        .get_opt(node)
+        .await?
+        .as_ref()
+        .and_then(|n| crate::nodes::selection::annotation(n, annotations::CURRENT_VERSION))
+        .map(String::from))
 }
 
 async fn job(
@@ -78,11 +102,35 @@ async fn job(
     let release = reference.load(helm).await?;
     let mut history = reference.history(helm).await?;
     history.sort_by_key(|h| std::cmp::Reverse(h.revision));
+    let api: Api<Node> = Api::all(client.clone());
     let mut found = BTreeMap::new();
-    for entry in history
-        .iter()
-        .filter(|h| h.was_deployed() && !h.values_only())
-    {
+    // A run of klm that moved the release without hooks (job mode from
+    // 4.1) installed its waves' nodes itself: no revision records that, but
+    // klm verified each node at the version it moved the release to, which
+    // is newer than every revision before that move.
+    let mut dispatched: Vec<String> = Vec::new();
+    for entry in history.iter().filter(|h| h.was_deployed()) {
+        if entry.dispatched_by_klm() {
+            dispatched.push(entry.chart_version(&release.chart_name));
+            continue;
+        }
+        if entry.values_only() {
+            continue;
+        }
+        if !dispatched.is_empty() {
+            let pending: Vec<String> = nodes
+                .iter()
+                .filter(|n| !found.contains_key(*n))
+                .cloned()
+                .collect();
+            for node in pending {
+                if let Some(version) = verified_version(&api, &node).await?
+                    && dispatched.contains(&version)
+                {
+                    found.insert(node, version);
+                }
+            }
+        }
         let pending: Vec<&String> = nodes.iter().filter(|n| !found.contains_key(*n)).collect();
         if pending.is_empty() {
             break;
@@ -96,16 +144,10 @@ async fn job(
             }
         }
     }
-    let api: Api<Node> = Api::all(client.clone());
     let missing: Vec<&String> = nodes.iter().filter(|n| !found.contains_key(*n)).collect();
     for node in missing {
-        if let Some(version) = api
-            .get_opt(node)
-            .await?
-            .as_ref()
-            .and_then(|n| crate::nodes::selection::annotation(n, annotations::CURRENT_VERSION))
-        {
-            found.insert(node.clone(), version.to_string());
+        if let Some(version) = verified_version(&api, node).await? {
+            found.insert(node.clone(), version);
         }
     }
     Ok(found)

@@ -5,6 +5,7 @@
 pub mod hold;
 pub mod installed;
 pub mod listing;
+pub mod marks;
 pub mod planning;
 pub mod selection;
 pub mod waves;

@@ -239,6 +239,11 @@ pub async fn run(
         chart_values: settings.chart_values.clone(),
         pool_label: settings.pool_label.as_deref(),
         pods: &settings.verification,
+        rehearsal: preflight::Rehearsal {
+            chart: &settings.chart,
+            chart_values: &settings.chart_values,
+            helm_timeout: settings.helm_timeout,
+        },
         allow_downgrade: settings.allow_downgrade,
     };
     // What the plan refuses (a selection without the release's nodes, a

@@ -112,7 +112,7 @@ pub fn pod_name(node: &str, run_id: &str) -> String {
 }
 
 /// A label value (at most 63 characters of [A-Za-z0-9._-], alphanumeric at the ends).
-fn label_value(raw: &str) -> String {
+pub(crate) fn label_value(raw: &str) -> String {
     let cleaned: String = raw
         .chars()
         .map(|c| {

@@ -154,7 +154,8 @@ impl Setup {
             Api::<ClusterRole>::all(admin.clone())
                 .delete(name, &params)
                 .await?;
-            let binding = name.replace("-role", "-rb");
+            // As kata-deploy names them: kata-deploy-role → -rb, -noderole → -noderb.
+            let binding = name.replace("noderole", "noderb").replace("-role", "-rb");
             Api::<ClusterRoleBinding>::all(admin.clone())
                 .delete(&binding, &params)
                 .await?;
@@ -164,7 +165,7 @@ impl Setup {
                 .delete(name, &params)
                 .await?;
             Api::<RoleBinding>::namespaced(admin.clone(), &self.namespace)
-                .delete(name, &params)
+                .delete(&name.replace("-role", "-rb"), &params)
                 .await?;
         }
         Ok(())
@@ -339,7 +340,7 @@ async fn the_service_account_upgrades_and_rolls_back_job_mode() {
                 "clusterroles",
                 format!("kata-deploy-dispatcher-noderole-{ns}"),
             ),
-            ("jobs", format!("kata-deploy-install-dispatcher-{ns}")),
+            ("jobs", format!("kata-deploy-{ns}-install-dispatcher")),
         ])
         .expect("audit");
 }

@@ -299,6 +299,42 @@ async fn bad_input_is_refused_with_a_message_and_changes_nothing() {
             "cannot impersonate",
         ),
         bad(&["frobnicate"], 2, "unrecognized subcommand"),
+        // The run's first helm upgrade is rendered with --dry-run=server
+        // before anything is recorded: a chart version that does not exist
+        // and a --set helm cannot parse are refused with helm's words.
+        bad(
+            &[
+                "check-prerequisites",
+                "--target-version",
+                "99.0.0",
+                "--verification-pod",
+                &good_pod,
+                "--verification-namespace",
+                &ns,
+            ],
+            3,
+            "helm would refuse to upgrade kata-deploy to 99.0.0",
+        ),
+        bad(
+            &["plan", "--target-version", "99.0.0"],
+            3,
+            "check --target-version (is that kata-deploy version published?)",
+        ),
+        bad(
+            &[
+                "check-prerequisites",
+                "--target-version",
+                "3.28.0",
+                "--helm-set-values",
+                "a={b,c",
+                "--verification-pod",
+                &good_pod,
+                "--verification-namespace",
+                &ns,
+            ],
+            2,
+            "not valid helm syntax",
+        ),
     ];
     assert!(cases.len() >= 25);
 

@@ -52,6 +52,9 @@ pub struct Case {
     pub nodes: Vec<String>,
     /// Kubeconfig of the chart's ServiceAccount.
     pub sa_kubeconfig: PathBuf,
+    /// The kata-deploy chart reference, `{version}` standing for the version
+    /// (the fixture's packages, or the real ones in the real-chart tier).
+    pub chart: String,
 }
 
 /// When a test fails, what a person needs to see why: the case's pods,
@@ -153,6 +156,43 @@ pub fn job_values(case_label: &str) -> Vec<String> {
     ]
 }
 
+/// What a case is made of beyond its [`CaseSpec`]: the fixture by default,
+/// the real kata-deploy packages in the real-chart tier.
+pub struct CaseSetup {
+    /// The kata-deploy chart reference (`{version}` stands for the version).
+    pub chart: String,
+    /// The kata-deploy release name.
+    pub release: String,
+    /// Node `i` (from 1) of the case in namespace `ns`.
+    pub node_name: fn(ns: &str, i: usize) -> String,
+    /// Extra labels on every node of the case.
+    pub node_labels: Vec<(String, String)>,
+    /// Extra `--set` values of the kata-lifecycle-manager chart.
+    pub klm_values: Vec<String>,
+    /// Seconds a kata-deploy without health probes (3.27-3.30) takes to
+    /// install after its pod is Ready on the case's nodes (the simulator's
+    /// knob, see `klm_rig::simulator::PROBELESS_INSTALL_SECS`); `None` keeps
+    /// the simulator's default.
+    pub probeless_install_secs: Option<u64>,
+}
+
+impl CaseSetup {
+    /// The fixture's packages, release `kata-deploy`, nodes `<ns>-n<i>`. Its
+    /// probe-less versions (3.27, 3.28, 3.30) install at once once Ready:
+    /// the tests of this tier upgrade 3.27 to 3.28 and are about everything
+    /// but that wait (the real-chart tier holds klm to it).
+    pub fn fixture() -> Self {
+        Self {
+            chart: chart_reference(),
+            release: "kata-deploy".into(),
+            node_name: |ns, i| format!("{ns}-n{i}"),
+            node_labels: Vec::new(),
+            klm_values: Vec::new(),
+            probeless_install_secs: Some(0),
+        }
+    }
+}
+
 impl Case {
     /// Creates the namespace and nodes, installs kata-deploy (waiting until
     /// every node runs it) and the chart's RBAC, and issues the
@@ -177,34 +217,57 @@ impl Case {
         spec: CaseSpec<'_>,
         extra: impl Fn(&str) -> Vec<String>,
     ) -> Result<Case> {
+        Self::start_setup(rig, spec, CaseSetup::fixture(), extra).await
+    }
+
+    /// Like [`Case::start_on`], made of `setup`.
+    pub async fn start_setup(
+        rig: &'static Rig,
+        spec: CaseSpec<'_>,
+        setup: CaseSetup,
+        extra: impl Fn(&str) -> Vec<String>,
+    ) -> Result<Case> {
         let admin = rig.client().await?;
         let namespace = rig.namespace(spec.name).await?;
         let nodes: Vec<String> = (1..=spec.nodes)
-            .map(|i| format!("{namespace}-n{i}"))
+            .map(|i| (setup.node_name)(&namespace, i))
             .collect();
+        let mut labels = BTreeMap::from([(CASE_LABEL.to_string(), namespace.clone())]);
+        labels.extend(setup.node_labels.iter().cloned());
         let specs: Vec<NodeSpec> = nodes
             .iter()
             .map(|name| NodeSpec {
                 name: name.clone(),
-                labels: BTreeMap::from([(CASE_LABEL.to_string(), namespace.clone())]),
+                labels: labels.clone(),
                 taints: Vec::new(),
                 unschedulable: false,
             })
             .collect();
         rig.add_nodes(&specs).await?;
+        if let Some(secs) = setup.probeless_install_secs {
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                klm_rig::simulator::PROBELESS_INSTALL_SECS: secs.to_string()
+            }}});
+            let api: Api<Node> = Api::all(admin.clone());
+            for node in &nodes {
+                api.patch(node, &Default::default(), &kube::api::Patch::Merge(&patch))
+                    .await?;
+            }
+        }
         let mut case = Case {
             rig,
             admin,
-            release: "kata-deploy".into(),
+            release: setup.release,
             nodes,
             sa_kubeconfig: PathBuf::new(),
             namespace,
+            chart: setup.chart,
         };
         let extra = extra(&case.namespace);
         let mut set: Vec<&str> = spec.set.to_vec();
         set.extend(extra.iter().map(String::as_str));
         case.install_kata_deploy(spec.version, &set).await?;
-        case.sa_kubeconfig = case.install_chart_rbac().await?;
+        case.sa_kubeconfig = case.install_chart_rbac(&setup.klm_values).await?;
         Ok(case)
     }
 
@@ -220,7 +283,7 @@ impl Case {
     /// `helm install` of the fixture kata-deploy as admin (what a cluster
     /// operator did before klm existed), waiting for every node to run it.
     pub async fn install_kata_deploy(&self, version: &str, set: &[&str]) -> Result<()> {
-        let chart = chart_reference().replace("{version}", version);
+        let chart = self.chart.replace("{version}", version);
         let mut args = vec![
             "install".to_string(),
             self.release.clone(),
@@ -279,8 +342,8 @@ impl Case {
     /// Installs the kata-lifecycle-manager chart (its RBAC and
     /// WorkflowTemplate) as admin, and returns a kubeconfig for its
     /// ServiceAccount: klm runs with exactly the chart's rights.
-    async fn install_chart_rbac(&self) -> Result<PathBuf> {
-        self.install_chart_in(&format!("klm-{}", self.namespace), &self.namespace)
+    async fn install_chart_rbac(&self, values: &[String]) -> Result<PathBuf> {
+        self.install_chart_in(&format!("klm-{}", self.namespace), &self.namespace, values)
             .await?;
         self.rig
             .service_account_kubeconfig(&self.namespace, &self.service_account())
@@ -289,11 +352,16 @@ impl Case {
 
     /// `helm install` of the kata-lifecycle-manager chart as `chart_release`
     /// in `argo_namespace` (its WorkflowTemplate and ServiceAccount), driving
-    /// this case's kata-deploy release.
-    pub async fn install_chart_in(&self, chart_release: &str, argo_namespace: &str) -> Result<()> {
+    /// this case's kata-deploy release, with extra `--set` values.
+    pub async fn install_chart_in(
+        &self,
+        chart_release: &str,
+        argo_namespace: &str,
+        values: &[String],
+    ) -> Result<()> {
         self.rig.apply_argo_crds("v3.7.18").await?;
         let chart = repo_root().join("chart/kata-lifecycle-manager");
-        let args = vec![
+        let mut args = vec![
             "install".to_string(),
             chart_release.to_string(),
             chart.display().to_string(),
@@ -310,6 +378,10 @@ impl Case {
             "--set-string".into(),
             "defaults.verificationPod=apiVersion: v1".into(),
         ];
+        for value in values {
+            args.push("--set".into());
+            args.push(value.clone());
+        }
         self.helm_admin(&args).await?;
         Ok(())
     }
@@ -358,7 +430,7 @@ impl Case {
             .env("KLM_HELM", self.rig.helm())
             .env("KLM_HELM_RELEASE", &self.release)
             .env("KLM_HELM_NAMESPACE", &self.namespace)
-            .env("KLM_CHART", chart_reference())
+            .env("KLM_CHART", &self.chart)
             .env_remove("KUBECONFIG")
             .env_remove("KLM_RUN_ID")
             .env("KLM_LOG", "info");

@@ -13,7 +13,7 @@ use crate::support::{read, rig_bin, root, yaml};
 
 const FIXTURES: &str = "tests/fixtures/e2e";
 /// The kata-deploy versions e2e.yaml installs and upgrades to.
-const VERSIONS: [&str; 3] = ["3.27.0", "3.28.0", "3.29.0"];
+const VERSIONS: [&str; 3] = ["3.31.0", "3.32.0", "3.33.0"];
 
 fn e2e_workflow() -> String {
     read(".github/workflows/e2e.yaml")
@@ -145,9 +145,13 @@ fn the_e2e_images_build_on_pinned_bases() {
     );
     let fixture = read("tests/fixtures/kata-deploy/templates/daemonset.yaml");
     assert!(fixture.contains(r#"command: ["/usr/bin/kata-deploy", "install"]"#));
-    assert!(fixture.contains("port: 8090") && fixture.contains("path: /readyz"));
+    assert!(
+        fixture.contains("port: 8090")
+            && fixture.contains("path: /readyz")
+            && fixture.contains("path: /healthz")
+    );
     let script = read(format!("{FIXTURES}/kata-deploy.sh"));
-    assert!(script.contains("-p 8090") && script.contains("readyz"));
+    assert!(script.contains("-p 8090") && script.contains("readyz") && script.contains("healthz"));
     let with_charts =
         Containerfile::parse(&read(format!("{FIXTURES}/klm-with-charts.Containerfile")));
     assert!(

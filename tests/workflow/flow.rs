@@ -150,7 +150,7 @@ impl Flow {
         let rig = self.case.rig;
         let namespace = rig.namespace(name).await?;
         self.case
-            .install_chart_in(&format!("klm-{namespace}"), &namespace)
+            .install_chart_in(&format!("klm-{namespace}"), &namespace, &[])
             .await?;
         Self::installed(self.case.clone(), rig, &namespace).await
     }

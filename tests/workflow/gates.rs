@@ -259,17 +259,16 @@ async fn a_canary_that_goes_bad_during_the_soak_is_rolled_back_and_the_run_stops
 
 #[tokio::test]
 async fn the_first_wave_waits_for_the_window_to_open() {
-    // A window that opens in five to six minutes (UTC), for ten minutes:
-    // long enough for the run to reach its first wave on a loaded machine
-    // (the rig's other tests run beside this one) before it opens.
-    let now = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC);
-    let opens = now.checked_add(jiff::Span::new().minutes(6)).unwrap();
-    let opens = opens.with().second(0).subsec_nanosecond(0).build().unwrap();
-    let closes = opens.checked_add(jiff::Span::new().minutes(10)).unwrap();
+    // A window hours away: closed however long the run takes to reach its
+    // first wave on a loaded machine, so the verdict never depends on speed.
+    let utc = jiff::tz::TimeZone::UTC;
+    let hhmm = |t: jiff::Timestamp| t.to_zoned(utc.clone()).strftime("%H:%M").to_string();
+    let now = jiff::Timestamp::now();
+    let opens = now + jiff::SignedDuration::from_hours(3);
     let window = format!(
         "{}-{} UTC",
-        opens.strftime("%H:%M"),
-        closes.strftime("%H:%M")
+        hhmm(opens),
+        hhmm(opens + jiff::SignedDuration::from_mins(30))
     );
     let params = [("batch-size", "2"), ("window", window.as_str())];
     let Some((flow, name)) = submit_gated("wf-window", 2, &params).await else {
@@ -278,7 +277,14 @@ async fn the_first_wave_waits_for_the_window_to_open() {
     let record = await_held(&flow, "window").await;
     assert_eq!(record["held"]["wave"], 1, "{record:#}");
     let until: jiff::Timestamp = record["held"]["until"].as_str().unwrap().parse().unwrap();
-    assert_eq!(until, opens.timestamp(), "{record:#}");
+    let opening = until.to_zoned(utc.clone());
+    assert_eq!(
+        (opening.strftime("%H:%M").to_string(), opening.second()),
+        (hhmm(opens), 0),
+        "held until the window's opening: {record:#}"
+    );
+    assert!(until > jiff::Timestamp::now(), "{record:#}");
+    await_suspended_at(&flow, &name, "timer").await;
     for (node_name, node) in flow.nodes().await {
         assert_eq!(
             annotation(&node, STATUS),
@@ -286,15 +292,49 @@ async fn the_first_wave_waits_for_the_window_to_open() {
             "{node_name} waits for the window"
         );
     }
+    // The window moves to now (as an operator would change it), and the
+    // suspended wait is cut short: the hold runs klm gate again, which finds
+    // the window open and lets the wave start.
+    let open_now = format!(
+        "{}-{} UTC",
+        hhmm(jiff::Timestamp::now() - jiff::SignedDuration::from_mins(5)),
+        hhmm(jiff::Timestamp::now() + jiff::SignedDuration::from_mins(60))
+    );
+    set_window(&flow, &open_now).await;
+    let resumed_at = jiff::Timestamp::now();
+    let resume = flow.argo().args(["resume", &name]).output().await.unwrap();
+    assert!(
+        resume.status.success(),
+        "argo resume: {}",
+        String::from_utf8_lossy(&resume.stderr)
+    );
     let run = flow.wait(&name).await.unwrap();
     run.succeeded();
     let report = run.report();
     assert_all_completed(&flow, "3.28.0", &report).await;
-    // The wave's first step started once the window was open.
+    // The wave's first step started only once the window was open.
     let workflow = flow.workflow(&name).await.unwrap();
     let cordon_started = pod_starts(&workflow, "cordon")[0];
     assert!(
-        cordon_started >= opens.timestamp(),
-        "cordon at {cordon_started}, window at {opens}\n{report}"
+        cordon_started >= resumed_at - jiff::SignedDuration::from_secs(1),
+        "cordon at {cordon_started}, window open at {resumed_at}\n{report}"
     );
+}
+
+/// Changes the window recorded for the run (what klm gate reads).
+async fn set_window(flow: &Flow, window: &str) {
+    let api: Api<ConfigMap> = Api::namespaced(flow.case.admin.clone(), &flow.case.namespace);
+    let name = format!("{}-klm-run", flow.case.release);
+    let cm = api.get(&name).await.unwrap();
+    let mut record: Value =
+        serde_json::from_str(cm.data.as_ref().unwrap().get("record.json").unwrap()).unwrap();
+    record["window"] = Value::String(window.to_string());
+    let patch = serde_json::json!({"data": {"record.json": record.to_string()}});
+    api.patch(
+        &name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .unwrap();
 }

@@ -51,13 +51,18 @@ fn is_held(pod: &Pod) -> bool {
 /// Submits a two-node run whose verification holds, and returns once the
 /// first node verifies (its verification pod exists).
 async fn run_until_verifying(flow: &Flow) -> (String, Vec<String>) {
+    run_until_verifying_to(flow, "3.28.0").await
+}
+
+/// [`run_until_verifying`] of a run to `target`.
+async fn run_until_verifying_to(flow: &Flow, target: &str) -> (String, Vec<String>) {
     let pod = verification_parameter(&verification_pod(&[], "hold"));
     let selector = format!("klm.test/case={}", flow.case.namespace);
     let name = flow
         .submit(
             None,
             &[
-                ("target-version", "3.28.0"),
+                ("target-version", target),
                 ("node-selector", &selector),
                 ("verification-pod", &pod),
                 ("verification-timeout", "5m"),
@@ -111,6 +116,44 @@ async fn argo_stop_while_verifying_rolls_the_wave_back_and_frees_the_release() {
     .await
     .unwrap()
     .succeeded();
+}
+
+/// Job mode from 4.1: `argo stop` while the first wave verifies ends the
+/// run safely too: the exit handler rolls the wave's node back with the
+/// release's own dispatcher, without its prune.
+#[tokio::test]
+async fn argo_stop_mid_wave_in_job_mode_from_4_1_prunes_nothing() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start_with(rig, CaseSpec::new("wf-stop41", 2, "4.1.0"), |_| {
+        vec!["deploymentMode=job".into()]
+    })
+    .await
+    .unwrap();
+    let (name, held) = run_until_verifying_to(&flow, "4.2.0").await;
+    let releaser = release_held_pods(&flow, held);
+    let stop = flow.argo().args(["stop", &name]).output().await.unwrap();
+    assert!(
+        stop.status.success(),
+        "argo stop: {}",
+        String::from_utf8_lossy(&stop.stderr)
+    );
+    let run = flow.wait(&name).await.unwrap();
+    releaser.abort();
+    run.failed();
+    let report = run.report();
+    assert_first_wave_rolled_back_to(&flow, "4.1.0", &report).await;
+    for (node, state) in flow.nodes().await {
+        assert_eq!(
+            state.annotations().get("rig.klm.test/prunes"),
+            None,
+            "{node} was pruned\n{report}"
+        );
+        assert_eq!(
+            host_version(&state).as_deref(),
+            Some("4.1.0"),
+            "{node} runs Kata at 4.1.0\n{report}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -194,11 +237,16 @@ async fn take_turns(a: &Flow, b: &Flow) {
 /// After an interrupted first wave of two nodes: the first node is back on
 /// its version and serves, the second was never touched, the run is closed.
 async fn assert_first_wave_rolled_back(flow: &Flow, report: &str) {
+    assert_first_wave_rolled_back_to(flow, "3.27.0", report).await;
+}
+
+/// [`assert_first_wave_rolled_back`] to `version`.
+async fn assert_first_wave_rolled_back_to(flow: &Flow, version: &str, report: &str) {
     let nodes = flow.nodes().await;
     let (first, second) = (flow.case.node(0), flow.case.node(1));
     assert_eq!(
         host_version(&nodes[first]).as_deref(),
-        Some("3.27.0"),
+        Some(version),
         "{report}"
     );
     assert_eq!(

@@ -394,6 +394,73 @@ async fn rollback_node_returns_a_node_to_its_version_before_the_run() {
     );
 }
 
+/// Job mode from 4.1 on the real controller: the release moves once without
+/// hooks, each wave runs klm's copy of the release's own dispatcher; a wave
+/// that fails verification is rolled back on its own node, and no node is
+/// ever pruned.
+#[tokio::test]
+async fn job_mode_from_4_1_waves_and_a_rollback_prune_nothing() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start_with(rig, CaseSpec::new("wf-job41", 3, "4.1.0"), |_| {
+        vec!["deploymentMode=job".into()]
+    })
+    .await
+    .unwrap();
+    let [first, second, third] = [flow.case.node(0), flow.case.node(1), flow.case.node(2)];
+    let pod = verification_parameter(&verification_pod_broken_at("4.2.0", &[second]));
+    let selector = selector(&flow);
+    let run = flow
+        .run(
+            None,
+            &[
+                ("target-version", "4.2.0"),
+                ("batch-size", "1"),
+                ("node-selector", &selector),
+                ("verification-pod", &pod),
+            ],
+        )
+        .await
+        .unwrap();
+    run.failed();
+    let report = run.report();
+    let nodes = flow.nodes().await;
+    let expected = [
+        (first, "completed", "4.2.0"),
+        (second, "rolled-back", "4.1.0"),
+    ];
+    for (node, status, version) in expected {
+        assert_eq!(
+            annotation(&nodes[node], STATUS).as_deref(),
+            Some(status),
+            "{node}\n{report}"
+        );
+        assert_eq!(
+            host_version(&nodes[node]).as_deref(),
+            Some(version),
+            "{node}\n{report}"
+        );
+        assert!(!unschedulable(&nodes[node]), "{node}\n{report}");
+    }
+    assert_eq!(annotation(&nodes[third], STATUS), None, "{report}");
+    assert_eq!(
+        host_version(&nodes[third]).as_deref(),
+        Some("4.1.0"),
+        "the third node kept Kata: {report}"
+    );
+    for (name, node) in &nodes {
+        assert_eq!(
+            annotation(node, "rig.klm.test/prunes"),
+            None,
+            "{name} was pruned\n{report}"
+        );
+    }
+    let values = flow.release_values().await;
+    assert!(
+        values.get("job").and_then(|j| j.get("nodes")).is_none(),
+        "klm set no job.nodes: {values}\n{report}"
+    );
+}
+
 /// The proposal's canary flow (issue 25, "First"), in daemonset mode: one
 /// labelled node first, then the rest. Both workflows succeed; between them
 /// the release keeps OnDelete (the node not yet upgraded must not restart

@@ -20,24 +20,40 @@ pub const VERSIONS: &[(&str, &str)] = &[
     ),
     (
         "3.27.0",
-        "updateStrategy rendered verbatim; no deploymentMode",
+        "updateStrategy rendered verbatim; no deploymentMode; no health probes; a deleted pod cleans up (preStop)",
     ),
-    ("3.28.0", "like 3.27"),
+    (
+        "3.28.0",
+        "like 3.27, cleaning up on SIGTERM instead of in a preStop hook",
+    ),
     (
         "3.29.0",
         "broken: its kata-deploy pods never become Ready, its install Jobs fail",
     ),
     (
+        "3.30.0",
+        "no health probes; a deleted pod cleans up only when its DaemonSet is gone (DAEMONSET_NAME)",
+    ),
+    ("3.31.0", "health probes: Ready once installed"),
+    (
         "3.32.0",
         "job mode (in-tree dispatcher, job.nodes, job.parallelism)",
     ),
     ("3.33.0", "like 3.32"),
+    ("4.0.0", "like 3.32; podAnnotations"),
     (
         "4.1.0",
-        "job mode that prunes owned nodes outside job.nodes; immutable mode and suffix",
+        "job mode that prunes owned nodes outside job.nodes; immutable mode and suffix; RuntimeClasses select the instance mark; job.nodeSelector refused in both modes",
     ),
     ("4.2.0", "like 4.1"),
-    ("0.0.0-dev", "main: like 4.1"),
+    (
+        "4.3.0",
+        "like 4.1, with job mode the default (kata-deploy's main since PR #13841)",
+    ),
+    (
+        "0.0.0-dev",
+        "main: like 4.1, with the external k8s-job-dispatcher; app version 4.1.0",
+    ),
 ];
 
 /// The fixture chart's source directory.
@@ -74,7 +90,7 @@ pub fn package_all(dir: &Path) -> Result<()> {
                 "--version",
                 version,
                 "--app-version",
-                version,
+                app_version(version),
                 "--destination",
             ])
             .arg(&out)
@@ -94,6 +110,17 @@ pub fn package_all(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The app version (kata-deploy's image tag) a chart version ships with:
+/// its own, but main's chart (`0.0.0-dev`) carries the release it follows,
+/// as the real package does (4.1.0 at the snapshot the tests know).
+pub fn app_version(version: &str) -> &str {
+    if version.starts_with("0.0.0") {
+        "4.1.0"
+    } else {
+        version
+    }
+}
+
 /// The values a version ships with.
 fn flavour_values(version: &str, values: &mut Value) -> Result<()> {
     let v = if version.starts_with("0.0.0") {
@@ -109,11 +136,17 @@ fn flavour_values(version: &str, values: &mut Value) -> Result<()> {
         map.remove("deploymentMode");
         map.remove("job");
     }
+    if v < semver::Version::new(4, 0, 0) {
+        map.remove("podAnnotations");
+    }
     if v >= semver::Version::new(4, 1, 0)
         && let Some(job) = map.get_mut("job").and_then(Value::as_object_mut)
     {
         job.remove("nodeSelector");
         job.remove("nodeSelectorExpressions");
+    }
+    if version == "4.3.0" {
+        map.insert("deploymentMode".into(), serde_json::json!("job"));
     }
     if version == "3.29.0" {
         map.insert("fake".into(), serde_json::json!({"outcome": "never-ready", "failOnNodes": [], "failOutcome": "never-ready", "installOutcome": "fail", "verificationOutcome": ""}));
@@ -131,6 +164,9 @@ fn source_hash(dir: &Path) -> Result<u64> {
         std::fs::read(&file)?.hash(&mut hasher);
     }
     VERSIONS.hash(&mut hasher);
+    for (version, _) in VERSIONS {
+        app_version(version).hash(&mut hasher);
+    }
     Ok(hasher.finish())
 }
 

@@ -1,7 +1,9 @@
 //! Smoke tests that prove the rig is real: nodes become Ready, the fixture
 //! kata-deploy installs with helm and runs on every node, DaemonSet and Job
-//! controllers act, pods meet the fates their annotations ask for, and RBAC
-//! refuses what a ServiceAccount lacks.
+//! controllers act, pods meet the fates their annotations ask for, RBAC
+//! refuses what a ServiceAccount lacks, and the simulator plays kata-deploy as
+//! the real versions behave (a probe-less install after Ready, 3.27's cleanup
+//! on delete, 4.1's counted prunes, per-node Jobs named for sanitised nodes).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -239,8 +241,8 @@ async fn job_mode_installs_only_on_job_nodes() -> Result<()> {
         .map(|j| j.name_any())
         .collect();
     let mut expected = vec![
-        format!("kata-deploy-install-{namespace}-{}", names[0]),
-        format!("kata-deploy-install-{namespace}-{}", names[2]),
+        format!("kata-deploy-{namespace}-install-{}", names[0]),
+        format!("kata-deploy-{namespace}-install-{}", names[2]),
     ];
     expected.sort();
     let mut jobs = jobs;
@@ -346,6 +348,183 @@ async fn a_service_account_is_refused_what_it_was_not_granted() -> Result<()> {
             .iter()
             .any(|r| r.verb == "list" && r.resource == "nodes" && r.code == 403),
         "the audit log shows the refusal: {audit:?}"
+    );
+    Ok(())
+}
+
+/// Sets an annotation on a node, as a test's knob.
+async fn annotate(client: &Client, node: &str, key: &str, value: &str) -> Result<()> {
+    let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+    Api::<Node>::all(client.clone())
+        .patch(
+            node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn kata_deploy_without_probes_installs_after_ready_and_3_27_uninstalls_when_deleted()
+-> Result<()> {
+    let rig = Rig::shared().await?;
+    let namespace = rig.namespace("smoke-probeless").await?;
+    let names = nodes(rig, &namespace, 1).await?;
+    let client = rig.client().await?;
+    annotate(
+        &client,
+        &names[0],
+        klm_rig::simulator::PROBELESS_INSTALL_SECS,
+        "3",
+    )
+    .await?;
+    // helm --wait returns once the pod is Ready, which 3.27 is at once.
+    install(
+        rig,
+        &namespace,
+        "3.27.0",
+        &["updateStrategy.type=OnDelete".into()],
+    )
+    .await?;
+    let ready_at = std::time::Instant::now();
+    let node = Api::<Node>::all(client.clone()).get(&names[0]).await?;
+    assert_eq!(installed(&node), None, "Ready, and not installed yet");
+    until_nodes(&client, &namespace, "3.27.0 installed", |ns| {
+        ns.iter().all(|n| installed(n) == Some("3.27.0"))
+    })
+    .await?;
+    assert!(
+        ready_at.elapsed() >= Duration::from_secs(2),
+        "the install landed a while after Ready"
+    );
+
+    // 3.27's preStop cleanup: deleting the pod uninstalls, the label stays.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let pod = pods
+        .list(&ListParams::default().labels(&format!("name=kata-deploy-{namespace}")))
+        .await?
+        .items
+        .remove(0);
+    pods.delete(&pod.name_any(), &DeleteParams::default())
+        .await?;
+    let after = until_nodes(&client, &namespace, "3.27.0 uninstalled", |ns| {
+        ns.iter().all(|n| installed(n).is_none())
+    })
+    .await?;
+    assert_eq!(
+        after[0]
+            .labels()
+            .get(KATA_RUNTIME_LABEL)
+            .map(String::as_str),
+        Some("true"),
+        "kata-deploy's cleanup keeps the label"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_4_1_dispatcher_prunes_marked_nodes_it_is_not_given_and_counts_each_prune() -> Result<()>
+{
+    let rig = Rig::shared().await?;
+    let namespace = rig.namespace("smoke-prune").await?;
+    let names = nodes(rig, &namespace, 2).await?;
+    let both = format!("job.nodes={{{},{}}}", names[0], names[1]);
+    install(
+        rig,
+        &namespace,
+        "4.1.0",
+        &["deploymentMode=job".into(), both],
+    )
+    .await?;
+    let client = rig.client().await?;
+    let mark = format!("kata-deploy.katacontainers.io/{namespace}");
+    until_nodes(&client, &namespace, "4.1.0 installed and marked", |ns| {
+        ns.iter().all(|n| {
+            installed(n) == Some("4.1.0")
+                && n.labels().get(&mark).map(String::as_str) == Some("true")
+        })
+    })
+    .await?;
+    let chart = charts().join("kata-deploy-4.1.0.tgz").display().to_string();
+    let first = format!("job.nodes={{{}}}", names[0]);
+    helm(
+        rig,
+        &[
+            "upgrade",
+            "kata-deploy",
+            &chart,
+            "-n",
+            &namespace,
+            "--reuse-values",
+            "--set",
+            &first,
+            "--wait",
+            "--timeout",
+            "120s",
+        ],
+    )
+    .await?;
+    let after = until_nodes(&client, &namespace, "the second node pruned", |ns| {
+        ns.iter().any(|n| installed(n).is_none())
+    })
+    .await?;
+    let pruned = after.iter().find(|n| n.name_any() == names[1]).unwrap();
+    assert_eq!(installed(pruned), None);
+    assert_eq!(pruned.labels().get(KATA_RUNTIME_LABEL), None);
+    assert_eq!(pruned.labels().get(&mark), None);
+    assert_eq!(
+        pruned
+            .annotations()
+            .get(klm_rig::simulator::PRUNES)
+            .map(String::as_str),
+        Some("1")
+    );
+    let kept = after.iter().find(|n| n.name_any() == names[0]).unwrap();
+    assert_eq!(installed(kept), Some("4.1.0"));
+    assert_eq!(kept.annotations().get(klm_rig::simulator::PRUNES), None);
+    Ok(())
+}
+
+#[tokio::test]
+async fn per_node_jobs_carry_the_sanitised_node_and_its_real_name() -> Result<()> {
+    let rig = Rig::shared().await?;
+    let namespace = rig.namespace("smoke-dots").await?;
+    // Short enough for `<prefix>-<node>` to fit a name (longer ones are hashed).
+    let node = format!("ip-10-0-1.{namespace}");
+    rig.add_nodes(&[NodeSpec::named(node.clone()).label(CASE, &namespace)])
+        .await?;
+    install(
+        rig,
+        &namespace,
+        "3.32.0",
+        &[
+            "deploymentMode=job".into(),
+            format!("job.nodeSelector.klm\\.test/case={namespace}"),
+        ],
+    )
+    .await?;
+    let jobs = Api::<Job>::namespaced(rig.client().await?, &namespace)
+        .list(&ListParams::default().labels("kata-deploy/stage=install"))
+        .await?
+        .items;
+    assert_eq!(jobs.len(), 1);
+    let sanitised = node.replace('.', "-");
+    assert_eq!(
+        jobs[0].name_any(),
+        format!("kata-deploy-{namespace}-install-{sanitised}")
+    );
+    assert_eq!(
+        jobs[0].labels()["kata-deploy-job-dispatcher/node"],
+        sanitised
+    );
+    assert_eq!(
+        jobs[0].labels()["kata-deploy-job-dispatcher/owner"],
+        format!("kata-deploy-{namespace}-install")
+    );
+    assert_eq!(
+        jobs[0].annotations()["kata-deploy-job-dispatcher/node-name"],
+        node
     );
     Ok(())
 }
