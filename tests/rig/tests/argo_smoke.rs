@@ -19,6 +19,9 @@ use kube::api::{ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
 const CASE: &str = "klm.test/case";
+/// The fixture kata-deploy release the steps select nodes of.
+const RELEASE: &str = "kata-deploy";
+const FIXTURE_VERSION: &str = "3.31.0";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflow_of_klm_steps_runs_on_the_real_node() -> Result<()> {
@@ -70,8 +73,8 @@ async fn a_workflow_of_klm_steps_runs_on_the_real_node() -> Result<()> {
         tier.node()
     );
 
-    // Three kwok nodes for klm to select, and read rights on nodes for the
-    // steps' ServiceAccount (argo/default).
+    // Three kwok nodes running a release of the fixture kata-deploy for klm
+    // to select, and read rights for the steps' ServiceAccount (argo/default).
     let ns = rig.namespace("argo-smoke").await?;
     let names: Vec<String> = (1..=3).map(|i| format!("{ns}-n{i}")).collect();
     let specs: Vec<NodeSpec> = names
@@ -79,7 +82,8 @@ async fn a_workflow_of_klm_steps_runs_on_the_real_node() -> Result<()> {
         .map(|n| NodeSpec::named(n.clone()).label(CASE, &ns))
         .collect();
     rig.add_nodes(&specs).await?;
-    grant_node_reading(rig, tier.namespace()).await?;
+    install_fixture_release(rig, &ns)?;
+    grant_reading(rig, tier.namespace()).await?;
 
     let workflow = workflow_yaml(tier.klm_image(), &ns);
     let file = rig.dir().join(format!("{ns}-workflow.yaml"));
@@ -93,11 +97,33 @@ async fn a_workflow_of_klm_steps_runs_on_the_real_node() -> Result<()> {
         .context("running argo submit")?;
     let elapsed = submitted.elapsed();
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    ensure!(
-        output.status.success(),
-        "argo submit --wait failed: {stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    if !output.status.success() {
+        let account = tier
+            .argo()
+            .args(["-n", tier.namespace(), "get", stdout.trim()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let mut logs = String::new();
+        let pods = Api::<Pod>::namespaced(client.clone(), tier.namespace())
+            .list(
+                &ListParams::default()
+                    .labels(&format!("workflows.argoproj.io/workflow={}", stdout.trim())),
+            )
+            .await?;
+        for pod in pods {
+            let log = tier.step_log(tier.namespace(), &pod.name_any());
+            logs.push_str(&format!(
+                "--- {}:\n{}\n",
+                pod.name_any(),
+                log.unwrap_or_else(|e| e.to_string())
+            ));
+        }
+        bail!(
+            "argo submit --wait failed: {stdout}{}\n{account}\n{logs}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     let name = stdout
         .lines()
         .next()
@@ -258,18 +284,46 @@ fn pod_overhead(pod: &Pod) -> (f64, f64, f64) {
     (secs(created, start), secs(start, end), secs(end, last_end))
 }
 
-async fn grant_node_reading(rig: &Rig, namespace: &str) -> Result<()> {
+/// `helm install` of the fixture kata-deploy (as packaged into the image
+/// under test) on the case's nodes, waiting for its pods: `klm select-nodes`
+/// selects only nodes that run a release's kata-deploy.
+fn install_fixture_release(rig: &Rig, case: &str) -> Result<()> {
+    let package = klm_rig::control_plane::workspace_root().join(format!(
+        "target/rig/charts/kata-deploy-{FIXTURE_VERSION}.tgz"
+    ));
+    let output = std::process::Command::new(rig.helm())
+        .env("KUBECONFIG", rig.kubeconfig())
+        .arg("install")
+        .arg(RELEASE)
+        .arg(&package)
+        .args(["--namespace", case, "--wait", "--timeout", "120s"])
+        .args(["--set", &format!("nodeSelector.klm\\.test/case={case}")])
+        .args(["--set", &format!("env.multiInstallSuffix={case}")])
+        .output()
+        .context("running helm install")?;
+    ensure!(
+        output.status.success(),
+        "helm install of the fixture kata-deploy failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// Read rights on everything for the steps' ServiceAccount: what the steps
+/// may do is not this test's subject (the workflow tier runs the chart's own
+/// ServiceAccount).
+async fn grant_reading(rig: &Rig, namespace: &str) -> Result<()> {
     let client = rig.client().await?;
     let params = PatchParams::apply("argo-smoke").force();
-    let name = "argo-smoke-node-reader";
+    let name = "argo-smoke-reader";
     let role = ClusterRole {
         metadata: ObjectMeta {
             name: Some(name.into()),
             ..ObjectMeta::default()
         },
         rules: Some(vec![PolicyRule {
-            api_groups: Some(vec![String::new()]),
-            resources: Some(vec!["nodes".into()]),
+            api_groups: Some(vec!["*".into()]),
+            resources: Some(vec!["*".into()]),
             verbs: vec!["get".into(), "list".into(), "watch".into()],
             ..PolicyRule::default()
         }]),
@@ -302,7 +356,8 @@ async fn grant_node_reading(rig: &Rig, namespace: &str) -> Result<()> {
 }
 
 /// `klm --version` beside `klm select-nodes` writing the waves to /tmp (an
-/// output parameter), then one `klm select-nodes` per wave (`withParam`).
+/// output parameter), then one `klm select-nodes` per wave (`withParam`),
+/// all of the case's release.
 fn workflow_yaml(image: &str, case: &str) -> String {
     format!(
         r#"apiVersion: argoproj.io/v1alpha1
@@ -334,7 +389,7 @@ spec:
       container:
         image: {image}
         command: [/usr/local/bin/klm]
-        args: [select-nodes, "--node-selector={CASE}={case}", --batch-size=1, --waves-file=/tmp/waves.json]
+        args: [select-nodes, --helm-namespace={case}, --helm-release={RELEASE}, "--node-selector={CASE}={case}", --batch-size=1, --waves-file=/tmp/waves.json]
       outputs:
         parameters:
           - name: waves
@@ -347,7 +402,7 @@ spec:
       container:
         image: {image}
         command: [/usr/local/bin/klm]
-        args: [select-nodes, "--node-selector=kubernetes.io/hostname={{{{inputs.parameters.nodes}}}}", -o, json]
+        args: [select-nodes, --helm-namespace={case}, --helm-release={RELEASE}, "--node-selector=kubernetes.io/hostname={{{{inputs.parameters.nodes}}}}", -o, json]
 "#
     )
 }
