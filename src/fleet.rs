@@ -50,6 +50,13 @@ pub struct NodeRow {
     pub pod_current: Option<bool>,
     /// The run holding it.
     pub held_by: Option<String>,
+    /// Its wave in the run shown (from 1), when that run planned it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wave: Option<usize>,
+    /// The run shown is under way, planned this node and has not reached
+    /// it yet: its status is a previous run's.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub not_yet_reached: bool,
     /// Its pool (the run's pool label's value), when the run has pools.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,
@@ -161,7 +168,12 @@ impl Report for Status {
             .map(|n| {
                 vec![
                     n.name.clone(),
-                    dash(&n.status),
+                    n.wave.map_or_else(|| "-".into(), |w| w.to_string()),
+                    if n.not_yet_reached {
+                        "not yet reached in this run".into()
+                    } else {
+                        dash(&n.status)
+                    },
                     dash(&n.verified_version),
                     if n.schedulable {
                         "yes".into()
@@ -229,6 +241,7 @@ impl Report for Status {
         } else {
             let mut header = vec![
                 "NODE",
+                "WAVE",
                 "STATUS",
                 "VERIFIED",
                 "SCHEDULABLE",
@@ -305,7 +318,22 @@ impl Fleet {
             let own = pool.as_ref().is_some_and(|p| r.pool_pods.contains(p));
             if own { "pool pod" } else { "default pod" }.to_string()
         });
+        let name = n.name_any();
+        let wave = self.record.as_ref().and_then(|r| {
+            r.waves
+                .as_ref()?
+                .iter()
+                .position(|wave| wave.contains(&name))
+                .map(|i| i + 1)
+        });
+        let not_yet_reached = wave.is_some()
+            && self
+                .record
+                .as_ref()
+                .is_some_and(|r| r.state == RunState::Running && !r.nodes.contains_key(&name));
         NodeRow {
+            wave,
+            not_yet_reached,
             name: n.name_any(),
             status: selection::annotation(n, annotations::STATUS).map(String::from),
             verified_version: selection::annotation(n, annotations::CURRENT_VERSION)
@@ -657,6 +685,57 @@ mod tests {
                 .status(&Criteria::default())
                 .text()
                 .contains("keeps")
+        );
+    }
+
+    #[test]
+    fn a_running_run_shows_each_nodes_wave_and_the_nodes_it_has_not_reached() {
+        let kata = serde_json::json!({annotations::KATA_RUNTIME_LABEL: "true"});
+        let done = serde_json::json!({annotations::STATUS: "completed"});
+        let mut record = crate::run_record::example();
+        record.waves = Some(vec![vec!["a".into()], vec!["b".into()]]);
+        record
+            .nodes
+            .insert("a".into(), crate::run_record::NodeProgress::Completed);
+        let mut fleet = Fleet {
+            nodes: vec![
+                node("a", done.clone(), kata.clone()),
+                // Completed by the previous run; this one has not reached it.
+                node("b", done.clone(), kata.clone()),
+                node("c", done, kata),
+            ],
+            record: Some(record),
+            ..Fleet::default()
+        };
+        let status = fleet.status(&Criteria::default());
+        let rows: Vec<(&str, Option<usize>, bool)> = status
+            .nodes
+            .iter()
+            .map(|n| (n.name.as_str(), n.wave, n.not_yet_reached))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("a", Some(1), false),
+                ("b", Some(2), true),
+                ("c", None, false)
+            ]
+        );
+        let text = status.text();
+        let row_b = text.lines().find(|l| l.starts_with("b ")).unwrap();
+        assert!(
+            row_b.contains(" 2 ") && row_b.contains("not yet reached in this run"),
+            "{text}"
+        );
+        // Once the run ended, the statuses are what they are.
+        if let Some(r) = fleet.record.as_mut() {
+            r.state = RunState::Failed;
+        }
+        assert!(
+            !fleet
+                .status(&Criteria::default())
+                .text()
+                .contains("not yet reached")
         );
     }
 

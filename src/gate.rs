@@ -84,7 +84,7 @@ pub enum Wait {
 
 impl Wait {
     /// What the run waits for (None: nothing), and until when.
-    fn held_for(&self) -> Option<(Waiting, Option<Timestamp>)> {
+    pub fn held_for(&self) -> Option<(Waiting, Option<Timestamp>)> {
         match self {
             Wait::Nothing => None,
             Wait::Soak(ends) => Some((Waiting::Soak, Some(*ends))),

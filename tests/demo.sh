@@ -44,9 +44,12 @@ echo " the fixture kata-deploy charts are inside it, and the steps run on the re
 CHART_RUNNER=run klm_chart_install "$work/verify-pod.yaml"
 run kubectl get workflowtemplates --namespace kata-system
 
-# Progress, live: one line per node change while a workflow runs.
+# Progress, live: one line per change of a shown column while a workflow
+# runs (a node changes often in ways the table does not show: those rows
+# would repeat the row before them).
 watch_nodes() {
-	kubectl get nodes "${kata_nodes[@]}" --watch-only -o "$columns" --no-headers &
+	kubectl get nodes "${kata_nodes[@]}" --watch-only -o "$columns" --no-headers \
+		> >(awk '$0 != last[$1] { print; fflush(); last[$1] = $0 }') &
 	watcher=$!
 }
 stop_watching() { kill "$watcher" 2>/dev/null; wait "$watcher" 2>/dev/null || true; watcher=; }

@@ -13,7 +13,7 @@ use crate::error::{ExitStatus, UserError};
 use crate::output;
 use crate::plan;
 use crate::step;
-use crate::upgrade_run::view::View;
+use crate::upgrade_run::view::{Limits, View};
 use crate::upgrade_run::{self, Cluster, Interrupts, Settings};
 use crate::verification::Pods;
 use crate::versions::{self, ModeChoice};
@@ -135,9 +135,19 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         &args.chart,
         &args.verification,
     );
+    // The run's id is known from the first line a person sees.
+    let run_id = args
+        .run
+        .run_id
+        .unwrap_or_else(|| format!("klm-{}", k8s_openapi::jiff::Timestamp::now().as_second()));
+    let limits = Limits {
+        drain: args.drain.then_some(args.drain_timeout),
+        restart: Some(args.restart_timeout),
+        verification: Some(args.verification.verification_timeout),
+    };
     let settings = Settings {
         release,
-        run_id: args.run.run_id,
+        run_id: Some(run_id.clone()),
         target: args.target_version,
         mode: args.deployment_mode,
         chart_values: args.values.items(),
@@ -162,13 +172,59 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         helm: &helm,
     };
     let interrupts = Interrupts::listen()?;
-    let mut view = View::choose(global.output);
-    let outcome = upgrade_run::run(cluster, &settings, &interrupts, &mut view).await;
-    let summary = view.finish();
-    let outcome = outcome?;
-    if let Some(summary) = summary {
-        output::print_line(&format!("run {}: {summary}", outcome.run_id))?;
-    }
+    let mut view = View::choose(global.output, &run_id, limits);
+    let outcome = match upgrade_run::run(cluster, &settings, &interrupts, &mut view).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            // The run never started: nothing to sum up.
+            view.abandon();
+            return Err(err);
+        }
+    };
+    view.finish(
+        &outcome.run_id,
+        outcome.next_command(&rerun_command(std::env::args())),
+    )?;
     outcome.result()?;
     Ok(ExitStatus::Done)
+}
+
+/// The command the user typed, to start the upgrade again: a new run (the
+/// run id dropped), which skips the nodes completed already.
+fn rerun_command(args: impl IntoIterator<Item = String>) -> String {
+    let mut words = vec!["klm".to_string()];
+    let mut args = args.into_iter().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--run-id" {
+            args.next();
+        } else if !arg.starts_with("--run-id=") {
+            words.push(arg);
+        }
+    }
+    crate::args::command_line(words)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rerun_command;
+
+    #[test]
+    fn the_command_to_start_again_is_the_one_typed_without_its_run_id() {
+        let typed = [
+            "kubectl-klm",
+            "upgrade",
+            "--target-version",
+            "3.28.0",
+            "--run-id",
+            "r1",
+            "--verification-pod",
+            "/tmp/my pod.yaml",
+            "--run-id=r2",
+        ]
+        .map(String::from);
+        assert_eq!(
+            rerun_command(typed),
+            "klm upgrade --target-version 3.28.0 --verification-pod '/tmp/my pod.yaml'"
+        );
+    }
 }

@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 
+pub use crate::run_record::Waiting;
+
 /// Where the run, a wave or a node is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -47,6 +49,9 @@ pub enum Phase {
     WaveCompleted,
     /// A wave failed: it was rolled back and no further wave starts.
     WaveFailed,
+    /// Something a person should know that does not stop the run (a
+    /// downgrade asked for, ...).
+    Warning,
     /// Ctrl-C or SIGTERM: the run ends (a second one leaves without clean-up).
     Interrupted,
     /// The run is being closed (the workflow's exit handler).
@@ -83,6 +88,7 @@ impl Phase {
             Phase::Released => "released",
             Phase::WaveCompleted => "wave-completed",
             Phase::WaveFailed => "wave-failed",
+            Phase::Warning => "warning",
             Phase::Interrupted => "interrupted",
             Phase::Closing => "closing",
             Phase::RunCompleted => "run-completed",
@@ -121,12 +127,34 @@ pub struct Event {
     pub phase: Phase,
     /// When (RFC 3339).
     pub time: String,
-    /// `planned`: how many waves; `wave-started`: the wave's nodes.
+    /// `started`: the chart version the release is at before the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// `started`: the chart version the run upgrades to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// `started`: the deployment mode of the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// `planned`: how many waves.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waves: Option<usize>,
-    /// `wave-started`: the wave's nodes.
+    /// `planned`: every planned node, in wave order; `wave-started`: the
+    /// wave's nodes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub nodes: Vec<String>,
+    /// `planned`: the nodes skipped, completed at the target already.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<String>,
+    /// `planned`: the gates ahead of the waves and what each waits for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<PlannedGate>,
+    /// `held`: what the wave waits for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<Waiting>,
+    /// `held` for a soak or a window: until when (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
     /// Details for a person (a failure's reason, what a step did).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -141,8 +169,15 @@ impl Event {
             node: None,
             phase,
             time: crate::run_record::now(),
+            from: None,
+            to: None,
+            mode: None,
             waves: None,
             nodes: Vec::new(),
+            skipped: Vec::new(),
+            gates: Vec::new(),
+            waiting_for: None,
+            until: None,
             message: None,
         }
     }
@@ -167,7 +202,20 @@ impl Event {
 
     /// One plain line: the time, the wave, the node, the phase, the message.
     pub fn line(&self) -> String {
-        let mut line = self.time.clone();
+        self.line_at(&self.time)
+    }
+
+    /// The line with the time shown short, in the local time zone
+    /// (`14:03:12`), for a person at a terminal.
+    pub fn local_line(&self) -> String {
+        self.line_at(&local_time(&self.time))
+    }
+
+    fn line_at(&self, time: &str) -> String {
+        let mut line = time.to_string();
+        if self.phase == Phase::Started {
+            line.push_str(&format!(" run {}", self.run_id));
+        }
         if let Some(wave) = self.wave {
             line.push_str(&format!(" wave {wave}"));
         }
@@ -179,12 +227,48 @@ impl Event {
             line.push_str(&format!(" ({waves} wave(s))"));
         }
         if !self.nodes.is_empty() {
-            line.push_str(&format!(" ({})", self.nodes.join(", ")));
+            line.push_str(&format!(" ({})", shortened(&self.nodes, 10)));
         }
         if let Some(message) = &self.message {
             line.push_str(&format!(": {message}"));
         }
         line
+    }
+}
+
+/// A gate ahead of the waves, as the plan has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedGate {
+    /// The wave it holds (from 1).
+    pub before_wave: usize,
+    /// How long it soaks before verifying again, in seconds (0: no soak).
+    pub soak_seconds: u64,
+    /// Whether a person must approve it.
+    pub approval: bool,
+}
+
+/// `names` joined, the first `shown` of them and how many more.
+pub fn shortened(names: &[String], shown: usize) -> String {
+    if names.len() <= shown {
+        return names.join(", ");
+    }
+    format!(
+        "{} and {} more",
+        names[..shown].join(", "),
+        names.len() - shown
+    )
+}
+
+/// An RFC 3339 time as a short local time (`14:03:12`); the text as it is
+/// when it is not a time.
+fn local_time(time: &str) -> String {
+    match time.parse::<jiff::Timestamp>() {
+        Ok(at) => at
+            .to_zoned(jiff::tz::TimeZone::system())
+            .strftime("%H:%M:%S")
+            .to_string(),
+        Err(_) => time.to_string(),
     }
 }
 
@@ -217,5 +301,32 @@ mod tests {
             event.line(),
             "2026-12-02T10:00:00Z wave 1 n1 verification-failed: pod exited 1"
         );
+    }
+
+    #[test]
+    fn the_first_line_names_the_run_and_long_node_lists_are_cut() {
+        let mut started = Event::new("run-7", Phase::Started).saying("kata-deploy from 3.27.0");
+        started.time = "2026-12-02T10:00:00Z".into();
+        assert_eq!(
+            started.line(),
+            "2026-12-02T10:00:00Z run run-7 started: kata-deploy from 3.27.0"
+        );
+        let nodes: Vec<String> = (1..=12).map(|i| format!("n{i}")).collect();
+        assert_eq!(
+            shortened(&nodes, 10),
+            "n1, n2, n3, n4, n5, n6, n7, n8, n9, n10 and 2 more"
+        );
+        assert_eq!(shortened(&nodes[..2], 10), "n1, n2");
+    }
+
+    #[test]
+    fn a_terminal_gets_short_local_times() {
+        let mut event = Event::new("run-1", Phase::Verifying).in_wave(1).on("n1");
+        event.time = "2026-12-02T10:00:07Z".into();
+        let line = event.local_line();
+        let (time, rest) = line.split_once(' ').unwrap();
+        assert_eq!(rest, "wave 1 n1 verifying");
+        assert_eq!(time.len(), 8, "{time}");
+        assert!(time.ends_with(":07"), "{time}");
     }
 }

@@ -174,6 +174,25 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The command to run next, if any: after a failure or an interrupt the
+    /// same upgrade again (`rerun`; the nodes this run completed are
+    /// skipped), when klm left without closing the run or closing failed,
+    /// the command that closes it.
+    pub fn next_command(&self, rerun: &str) -> Option<String> {
+        match (&self.closing, &self.ending) {
+            (Closing::Abandoned(_) | Closing::Failed(_), _) => Some(self.close_with.clone()),
+            (Closing::Done(ended), _) if ended.outcome().is_err() => Some(format!(
+                "klm status --run-id {} (closing the run left nodes to see to)",
+                self.run_id
+            )),
+            (Closing::Done(_), Ending::Completed(_)) => None,
+            (Closing::Done(_), Ending::WaveFailed(_)) => {
+                Some(format!("fix the cause of the failure, then {rerun}"))
+            }
+            (Closing::Done(_), _) => Some(rerun.to_string()),
+        }
+    }
+
     /// Ok when the run completed and closed cleanly; otherwise the error
     /// that says what happened and what to do.
     pub fn result(self) -> anyhow::Result<()> {
@@ -262,20 +281,19 @@ pub async fn run(
     } else {
         "recorded"
     };
-    // What a person should know (a downgrade asked for) is in the event
-    // stream, not only in a log line.
-    let warnings: String = started
-        .warnings
-        .iter()
-        .map(|w| format!("; warning: {w}"))
-        .collect();
-    let event = reporter.run(Phase::Started).saying(format!(
-        "{} from {} to {} in {} mode ({how}){warnings}",
+    let mut event = reporter.run(Phase::Started).saying(format!(
+        "{} from {} to {} in {} mode ({how})",
         settings.release.name, record.before.chart_version, record.target_version, record.mode
     ));
+    event.from = Some(record.before.chart_version.clone());
+    event.to = Some(record.target_version.to_string());
+    event.mode = Some(record.mode.to_string());
     reporter.send(event);
+    // What a person should know (a downgrade asked for) is an event of its
+    // own, not only a log line.
     for warning in &started.warnings {
-        tracing::warn!("{warning}");
+        let event = reporter.run(Phase::Warning).saying(warning.clone());
+        reporter.send(event);
     }
 
     let mode = record.mode;
@@ -333,7 +351,11 @@ fn last_words(
             },
         ),
         (Ending::Completed(_), Err(why)) => (Phase::RunFailed, why),
-        (Ending::WaveFailed(err), _) => (Phase::RunFailed, err.message.clone()),
+        // The wave's failure was its own event: said once.
+        (Ending::WaveFailed(_), _) => (
+            Phase::RunFailed,
+            "a wave failed (see wave-failed): no further wave started".into(),
+        ),
         (Ending::Failed(err), _) => (Phase::RunFailed, format!("{err:#}")),
         (Ending::Interrupted(signal), _) => (
             Phase::RunFailed,

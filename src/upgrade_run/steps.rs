@@ -2,6 +2,7 @@
 //! upgrade, each wave's upgrade and settle, the run's finish) and [`close`]
 //! (the exit handler), each a composition of the steps' library calls.
 
+use super::event::PlannedGate;
 use super::guard::{Abandoned, Reporter, Stop, cancellable, shielded, unless_interrupted};
 use super::{Cluster, Ending, Interrupts, Phase, Settings};
 use crate::close_run::{self, Ended};
@@ -41,6 +42,21 @@ pub(super) async fn waves(
     .map_err(Stop::Failed)?;
     let mut event = reporter.run(Phase::Planned);
     event.waves = Some(selection.waves.len());
+    event.nodes = selection
+        .waves
+        .iter()
+        .flat_map(|w| w.nodes.iter().cloned())
+        .collect();
+    event.skipped = selection.skipped.clone();
+    event.gates = selection
+        .gates
+        .iter()
+        .map(|g| PlannedGate {
+            before_wave: g.before_wave,
+            soak_seconds: g.soak_seconds.unwrap_or(0),
+            approval: g.approval,
+        })
+        .collect();
     let mut message = format!(
         "{} node(s) selected ({})",
         selection.count, selection.criteria
@@ -48,7 +64,7 @@ pub(super) async fn waves(
     if !selection.skipped.is_empty() {
         message.push_str(&format!(
             "; skipped, completed at the target already: {}",
-            selection.skipped.join(", ")
+            super::event::shortened(&selection.skipped, 10)
         ));
     }
     for note in [selection.unavailable_note(), selection.left_out_note()]
@@ -182,10 +198,14 @@ async fn hold_wave(
             reporter.send(event);
         }
         if let Some(held) = &passage.held {
-            let event = reporter
+            let mut event = reporter
                 .run(Phase::Held)
                 .in_wave(index)
                 .saying(held.clone());
+            if let Some((waiting, until)) = passage.wait.held_for() {
+                event.waiting_for = Some(waiting);
+                event.until = until.map(|t| t.to_string());
+            }
             reporter.send(event);
         }
         resumed_from = match passage.wait {

@@ -263,9 +263,30 @@ async fn three_nodes_upgrade_as_the_steps_do_with_an_ordered_event_stream() {
         ]
     );
 
-    // One JSON object per event, in order, each with the run, wave, node, phase and time.
-    let events = json_lines(&upgraded.stdout);
-    for event in &events {
+    // One JSON object per event, in order, each with the run, wave, node,
+    // phase and time; then the summary.
+    let lines = json_lines(&upgraded.stdout);
+    let (summary, events) = lines.split_last().expect("a summary");
+    assert_eq!(summary["phase"], "summary", "{summary}");
+    assert_eq!(summary["result"], "completed", "{summary}");
+    assert_eq!(summary["completed"], 3, "{summary}");
+    assert_eq!(summary["wavesDone"], 3, "{summary}");
+    assert_eq!(summary["notReached"], serde_json::json!([]), "{summary}");
+    assert!(summary.get("next").is_none(), "{summary}");
+    // Versions and counts are fields, not only words.
+    assert_eq!(
+        (events[0]["from"].as_str(), events[0]["to"].as_str()),
+        (Some("3.27.0"), Some("3.28.0")),
+        "{}",
+        events[0]
+    );
+    assert_eq!(
+        events[1]["nodes"],
+        serde_json::json!(in_one.nodes),
+        "{}",
+        events[1]
+    );
+    for event in events {
         assert_eq!(event["runId"], "run-3", "{event}");
         for key in ["wave", "node", "phase", "time"] {
             assert!(event.get(key).is_some(), "{key} missing: {event}");
@@ -295,7 +316,7 @@ async fn three_nodes_upgrade_as_the_steps_do_with_an_ordered_event_stream() {
         expected.push((s("wave-completed"), Some(wave), None));
     }
     expected.extend([(s("closing"), None, None), (s("run-completed"), None, None)]);
-    assert_eq!(phases(&in_one, &events), expected);
+    assert_eq!(phases(&in_one, events), expected);
 
     // Resuming a finished run's target changes nothing: every node is skipped.
     let snapshot = in_one.snapshot().await;
@@ -342,6 +363,39 @@ async fn a_failure_on_the_second_node_rolls_it_back_and_leaves_the_third_untouch
         failed.stdout.contains(
             "run run-f: failed: 1 node(s) completed, 1 rolled back, 0 failed, in 2 of 3 wave(s)"
         ),
+        "{}",
+        failed.stdout
+    );
+    // The first line names the run; after the failure, the node the run
+    // never reached and the exact command to start again.
+    assert!(
+        failed
+            .stdout
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .contains("run run-f started"),
+        "{}",
+        failed.stdout
+    );
+    let n3 = in_one.node(2);
+    assert!(
+        failed.stdout.contains(&format!("left untouched (1): {n3}")),
+        "{}",
+        failed.stdout
+    );
+    assert!(
+        failed.stdout.lines().any(|l| l
+            .starts_with("next: fix the cause of the failure, then klm upgrade ")
+            && !l.contains("--run-id")),
+        "{}",
+        failed.stdout
+    );
+    // The wave's failure is told once on stdout (the run's end does not
+    // repeat it) and once as the error.
+    assert_eq!(
+        failed.stdout.matches("failed verification on").count(),
+        1,
         "{}",
         failed.stdout
     );
@@ -526,7 +580,15 @@ async fn sigterm_mid_wave_releases_the_nodes_and_a_new_run_can_start() {
         .collect();
     let after_signal = &seen[seen.iter().position(|p| *p == "restarting").unwrap()..];
     assert!(after_signal.contains(&"interrupted"), "{seen:?}");
-    assert_eq!(seen.last(), Some(&"run-failed"), "{seen:?}");
+    assert_eq!(seen.last(), Some(&"summary"), "{seen:?}");
+    assert_eq!(seen[seen.len() - 2], "run-failed", "{seen:?}");
+    let summary = events.last().unwrap();
+    assert_eq!(summary["result"], "failed", "{summary}");
+    let next = summary["next"].as_str().unwrap_or_default();
+    assert!(
+        next.starts_with("klm upgrade ") && !next.contains("--run-id"),
+        "the next command is a new run of the same upgrade: {summary}"
+    );
     assert!(
         !seen.contains(&"wave-started")
             || seen.iter().filter(|p| **p == "wave-started").count() == 1,
