@@ -8,21 +8,24 @@
 //!   calls the library; no command imports another.
 //! * [`upgrade_run`]: `klm upgrade`, the steps composed into one run in one
 //!   process, with its events, progress view and signal handling.
-//! * The steps: [`preflight`] (the checks before a run), [`nodes::planning`]
-//!   (which nodes, in which waves), [`cordon`] (a wave's nodes held),
-//!   [`upgrade`] (the release's helm upgrade), [`restart`] (kata-deploy back
-//!   on nodes), [`verification::step`] (their verification), [`rollback`],
-//!   [`complete`], [`settle`] (ending a wave), [`gate`] (what a held wave
-//!   waits for: a gate's soak and approval, the window) and [`close_run`]
-//!   (ending a run), [`plan`] (what a run would do), with [`run_values`] (the
-//!   values a run sets on kata-deploy), [`step`] (what a step resolves
-//!   from its flags: the release, helm, the run, its nodes) and [`runs`]
-//!   (the runs a release has, for a step asked for one it does not).
+//! * [`steps`]: one module per workflow step, named as its subcommand:
+//!   [`steps::check_prerequisites`] (the checks before a run),
+//!   [`steps::select_nodes`] (which nodes, in which waves),
+//!   [`steps::cordon`] (a wave's nodes held), [`steps::helm_upgrade`] (the
+//!   release's helm upgrade), [`steps::restart_kata_pod`] (kata-deploy back
+//!   on nodes), [`steps::verify`] (their verification), [`steps::rollback`],
+//!   [`steps::complete`], [`steps::settle`] (ending a wave), [`steps::gate`]
+//!   (what a held wave waits for: a gate's soak and approval, the window),
+//!   [`steps::close_run`] (ending a run), [`steps::plan`] (what a run would
+//!   do) and [`steps::status`] (the fleet as `klm status` shows and watches
+//!   it). Beside them: [`run_values`] (the values a run sets on kata-deploy),
+//!   [`run_rules`] (the run a step may act in, and the flags that must
+//!   agree with it) and [`runs`] (the runs a release has, for a step asked
+//!   for one it does not).
 //! * Modules by concern: [`cluster`] (connecting), [`release`] and [`helm`]
 //!   (the kata-deploy Helm release), [`versions`] (version rules),
 //!   [`nodes`] (selection, waves, holding nodes), [`schedule`] (gates
-//!   between waves, maintenance windows), [`fleet`] (the fleet as
-//!   `klm status` shows and watches it), [`kata_deploy`]
+//!   between waves, maintenance windows), [`kata_deploy`]
 //!   (kata-deploy's pods and Jobs on nodes), [`verification`] (verification
 //!   pods), [`drain`], [`run_record`] (what a run needs to roll back),
 //!   [`wait`] (watches with deadlines), [`events`] (Kubernetes Events on
@@ -34,34 +37,24 @@
 pub mod annotations;
 pub mod args;
 pub mod cli;
-pub mod close_run;
 pub mod cluster;
 pub mod commands;
-pub mod complete;
-pub mod cordon;
 pub mod dispatch;
 pub mod drain;
 pub mod error;
 pub mod events;
 pub mod exit;
-pub mod fleet;
-pub mod gate;
 pub mod helm;
 pub mod kata_deploy;
 pub mod nodes;
 pub mod output;
-pub mod plan;
-pub mod preflight;
 pub mod release;
-pub mod restart;
-pub mod rollback;
 pub mod run_record;
+pub mod run_rules;
 pub mod run_values;
 pub mod runs;
 pub mod schedule;
-pub mod settle;
-pub mod step;
-pub mod upgrade;
+pub mod steps;
 pub mod upgrade_run;
 pub mod values;
 pub mod verification;

@@ -3,9 +3,9 @@
 
 use clap::Args as ClapArgs;
 
+use super::flags;
 use crate::args::{GlobalArgs, ReleaseArgs, RunArgs};
 use crate::error::ExitStatus;
-use crate::step;
 
 /// Flags of `klm approve`.
 #[derive(Debug, ClapArgs)]
@@ -26,9 +26,9 @@ pub struct Args {
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let client = crate::cluster::client(global).await?;
     let by = std::env::var("USER").unwrap_or_else(|_| "klm approve".to_string());
-    let approved = crate::gate::approve(
+    let approved = crate::steps::gate::approve(
         &client,
-        &step::release_ref(&args.release),
+        &flags::release_ref(&args.release),
         args.run.run_id.as_deref(),
         &by,
     )

@@ -2,14 +2,14 @@
 
 use std::time::Duration;
 
+use super::flags;
 use crate::args::{
     ChartArgs, ChartValuesArgs, DowngradeArgs, GlobalArgs, ReleaseArgs, RunArgs, VerificationArgs,
     parse_duration,
 };
 use crate::error::ExitStatus;
 use crate::output::{self, Report};
-use crate::preflight;
-use crate::step;
+use crate::steps::check_prerequisites;
 use crate::versions::{self, DeploymentMode, ModeChoice};
 use clap::Args as ClapArgs;
 use semver::Version;
@@ -150,7 +150,7 @@ impl Report for Prerequisites {
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let target = args.target_version;
     if let Some(deadline) = args.step_deadline {
-        preflight::check_step_deadline(
+        check_prerequisites::check_step_deadline(
             deadline,
             args.chart.helm_timeout,
             args.restart_timeout,
@@ -160,13 +160,13 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     }
     let pods = crate::verification::Pods::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
-    let helm = step::helm(&args.release, global)?;
-    let reference = step::release_ref(&args.release);
+    let helm = flags::helm(&args.release, global)?;
+    let reference = flags::release_ref(&args.release);
     let chart_values = args.values.items();
-    let started = preflight::start_run(
+    let started = check_prerequisites::start_run(
         &client,
         &helm,
-        &preflight::StartRequest {
+        &check_prerequisites::StartRequest {
             release: &reference,
             run_id: args.run.run_id.clone(),
             target: &target,
@@ -174,7 +174,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             chart_values: chart_values.clone(),
             pool_label: crate::args::pool_label(args.pool_label.as_deref()),
             pods: &pods,
-            rehearsal: preflight::Rehearsal {
+            rehearsal: check_prerequisites::Rehearsal {
                 chart: &args.chart.chart,
                 chart_values: &chart_values,
                 helm_timeout: args.chart.helm_timeout,

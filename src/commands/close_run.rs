@@ -1,15 +1,15 @@
 //! `klm close-run`: end a run however it ended (the workflow's exit handler,
 //! or by hand after `argo terminate`): close its record, release the nodes
 //! it held safely, roll back those caught mid-upgrade (see
-//! [`crate::close_run`] for the rules).
+//! [`crate::steps::close_run`] for the rules).
 
 use clap::Args as ClapArgs;
 
+use super::flags;
 use crate::args::{GlobalArgs, ReleaseArgs, RollbackArgs, RunArgs};
-use crate::close_run::{self, Request};
 use crate::error::{ExitStatus, UserError};
 use crate::output;
-use crate::step;
+use crate::steps::close_run::{self, Request};
 
 /// Flags of `klm close-run`.
 #[derive(Debug, ClapArgs)]
@@ -64,16 +64,16 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     };
     let client = crate::cluster::client(global).await?;
     let request = Request {
-        release: step::release_ref(&args.release),
+        release: flags::release_ref(&args.release),
         run_id,
         workflow_status: non_empty(&args.workflow_status),
         failures: non_empty(&args.failures),
         reason: args.reason,
     };
-    let settings = step::rollback_settings(&args.rollback)?;
+    let settings = flags::rollback_settings(&args.rollback)?;
     let ended = close_run::end_run(
         &client,
-        &step::helm(&args.release, global)?,
+        &flags::helm(&args.release, global)?,
         &request,
         &settings,
     )

@@ -2,11 +2,11 @@
 
 use clap::Args as ClapArgs;
 
+use super::flags;
 use crate::args::{ChartArgs, GlobalArgs, ReleaseArgs, RunArgs};
-use crate::complete::{self, Request};
 use crate::error::ExitStatus;
 use crate::output;
-use crate::step;
+use crate::steps::complete::{self, Request};
 
 /// Flags of `klm complete`.
 #[derive(Debug, ClapArgs)]
@@ -43,7 +43,7 @@ pub struct Args {
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let client = crate::cluster::client(global).await?;
     let request = Request {
-        release: step::release_ref(&args.release),
+        release: flags::release_ref(&args.release),
         run_id: args.run.run_id,
         target: args.target_version,
         nodes: args.nodes.map(|nodes| nodes.0),
@@ -51,7 +51,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
     };
-    let report = complete::complete(&client, &step::helm(&args.release, global)?, &request).await?;
+    let report =
+        complete::complete(&client, &flags::helm(&args.release, global)?, &request).await?;
     output::print(global.output, &report)?;
     Ok(ExitStatus::Done)
 }

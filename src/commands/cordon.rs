@@ -2,12 +2,12 @@
 
 use clap::Args as ClapArgs;
 
+use super::flags;
 use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, SelectionArgs};
-use crate::cordon::{Request, cordon};
 use crate::error::ExitStatus;
 use crate::nodes::selection::Criteria;
 use crate::output;
-use crate::step;
+use crate::steps::cordon::{Request, cordon};
 
 /// Flags of `klm cordon`.
 #[derive(Debug, ClapArgs)]
@@ -41,12 +41,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     )?;
     let client = crate::cluster::client(global).await?;
     let request = Request {
-        nodes: step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?,
-        release: step::release_ref(&args.release),
+        nodes: flags::step_nodes(&client, &args.release, &args.run, &args.nodes).await?,
+        release: flags::release_ref(&args.release),
         run_id: args.run.run_id,
         selection,
     };
-    let report = cordon(&client, &step::helm(&args.release, global)?, &request).await?;
+    let report = cordon(&client, &flags::helm(&args.release, global)?, &request).await?;
     output::print(global.output, &report)?;
     Ok(ExitStatus::Done)
 }

@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
+use super::flags;
 use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
 use crate::drain::{Drained, Request, drain_nodes};
 use crate::error::ExitStatus;
 use crate::output::{self, Report};
-use crate::step;
 use clap::Args as ClapArgs;
 
 /// Flags of `klm drain`.
@@ -72,10 +72,10 @@ impl Report for Drain {
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let client = crate::cluster::client(global).await?;
-    let names = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
+    let names = flags::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let request = Request {
         nodes: names,
-        release: step::release_ref(&args.release),
+        release: flags::release_ref(&args.release),
         run_id: args.run.run_id,
         timeout: args.drain_timeout,
     };

@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args as ClapArgs;
 
+use super::flags;
 use crate::args::{GlobalArgs, ReleaseArgs, RollbackArgs, RunArgs};
 use crate::error::{ExitStatus, UserError};
-use crate::gate::{self, Approver, Request};
 use crate::output;
 use crate::run_record::Waiting;
-use crate::step;
+use crate::steps::gate::{self, Approver, Request};
 
 /// Flags of `klm gate`.
 #[derive(Debug, ClapArgs)]
@@ -76,10 +76,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
                 .into(),
         );
     };
-    let rollback = step::rollback_settings(&args.rollback)?;
+    let rollback = flags::rollback_settings(&args.rollback)?;
     let client = crate::cluster::client(global).await?;
     let request = Request {
-        release: step::release_ref(&args.release),
+        release: flags::release_ref(&args.release),
         run_id,
         wave: args.wave,
         resumed_from: args.resumed_from.0,
@@ -90,7 +90,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         rollback,
         now: jiff::Timestamp::now(),
     };
-    let passage = gate::pass(&client, &step::helm(&args.release, global)?, &request).await?;
+    let passage = gate::pass(&client, &flags::helm(&args.release, global)?, &request).await?;
     if let Some(dir) = &args.outputs_dir {
         let (wait, seconds) = passage.wait.step_outputs(request.now);
         std::fs::create_dir_all(dir)

@@ -2,11 +2,11 @@
 
 use clap::Args as ClapArgs;
 
+use super::flags;
 use crate::args::{ChartArgs, ChartValuesArgs, GlobalArgs, ReleaseArgs, RunArgs};
 use crate::error::ExitStatus;
 use crate::output;
-use crate::step;
-use crate::upgrade::{self, Request, Stage};
+use crate::steps::helm_upgrade::{self, Request, Stage};
 use crate::versions::ModeChoice;
 
 /// Flags of `klm helm-upgrade`.
@@ -56,7 +56,7 @@ pub struct Args {
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let client = crate::cluster::client(global).await?;
     let request = Request {
-        release: step::release_ref(&args.release),
+        release: flags::release_ref(&args.release),
         run_id: args.run.run_id,
         target: args.target_version,
         mode: args.deployment_mode,
@@ -67,7 +67,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
     };
-    let report = upgrade::upgrade(&client, &step::helm(&args.release, global)?, &request).await?;
+    let report =
+        helm_upgrade::upgrade(&client, &flags::helm(&args.release, global)?, &request).await?;
     output::print(global.output, &report)?;
     Ok(ExitStatus::Done)
 }

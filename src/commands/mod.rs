@@ -1,8 +1,8 @@
 //! One module per subcommand: each has an `Args` struct (its flags and help)
 //! and one `run` function that validates, composes library calls and returns
-//! a report. The logic lives in the library modules; what a step resolves
-//! from its flags (the release, helm, the run, its nodes) is in
-//! [`crate::step`].
+//! a report. The logic lives in the library's steps; what a subcommand
+//! resolves from its flags (the release, helm, the selection, its nodes) is
+//! in [`flags`], the one module here that is not a subcommand.
 
 pub mod approve;
 pub mod check_prerequisites;
@@ -11,6 +11,7 @@ pub mod complete;
 pub mod completion;
 pub mod cordon;
 pub mod drain;
+pub mod flags;
 pub mod gate;
 pub mod helm_upgrade;
 pub mod plan;

@@ -2,14 +2,14 @@
 
 use clap::Args as ClapArgs;
 
+use super::flags;
 use crate::args::{
     ChartArgs, ChartValuesArgs, DowngradeArgs, GlobalArgs, ReleaseArgs, SelectionArgs,
     VerificationArgs, WavesArgs,
 };
 use crate::error::ExitStatus;
 use crate::output;
-use crate::plan;
-use crate::step;
+use crate::steps::plan;
 use crate::versions::{self, ModeChoice};
 
 /// Flags of `klm plan`.
@@ -60,16 +60,16 @@ pub struct Args {
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let target = args.target_version.clone();
     let policy = args.waves.policy();
-    let criteria = step::criteria(&args.selection)?;
+    let criteria = flags::criteria(&args.selection)?;
     let pods = crate::verification::Pods::from_args(&args.verification)?;
     let client = crate::cluster::client(global).await?;
-    let helm = step::helm(&args.release, global)?;
+    let helm = flags::helm(&args.release, global)?;
     let chart_values = args.values.items();
     let plan = plan::plan(
         &client,
         &helm,
         &plan::Request {
-            release: &step::release_ref(&args.release),
+            release: &flags::release_ref(&args.release),
             target: &target,
             mode: args.deployment_mode,
             criteria: &criteria,
@@ -79,7 +79,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             // As the run does: nodes completed at the target are skipped.
             skip_completed: Some(&target),
             pods: &pods,
-            rehearsal: crate::preflight::Rehearsal {
+            rehearsal: crate::steps::check_prerequisites::Rehearsal {
                 chart: &args.chart.chart,
                 chart_values: &chart_values,
                 helm_timeout: args.chart.helm_timeout,

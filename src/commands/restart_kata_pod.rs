@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
+use super::flags;
 use crate::args::{ChartArgs, GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
 use crate::error::ExitStatus;
 use crate::output;
-use crate::restart::{self, Request};
-use crate::step;
+use crate::steps::restart_kata_pod::{self, Request};
 use crate::versions::ModeChoice;
 
 /// Flags of `klm restart-kata-pod`.
@@ -45,17 +45,18 @@ pub struct Args {
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let client = crate::cluster::client(global).await?;
-    let nodes = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
+    let nodes = flags::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let request = Request {
         nodes,
-        release: step::release_ref(&args.release),
+        release: flags::release_ref(&args.release),
         run_id: args.run.run_id,
         mode: args.deployment_mode,
         timeout: args.timeout,
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
     };
-    let report = restart::restart(&client, &step::helm(&args.release, global)?, &request).await?;
+    let report =
+        restart_kata_pod::restart(&client, &flags::helm(&args.release, global)?, &request).await?;
     output::print(global.output, &report)?;
     report.outcome()?;
     Ok(ExitStatus::Done)

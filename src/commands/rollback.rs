@@ -2,11 +2,11 @@
 
 use clap::Args as ClapArgs;
 
+use super::flags;
 use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RollbackArgs, RunArgs};
 use crate::error::ExitStatus;
 use crate::output;
-use crate::rollback::{self, Request};
-use crate::step;
+use crate::steps::rollback::{self, Request};
 
 /// Flags of `klm rollback`.
 #[derive(Debug, ClapArgs)]
@@ -37,18 +37,18 @@ pub struct Args {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let settings = step::rollback_settings(&args.rollback)?;
+    let settings = flags::rollback_settings(&args.rollback)?;
     let client = crate::cluster::client(global).await?;
-    let nodes = step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
+    let nodes = flags::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let request = Request {
         nodes,
         reason: args.reason,
-        release: step::release_ref(&args.release),
+        release: flags::release_ref(&args.release),
         run_id: args.run.run_id,
         settings,
     };
     let report =
-        rollback::roll_back(&client, &step::helm(&args.release, global)?, &request).await?;
+        rollback::roll_back(&client, &flags::helm(&args.release, global)?, &request).await?;
     output::print(global.output, &report)?;
     report.outcome()?;
     Ok(ExitStatus::Done)

@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args as ClapArgs;
 
+use super::flags;
 use crate::args::{GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs, WavesArgs};
 use crate::error::ExitStatus;
-use crate::nodes::planning;
 use crate::nodes::waves;
 use crate::output;
 use crate::schedule;
-use crate::step;
+use crate::steps::select_nodes;
 
 /// Flags of `klm select-nodes`.
 #[derive(Debug, ClapArgs)]
@@ -64,7 +64,7 @@ pub struct Args {
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let policy = args.waves.policy();
-    let criteria = step::criteria(&args.selection)?;
+    let criteria = flags::criteria(&args.selection)?;
     let schedule = args.waves.schedule();
     if (args.index_file.is_some() || args.held_file.is_some()) && args.run.run_id.is_none() {
         return Err(crate::error::UserError::bad_input(
@@ -74,12 +74,12 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .into());
     }
     let client = crate::cluster::client(global).await?;
-    let helm = step::helm(&args.release, global)?;
-    let selection = planning::plan_run(
+    let helm = flags::helm(&args.release, global)?;
+    let selection = select_nodes::plan_run(
         &client,
         &helm,
-        &planning::PlanRequest {
-            release: &step::release_ref(&args.release),
+        &select_nodes::PlanRequest {
+            release: &flags::release_ref(&args.release),
             criteria: &criteria,
             pool_label: args.waves.pool_label(),
             policy: &policy,

@@ -4,11 +4,11 @@
 
 use clap::Args as ClapArgs;
 
+use super::flags;
 use crate::args::{GlobalArgs, ReleaseArgs, RollbackArgs, RunArgs};
 use crate::error::ExitStatus;
 use crate::output;
-use crate::settle::{Counts, Request, Settled, settle};
-use crate::step;
+use crate::steps::settle::{Counts, Request, Settled, settle};
 
 /// The Argo status of a wave's upgrade that lets the wave complete.
 pub const SUCCEEDED: &str = "Succeeded";
@@ -70,17 +70,17 @@ fn write_counts(counts: Counts, dir: Option<&std::path::Path>) -> anyhow::Result
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let status = args.upgrade_status;
-    let rollback = step::rollback_settings(&args.rollback)?;
+    let rollback = flags::rollback_settings(&args.rollback)?;
     let client = crate::cluster::client(global).await?;
     let request = Request {
-        release: step::release_ref(&args.release),
+        release: flags::release_ref(&args.release),
         run_id: args.run.run_id.clone(),
         wave: args.wave,
         failure: (status != SUCCEEDED)
             .then(|| format!("ended {status} in upgrade or verification")),
         rollback,
     };
-    let settled = settle(&client, &step::helm(&args.release, global)?, &request).await?;
+    let settled = settle(&client, &flags::helm(&args.release, global)?, &request).await?;
     write_counts(settled.counts(), args.counts_dir.as_deref())?;
     match &settled {
         Settled::Completed(report) => output::print(global.output, report)?,

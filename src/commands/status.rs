@@ -5,12 +5,12 @@ use std::io::IsTerminal;
 
 use clap::Args as ClapArgs;
 
+use super::flags;
 use crate::args::{GlobalArgs, OutputFormat, ReleaseArgs, RunArgs, SelectionArgs};
 use crate::error::{ExitStatus, UserError};
-use crate::fleet::{self, Status};
 use crate::output;
 use crate::run_record::Records;
-use crate::step;
+use crate::steps::status::{self, Status};
 
 /// Flags of `klm status`.
 #[derive(Debug, ClapArgs)]
@@ -41,13 +41,13 @@ pub struct Args {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let criteria = step::criteria(&args.selection)?;
+    let criteria = flags::criteria(&args.selection)?;
     let client = crate::cluster::client(global).await?;
-    let helm = step::helm(&args.release, global)?;
-    let release = step::release_ref(&args.release);
+    let helm = flags::helm(&args.release, global)?;
+    let release = flags::release_ref(&args.release);
     if args.watch {
         let redraw = global.output == OutputFormat::Text && std::io::stdout().is_terminal();
-        let watching = fleet::watch(
+        let watching = status::watch(
             &client,
             &helm,
             &release,
@@ -66,11 +66,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         Some(run_id) => Some(records.resolve(&release.name, Some(run_id)).await?),
         None => records.load(&release.name).await?.map(|(r, _)| r),
     };
-    let report = fleet::snapshot(&client, &helm, &release, &criteria, record)
+    let report = status::snapshot(&client, &helm, &release, &criteria, record)
         .await?
         .status(&criteria);
     output::print(global.output, &report)?;
-    if args.fail_if_run_failed && fleet::run_failed(&report) {
+    if args.fail_if_run_failed && status::run_failed(&report) {
         let failure = report
             .run
             .as_ref()

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use clap::Args as ClapArgs;
 
+use super::flags;
 use crate::args::{
     ChartArgs, ChartValuesArgs, DowngradeArgs, GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs,
     VerificationArgs, WavesArgs, parse_duration,
 };
 use crate::error::{ExitStatus, UserError};
 use crate::output;
-use crate::plan;
-use crate::step;
+use crate::steps::plan;
 use crate::upgrade_run::view::{Limits, View};
 use crate::upgrade_run::{self, Cluster, Interrupts, Settings};
 use crate::verification::Pods;
@@ -91,7 +91,7 @@ impl Args {
 
 /// Runs the upgrade.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
-    let criteria = step::criteria(&args.selection)?;
+    let criteria = flags::criteria(&args.selection)?;
     let pods = Pods::from_args(&args.verification)?;
     let policy = args.waves.policy();
     let schedule = args.waves.schedule();
@@ -100,8 +100,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .gates
         .validate(policy.canary, args.waves.pool_label())?;
     let client = crate::cluster::client(global).await?;
-    let helm = step::helm(&args.release, global)?;
-    let release = step::release_ref(&args.release);
+    let helm = flags::helm(&args.release, global)?;
+    let release = flags::release_ref(&args.release);
     if args.dry_run {
         let chart_values = args.values.items();
         let request = plan::Request {
@@ -114,7 +114,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             schedule: &schedule,
             skip_completed: Some(&args.target_version),
             pods: &pods,
-            rehearsal: crate::preflight::Rehearsal {
+            rehearsal: crate::steps::check_prerequisites::Rehearsal {
                 chart: &args.chart.chart,
                 chart_values: &chart_values,
                 helm_timeout: args.chart.helm_timeout,

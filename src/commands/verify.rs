@@ -2,12 +2,12 @@
 
 use clap::Args as ClapArgs;
 
+use super::flags;
 use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, VerificationArgs};
 use crate::error::{ExitStatus, UserError};
 use crate::output;
-use crate::step;
+use crate::steps::verify::{Request, verify};
 use crate::verification::Pods;
-use crate::verification::step::{Request, verify};
 
 /// Flags of `klm verify`.
 #[derive(Debug, ClapArgs)]
@@ -47,10 +47,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     }
     let client = crate::cluster::client(global).await?;
     let request = Request {
-        nodes: step::step_nodes(&client, &args.release, &args.run, &args.nodes).await?,
+        nodes: flags::step_nodes(&client, &args.release, &args.run, &args.nodes).await?,
         pods,
         pool_label: crate::args::pool_label(args.pool_label.as_deref()).map(String::from),
-        release: step::release_ref(&args.release),
+        release: flags::release_ref(&args.release),
         run_id: args.run.run_id,
         timeout: args.verification.verification_timeout,
         keep_failed: args.verification.keep_failed,

@@ -6,7 +6,6 @@ pub mod hold;
 pub mod installed;
 pub mod listing;
 pub mod marks;
-pub mod planning;
 pub mod selection;
 pub mod waves;
 

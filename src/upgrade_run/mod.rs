@@ -2,16 +2,16 @@
 //! Argo. It is the WorkflowTemplate's steps composed, in the same order,
 //! through the same library calls, with the same guarantees:
 //!
-//! 1. start the run ([`preflight::start_run`]: checked, recorded, the
-//!    release's run lock taken), plan it ([`crate::nodes::planning::plan_run`]: nodes
+//! 1. start the run ([`check_prerequisites::start_run`]: checked, recorded, the
+//!    release's run lock taken), plan it ([`crate::steps::select_nodes::plan_run`]: nodes
 //!    completed at the target are skipped), upgrade the release before the
-//!    waves ([`crate::upgrade::upgrade`] at [`crate::upgrade::Stage::BeforeWaves`]);
-//! 2. per wave: cordon, drain (when asked), upgrade at [`crate::upgrade::Stage::Wave`] (job
-//!    mode), restart kata-deploy, verify; then settle ([`crate::settle::settle`]):
+//!    waves ([`crate::steps::helm_upgrade::upgrade`] at [`crate::steps::helm_upgrade::Stage::BeforeWaves`]);
+//! 2. per wave: cordon, drain (when asked), upgrade at [`crate::steps::helm_upgrade::Stage::Wave`] (job
+//!    mode), restart kata-deploy, verify; then settle ([`crate::steps::settle::settle`]):
 //!    complete the wave, or roll it back and stop;
-//! 3. finish the run ([`crate::complete::complete`] with `finish_run`);
+//! 3. finish the run ([`crate::steps::complete::complete`] with `finish_run`);
 //! 4. on any exit, end the run as the exit handler does
-//!    ([`crate::close_run::end_run`]): what was in flight is rolled back, held
+//!    ([`crate::steps::close_run::end_run`]): what was in flight is rolled back, held
 //!    nodes are released, the record is closed unless the run completed.
 //!
 //! Ctrl-C or SIGTERM ([`interrupt`]) cancels the step under way, except a
@@ -23,7 +23,7 @@ pub mod event;
 mod guard;
 pub mod interrupt;
 pub mod progress;
-mod steps;
+mod sequence;
 pub mod view;
 
 use std::time::Duration;
@@ -31,17 +31,17 @@ use std::time::Duration;
 use kube::Client;
 use semver::Version;
 
-use crate::close_run::Ended;
 use crate::error::UserError;
 use crate::helm::Helm;
 use crate::nodes::selection::Criteria;
-use crate::preflight;
 use crate::release::ReleaseRef;
-use crate::rollback::{self, Reverify};
+use crate::steps::check_prerequisites;
+use crate::steps::close_run::Ended;
+use crate::steps::rollback::{self, Reverify};
 use crate::verification::Pods;
 use crate::versions::ModeChoice;
 use guard::{Abandoned, Reporter, Stop};
-use steps::{close, waves};
+use sequence::{close, waves};
 
 pub use event::{Event, Phase};
 pub use interrupt::{Interrupts, Signal};
@@ -250,7 +250,7 @@ pub async fn run(
     observer: &mut dyn Observer,
 ) -> anyhow::Result<Outcome> {
     let Cluster { client, helm, .. } = cluster;
-    let start = preflight::StartRequest {
+    let start = check_prerequisites::StartRequest {
         release: &settings.release,
         run_id: settings.run_id.clone(),
         target: &settings.target,
@@ -258,7 +258,7 @@ pub async fn run(
         chart_values: settings.chart_values.clone(),
         pool_label: settings.pool_label.as_deref(),
         pods: &settings.verification,
-        rehearsal: preflight::Rehearsal {
+        rehearsal: check_prerequisites::Rehearsal {
             chart: &settings.chart,
             chart_values: &settings.chart_values,
             helm_timeout: settings.helm_timeout,
@@ -268,8 +268,9 @@ pub async fn run(
     // What the plan refuses (a selection without the release's nodes, a
     // policy that cannot be planned) is refused before the run is recorded:
     // bad input changes nothing.
-    crate::nodes::planning::plan_run(client, helm, &steps::plan_request(settings, None)).await?;
-    let started = preflight::start_run(client, helm, &start).await?;
+    crate::steps::select_nodes::plan_run(client, helm, &sequence::plan_request(settings, None))
+        .await?;
+    let started = check_prerequisites::start_run(client, helm, &start).await?;
     let record = &started.record;
     let mut reporter = Reporter {
         run_id: record.run_id.clone(),

@@ -1,11 +1,10 @@
 //! Verification pods: the user's pod, checked before anything changes
 //! ([`template`]), one per pool where pools are verified their own way
 //! ([`pods`]), then run on each node and watched to an end ([`run`]);
-//! [`step`] is `klm verify` over them, for a run.
+//! [`crate::steps::verify`] is `klm verify` over them, for a run.
 
 pub mod pods;
 pub mod run;
-pub mod step;
 pub mod template;
 
 pub use pods::Pods;

@@ -16,7 +16,7 @@ use crate::nodes::selection::Criteria;
 use crate::output::Report;
 use crate::release::ReleaseRef;
 use crate::run_record::{NodeProgress, Records};
-use crate::step;
+use crate::run_rules;
 
 /// Which nodes to hold, for which run.
 #[derive(Debug, Clone)]
@@ -103,7 +103,7 @@ async fn within_budget(
 pub async fn cordon(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Cordoned> {
     let records = Records::new(client, &request.release.namespace);
     let record =
-        step::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
+        run_rules::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
     // Every node must exist before any is changed.
     let nodes_api: Api<Node> = Api::all(client.clone());
     try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;

@@ -11,7 +11,7 @@ use crate::output::Report;
 use crate::release::ReleaseRef;
 use crate::run_record::{self, NodeProgress, Records};
 
-use super::{NodeVerdict, Pods, verify_nodes};
+use crate::verification::{NodeVerdict, Pods, verify_nodes};
 
 /// Which nodes to verify, how, and for which run.
 #[derive(Debug, Clone)]
@@ -84,7 +84,7 @@ pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verifi
     let nodes_api = kube::Api::all(client.clone());
     let nodes = try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
     for pod in request.pods.all() {
-        super::run::dry_run_access(client, pod).await?;
+        crate::verification::run::dry_run_access(client, pod).await?;
     }
 
     let records = Records::new(client, &request.release.namespace);

@@ -1,19 +1,19 @@
 //! Ending one wave: what `klm settle` does (the workflow's last step of every
 //! wave) and what `klm upgrade` does after each wave. A wave whose upgrade
-//! succeeded is completed ([`crate::complete`]); any other wave has the nodes
-//! the run touched rolled back ([`crate::rollback`]) and fails, so no later
+//! succeeded is completed ([`crate::steps::complete`]); any other wave has the nodes
+//! the run touched rolled back ([`crate::steps::rollback`]) and fails, so no later
 //! wave starts.
 
 use kube::Client;
 
-use crate::complete::{self, Completed};
 use crate::error::UserError;
 use crate::helm::Helm;
 use crate::nodes;
 use crate::release::ReleaseRef;
-use crate::rollback::{self, RolledBack};
 use crate::run_record::Records;
-use crate::step;
+use crate::run_rules;
+use crate::steps::complete::{self, Completed};
+use crate::steps::rollback::{self, RolledBack};
 
 /// Which wave of which run ended, and how.
 #[derive(Debug, Clone)]
@@ -119,7 +119,7 @@ pub async fn settle(client: &Client, helm: &Helm, request: &Request) -> anyhow::
     let record = records
         .resolve(&request.release.name, request.run_id.as_deref())
         .await?;
-    let nodes = step::wave_of(&record, request.wave)?.to_vec();
+    let nodes = run_rules::wave_of(&record, request.wave)?.to_vec();
     let Some(ended) = &request.failure else {
         let report = complete::complete(
             client,

@@ -12,8 +12,8 @@ use crate::helm::Helm;
 use crate::output::Report;
 use crate::release::{ReleaseRef, Upgrade, Values};
 use crate::run_record::{NodeProgress, Records};
+use crate::run_rules;
 use crate::run_values;
-use crate::step;
 use crate::versions::{self, DeploymentMode, ModeChoice};
 
 /// When in a run the release is upgraded. The workflow names the stage and
@@ -180,12 +180,12 @@ impl Report for Upgraded {
 pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Upgraded> {
     let records = Records::new(client, &request.release.namespace);
     let record =
-        step::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
-    let target = step::run_target(&record, request.target.as_ref())?;
-    let mode = step::mode_of_run(request.mode, &record)?;
+        run_rules::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
+    let target = run_rules::run_target(&record, request.target.as_ref())?;
+    let mode = run_rules::mode_of_run(request.mode, &record)?;
     let stage = request.stage.unwrap_or(Stage::of(mode));
     let wave: Vec<String> = match request.wave {
-        Some(index) => step::wave_of(&record, index)?.to_vec(),
+        Some(index) => run_rules::wave_of(&record, index)?.to_vec(),
         None => request.nodes.clone().unwrap_or_default(),
     };
     check_scope(mode, stage, &wave)?;

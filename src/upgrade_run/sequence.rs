@@ -5,19 +5,19 @@
 use super::event::PlannedGate;
 use super::guard::{Abandoned, Reporter, Stop, cancellable, shielded, unless_interrupted};
 use super::{Cluster, Ending, Interrupts, Phase, Settings};
-use crate::close_run::{self, Ended};
-use crate::complete;
-use crate::cordon;
 use crate::drain;
-use crate::gate;
-use crate::nodes::planning;
 use crate::nodes::selection::Criteria;
 use crate::output::Report;
-use crate::restart;
-use crate::rollback::RolledBack;
-use crate::settle::{self, Settled};
-use crate::upgrade::{self, Outcome as UpgradeOutcome, Stage};
-use crate::verification::step as verification;
+use crate::steps::close_run::{self, Ended};
+use crate::steps::complete;
+use crate::steps::cordon;
+use crate::steps::gate;
+use crate::steps::helm_upgrade::{self, Outcome as UpgradeOutcome, Stage};
+use crate::steps::restart_kata_pod;
+use crate::steps::rollback::RolledBack;
+use crate::steps::select_nodes;
+use crate::steps::settle::{self, Settled};
+use crate::steps::verify as verification;
 use crate::versions::{DeploymentMode, ModeChoice};
 
 /// Steps 1 to 3: plan, upgrade the release, the waves, finish, for a run
@@ -36,7 +36,7 @@ pub(super) async fn waves(
     let selection = shielded(
         interrupts,
         reporter,
-        planning::plan_run(client, helm, &plan),
+        select_nodes::plan_run(client, helm, &plan),
     )
     .await?
     .map_err(Stop::Failed)?;
@@ -80,7 +80,7 @@ pub(super) async fn waves(
     let upgraded = shielded(
         interrupts,
         reporter,
-        upgrade::upgrade(client, helm, &before_waves),
+        helm_upgrade::upgrade(client, helm, &before_waves),
     )
     .await?
     .map_err(Stop::Failed)?;
@@ -150,8 +150,8 @@ pub(super) async fn waves(
 pub(super) fn plan_request<'a>(
     settings: &'a Settings,
     run_id: Option<&'a str>,
-) -> planning::PlanRequest<'a> {
-    planning::PlanRequest {
+) -> select_nodes::PlanRequest<'a> {
+    select_nodes::PlanRequest {
         release: &settings.release,
         criteria: &settings.criteria,
         pool_label: settings.pool_label.as_deref(),
@@ -243,8 +243,8 @@ fn upgrade_request(
     run_id: &str,
     stage: Stage,
     wave: Option<usize>,
-) -> upgrade::Request {
-    upgrade::Request {
+) -> helm_upgrade::Request {
+    helm_upgrade::Request {
         release: settings.release.clone(),
         run_id: Some(run_id.to_string()),
         target: None,
@@ -334,12 +334,12 @@ async fn upgrade_wave(
         shielded(
             interrupts,
             reporter,
-            upgrade::upgrade(client, helm, &scoped),
+            helm_upgrade::upgrade(client, helm, &scoped),
         )
         .await?
         .map_err(failed("helm-upgrade"))?;
     }
-    let restart = restart::Request {
+    let restart = restart_kata_pod::Request {
         nodes: nodes.to_vec(),
         release: settings.release.clone(),
         run_id: Some(run_id.clone()),
@@ -348,7 +348,12 @@ async fn upgrade_wave(
         chart: settings.chart.clone(),
         helm_timeout: settings.helm_timeout,
     };
-    let restarted = match cancellable(interrupts, restart::restart(client, helm, &restart)).await? {
+    let restarted = match cancellable(
+        interrupts,
+        restart_kata_pod::restart(client, helm, &restart),
+    )
+    .await?
+    {
         Ok(restarted) => restarted,
         Err(err) => {
             // The restart could not be carried out at all: why is each

@@ -5,13 +5,13 @@ use kube::Client;
 use semver::Version;
 
 use crate::helm::Helm;
-use crate::nodes::planning::{self, Selection};
 use crate::nodes::selection::Criteria;
 use crate::nodes::waves::Policy;
 use crate::output::Report;
-use crate::preflight::{self, Checked};
 use crate::release::ReleaseRef;
 use crate::schedule::Schedule;
+use crate::steps::check_prerequisites::{self, Checked};
+use crate::steps::select_nodes::{self, Selection};
 use crate::verification::Pods;
 use crate::versions::{DeploymentMode, ModeChoice};
 
@@ -99,7 +99,7 @@ pub struct Request<'a> {
     /// The verification pods to validate.
     pub pods: &'a Pods,
     /// How the run would upgrade the release (rendered by the preflight).
-    pub rehearsal: preflight::Rehearsal<'a>,
+    pub rehearsal: check_prerequisites::Rehearsal<'a>,
     /// A target older than the release's version was asked for explicitly.
     pub allow_downgrade: bool,
 }
@@ -112,7 +112,7 @@ pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow
         mode,
         warnings,
         ..
-    } = preflight::check(
+    } = check_prerequisites::check(
         client,
         helm,
         request.release,
@@ -122,12 +122,12 @@ pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow
         &request.rehearsal,
     )
     .await?;
-    preflight::check_downgrade(
+    check_prerequisites::check_downgrade(
         &release.chart_version,
         request.target,
         request.allow_downgrade,
     )?;
-    let planning = planning::PlanRequest {
+    let planning = select_nodes::PlanRequest {
         release: request.release,
         criteria: request.criteria,
         pool_label: request.pool_label,
@@ -138,7 +138,7 @@ pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow
         // Recorded nowhere: a plan changes nothing.
         run_id: None,
     };
-    let selection = planning::plan_run(client, helm, &planning).await?;
+    let selection = select_nodes::plan_run(client, helm, &planning).await?;
     Ok(Plan {
         release: request.release.name.clone(),
         mode,

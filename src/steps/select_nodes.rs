@@ -2,6 +2,7 @@
 //! nodes (by the selection criteria, or those that run the release's
 //! kata-deploy), less those already completed, in which order and waves.
 
+use crate::run_rules;
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -547,7 +548,7 @@ pub async fn plan_run(
     }
     if let Some(run_id) = request.run_id {
         let records = crate::run_record::Records::new(client, &request.release.namespace);
-        let record = crate::step::active_run(&records, &request.release.name, Some(run_id)).await?;
+        let record = run_rules::active_run(&records, &request.release.name, Some(run_id)).await?;
         let planned: Vec<Vec<String>> = selection.waves.iter().map(|w| w.nodes.clone()).collect();
         records
             .update(&record.release, &record.run_id, |r| {

@@ -1,32 +1,12 @@
-//! What a step resolves from its flags: the release, helm, the run, the
-//! step's nodes. Every subcommand starts here: these turn the shared flags
-//! of [`crate::args`] into the library's types, and refuse (bad input or a
-//! precondition, nothing changed) a step that does not fit its run.
+//! The rules a step's run sets: which run a mutating step may act in, and
+//! the flags that must agree with the run it belongs to (its mode, its
+//! target, its waves). Refusals are bad input or a precondition, before
+//! anything changes.
 
-use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RollbackArgs, RunArgs, SelectionArgs};
 use crate::error::UserError;
-use crate::helm::Helm;
-use crate::nodes::selection::Criteria;
-use crate::release::ReleaseRef;
-use crate::rollback::{self, Reverify};
 use crate::run_record::{Records, RunRecord, RunState};
-use crate::verification::Pods;
 use crate::versions::{DeploymentMode, ModeChoice};
 use semver::Version;
-
-/// The release named by the flags (`--helm-release`, `--helm-namespace`).
-pub fn release_ref(args: &ReleaseArgs) -> ReleaseRef {
-    ReleaseRef {
-        name: args.helm_release.clone(),
-        namespace: args.helm_namespace.clone(),
-    }
-}
-
-/// helm (`--helm`), pointed at the cluster klm uses, as the same identity
-/// (the global connection flags).
-pub fn helm(args: &ReleaseArgs, global: &GlobalArgs) -> Result<Helm, UserError> {
-    Helm::new(args.helm.clone(), global)
-}
 
 /// The mode of this step: the run's; an explicit `--deployment-mode` must
 /// agree with it (bad input otherwise).
@@ -67,23 +47,6 @@ pub async fn active_run(
     Ok(record)
 }
 
-/// The nodes a step acts on: those named with `--nodes`, or wave `--wave K`
-/// of the plan that `select-nodes --run-id` recorded for the run.
-pub async fn step_nodes(
-    client: &kube::Client,
-    release: &ReleaseArgs,
-    run: &RunArgs,
-    nodes: &NodesArgs,
-) -> anyhow::Result<Vec<String>> {
-    let Some(index) = nodes.wave else {
-        return Ok(nodes.names());
-    };
-    let record = Records::new(client, &release.helm_namespace)
-        .resolve(&release.helm_release, run.run_id.as_deref())
-        .await?;
-    Ok(wave_of(&record, index)?.to_vec())
-}
-
 /// Wave `index` of the run's recorded plan.
 pub fn wave_of(record: &RunRecord, index: u32) -> Result<&[String], UserError> {
     if record.waves.as_ref().is_none_or(|w| w.is_empty()) {
@@ -122,35 +85,6 @@ pub fn run_target(record: &RunRecord, given: Option<&Version>) -> Result<Version
         ))),
         _ => Ok(record.target_version.clone()),
     }
-}
-
-/// The selection criteria of the flags (`--node-selector`,
-/// `--node-taint-key`, `--node-taint-value`), validated.
-pub fn criteria(args: &SelectionArgs) -> Result<Criteria, UserError> {
-    Criteria::new(
-        args.node_selector.as_deref(),
-        args.node_taint_key.as_deref(),
-        args.node_taint_value.as_deref(),
-    )
-}
-
-/// How a step rolls nodes back: from the flags' chart and helm timeout,
-/// waiting `timeout` per node, and verifying them again with the
-/// verification pods given (each node its pool's, else the default; none
-/// given: no verification) at the flags' timeout.
-pub fn rollback_settings(args: &RollbackArgs) -> Result<rollback::Settings, UserError> {
-    let verification = &args.verification;
-    let pods = Pods::from_args(verification)?;
-    Ok(rollback::Settings {
-        chart: args.chart.chart.clone(),
-        helm_timeout: args.chart.helm_timeout,
-        timeout: args.timeout,
-        reverify: (!pods.is_empty()).then_some(Reverify {
-            pods,
-            timeout: verification.verification_timeout,
-            keep_failed: verification.keep_failed,
-        }),
-    })
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //!
 //! * nodes caught mid-upgrade (`upgrading`, `verifying`, `rolling-back`, or
 //!   recorded as upgraded or verified but not completed) are left to
-//!   rollback ([`crate::rollback`]), or marked `failed` and kept cordoned
+//!   rollback ([`crate::steps::rollback`]), or marked `failed` and kept cordoned
 //!   when the run has no record to roll back with;
 //! * nodes the run held but never changed (`cordoned`, `draining`) and nodes
 //!   it finished with (`completed`, `rolled-back`) are released;
@@ -502,7 +502,7 @@ pub struct Ended {
     /// What closing did.
     pub closed: Closed,
     /// The rollback of the nodes caught mid-upgrade, if there were any.
-    pub rolled_back: Option<crate::rollback::RolledBack>,
+    pub rolled_back: Option<crate::steps::rollback::RolledBack>,
     unrecorded: bool,
 }
 
@@ -526,7 +526,7 @@ pub async fn end_run(
     client: &Client,
     helm: &crate::helm::Helm,
     request: &Request,
-    settings: &crate::rollback::Settings,
+    settings: &crate::steps::rollback::Settings,
 ) -> anyhow::Result<Ended> {
     let Closing { report, leftover } = close(client, request).await?;
     let (run_id, reason, nodes) = match leftover {
@@ -544,14 +544,14 @@ pub async fn end_run(
             nodes,
         } => (run_id, reason, nodes),
     };
-    let rollback = crate::rollback::Request {
+    let rollback = crate::steps::rollback::Request {
         nodes: crate::nodes::unique(nodes),
         reason: Some(reason),
         release: request.release.clone(),
         run_id: Some(run_id),
         settings: settings.clone(),
     };
-    let rolled_back = crate::rollback::roll_back(client, helm, &rollback).await;
+    let rolled_back = crate::steps::rollback::roll_back(client, helm, &rollback).await;
     // Whatever the rollback did, the run is over: kata-deploy's reconcile
     // CronJobs run again.
     resume_reconcilers(client, request).await?;

@@ -2,7 +2,7 @@
 //! restart-kata-pod` does. daemonset mode deletes each node's kata-deploy
 //! pod and waits for its replacement at the DaemonSet's current revision;
 //! job mode upgrades the release for the nodes (the wave stage of
-//! [`crate::upgrade`]) and waits for their per-node install Jobs.
+//! [`crate::steps::helm_upgrade`]) and waits for their per-node install Jobs.
 
 use std::time::Duration;
 
@@ -19,8 +19,8 @@ use crate::nodes::{NodeFailure, hold};
 use crate::output::Report;
 use crate::release::ReleaseRef;
 use crate::run_record::{NodeProgress, Records};
-use crate::step;
-use crate::upgrade::{self, Stage};
+use crate::run_rules;
+use crate::steps::helm_upgrade::{self, Stage};
 use crate::versions::{DeploymentMode, ModeChoice};
 
 /// Which nodes to restart, for which run.
@@ -121,8 +121,8 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
     let names = &request.nodes;
     let records = Records::new(client, &request.release.namespace);
     let record =
-        step::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
-    let mode = step::mode_of_run(request.mode, &record)?;
+        run_rules::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
+    let mode = run_rules::mode_of_run(request.mode, &record)?;
     let release_id = record.release_id();
     let holder = hold::Holder {
         run_id: &record.run_id,
@@ -160,7 +160,7 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
             for node in names {
                 hold::advance(client, node, Some(holder), NodeStatus::Upgrading).await?;
             }
-            let wave = upgrade::Request {
+            let wave = helm_upgrade::Request {
                 release: request.release.clone(),
                 run_id: Some(record.run_id.clone()),
                 target: None,
@@ -172,7 +172,7 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
                 chart: request.chart.clone(),
                 helm_timeout: request.helm_timeout,
             };
-            let upgraded = upgrade::upgrade(client, helm, &wave).await?;
+            let upgraded = helm_upgrade::upgrade(client, helm, &wave).await?;
             match kata_deploy::wait_install_jobs(
                 client,
                 &request.release,

@@ -16,7 +16,7 @@ use crate::nodes::hold::{self, Release, Released};
 use crate::output::Report;
 use crate::release::ReleaseRef;
 use crate::run_record::{NodeProgress, Records, RunRecord, RunState};
-use crate::step;
+use crate::run_rules;
 use crate::versions::DeploymentMode;
 
 /// What to complete.
@@ -138,8 +138,8 @@ pub async fn complete(
 ) -> anyhow::Result<Completed> {
     let records = Records::new(client, &request.release.namespace);
     let record =
-        step::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
-    let target = step::run_target(&record, request.target.as_ref())?.to_string();
+        run_rules::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
+    let target = run_rules::run_target(&record, request.target.as_ref())?.to_string();
     let mut report = Completed {
         run_id: record.run_id.clone(),
         version: target.clone(),

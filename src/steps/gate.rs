@@ -18,11 +18,11 @@ use crate::events::NodeEvents;
 use crate::helm::Helm;
 use crate::nodes::hold;
 use crate::release::ReleaseRef;
-use crate::rollback::{self, RolledBack};
 use crate::run_record::{Held, Records, RunRecord, Waiting, now};
+use crate::run_rules;
 use crate::schedule::gates::Gate;
 use crate::schedule::window::Window;
-use crate::step;
+use crate::steps::rollback::{self, RolledBack};
 
 /// Who gives an approval: what a held run tells people to run.
 #[derive(Debug, Clone)]
@@ -145,8 +145,9 @@ impl crate::output::Report for Passage {
 /// rolls those nodes back and fails the run (an error, exit 1).
 pub async fn pass(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Passage> {
     let records = Records::new(client, &request.release.namespace);
-    let record = step::active_run(&records, &request.release.name, Some(&request.run_id)).await?;
-    step::wave_of(&record, request.wave)?;
+    let record =
+        run_rules::active_run(&records, &request.release.name, Some(&request.run_id)).await?;
+    run_rules::wave_of(&record, request.wave)?;
     let index = request.wave as usize;
     let mut passage = Passage {
         run_id: record.run_id.clone(),
