@@ -79,6 +79,52 @@ pub enum OutputFormat {
     Json,
 }
 
+/// Which pods a drain evicts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrainScope {
+    /// Every pod that may go (DaemonSet, mirror and finished pods stay).
+    #[default]
+    All,
+    /// Only the pods of the release's RuntimeClasses: those the upgrade affects.
+    Kata,
+}
+
+impl DrainScope {
+    /// The scope as the flag writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainScope::All => "all",
+            DrainScope::Kata => "kata",
+        }
+    }
+}
+
+/// Draining each wave's nodes (`klm upgrade`, `klm plan`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Drain")]
+pub struct DrainArgs {
+    /// Evict the pods of each wave's nodes before upgrading them.
+    #[arg(long)]
+    pub drain: bool,
+
+    /// How long a drain may wait for PodDisruptionBudgets and pods to go.
+    #[arg(long, default_value = "300s", value_parser = parse_duration, env = "KLM_DRAIN_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
+    pub drain_timeout: Duration,
+
+    /// Which pods a drain evicts: all, or only those of the release's
+    /// RuntimeClasses (kata), the pods the upgrade affects.
+    #[arg(long, value_enum, default_value_t = DrainScope::All, env = "KLM_DRAIN_SCOPE")]
+    pub drain_scope: DrainScope,
+}
+
+impl DrainArgs {
+    /// The drain asked for, if any: its timeout and scope.
+    pub fn asked(&self) -> Option<(Duration, DrainScope)> {
+        self.drain.then_some((self.drain_timeout, self.drain_scope))
+    }
+}
+
 /// How logs are written on stderr.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {

@@ -13,10 +13,59 @@ use kube::{Api, Client, ResourceExt};
 
 use futures::future::try_join_all;
 
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
 use crate::annotations::NodeStatus;
+pub use crate::args::DrainScope;
 use crate::error::{Classify, ExitStatus, KubeError};
+use crate::helm::Helm;
 use crate::nodes::hold;
+use crate::release::ReleaseRef;
 use crate::wait::{Check, WaitError, watch_until};
+
+/// Which pods a drain evicts, resolved: every pod that may go, or only the
+/// pods of these RuntimeClasses (the release's).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Scope {
+    /// Every pod that may go.
+    #[default]
+    All,
+    /// Only pods whose `runtimeClassName` is one of these.
+    RuntimeClasses(BTreeSet<String>),
+}
+
+impl Scope {
+    /// The scope `asked` for `release`: for `kata`, the RuntimeClasses of
+    /// the release's manifest as it stands.
+    pub async fn resolve(
+        asked: DrainScope,
+        helm: &Helm,
+        release: &ReleaseRef,
+    ) -> anyhow::Result<Scope> {
+        match asked {
+            DrainScope::All => Ok(Scope::All),
+            DrainScope::Kata => {
+                let classes: BTreeSet<String> = release
+                    .load(helm)
+                    .await?
+                    .objects("RuntimeClass")?
+                    .into_iter()
+                    .map(|object| object.name)
+                    .collect();
+                if classes.is_empty() {
+                    return Err(crate::error::UserError::precondition(format!(
+                        "release {} has no RuntimeClass, so --drain-scope kata would evict nothing",
+                        release.name
+                    ))
+                    .hint("use --drain-scope all, or check that the release's runtimeClasses are enabled")
+                    .into());
+                }
+                Ok(Scope::RuntimeClasses(classes))
+            }
+        }
+    }
+}
 
 /// Why a pod is left on the node.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -83,8 +132,28 @@ impl Classify for DrainError {
 const WORKFLOW_LABEL: &str = "workflows.argoproj.io/workflow";
 
 /// Why a pod must stay, or `None` when it is to be evicted. `run_id` is the
-/// workflow driving the upgrade: its own step pods are never evicted.
-pub fn stays(pod: &Pod, run_id: Option<&str>) -> Option<&'static str> {
+/// workflow driving the upgrade: its own step pods are never evicted; with
+/// a scope of RuntimeClasses, neither is a pod of another class.
+pub fn stays(pod: &Pod, run_id: Option<&str>, scope: &Scope) -> Option<&'static str> {
+    let why = stays_in_any_drain(pod, run_id);
+    if why.is_some() {
+        return why;
+    }
+    match scope {
+        Scope::RuntimeClasses(classes)
+            if !pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.runtime_class_name.as_ref())
+                .is_some_and(|class| classes.contains(class)) =>
+        {
+            Some("not a pod of the release's RuntimeClasses (drain scope kata)")
+        }
+        _ => None,
+    }
+}
+
+fn stays_in_any_drain(pod: &Pod, run_id: Option<&str>) -> Option<&'static str> {
     if run_id.is_some() && pod.labels().get(WORKFLOW_LABEL).map(String::as_str) == run_id {
         return Some("a pod of the workflow running this upgrade");
     }
@@ -120,6 +189,7 @@ pub async fn drain(
     client: &Client,
     node: &str,
     run_id: Option<&str>,
+    scope: &Scope,
     timeout: Duration,
 ) -> Result<Drained, DrainError> {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -136,7 +206,7 @@ pub async fn drain(
     let mut evicting = BTreeSet::new();
     for pod in &pods.items {
         let id = format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-        if let Some(reason) = stays(pod, run_id) {
+        if let Some(reason) = stays(pod, run_id, scope) {
             drained.skipped.push(Skipped {
                 pod: id,
                 reason: reason.into(),
@@ -240,6 +310,7 @@ fn evictions_done(pods: &[std::sync::Arc<Pod>], evicting: &BTreeSet<String>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn pod(json: serde_json::Value) -> Pod {
         serde_json::from_value(json).unwrap()
@@ -270,28 +341,80 @@ mod tests {
             serde_json::json!({"metadata": {"name": "kata-deploy-x", "ownerReferences": [
             {"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "kata-deploy", "uid": "u"}]}}),
         );
-        assert_eq!(stays(&ds, None), Some("DaemonSet pod"));
+        assert_eq!(stays(&ds, None, &Scope::All), Some("DaemonSet pod"));
         let mirror = pod(
             serde_json::json!({"metadata": {"name": "etcd", "annotations": {"kubernetes.io/config.mirror": "x"}}}),
         );
-        assert_eq!(stays(&mirror, None), Some("mirror (static) pod"));
+        assert_eq!(
+            stays(&mirror, None, &Scope::All),
+            Some("mirror (static) pod")
+        );
         let done = pod(
             serde_json::json!({"metadata": {"name": "job-x"}, "status": {"phase": "Succeeded"}}),
         );
-        assert_eq!(stays(&done, None), Some("already finished"));
+        assert_eq!(stays(&done, None, &Scope::All), Some("already finished"));
         let app = pod(
             serde_json::json!({"metadata": {"name": "web", "ownerReferences": [
             {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "u"}]}, "status": {"phase": "Running"}}),
         );
-        assert_eq!(stays(&app, None), None);
+        assert_eq!(stays(&app, None, &Scope::All), None);
         let step = pod(
             serde_json::json!({"metadata": {"name": "upgrade-x-cordon", "labels": {WORKFLOW_LABEL: "upgrade-x"}}}),
         );
         assert_eq!(
-            stays(&step, Some("upgrade-x")),
+            stays(&step, Some("upgrade-x"), &Scope::All),
             Some("a pod of the workflow running this upgrade")
         );
-        assert_eq!(stays(&step, Some("another")), None);
+        assert_eq!(stays(&step, Some("another"), &Scope::All), None);
+    }
+
+    #[test]
+    fn a_kata_scope_evicts_only_the_releases_runtime_classes() {
+        let scope = Scope::RuntimeClasses(BTreeSet::from(["kata-qemu".to_string()]));
+        let of_class = |class: Option<&str>| {
+            pod(serde_json::json!({
+                "metadata": {"name": "p"},
+                "spec": {"runtimeClassName": class, "containers": []},
+                "status": {"phase": "Running"}
+            }))
+        };
+        assert_eq!(stays(&of_class(Some("kata-qemu")), None, &scope), None);
+        assert!(stays(&of_class(Some("gvisor")), None, &scope).is_some());
+        assert!(stays(&of_class(None), None, &scope).is_some());
+        assert_eq!(stays(&of_class(None), None, &Scope::All), None);
+    }
+
+    #[test]
+    fn a_budget_covers_the_pods_its_selector_matches() {
+        let labels = BTreeMap::from([
+            ("app".to_string(), "web".to_string()),
+            ("tier".to_string(), "front".to_string()),
+        ]);
+        let selector =
+            |json: serde_json::Value| -> LabelSelector { serde_json::from_value(json).unwrap() };
+        assert!(selects(
+            &selector(serde_json::json!({"matchLabels": {"app": "web"}})),
+            &labels
+        ));
+        assert!(!selects(
+            &selector(serde_json::json!({"matchLabels": {"app": "db"}})),
+            &labels
+        ));
+        assert!(selects(
+            &selector(serde_json::json!({"matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["front", "edge"]},
+                {"key": "gone", "operator": "DoesNotExist"}
+            ]})),
+            &labels
+        ));
+        assert!(!selects(
+            &selector(serde_json::json!({"matchExpressions": [
+                {"key": "tier", "operator": "NotIn", "values": ["front"]}
+            ]})),
+            &labels
+        ));
+        // An empty selector selects every pod of the namespace (policy/v1).
+        assert!(selects(&LabelSelector::default(), &labels));
     }
 }
 
@@ -306,6 +429,8 @@ pub struct Request {
     pub run_id: Option<String>,
     /// How long evictions may wait for PodDisruptionBudgets and pods to go.
     pub timeout: Duration,
+    /// Which pods go.
+    pub scope: DrainScope,
 }
 
 /// The drain step: a drain for a run on record moves its nodes on to
@@ -316,8 +441,12 @@ pub struct Request {
 pub async fn drain_nodes(
     client: &Client,
     evicting: &Client,
+    helm: &Helm,
     request: &Request,
 ) -> anyhow::Result<Vec<Drained>> {
+    // Resolved before any node moves on: a scope that cannot be resolved
+    // changes nothing.
+    let scope = Scope::resolve(request.scope, helm, &request.release).await?;
     let nodes_api = Api::all(client.clone());
     try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
     let latest = match &request.run_id {
@@ -336,12 +465,104 @@ pub async fn drain_nodes(
     for node in &request.nodes {
         hold::advance(client, node, holder, NodeStatus::Draining).await?;
     }
-    let drained = try_join_all(
-        request
-            .nodes
-            .iter()
-            .map(|n| drain(evicting, n, request.run_id.as_deref(), request.timeout)),
-    )
+    let drained = try_join_all(request.nodes.iter().map(|n| {
+        drain(
+            evicting,
+            n,
+            request.run_id.as_deref(),
+            &scope,
+            request.timeout,
+        )
+    }))
     .await?;
     Ok(drained)
+}
+
+/// What draining a node would do, before anything is cordoned: the pods it
+/// would evict and the PodDisruptionBudgets that allow no disruption now
+/// (each would hold its pods' eviction until it does, or the timeout).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Preview {
+    /// The node.
+    pub node: String,
+    /// Pods it would evict (`namespace/name`).
+    pub evicts: Vec<String>,
+    /// Budgets that would block an eviction now (`namespace/name`).
+    pub blocked_by: Vec<String>,
+}
+
+/// What draining each of `nodes` would do with `scope` (see [`Preview`]).
+pub async fn preview(
+    client: &Client,
+    nodes: &[String],
+    scope: &Scope,
+) -> Result<Vec<Preview>, KubeError> {
+    let budgets = Api::<PodDisruptionBudget>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| KubeError::new("listing the PodDisruptionBudgets", e))?
+        .items;
+    let pods: Api<Pod> = Api::all(client.clone());
+    let mut previews = Vec::new();
+    for node in nodes {
+        let on_node = pods
+            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+            .await
+            .map_err(|e| KubeError::new(format!("listing the pods on {node}"), e))?
+            .items;
+        let mut preview = Preview {
+            node: node.clone(),
+            ..Preview::default()
+        };
+        let mut blocked = BTreeSet::new();
+        for pod in on_node.iter().filter(|p| stays(p, None, scope).is_none()) {
+            let namespace = pod.namespace().unwrap_or_default();
+            preview
+                .evicts
+                .push(format!("{namespace}/{}", pod.name_any()));
+            for budget in budgets
+                .iter()
+                .filter(|b| b.namespace().as_deref() == Some(namespace.as_str()))
+                .filter(|b| {
+                    b.status
+                        .as_ref()
+                        .is_some_and(|s| s.disruptions_allowed.unwrap_or(0) < 1)
+                })
+                .filter(|b| {
+                    b.spec
+                        .as_ref()
+                        .and_then(|s| s.selector.as_ref())
+                        .is_some_and(|s| selects(s, pod.labels()))
+                })
+            {
+                blocked.insert(format!("{namespace}/{}", budget.name_any()));
+            }
+        }
+        preview.blocked_by = blocked.into_iter().collect();
+        previews.push(preview);
+    }
+    Ok(previews)
+}
+
+/// Whether a label selector selects `labels` (matchLabels and
+/// matchExpressions, as the API server reads them).
+fn selects(selector: &LabelSelector, labels: &std::collections::BTreeMap<String, String>) -> bool {
+    let labels_match = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(key, value)| labels.get(key) == Some(value));
+    let expressions_match = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        let value = labels.get(&e.key);
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    labels_match && expressions_match
 }

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::flags;
-use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
+use crate::args::{DrainScope, GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
 use crate::drain::{Drained, Request, drain_nodes};
 use crate::error::ExitStatus;
 use crate::output::{self, Report};
@@ -12,7 +12,7 @@ use clap::Args as ClapArgs;
 /// Flags of `klm drain`.
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "DaemonSet pods and mirror pods are left alone; PodDisruptionBudgets are honoured.\nCordon the nodes first (klm cordon), or evicted pods may land on them again.\n\nExamples:\n  klm drain --nodes worker-1 --drain-timeout 5m"
+    after_help = "DaemonSet pods and mirror pods are left alone; PodDisruptionBudgets are honoured.\nWith --drain-scope kata only the pods of the release's RuntimeClasses are evicted.\nCordon the nodes first (klm cordon), or evicted pods may land on them again.\n\nExamples:\n  klm drain --nodes worker-1 --drain-timeout 5m\n  klm drain --nodes worker-1 --drain-scope kata"
 )]
 pub struct Args {
     /// The nodes (cordon them first).
@@ -22,6 +22,11 @@ pub struct Args {
     /// How long evictions may wait for PodDisruptionBudgets and pods to go.
     #[arg(long, default_value = "300s", value_parser = parse_duration, env = "KLM_DRAIN_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
     pub drain_timeout: Duration,
+
+    /// Which pods go: all, or only those of the release's RuntimeClasses
+    /// (kata), the pods a Kata upgrade affects.
+    #[arg(long, value_enum, default_value_t = DrainScope::All, env = "KLM_DRAIN_SCOPE")]
+    pub drain_scope: DrainScope,
 
     /// The run that holds the nodes.
     #[command(flatten)]
@@ -78,9 +83,11 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         release: flags::release_ref(&args.release),
         run_id: args.run.run_id,
         timeout: args.drain_timeout,
+        scope: args.drain_scope,
     };
     let evicting = crate::cluster::client_without_retry(global).await?;
-    let drained = drain_nodes(&client, &evicting, &request).await?;
+    let helm = flags::helm(&args.release, global)?;
+    let drained = drain_nodes(&client, &evicting, &helm, &request).await?;
     output::print(global.output, &Drain { nodes: drained })?;
     Ok(ExitStatus::Done)
 }

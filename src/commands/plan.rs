@@ -4,7 +4,7 @@ use clap::Args as ClapArgs;
 
 use super::flags;
 use crate::args::{
-    ChartArgs, ChartValuesArgs, DowngradeArgs, GlobalArgs, ReleaseArgs, SelectionArgs,
+    ChartArgs, ChartValuesArgs, DowngradeArgs, DrainArgs, GlobalArgs, ReleaseArgs, SelectionArgs,
     VerificationArgs, WavesArgs,
 };
 use crate::error::ExitStatus;
@@ -54,6 +54,11 @@ pub struct Args {
     /// The run's extra kata-deploy chart values.
     #[command(flatten)]
     pub values: ChartValuesArgs,
+
+    /// The run's drain: with --drain, the plan names the pods each wave
+    /// would evict and the PodDisruptionBudgets that would block it.
+    #[command(flatten)]
+    pub drain: DrainArgs,
 }
 
 /// Runs the step.
@@ -85,6 +90,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
                 helm_timeout: args.chart.helm_timeout,
             },
             allow_downgrade: args.downgrade.allow_downgrade,
+            drain: args.drain.asked().map(|(_, scope)| scope),
         },
     )
     .await?;

@@ -7,8 +7,8 @@ use clap::Args as ClapArgs;
 
 use super::flags;
 use crate::args::{
-    ChartArgs, ChartValuesArgs, DowngradeArgs, GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs,
-    VerificationArgs, WavesArgs, parse_duration,
+    ChartArgs, ChartValuesArgs, DowngradeArgs, DrainArgs, GlobalArgs, ReleaseArgs, RunArgs,
+    SelectionArgs, VerificationArgs, WavesArgs, parse_duration,
 };
 use crate::error::{ExitStatus, UserError};
 use crate::output;
@@ -21,7 +21,7 @@ use crate::versions::{self, ModeChoice};
 /// Flags of `klm upgrade`.
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "The same run as the chart's WorkflowTemplate, in one process: check-prerequisites,\nselect-nodes (nodes completed at the target are skipped), the release's upgrade, then wave by\nwave cordon, drain (--drain), restart kata-deploy, verify, and complete the wave, or roll it back\nand stop. However it ends, the run is closed as the workflow's exit handler closes it: nodes\ncaught mid-upgrade are rolled back, held nodes released, the run record closed.\nCtrl-C or SIGTERM ends the run that way; a second one leaves at once, without cleaning up.\nOn a terminal progress is drawn live; otherwise one line per event; -o json: one JSON object per\nevent (runId, wave, node, phase, time).\n\nExamples:\n  klm upgrade --target-version 3.28.0 --verification-pod verify.yaml\n  klm upgrade --target-version 3.28.0 --batch-size 5 --node-selector node-pool=kata --drain --verification-pod verify.yaml\n  klm upgrade --target-version 3.28.0 --verification-pod verify.yaml --dry-run\n  klm upgrade --target-version 3.28.0 --verification-pod verify.yaml -o json | jq -c 'select(.node)'"
+    after_help = "The same run as the chart's WorkflowTemplate, in one process: check-prerequisites,\nselect-nodes (nodes completed at the target are skipped), the release's upgrade, then wave by\nwave cordon, drain (--drain), restart kata-deploy, verify, and complete the wave, or roll it back\nand stop. However it ends, the run is closed as the workflow's exit handler closes it: nodes\ncaught mid-upgrade are rolled back, held nodes released, the run record closed.\nCtrl-C or SIGTERM ends the run that way; a second one leaves at once, without cleaning up.\nOn a terminal progress is drawn live; otherwise one line per event; -o json: one JSON object per\nevent (runId, wave, node, phase, time), then a summary object.\n\nExamples:\n  klm upgrade --target-version 3.28.0 --verification-pod verify.yaml\n  klm upgrade --target-version 3.28.0 --batch-size 5 --node-selector node-pool=kata --drain --verification-pod verify.yaml\n  klm upgrade --target-version 3.28.0 --verification-pod verify.yaml --dry-run\n  klm upgrade --target-version 3.28.0 --verification-pod verify.yaml -o json | jq -c 'select(.node)'"
 )]
 pub struct Args {
     /// The kata-deploy chart version to upgrade to (semver, e.g. 3.28.0).
@@ -31,14 +31,6 @@ pub struct Args {
     /// kata-deploy's deployment model; auto reads it from the release.
     #[arg(long, value_enum, default_value_t = ModeChoice::Auto)]
     pub deployment_mode: ModeChoice,
-
-    /// Evict the pods of each wave's nodes before upgrading them.
-    #[arg(long)]
-    pub drain: bool,
-
-    /// How long a drain may wait for PodDisruptionBudgets and pods to go.
-    #[arg(long, default_value = "300s", value_parser = parse_duration, env = "KLM_DRAIN_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
-    pub drain_timeout: Duration,
 
     /// How long a node's kata-deploy may take to come back Ready.
     #[arg(long, default_value = "10m", value_parser = parse_duration, env = "KLM_RESTART_TIMEOUT", value_name = "DURATION", allow_hyphen_values = true)]
@@ -51,6 +43,10 @@ pub struct Args {
     /// Show what the upgrade would do (`klm plan`), changing nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Draining each wave's nodes.
+    #[command(flatten)]
+    pub drain: DrainArgs,
 
     /// How the nodes are split into waves.
     #[command(flatten)]
@@ -120,6 +116,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
                 helm_timeout: args.chart.helm_timeout,
             },
             allow_downgrade: args.downgrade.allow_downgrade,
+            drain: args.drain.asked().map(|(_, scope)| scope),
         };
         output::print(global.output, &plan::plan(&client, &helm, &request).await?)?;
         return Ok(ExitStatus::Done);
@@ -141,7 +138,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         .run_id
         .unwrap_or_else(|| format!("klm-{}", k8s_openapi::jiff::Timestamp::now().as_second()));
     let limits = Limits {
-        drain: args.drain.then_some(args.drain_timeout),
+        drain: args.drain.asked().map(|(timeout, _)| timeout),
         restart: Some(args.restart_timeout),
         verification: Some(args.verification.verification_timeout),
     };
@@ -158,7 +155,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         verification: pods,
         verification_timeout: args.verification.verification_timeout,
         keep_failed: args.verification.keep_failed,
-        drain_timeout: args.drain.then_some(args.drain_timeout),
+        drain: args.drain.asked(),
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
         restart_timeout: args.restart_timeout,

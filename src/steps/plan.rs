@@ -4,6 +4,7 @@
 use kube::Client;
 use semver::Version;
 
+use crate::drain::{self, DrainScope};
 use crate::helm::Helm;
 use crate::nodes::selection::Criteria;
 use crate::nodes::waves::Policy;
@@ -33,8 +34,46 @@ pub struct Plan {
     pub pool_pods: Vec<String>,
     /// The nodes and waves.
     pub selection: Selection,
+    /// With a drain asked for: its scope, and per wave what draining its
+    /// nodes would evict and which budgets would block it now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainPlan>,
     /// Things a person should know.
     pub warnings: Vec<String>,
+}
+
+/// What the run's drains would do, wave by wave.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainPlan {
+    /// Which pods go.
+    pub scope: DrainScope,
+    /// Per wave (from 1), its nodes' previews.
+    pub waves: Vec<(usize, Vec<drain::Preview>)>,
+}
+
+impl DrainPlan {
+    fn text(&self) -> Vec<String> {
+        let mut lines = vec![format!("drain ({} pods):", self.scope.as_str())];
+        for (wave, previews) in &self.waves {
+            for preview in previews {
+                let evicts = if preview.evicts.is_empty() {
+                    "nothing".to_string()
+                } else {
+                    preview.evicts.join(", ")
+                };
+                let mut line = format!("  wave {wave} {}: would evict {evicts}", preview.node);
+                if !preview.blocked_by.is_empty() {
+                    line.push_str(&format!(
+                        "; blocked now by PodDisruptionBudget {}",
+                        preview.blocked_by.join(", ")
+                    ));
+                }
+                lines.push(line);
+            }
+        }
+        lines
+    }
 }
 
 impl Report for Plan {
@@ -67,6 +106,9 @@ impl Report for Plan {
                 "verified: {}; every other node with the default pod",
                 own.join(", ")
             ));
+        }
+        if let Some(drain) = &self.drain {
+            lines.extend(drain.text());
         }
         if !self.verification_pod {
             lines.push("warning: no verification pod given; the workflow requires one".into());
@@ -102,6 +144,8 @@ pub struct Request<'a> {
     pub rehearsal: check_prerequisites::Rehearsal<'a>,
     /// A target older than the release's version was asked for explicitly.
     pub allow_downgrade: bool,
+    /// The run's drain, if it drains: which pods go.
+    pub drain: Option<DrainScope>,
 }
 
 /// Runs every read-only check of a run's start and plans its waves.
@@ -139,7 +183,22 @@ pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow
         run_id: None,
     };
     let selection = select_nodes::plan_run(client, helm, &planning).await?;
+    let drain = match request.drain {
+        None => None,
+        Some(scope) => {
+            let resolved = drain::Scope::resolve(scope, helm, request.release).await?;
+            let mut waves = Vec::new();
+            for wave in &selection.waves {
+                waves.push((
+                    wave.index,
+                    drain::preview(client, &wave.nodes, &resolved).await?,
+                ));
+            }
+            Some(DrainPlan { scope, waves })
+        }
+    };
     Ok(Plan {
+        drain,
         release: request.release.name.clone(),
         mode,
         current_version: release.chart_version,

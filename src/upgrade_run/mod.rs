@@ -73,8 +73,8 @@ pub struct Settings {
     pub verification_timeout: Duration,
     /// Keep failed verification pods for inspection.
     pub keep_failed: bool,
-    /// Drain each wave's nodes, with this timeout (None: no drain).
-    pub drain_timeout: Option<Duration>,
+    /// Drain each wave's nodes, with this timeout and scope (None: no drain).
+    pub drain: Option<(Duration, crate::drain::DrainScope)>,
     /// The kata-deploy chart reference.
     pub chart: String,
     /// How long one helm upgrade or rollback may take.

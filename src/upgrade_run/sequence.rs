@@ -312,17 +312,21 @@ async fn upgrade_wave(
         .map_err(failed("cordon"))?;
     reporter.each(Phase::Cordoned, index, nodes);
 
-    if let Some(timeout) = settings.drain_timeout {
+    if let Some((timeout, scope)) = settings.drain {
         reporter.each(Phase::Draining, index, nodes);
         let drain = drain::Request {
             nodes: nodes.to_vec(),
             release: settings.release.clone(),
             run_id: Some(run_id.clone()),
             timeout,
+            scope,
         };
-        cancellable(interrupts, drain::drain_nodes(client, evicting, &drain))
-            .await?
-            .map_err(failed("drain"))?;
+        cancellable(
+            interrupts,
+            drain::drain_nodes(client, evicting, helm, &drain),
+        )
+        .await?
+        .map_err(failed("drain"))?;
     }
 
     reporter.each(Phase::Restarting, index, nodes);

@@ -118,3 +118,154 @@ async fn a_pod_disruption_budget_that_allows_nothing_fails_the_drain_at_its_time
         "the protected pod still runs"
     );
 }
+
+#[tokio::test]
+async fn a_kata_scoped_drain_evicts_only_the_releases_kata_pods_and_the_plan_names_them_first() {
+    use k8s_openapi::api::node::v1::RuntimeClass;
+    use kube::runtime::wait::await_condition;
+
+    let case = Case::start(CaseSpec::new("drainkata", 1, "3.27.0"))
+        .await
+        .unwrap();
+    let node = case.node(0).to_string();
+    // A RuntimeClass of the case's release (the fixture suffixes its names).
+    let class = format!("kata-qemu-{}", case.namespace);
+    Api::<RuntimeClass>::all(case.admin.clone())
+        .get(&class)
+        .await
+        .expect("the release's RuntimeClass");
+    plain_pod(&case, "web", &node).await;
+    let kata_pod: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sandboxed", "labels": {"app": "sandboxed"}},
+        "spec": {"nodeName": node, "runtimeClassName": class,
+                 "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+    }))
+    .unwrap();
+    let pods: Api<Pod> = Api::namespaced(case.admin.clone(), &case.namespace);
+    pods.create(&PostParams::default(), &kata_pod)
+        .await
+        .unwrap();
+    let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sandboxed"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "sandboxed"}}}
+    }))
+    .unwrap();
+    let budgets = Api::<PodDisruptionBudget>::namespaced(case.admin.clone(), &case.namespace);
+    budgets.create(&PostParams::default(), &pdb).await.unwrap();
+    // The disruption controller has counted the pod: the budget allows nothing.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        await_condition(
+            budgets.clone(),
+            "sandboxed",
+            |b: Option<&PodDisruptionBudget>| {
+                b.and_then(|b| b.status.as_ref()).is_some_and(|s| {
+                    s.current_healthy == Some(1) && s.disruptions_allowed == Some(0)
+                })
+            },
+        ),
+    )
+    .await
+    .expect("the budget's status within 60s")
+    .unwrap();
+
+    // The plan, before anything is cordoned: the Kata pod and its budget.
+    let plan = case
+        .klm(&[
+            "plan",
+            "--target-version",
+            "3.28.0",
+            "--drain",
+            "--drain-scope",
+            "kata",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    let ns = &case.namespace;
+    assert_eq!(plan["drain"]["scope"], "kata", "{plan}");
+    let wave = &plan["drain"]["waves"][0];
+    assert_eq!(wave[0], 1, "{plan}");
+    assert_eq!(
+        wave[1][0],
+        serde_json::json!({"node": node, "evicts": [format!("{ns}/sandboxed")], "blockedBy": [format!("{ns}/sandboxed")]}),
+        "{plan}"
+    );
+    let text = case
+        .klm(&[
+            "plan",
+            "--target-version",
+            "3.28.0",
+            "--drain",
+            "--drain-scope",
+            "kata",
+        ])
+        .await
+        .ok()
+        .stdout;
+    assert!(
+        text.contains(&format!(
+            "wave 1 {node}: would evict {ns}/sandboxed; blocked now by PodDisruptionBudget {ns}/sandboxed"
+        )),
+        "{text}"
+    );
+    assert!(
+        !unschedulable_now(&case, &node).await,
+        "the plan cordoned nothing"
+    );
+
+    // Without the budget: only the Kata pod goes; the plain pod stays, and says why.
+    budgets
+        .delete("sandboxed", &Default::default())
+        .await
+        .unwrap();
+    let out = case
+        .klm(&[
+            "drain",
+            "--nodes",
+            &node,
+            "--drain-scope",
+            "kata",
+            "--drain-timeout",
+            "60s",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        out["nodes"][0]["evicted"],
+        serde_json::json!([format!("{ns}/sandboxed")]),
+        "{out}"
+    );
+    assert!(
+        out["nodes"][0]["skipped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| {
+                s["pod"] == format!("{ns}/web")
+                    && s["reason"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("drain scope kata")
+            }),
+        "{out}"
+    );
+    assert!(pods.get_opt("sandboxed").await.unwrap().is_none());
+    assert!(
+        pods.get_opt("web").await.unwrap().is_some(),
+        "a pod of no Kata RuntimeClass keeps running"
+    );
+}
+
+async fn unschedulable_now(case: &Case, node: &str) -> bool {
+    case.get_node(node)
+        .await
+        .spec
+        .and_then(|s| s.unschedulable)
+        .unwrap_or(false)
+}

@@ -124,8 +124,8 @@ fn help_is_grouped_by_heading() {
             .filter_map(|a| a.get_long())
             .collect();
         // A subcommand's own flags stay under "Options"; the shared ones
-        // (waves, selection, verification, chart, release, run, connection,
-        // output) each under their heading.
+        // (waves, drain, selection, verification, chart, release, run,
+        // connection, output) each under their heading.
         assert!(
             ungrouped.len() <= 10,
             "klm {} has {} options without a heading: {ungrouped:?}",
@@ -142,7 +142,8 @@ fn help_is_grouped_by_heading() {
     };
     for (long, expected) in [
         ("target-version", None),
-        ("drain", None),
+        ("drain", Some("Drain")),
+        ("drain-scope", Some("Drain")),
         ("dry-run", None),
         ("allow-downgrade", None),
         ("batch-size", Some("Waves")),

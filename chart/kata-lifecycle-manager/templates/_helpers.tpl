@@ -194,6 +194,8 @@ Arguments: dict root, run (bool, default true).
   value: {{`"{{workflow.parameters.restart-timeout}}"`}}
 - name: KLM_DRAIN_TIMEOUT
   value: {{`"{{workflow.parameters.drain-timeout}}"`}}
+- name: KLM_DRAIN_SCOPE
+  value: {{`"{{workflow.parameters.drain-scope}}"`}}
 - name: KLM_VERIFICATION_NAMESPACE
   value: {{`"{{workflow.parameters.verification-namespace}}"`}}
 - name: KLM_VERIFICATION_TIMEOUT
