@@ -8,6 +8,9 @@ use std::str::FromStr;
 pub const STATUS: &str = "katacontainers.io/kata-lifecycle-manager-status";
 /// The Kata version a node was last verified at.
 pub const CURRENT_VERSION: &str = "katacontainers.io/kata-current-version";
+/// When the node was last verified at [`CURRENT_VERSION`] and returned
+/// (RFC 3339): a Kata pod started before it runs an older runtime.
+pub const VERIFIED_AT: &str = "katacontainers.io/kata-current-version-verified-at";
 /// The run (Argo workflow name or `--run-id`) that currently holds the node.
 pub const RUN: &str = "katacontainers.io/kata-lifecycle-manager-run";
 /// The release (`namespace/name`) whose run holds the node: run ids are

@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 
 use clap::Args as ClapArgs;
+use kube::ResourceExt;
 
 use super::flags;
 use crate::args::{GlobalArgs, OutputFormat, ReleaseArgs, RunArgs, SelectionArgs};
@@ -25,6 +26,12 @@ pub struct Args {
     /// Keep the table current as nodes, kata-deploy pods and the run change, until Ctrl-C.
     #[arg(long, short = 'w')]
     pub watch: bool,
+
+    /// Also list, per verified node, the Kata pods (of the release's
+    /// RuntimeClasses) that started before the node was verified at its
+    /// version: they still run the runtime they started with.
+    #[arg(long, conflicts_with = "watch")]
+    pub sandboxes: bool,
 
     /// Which nodes (default: the nodes that run kata-deploy or carry klm's annotations).
     #[command(flatten)]
@@ -66,9 +73,17 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         Some(run_id) => Some(records.resolve(&release.name, Some(run_id)).await?),
         None => records.load(&release.name).await?.map(|(r, _)| r),
     };
-    let report = status::snapshot(&client, &helm, &release, &criteria, record)
-        .await?
-        .status(&criteria);
+    let fleet = status::snapshot(&client, &helm, &release, &criteria, record).await?;
+    let mut report = fleet.status(&criteria);
+    if args.sandboxes {
+        let shown: Vec<_> = fleet
+            .nodes
+            .iter()
+            .filter(|n| report.nodes.iter().any(|row| row.name == n.name_any()))
+            .cloned()
+            .collect();
+        report.sandboxes = Some(status::old_sandboxes(&client, &helm, &release, &shown).await?);
+    }
     output::print(global.output, &report)?;
     if args.fail_if_run_failed && status::run_failed(&report) {
         let failure = report

@@ -478,9 +478,20 @@ pub async fn release(
         match &how.current_version {
             Some(Some(version)) => {
                 node_annotations.insert(annotations::CURRENT_VERSION.into(), json!(version));
+                // A retried release keeps the first stamp: the runtime was
+                // verified then.
+                if annotation(&current, annotations::CURRENT_VERSION) != Some(version.as_str())
+                    || annotation(&current, annotations::VERIFIED_AT).is_none()
+                {
+                    node_annotations.insert(
+                        annotations::VERIFIED_AT.into(),
+                        json!(crate::run_record::now()),
+                    );
+                }
             }
             Some(None) => {
                 node_annotations.insert(annotations::CURRENT_VERSION.into(), Value::Null);
+                node_annotations.insert(annotations::VERIFIED_AT.into(), Value::Null);
             }
             None => {}
         }

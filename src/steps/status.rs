@@ -77,6 +77,103 @@ pub struct Status {
     pub run: Option<RunSummary>,
     /// The nodes.
     pub nodes: Vec<NodeRow>,
+    /// With `--sandboxes`: per verified node, the Kata pods that started
+    /// before it was verified at its version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandboxes: Option<Vec<OldSandboxes>>,
+}
+
+/// The Kata pods of one node that started before the node was verified at
+/// its version: they still run the runtime they started with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OldSandboxes {
+    /// The node.
+    pub node: String,
+    /// The version it was verified at.
+    pub version: String,
+    /// When (RFC 3339).
+    pub verified_at: String,
+    /// The pods (`namespace/name`) with when each started.
+    pub pods: Vec<(String, String)>,
+}
+
+/// The Kata pods (of the release's RuntimeClasses) on each node klm
+/// verified that started before that verification.
+pub async fn old_sandboxes(
+    client: &Client,
+    helm: &Helm,
+    release: &ReleaseRef,
+    nodes: &[Node],
+) -> anyhow::Result<Vec<OldSandboxes>> {
+    let crate::drain::Scope::RuntimeClasses(classes) =
+        crate::drain::Scope::resolve(crate::drain::DrainScope::Kata, helm, release).await?
+    else {
+        return Ok(Vec::new());
+    };
+    let pods: Api<Pod> = Api::all(client.clone());
+    let mut found = Vec::new();
+    for node in nodes {
+        let (Some(version), Some(verified_at)) = (
+            selection::annotation(node, annotations::CURRENT_VERSION),
+            selection::annotation(node, annotations::VERIFIED_AT),
+        ) else {
+            continue;
+        };
+        let Ok(verified) = verified_at.parse::<jiff::Timestamp>() else {
+            continue;
+        };
+        let name = node.name_any();
+        let on_node = pods
+            .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
+            .await
+            .during(|| format!("listing the pods on {name}"))?
+            .items;
+        let old = started_before(&on_node, &classes, verified);
+        if !old.is_empty() {
+            found.push(OldSandboxes {
+                node: name,
+                version: version.to_string(),
+                verified_at: verified_at.to_string(),
+                pods: old,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// The running pods of `classes` that started before `verified`, with
+/// their start times.
+fn started_before(
+    pods: &[Pod],
+    classes: &std::collections::BTreeSet<String>,
+    verified: jiff::Timestamp,
+) -> Vec<(String, String)> {
+    pods.iter()
+        .filter(|p| {
+            p.spec
+                .as_ref()
+                .and_then(|s| s.runtime_class_name.as_ref())
+                .is_some_and(|c| classes.contains(c))
+        })
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| {
+            let status = p.status.as_ref()?;
+            if status.phase.as_deref() != Some("Running") {
+                return None;
+            }
+            let started = status.start_time.as_ref()?.0;
+            // A start time has whole seconds; the node was cordoned until
+            // the verification's stamp, so a pod of that very second came
+            // after it.
+            (started.as_second() < verified.as_second()).then(|| {
+                (
+                    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
+                    started.to_string(),
+                )
+            })
+        })
+        .collect()
 }
 
 /// The parts of the run record a person wants to see.
@@ -255,6 +352,28 @@ impl Report for Status {
             }
             text.push_str(&output::table(&header, &rows));
         }
+        if let Some(sandboxes) = &self.sandboxes {
+            text.push_str("\n\n");
+            if sandboxes.is_empty() {
+                text.push_str("no Kata pod started before its node's verification: every sandbox runs the verified runtime");
+            } else {
+                text.push_str("Kata pods started before their node was verified (they still run the runtime they started with):");
+                for node in sandboxes {
+                    let pods: Vec<String> = node
+                        .pods
+                        .iter()
+                        .map(|(pod, started)| format!("{pod} (started {started})"))
+                        .collect();
+                    text.push_str(&format!(
+                        "\n  {} (verified at {} {}): {}",
+                        node.node,
+                        node.version,
+                        node.verified_at,
+                        pods.join(", ")
+                    ));
+                }
+            }
+        }
         text
     }
 }
@@ -304,6 +423,7 @@ impl Fleet {
             release_problem: self.release_problem.clone(),
             run,
             nodes,
+            sandboxes: None,
         }
     }
 
@@ -736,6 +856,37 @@ mod tests {
                 .status(&Criteria::default())
                 .text()
                 .contains("not yet reached")
+        );
+    }
+
+    #[test]
+    fn only_running_kata_pods_started_before_the_verification_are_old() {
+        let pod = |name: &str, class: Option<&str>, phase: &str, started: &str| -> Pod {
+            serde_json::from_value(serde_json::json!({
+                "metadata": {"name": name, "namespace": "apps"},
+                "spec": {"runtimeClassName": class, "containers": []},
+                "status": {"phase": phase, "startTime": started}
+            }))
+            .unwrap()
+        };
+        let classes = std::collections::BTreeSet::from(["kata-qemu".to_string()]);
+        let verified: jiff::Timestamp = "2026-12-07T10:00:00.4Z".parse().unwrap();
+        let pods = [
+            pod("old", Some("kata-qemu"), "Running", "2026-12-07T09:00:00Z"),
+            pod("new", Some("kata-qemu"), "Running", "2026-12-07T10:05:00Z"),
+            // The second of the verification: after it (the node was cordoned).
+            pod("same", Some("kata-qemu"), "Running", "2026-12-07T10:00:00Z"),
+            pod("runc", None, "Running", "2026-12-07T09:00:00Z"),
+            pod(
+                "done",
+                Some("kata-qemu"),
+                "Succeeded",
+                "2026-12-07T09:00:00Z",
+            ),
+        ];
+        assert_eq!(
+            started_before(&pods, &classes, verified),
+            [("apps/old".to_string(), "2026-12-07T09:00:00Z".to_string())]
         );
     }
 

@@ -111,3 +111,90 @@ async fn plan_uncordon_and_status_say_what_is_true() {
         status.stdout
     );
 }
+
+#[tokio::test]
+async fn status_sandboxes_names_the_kata_pods_still_on_the_runtime_they_started_with() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::PostParams;
+    use kube::runtime::wait::await_condition;
+
+    let case = Case::start(CaseSpec::new("sandboxes", 1, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let verification = verification_pod(dir.path(), &[]).display().to_string();
+    let node = case.node(0).to_string();
+    let ns = case.namespace.clone();
+    let pods: kube::Api<Pod> = kube::Api::namespaced(case.admin.clone(), &ns);
+    let kata_pod = |name: &str| -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": node, "runtimeClassName": format!("kata-qemu-{ns}"),
+                     "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+        }))
+        .unwrap()
+    };
+    let running = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                await_condition(pods, name, |p: Option<&Pod>| {
+                    p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+                        s.phase.as_deref() == Some("Running") && s.start_time.is_some()
+                    })
+                }),
+            )
+            .await
+            .expect("the pod runs within 60s")
+            .unwrap();
+        }
+    };
+    pods.create(&PostParams::default(), &kata_pod("before"))
+        .await
+        .unwrap();
+    running("before").await;
+
+    case.klm(&[
+        "upgrade",
+        "--target-version",
+        "3.28.0",
+        "--verification-pod",
+        &verification,
+        "--verification-namespace",
+        &ns,
+        "--restart-timeout",
+        "60s",
+    ])
+    .await
+    .ok();
+    pods.create(&PostParams::default(), &kata_pod("after"))
+        .await
+        .unwrap();
+    running("after").await;
+
+    let status = case
+        .klm(&["status", "--sandboxes", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    let sandboxes = status["sandboxes"].as_array().expect("sandboxes listed");
+    assert_eq!(sandboxes.len(), 1, "{status}");
+    assert_eq!(sandboxes[0]["node"], node.as_str(), "{status}");
+    assert_eq!(sandboxes[0]["version"], "3.28.0", "{status}");
+    let listed: Vec<&str> = sandboxes[0]["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [format!("{ns}/before")], "{status}");
+    let text = case.klm(&["status", "--sandboxes"]).await.ok().stdout;
+    assert!(
+        text.contains(&format!("{ns}/before (started ")) && !text.contains(&format!("{ns}/after")),
+        "{text}"
+    );
+    // Without the flag, status is the table alone.
+    let plain = case.klm(&["status", "-o", "json"]).await.ok().json();
+    assert!(plain.get("sandboxes").is_none(), "{plain}");
+}
