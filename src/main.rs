@@ -40,10 +40,11 @@ fn report(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(status.code())
 }
 
-/// Logs at info by default; at warn while live progress is drawn (`quiet`).
+/// Logs at info by default; only errors while live progress is drawn
+/// (`quiet`): the run's warnings and failures are its events there, said once.
 fn init_logging(format: LogFormat, verbose: u8, quiet: bool) {
     let default = match verbose {
-        0 if quiet => "warn",
+        0 if quiet => "error",
         0 => "info",
         1 => "debug",
         _ => "trace",

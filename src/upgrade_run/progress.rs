@@ -57,6 +57,8 @@ pub struct Progress {
     pub gates: Vec<PlannedGate>,
     /// How long each finished wave took, in order.
     pub finished: Vec<Duration>,
+    /// Waves completed (a failed wave is finished, not completed).
+    pub waves_completed: usize,
     /// The wave under way.
     pub current: Option<CurrentWave>,
     /// The wait before the next wave, while the run waits.
@@ -81,6 +83,7 @@ impl Progress {
             reached: BTreeSet::new(),
             gates: Vec::new(),
             finished: Vec::new(),
+            waves_completed: 0,
             current: None,
             hold: None,
             completed: 0,
@@ -126,6 +129,9 @@ impl Progress {
                 });
             }
             Phase::WaveCompleted | Phase::WaveFailed => {
+                if event.phase == Phase::WaveCompleted {
+                    self.waves_completed += 1;
+                }
                 if let Some(wave) = self.current.take() {
                     self.finished
                         .push(at.saturating_duration_since(wave.started));
@@ -212,45 +218,6 @@ impl Progress {
     pub fn elapsed_text(&self, now: Instant) -> String {
         clock(now.saturating_duration_since(self.started))
     }
-
-    /// The estimate as shown: `about 5m 3s left`, or what the run waits
-    /// for when no clock can say (an approval); None: no estimate yet.
-    pub fn left_text(&self, now: Instant) -> Option<String> {
-        let estimate = self
-            .estimate_left(now)
-            .map(|left| format!("about {} left", clock(left)));
-        match self.hold {
-            Some(Hold {
-                wave,
-                waiting_for: Waiting::Approval,
-                ..
-            }) => Some(match estimate {
-                Some(estimate) => {
-                    format!("wave {wave} waits for approval (klm approve); then {estimate}")
-                }
-                None => format!("wave {wave} waits for approval (klm approve)"),
-            }),
-            Some(Hold {
-                wave,
-                waiting_for,
-                until: Some(until),
-            }) => {
-                let what = match waiting_for {
-                    Waiting::Window => "the window opens",
-                    _ => "its soak ends",
-                };
-                let wait = format!(
-                    "wave {wave} waits {} until {what}",
-                    clock(until.saturating_duration_since(now))
-                );
-                Some(match estimate {
-                    Some(estimate) => format!("{wait}; {estimate}"),
-                    None => wait,
-                })
-            }
-            _ => estimate,
-        }
-    }
 }
 
 /// The instant of an RFC 3339 time, taking `at` as now.
@@ -265,7 +232,7 @@ fn instant_of(time: &str, at: Instant) -> Option<Instant> {
 }
 
 /// A duration in whole seconds, as people read it.
-fn clock(duration: Duration) -> String {
+pub fn clock(duration: Duration) -> String {
     humantime::format_duration(Duration::from_secs(duration.as_secs())).to_string()
 }
 
@@ -315,10 +282,6 @@ mod tests {
             progress.estimate_left(at(350)),
             Some(Duration::from_secs(250))
         );
-        assert_eq!(
-            progress.left_text(at(350)).as_deref(),
-            Some("about 4m 10s left")
-        );
         // A wave slower than the mean counts as done, not negative.
         assert_eq!(
             progress.estimate_left(at(600)),
@@ -351,6 +314,10 @@ mod tests {
         progress.apply(&event(Phase::WaveFailed, Some(1)), t0);
         progress.apply(&event(Phase::RunFailed, None), t0);
         assert_eq!((progress.completed, progress.rolled_back), (1, 1));
+        assert_eq!(
+            progress.waves_completed, 0,
+            "a failed wave is not completed"
+        );
         assert_eq!(progress.ended, Some(Phase::RunFailed));
         assert!(progress.current.is_none());
         assert_eq!((progress.waves_done(), progress.waves), (1, Some(1)));
@@ -414,14 +381,7 @@ mod tests {
             (Duration::from_secs(633)..=Duration::from_secs(635)).contains(&left),
             "{left:?}"
         );
-        assert!(
-            progress
-                .left_text(at(10))
-                .unwrap()
-                .starts_with("wave 2 waits 1"),
-            "{:?}",
-            progress.left_text(at(10))
-        );
+        assert_eq!(progress.hold.map(|h| h.wave), Some(2));
 
         // An approval has no clock: it is named.
         let mut approval = event(Phase::Held, Some(3));
@@ -429,9 +389,14 @@ mod tests {
         progress.apply(&wave_started(2, &["b"]), at(30));
         progress.apply(&event(Phase::WaveCompleted, Some(2)), at(40));
         progress.apply(&approval, at(40));
+        // An approval has no end to count: only the wave after it is.
         assert_eq!(
-            progress.left_text(at(40)).as_deref(),
-            Some("wave 3 waits for approval (klm approve); then about 10s left")
+            progress.estimate_left(at(40)),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            progress.hold.map(|h| h.waiting_for),
+            Some(Waiting::Approval)
         );
         progress.apply(&wave_started(3, &["c"]), at(100));
         assert!(progress.hold.is_none());

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::Observer;
-use super::event::{Event, Phase};
-use super::progress::Progress;
+use super::event::{Event, Phase, Waiting};
+use super::progress::{Progress, clock};
 use crate::args::OutputFormat;
 use crate::output;
 
@@ -60,7 +60,7 @@ impl View {
     }
 
     /// Whether the view for `format` draws on the terminal (logs below
-    /// warnings then stay quiet, so as not to tear the drawing).
+    /// errors then stay quiet, so as not to tear the drawing).
     pub fn draws_live(format: OutputFormat) -> bool {
         format == OutputFormat::Text && std::io::stdout().is_terminal()
     }
@@ -173,7 +173,7 @@ impl Summary {
             self.failed,
             self.waves_done,
             self.waves,
-            humantime::format_duration(Duration::from_secs(self.seconds))
+            clock(Duration::from_secs(self.seconds))
         );
         if !self.not_reached.is_empty() {
             text.push_str(&format!(
@@ -199,18 +199,18 @@ pub struct Live {
     bars: MultiProgress,
     waves: ProgressBar,
     nodes: Vec<(String, ProgressBar)>,
+    /// While the run waits before a wave: what for, and for how long so far.
+    hold: Option<ProgressBar>,
 }
 
 impl Live {
     fn new(now: Instant, run_id: &str, limits: Limits) -> Live {
         let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
         let waves = bars.add(ProgressBar::new(0));
+        // No bar until the waves are planned (a bar of none is drawn full).
         waves.set_style(
-            ProgressStyle::with_template(
-                "{spinner} run {prefix} waves [{bar:30}] {pos}/{len}  elapsed {elapsed}  {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template("{spinner} run {prefix}  elapsed {elapsed}  {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         waves.set_prefix(run_id.to_string());
         waves.set_message("checking the release and planning the waves");
@@ -221,18 +221,69 @@ impl Live {
             bars,
             waves,
             nodes: Vec::new(),
+            hold: None,
         }
+    }
+
+    /// A line for the wait before a wave, its clock counting (against the
+    /// soak or the window's opening, where the wait has an end).
+    fn show_hold(&mut self, event: &Event, now: Instant) {
+        if let Some(bar) = self.hold.take() {
+            bar.finish_and_clear();
+        }
+        let Some(hold) = self.progress.hold.filter(|_| event.phase == Phase::Held) else {
+            return;
+        };
+        let bar = self.bars.add(ProgressBar::new_spinner());
+        bar.set_style(
+            ProgressStyle::with_template("  {spinner} {msg} {elapsed}{prefix}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        let what = match hold.waiting_for {
+            Waiting::Soak => "soaking",
+            Waiting::Window => "waiting for the maintenance window",
+            Waiting::Approval => "waiting for approval (klm approve)",
+        };
+        bar.set_message(format!("wave {} held: {what}", hold.wave));
+        if let Some(until) = hold.until {
+            bar.set_prefix(format!(
+                " / {}",
+                clock(until.saturating_duration_since(now))
+            ));
+        }
+        self.hold = Some(bar);
     }
 
     fn show(&mut self, event: &Event) {
         let now = Instant::now();
         self.progress.apply(event, now);
-        if let Some(waves) = self.progress.waves {
+        if let Some(waves) = self.progress.waves
+            && event.phase == Phase::Planned
+        {
             self.waves.set_length(waves as u64);
+            self.waves.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} run {prefix} waves [{bar:30}] {pos}/{len}  elapsed {elapsed}  {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+            );
         }
-        self.waves.set_position(self.progress.waves_done() as u64);
+        // Completed waves fill the bar; a failed one does not.
+        self.waves
+            .set_position(self.progress.waves_completed as u64);
         self.waves.set_message(self.waves_message(now));
-        if event.phase == Phase::WaveStarted {
+        if matches!(
+            event.phase,
+            Phase::Held | Phase::GatePassed | Phase::WaveStarted
+        ) || event.phase.ends_run()
+        {
+            self.show_hold(event, now);
+        }
+        // A completed wave's rows go (its line stays); a failed wave's stay
+        // to the end, with its nodes' rollback.
+        if matches!(event.phase, Phase::WaveStarted | Phase::WaveCompleted) {
             for (_, bar) in self.nodes.drain(..) {
                 bar.finish_and_clear();
             }
@@ -253,18 +304,20 @@ impl Live {
                     }
                 };
                 let phase = node.phase.map_or("waiting", Phase::as_str);
-                let message = format!("wave {} {}: {phase}", wave.index, node.name);
-                if new || event.node.as_deref() == Some(node.name.as_str()) {
+                let changed = new || event.node.as_deref() == Some(node.name.as_str());
+                if changed {
                     // The clock shows the time in this phase.
                     bar.reset_elapsed();
+                }
+                bar.set_message(format!("wave {} {}: {phase}", wave.index, node.name));
+                if changed {
                     bar.set_prefix(
                         node.phase
                             .and_then(|p| self.limits.of(p))
-                            .map(|limit| format!(" / {}", humantime::format_duration(limit)))
+                            .map(|limit| format!(" / {}", clock(limit)))
                             .unwrap_or_default(),
                     );
                 }
-                bar.set_message(message);
             }
         }
         if worth_a_line(event.phase) {
@@ -277,7 +330,12 @@ impl Live {
         if self.progress.waves.is_none() {
             return "checking the release and planning the waves".into();
         }
-        let mut parts: Vec<String> = self.progress.left_text(now).into_iter().collect();
+        let mut parts: Vec<String> = self
+            .progress
+            .estimate_left(now)
+            .map(|left| format!("about {} left", clock(left)))
+            .into_iter()
+            .collect();
         let waiting = self.progress.not_reached().len();
         if waiting > 0 {
             parts.push(format!("{waiting} node(s) not started"));
@@ -286,6 +344,9 @@ impl Live {
     }
 
     fn clear(self) {
+        if let Some(bar) = &self.hold {
+            bar.finish_and_clear();
+        }
         for (_, bar) in &self.nodes {
             bar.finish_and_clear();
         }
@@ -295,6 +356,9 @@ impl Live {
     /// Stops drawing: a full bar only for a completed run; a failed or
     /// abandoned one stays where it stopped.
     fn finish(self) -> Progress {
+        if let Some(bar) = &self.hold {
+            bar.finish_and_clear();
+        }
         for (_, bar) in &self.nodes {
             bar.finish_and_clear();
         }
