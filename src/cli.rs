@@ -58,6 +58,12 @@ pub enum Command {
     Gate(commands::gate::Args),
     /// Approve a run of klm upgrade held at a gate (a workflow is resumed with argo resume).
     Approve(commands::approve::Args),
+    /// Pause a run of klm upgrade: no new wave starts until klm resume (a workflow: argo suspend).
+    Pause(commands::pause::Args),
+    /// Let a paused run of klm upgrade go on.
+    Resume(commands::pause::Args),
+    /// End a run of klm upgrade as the exit handler would: roll back what is in flight, release the rest.
+    Abort(commands::pause::Args),
     /// Mark verified nodes completed and return them to service.
     Complete(commands::complete::Args),
     /// Show the upgrade state of nodes.

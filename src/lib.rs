@@ -63,6 +63,7 @@ pub mod wait;
 
 use cli::{Cli, Command};
 use error::ExitStatus;
+use steps::pause::Action;
 
 /// Runs one subcommand and returns its exit status.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
@@ -84,6 +85,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitStatus> {
         Command::Settle(args) => commands::settle::run(args, global).await,
         Command::Gate(args) => commands::gate::run(args, global).await,
         Command::Approve(args) => commands::approve::run(args, global).await,
+        Command::Pause(args) => commands::pause::run(args, Action::Pause, global).await,
+        Command::Resume(args) => commands::pause::run(args, Action::Resume, global).await,
+        Command::Abort(args) => commands::pause::run(args, Action::Abort, global).await,
         Command::CloseRun(args) => commands::close_run::run(args, global).await,
         Command::Completion(args) => {
             commands::completion::run(&args, <Cli as clap::CommandFactory>::command())

@@ -240,6 +240,34 @@ pub struct RunRecord {
     /// release, which this run took over (see [`RunRecord::inherit`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inherited: Option<Inherited>,
+    /// What drives the run when it is not a workflow: `klm upgrade` (which
+    /// `klm pause`, `resume` and `abort` act on; a workflow is paused with
+    /// Argo).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<String>,
+    /// Paused by a person (`klm pause`): no new wave starts until `klm resume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<Intervention>,
+    /// Aborted by a person (`klm abort`): the run ends as the exit handler
+    /// ends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<Intervention>,
+}
+
+/// A person acting on a running run: who, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Intervention {
+    /// Who (the identity klm ran as, or the user's name).
+    pub by: String,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+impl std::fmt::Display for Intervention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "by {} at {}", self.by, self.at)
+    }
 }
 
 /// Values an earlier run of the release left on it for its own mechanics (a
@@ -673,6 +701,9 @@ pub(crate) fn example() -> RunRecord {
         marks: BTreeMap::new(),
         suspended: Vec::new(),
         inherited: None,
+        driver: None,
+        paused: None,
+        aborted: None,
     }
 }
 

@@ -180,6 +180,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
                 helm_timeout: args.chart.helm_timeout,
             },
             allow_downgrade: args.downgrade.allow_downgrade,
+            driver: None,
         },
     )
     .await?;

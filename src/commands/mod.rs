@@ -14,6 +14,7 @@ pub mod drain;
 pub mod flags;
 pub mod gate;
 pub mod helm_upgrade;
+pub mod pause;
 pub mod plan;
 pub mod restart_kata_pod;
 pub mod rollback;

@@ -115,6 +115,9 @@ impl Checked {
             marks: Default::default(),
             suspended: Vec::new(),
             inherited: None,
+            driver: None,
+            paused: None,
+            aborted: None,
         }
     }
 }
@@ -454,6 +457,8 @@ pub struct StartRequest<'a> {
     pub rehearsal: Rehearsal<'a>,
     /// A target older than the release's version was asked for explicitly.
     pub allow_downgrade: bool,
+    /// What drives the run when it is not a workflow (`klm upgrade`).
+    pub driver: Option<&'a str>,
 }
 
 /// A run started (or found already started: a retried step).
@@ -514,6 +519,7 @@ pub async fn start_run(
     );
     record.pool_label = request.pool_label.map(String::from);
     record.pool_pods = request.pods.pools().map(String::from).collect();
+    record.driver = request.driver.map(String::from);
     let (record, resumed) = match records.begin(record).await? {
         Begun::Created(record) => (record, false),
         Begun::Resumed(record) => (record, true),

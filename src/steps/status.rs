@@ -197,6 +197,12 @@ pub struct RunSummary {
     /// What it waits for before its next wave, while it waits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub held: Option<run_record::Held>,
+    /// Paused by a person (`klm pause`), while it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<run_record::Intervention>,
+    /// Aborted by a person (`klm abort`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<run_record::Intervention>,
     /// Once it ended: the values it set for its own mechanics that the
     /// release keeps (OnDelete, until the nodes still on an older
     /// kata-deploy are upgraded); the next run restores them.
@@ -246,6 +252,8 @@ impl From<RunRecord> for RunSummary {
             target_version: r.target_version.to_string(),
             nodes: r.nodes,
             held: r.held.filter(|_| r.state == RunState::Running),
+            paused: r.paused.filter(|_| r.state == RunState::Running),
+            aborted: r.aborted,
             left_on_release: if r.state.is_closed() {
                 r.mechanics
             } else {
@@ -327,6 +335,16 @@ impl Report for Status {
                 // Above the table's blank line: the run's second line.
                 text.truncate(text.len() - 1);
                 text.push_str(&format!("{held}\n\n"));
+            }
+            if let Some(aborted) = &run.aborted {
+                text.truncate(text.len() - 1);
+                text.push_str(&format!("aborted {aborted}\n\n"));
+            } else if let Some(paused) = &run.paused {
+                text.truncate(text.len() - 1);
+                text.push_str(&format!(
+                    "paused {paused}: no new wave starts until `klm resume --run-id {}`\n\n",
+                    run.run_id
+                ));
             }
             if let Some(left) = run.left_note() {
                 text.truncate(text.len() - 1);

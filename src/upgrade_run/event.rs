@@ -19,6 +19,10 @@ pub enum Phase {
     Held,
     /// A gate did its part: a soak's verification passed, an approval came.
     GatePassed,
+    /// A person paused the run (`klm pause`): no new wave starts.
+    Paused,
+    /// A person resumed the paused run (`klm resume`).
+    Resumed,
     /// A wave begins.
     WaveStarted,
     /// A node is held for the run and unschedulable.
@@ -73,6 +77,8 @@ impl Phase {
             Phase::ReleaseUpgraded => "release-upgraded",
             Phase::Held => "held",
             Phase::GatePassed => "gate-passed",
+            Phase::Paused => "paused",
+            Phase::Resumed => "resumed",
             Phase::WaveStarted => "wave-started",
             Phase::Cordoned => "cordoned",
             Phase::Draining => "draining",

@@ -14,6 +14,8 @@ pub enum Signal {
     Interrupt,
     /// `kill`, or a pod or unit being stopped.
     Terminate,
+    /// `klm abort`, recorded in the run record by a person.
+    Abort,
 }
 
 impl Signal {
@@ -22,6 +24,7 @@ impl Signal {
         match self {
             Signal::Interrupt => "SIGINT (Ctrl-C)",
             Signal::Terminate => "SIGTERM",
+            Signal::Abort => "klm abort",
         }
     }
 }

@@ -37,6 +37,7 @@ use crate::nodes::selection::Criteria;
 use crate::release::ReleaseRef;
 use crate::steps::check_prerequisites;
 use crate::steps::close_run::Ended;
+use crate::steps::pause;
 use crate::steps::rollback::{self, Reverify};
 use crate::verification::Pods;
 use crate::versions::ModeChoice;
@@ -264,6 +265,7 @@ pub async fn run(
             helm_timeout: settings.helm_timeout,
         },
         allow_downgrade: settings.allow_downgrade,
+        driver: Some(pause::DRIVER),
     };
     // What the plan refuses (a selection without the release's nodes, a
     // policy that cannot be planned) is refused before the run is recorded:
@@ -297,6 +299,31 @@ pub async fn run(
         reporter.send(event);
     }
 
+    // `klm abort` reaches the run as a signal does: the step under way is
+    // cut short (or finishes, if it must) and the run ends as the exit
+    // handler ends it.
+    let abort_watch = {
+        let (client, release, run_id) = (
+            client.clone(),
+            settings.release.clone(),
+            record.run_id.clone(),
+        );
+        let interrupts = interrupts.clone();
+        tokio::spawn(async move {
+            let aborted = pause::watch_record(
+                &client,
+                &release,
+                &run_id,
+                format!("an abort of run {run_id}"),
+                |r| r.aborted.clone(),
+            )
+            .await;
+            if aborted.is_ok() {
+                interrupts.receive(Signal::Abort);
+            }
+        })
+    };
+    let _stop_watching = AbortOnDrop(abort_watch);
     let mode = record.mode;
     let ending = match waves(cluster, settings, mode, interrupts, &mut reporter).await {
         Ok(left) => Ending::Completed(left),
@@ -331,6 +358,15 @@ pub async fn run(
             Err(err) => Closing::Failed(err),
         },
     })
+}
+
+/// Ends a task when dropped (the run's watch of its record).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The run's last event: completed, or failed and why.

@@ -13,6 +13,7 @@ use crate::steps::complete;
 use crate::steps::cordon;
 use crate::steps::gate;
 use crate::steps::helm_upgrade::{self, Outcome as UpgradeOutcome, Stage};
+use crate::steps::pause;
 use crate::steps::restart_kata_pod;
 use crate::steps::rollback::RolledBack;
 use crate::steps::select_nodes;
@@ -96,6 +97,8 @@ pub(super) async fn waves(
         if held {
             hold_wave(cluster, settings, interrupts, reporter, wave.index).await?;
         }
+        // Last before the wave: a pause made while it was held counts too.
+        unless_paused(cluster, settings, interrupts, reporter, wave.index).await?;
         let mut event = reporter.run(Phase::WaveStarted).in_wave(wave.index);
         event.nodes = wave.nodes.clone();
         reporter.send(event);
@@ -236,6 +239,43 @@ async fn hold_wave(
             }
         };
     }
+}
+
+/// Before a wave: while a person has paused the run (`klm pause`), wait,
+/// watching the run record, until it is resumed (a signal or `klm abort`
+/// cuts the wait short).
+async fn unless_paused(
+    cluster: Cluster<'_>,
+    settings: &Settings,
+    interrupts: &Interrupts,
+    reporter: &mut Reporter<'_>,
+    index: usize,
+) -> Result<(), Stop> {
+    let record = crate::run_record::Records::new(cluster.client, &settings.release.namespace)
+        .resolve(&settings.release.name, Some(&reporter.run_id))
+        .await
+        .map_err(|e| Stop::Failed(e.into()))?;
+    let Some(paused) = record.paused.as_ref() else {
+        return Ok(());
+    };
+    let event = reporter.run(Phase::Paused).in_wave(index).saying(format!(
+        "paused {paused}: wave {index} starts after `klm resume --run-id {}`",
+        reporter.run_id
+    ));
+    reporter.send(event);
+    let resumed = pause::watch_record(
+        cluster.client,
+        &settings.release,
+        &reporter.run_id,
+        format!("run {} to be resumed", reporter.run_id),
+        |r| r.paused.is_none().then_some(()),
+    );
+    cancellable(interrupts, resumed)
+        .await?
+        .map_err(Stop::Failed)?;
+    let event = reporter.run(Phase::Resumed).in_wave(index);
+    reporter.send(event);
+    Ok(())
 }
 
 fn upgrade_request(

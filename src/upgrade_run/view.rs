@@ -385,6 +385,8 @@ fn worth_a_line(phase: Phase) -> bool {
             | Phase::ReleaseUpgraded
             | Phase::Held
             | Phase::GatePassed
+            | Phase::Paused
+            | Phase::Resumed
             | Phase::WaveCompleted
             | Phase::RestartFailed
             | Phase::VerificationFailed

@@ -713,3 +713,142 @@ async fn job_mode_waves_are_scoped_upgrades_and_complete() {
     assert_eq!(record["mode"], "job");
     assert_eq!(case.release_state().await.1, "3.33.0");
 }
+
+#[tokio::test]
+async fn klm_pause_holds_the_next_wave_resume_lets_it_start_and_abort_ends_the_run() {
+    let case = Case::start(CaseSpec::new("pause", 2, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = broken_on(&case, dir.path(), &[]);
+    // Wave 2 waits for an approval: a point where the run is sure to be.
+    let gate = [
+        "-o",
+        "json",
+        "--canary-size",
+        "1",
+        "--gate",
+        "canary",
+        "--gate-approval",
+    ];
+    let (child, mut lines) = spawn_upgrade(&case, "run-pause", &pod, &gate);
+    let mut events: Vec<Value> = Vec::new();
+    let mut aborted = false;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        let event: Value = serde_json::from_str(&line).unwrap();
+        let phase = event["phase"].as_str().unwrap_or_default().to_string();
+        let wave = event["wave"].as_u64();
+        events.push(event);
+        match (phase.as_str(), wave) {
+            ("held", _) => {
+                // Paused while held: once approved, wave 2 still waits.
+                let paused = case.klm(&["pause", "--run-id", "run-pause"]).await.ok();
+                assert!(
+                    paused.stdout.contains("run run-pause paused by "),
+                    "{}",
+                    paused.stdout
+                );
+                let again = case.klm(&["pause", "--run-id", "run-pause"]).await.ok();
+                assert!(again.stdout.contains("already paused"), "{}", again.stdout);
+                let status = case.klm(&["status", "--run-id", "run-pause"]).await.ok();
+                assert!(
+                    status.stdout.lines().any(|l| l.starts_with("paused by ")),
+                    "{}",
+                    status.stdout
+                );
+                case.klm(&["approve", "--run-id", "run-pause"]).await.ok();
+            }
+            ("paused", _) => {
+                let n2 = case.get_node(case.node(1)).await;
+                assert!(!unschedulable(&n2), "a paused run cordons nothing new");
+                case.klm(&["resume", "--run-id", "run-pause"]).await.ok();
+            }
+            // Aborted mid-wave: the run ends as the exit handler ends it.
+            ("restarting", Some(2)) if !aborted => {
+                aborted = true;
+                let abort = case.klm(&["abort", "--run-id", "run-pause"]).await.ok();
+                assert!(abort.stdout.contains("aborted by "), "{}", abort.stdout);
+            }
+            _ => {}
+        }
+    }
+    let output = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let seen: Vec<(&str, Option<u64>)> = events
+        .iter()
+        .map(|e| (e["phase"].as_str().unwrap(), e["wave"].as_u64()))
+        .collect();
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "klm upgrade (paused, resumed, aborted): {:?}\n{seen:?}\n{stderr}",
+            output.status
+        );
+    }
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("klm abort"), "{stderr}");
+    let position = |wanted: (&str, Option<u64>)| seen.iter().position(|s| *s == wanted);
+    let paused = position(("paused", Some(2))).expect("wave 2 paused");
+    let resumed = position(("resumed", Some(2))).expect("wave 2 resumed");
+    let started = position(("wave-started", Some(2))).expect("wave 2 started");
+    assert!(paused < resumed && resumed < started, "{seen:?}");
+    assert!(seen.contains(&("interrupted", None)), "{seen:?}");
+    assert_eq!(seen[seen.len() - 2].0, "run-failed", "{seen:?}");
+    // Node 1 completed; node 2, caught mid-wave, is back and in service.
+    let n1 = case.get_node(case.node(0)).await;
+    assert_eq!(annotation(&n1, STATUS).as_deref(), Some("completed"));
+    let n2 = case.get_node(case.node(1)).await;
+    assert_eq!(host_version(&n2).as_deref(), Some("3.27.0"));
+    assert!(!unschedulable(&n2));
+    assert_eq!(annotation(&n2, HELD_BY), None);
+    let record = case.run_record().await.unwrap();
+    assert_ne!(record["state"], "running", "{record}");
+    assert!(record["aborted"]["by"].is_string(), "{record}");
+    // Nothing is left to pause.
+    let refused = case.klm(&["pause", "--run-id", "run-pause"]).await.code(3);
+    assert!(
+        refused.stderr.contains("nothing to pause"),
+        "{}",
+        refused.stderr
+    );
+}
+
+#[tokio::test]
+async fn a_workflows_run_is_paused_with_argo_and_klm_says_how() {
+    let case = Case::start(CaseSpec::new("pausewf", 1, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let pod = broken_on(&case, dir.path(), &[]).display().to_string();
+    // A run the WorkflowTemplate's first step recorded.
+    case.klm(&[
+        "check-prerequisites",
+        "--target-version",
+        "3.28.0",
+        "--run-id",
+        "upgrade-x7k2p",
+        "--verification-pod",
+        &pod,
+        "--verification-namespace",
+        &case.namespace,
+    ])
+    .await
+    .ok();
+    let before = case.snapshot().await;
+    for (command, argo) in [
+        ("pause", "argo suspend upgrade-x7k2p"),
+        ("resume", "argo resume upgrade-x7k2p"),
+        ("abort", "argo stop upgrade-x7k2p"),
+    ] {
+        let refused = case
+            .klm(&[command, "--run-id", "upgrade-x7k2p"])
+            .await
+            .code(3);
+        assert!(
+            refused.stderr.contains("driven by its workflow") && refused.stderr.contains(argo),
+            "{}",
+            refused.stderr
+        );
+    }
+    assert_eq!(case.snapshot().await, before, "nothing changed");
+}
