@@ -9,9 +9,15 @@ use kube::{Api, ResourceExt};
 use crate::support::{Case, CaseSpec};
 
 async fn plain_pod(case: &Case, name: &str, node: &str) {
+    pod_of_class(case, name, node, None).await;
+}
+
+/// A pod `name` (labelled `app=name`) on `node`, of a RuntimeClass if given.
+async fn pod_of_class(case: &Case, name: &str, node: &str, class: Option<&str>) {
     let pod: Pod = serde_json::from_value(serde_json::json!({
         "metadata": {"name": name, "labels": {"app": name}},
-        "spec": {"nodeName": node, "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+        "spec": {"nodeName": node, "runtimeClassName": class,
+                 "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
     }))
     .unwrap();
     Api::<Pod>::namespaced(case.admin.clone(), &case.namespace)
@@ -135,16 +141,8 @@ async fn a_kata_scoped_drain_evicts_only_the_releases_kata_pods_and_the_plan_nam
         .await
         .expect("the release's RuntimeClass");
     plain_pod(&case, "web", &node).await;
-    let kata_pod: Pod = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "sandboxed", "labels": {"app": "sandboxed"}},
-        "spec": {"nodeName": node, "runtimeClassName": class,
-                 "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
-    }))
-    .unwrap();
+    pod_of_class(&case, "sandboxed", &node, Some(&class)).await;
     let pods: Api<Pod> = Api::namespaced(case.admin.clone(), &case.namespace);
-    pods.create(&PostParams::default(), &kata_pod)
-        .await
-        .unwrap();
     let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "sandboxed"},
         "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "sandboxed"}}}
