@@ -58,14 +58,15 @@ cross_cargo() {
   local env_triple=${triple//-/_}
   local upper=${env_triple^^}
   local cmd=(cargo)
+  # env's -u options come before its assignments.
   local env=(
     -u CARGO_ENCODED_RUSTFLAGS -u CARGO_BUILD_RUSTFLAGS -u CARGO_BUILD_TARGET -u CARGO_TARGET_DIR
-    -u RUSTC_WRAPPER -u RUSTC_WORKSPACE_WRAPPER -u RUSTUP_TOOLCHAIN -u RUSTC_BOOTSTRAP
+    -u RUSTC_WRAPPER -u RUSTC_WORKSPACE_WRAPPER -u RUSTUP_TOOLCHAIN -u RUSTC_BOOTSTRAP -u RUSTC
     RUSTFLAGS='-C target-feature=+crt-static'
     CARGO_PROFILE_DEV_DEBUG=0
   )
   case $toolchain in
-    rustup) env+=(-u RUSTC) ;;
+    rustup) ;;
     debian | build-std)
       cmd=("$cross_debian_cargo")
       env+=(RUSTC="$cross_debian_rustc"

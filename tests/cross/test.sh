@@ -2,9 +2,8 @@
 # The cross tier of `make test`: installs the Debian packages when missing
 # (tests/cross/packages.sh), builds and smoke-runs static klm for all four
 # architectures (tests/cross/build.sh), and runs the unit tests under qemu for
-# the foreign architectures in CROSS_UNIT_ARCHES (default: s390x, the one big
-# endian target and the one whose std is built here; `make cross` runs all
-# three). Where the packages cannot be had (not Debian 12 on amd64, or not
+# the foreign architectures in CROSS_UNIT_ARCHES (default: all three, arm64
+# ppc64le s390x; an empty list runs none). Where the packages cannot be had (not Debian 12 on amd64, or not
 # root) it prints one line and is skipped; with CI=true on Debian 12 it must run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,7 +15,7 @@ if ((status == 3)); then
 fi
 ((status == 0)) || exit "$status"
 bash tests/cross/build.sh
-read -r -a unit_arches <<<"${CROSS_UNIT_ARCHES-s390x}"
+read -r -a unit_arches <<<"${CROSS_UNIT_ARCHES-arm64 ppc64le s390x}"
 if ((${#unit_arches[@]})); then
   bash tests/cross/unit.sh "${unit_arches[@]}"
 fi
