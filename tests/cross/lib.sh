@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034 # set here, read by the scripts that source this file
 # Sourced by tests/cross/*.sh: the four architectures klm ships for and how
 # each is built on a Debian 12 amd64 machine without downloading a toolchain.
 #
@@ -26,7 +27,7 @@ cross_debian_cargo=/usr/bin/cargo
 # build-std) and target_dir.
 cross_target() {
   case $1 in
-    amd64) triple=x86_64-unknown-linux-gnu gnu=x86_64-linux-gnu qemu= \
+    amd64) triple=x86_64-unknown-linux-gnu gnu=x86_64-linux-gnu qemu='' \
       elf_machine='Advanced Micro Devices X86-64' elf_data='little endian' \
       toolchain=rustup target_dir=target/static ;;
     arm64) triple=aarch64-unknown-linux-gnu gnu=aarch64-linux-gnu qemu=qemu-aarch64-static \
@@ -78,7 +79,7 @@ cross_cargo() {
   local extra=()
   if [[ $toolchain == build-std ]]; then
     env+=(RUSTC_BOOTSTRAP=1)
-    extra=(-Zbuild-std=std,panic_abort)
+    extra=('-Zbuild-std=std,panic_abort')
   fi
   local sub=$1
   shift

@@ -4,7 +4,7 @@
 # missing: the foreign architectures arm64 and ppc64el for dpkg, Debian's
 # Rust 1.96 (rustc-web, cargo-web) with its std for aarch64 and powerpc64le
 # and its sources (rust-web-src, for s390x's std), the cross gcc and glibc
-# of each target, qemu-user-static, and file. Needs root and apt-get.
+# of each target, and qemu-user-static. Needs root and apt-get.
 #
 # Exits 0 when everything is there or was installed. Where it cannot install
 # (not Debian 12 on amd64, not root) it prints one line and exits 3, or 1 with
@@ -19,7 +19,7 @@ packages=(
   gcc-aarch64-linux-gnu libc6-dev-arm64-cross
   gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross
   gcc-s390x-linux-gnu libc6-dev-s390x-cross
-  qemu-user-static file
+  qemu-user-static
 )
 foreign=(arm64 ppc64el)
 
@@ -46,8 +46,12 @@ if ((${#missing[@]} == 0 && ${#missing_arches[@]} == 0)); then
   exit 0
 fi
 if [[ $(id -u) != 0 ]]; then
-  echo "cross: cannot add the dpkg architectures ${missing_arches[*]:-(none)} and install ${missing[*]:-(nothing)} (needs root): skipped" >&2
-  [[ ${CI:-} == true ]] && exit 1
+  need="${missing[*]}${missing_arches[*]:+ and the dpkg architectures ${missing_arches[*]}}"
+  if [[ ${CI:-} == true ]]; then
+    echo "cross: cannot install ${need# } (needs root)" >&2
+    exit 1
+  fi
+  echo "cross: cannot install ${need# } (needs root): skipped" >&2
   exit 3
 fi
 export DEBIAN_FRONTEND=noninteractive
