@@ -4,7 +4,7 @@
 BIN := target/rig/bin
 CHART := chart/kata-lifecycle-manager
 
-.PHONY: all build rig-bins host-packages static-klm demo rig-up test lint unit integration bench bench-workflow clean-rig
+.PHONY: all build rig-bins host-packages static-klm cross-packages cross cross-release cross-test demo rig-up test lint unit integration bench bench-workflow clean-rig
 
 all: build
 
@@ -27,6 +27,29 @@ host-packages:
 static-klm:
 	bash tests/argo/static-klm.sh
 
+## Debian 12 packages of the cross builds (Rust 1.96 with the arm64 and ppc64el std and its sources, the
+## cross gcc, qemu-user-static), installed when missing (root).
+cross-packages:
+	bash tests/cross/packages.sh
+
+## klm for linux/amd64, arm64, ppc64le and s390x: static builds, checked and smoke-run (foreign ones
+## under qemu-user), then klm's unit tests for each foreign architecture under qemu. README: "Other
+## architectures".
+cross: cross-packages
+	bash tests/cross/build.sh
+	bash tests/cross/unit.sh arm64 ppc64le s390x
+
+## The same four binaries in the release profile (thin LTO, stripped), checked and smoke-run.
+cross-release: cross-packages
+	bash tests/cross/build.sh --release
+
+## make test's share: `make cross`, with the unit tests under qemu for CROSS_UNIT_ARCHES only (all
+## three by default; `make test CROSS_UNIT_ARCHES=s390x` keeps one), skipped with one line where
+## Debian 12's packages cannot be installed.
+CROSS_UNIT_ARCHES ?= arm64 ppc64le s390x
+cross-test:
+	CROSS_UNIT_ARCHES='$(CROSS_UNIT_ARCHES)' bash tests/cross/test.sh
+
 ## The way users run it, on the rig: helm install both charts, then argo submit an upgrade of three
 ## simulated nodes (steps on a real kubelet node, a real Argo controller) and one that rolls back.
 demo: rig-bins host-packages
@@ -38,8 +61,9 @@ demo: rig-bins host-packages
 rig-up: rig-bins
 	cargo run -q -p klm-rig --bin klm-rig -- up --nodes 3
 
-## Every check and test: formatting, lints, chart lint, unit and integration tests on the rig.
-test: rig-bins lint unit integration
+## Every check and test: formatting, lints, chart lint, unit tests (and klm for the other
+## architectures under qemu), integration tests on the rig.
+test: rig-bins lint unit cross-test integration
 
 lint:
 	cargo fmt --all -- --check
