@@ -8,6 +8,7 @@ use std::time::Duration;
 use backon::{ConstantBuilder, Retryable};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{EvictParams, ListParams};
+use kube::core::labels::{Selector, SelectorExt};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
 
@@ -46,13 +47,7 @@ impl Scope {
         match asked {
             DrainScope::All => Ok(Scope::All),
             DrainScope::Kata => {
-                let classes: BTreeSet<String> = release
-                    .load(helm)
-                    .await?
-                    .objects("RuntimeClass")?
-                    .into_iter()
-                    .map(|object| object.name)
-                    .collect();
+                let classes = release.load(helm).await?.runtime_class_names()?;
                 if classes.is_empty() {
                     return Err(crate::error::UserError::precondition(format!(
                         "release {} has no RuntimeClass, so --drain-scope kata would evict nothing",
@@ -545,24 +540,8 @@ pub async fn preview(
     Ok(previews)
 }
 
-/// Whether a label selector selects `labels` (matchLabels and
-/// matchExpressions, as the API server reads them).
+/// Whether a label selector selects `labels`, as kube reads one; a
+/// selector the API would not accept selects nothing.
 fn selects(selector: &LabelSelector, labels: &std::collections::BTreeMap<String, String>) -> bool {
-    let labels_match = selector
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(key, value)| labels.get(key) == Some(value));
-    let expressions_match = selector.match_expressions.iter().flatten().all(|e| {
-        let values = e.values.as_deref().unwrap_or_default();
-        let value = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => value.is_some_and(|v| values.contains(v)),
-            "NotIn" => value.is_none_or(|v| !values.contains(v)),
-            "Exists" => value.is_some(),
-            "DoesNotExist" => value.is_none(),
-            _ => false,
-        }
-    });
-    labels_match && expressions_match
+    Selector::try_from(selector.clone()).is_ok_and(|selector| selector.matches(labels))
 }

@@ -740,6 +740,15 @@ impl Release {
             .collect())
     }
 
+    /// The names of the RuntimeClasses in the release's manifest.
+    pub fn runtime_class_names(&self) -> Result<std::collections::BTreeSet<String>, ReleaseError> {
+        Ok(self
+            .objects("RuntimeClass")?
+            .into_iter()
+            .map(|object| object.name)
+            .collect())
+    }
+
     /// The objects of a kind in the release's manifest, each with its
     /// document, in the manifest's order.
     fn parsed_objects(&self, kind: &str) -> Result<Vec<(ManifestObject, Value)>, ReleaseError> {

@@ -264,6 +264,47 @@ pub struct Intervention {
     pub at: String,
 }
 
+/// Waits, by watching the release's run record, until `check` of run
+/// `run_id`'s record says done (or failed); fails when another run replaced
+/// it. A person may take days: the wait has no deadline but a year's.
+pub async fn watch_run<T>(
+    client: &Client,
+    namespace: &str,
+    release: &str,
+    run_id: &str,
+    what: String,
+    check: impl Fn(&RunRecord) -> crate::wait::Check<T>,
+) -> Result<T, crate::wait::WaitError> {
+    use crate::wait::Check;
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let patience = std::time::Duration::from_secs(365 * 24 * 3600);
+    crate::wait::watch_until(
+        api,
+        crate::wait::by_name(&name_for(release)),
+        patience,
+        what,
+        |found| {
+            let record = found
+                .first()
+                .and_then(|cm| cm.data.as_ref()?.get(DATA_KEY).cloned())
+                .and_then(|raw| serde_json::from_str::<RunRecord>(&raw).ok());
+            match record {
+                Some(r) if r.run_id != run_id => {
+                    Check::Failed(format!("run {} replaced run {run_id}", r.run_id))
+                }
+                Some(r) => check(&r),
+                None => Check::Pending,
+            }
+        },
+    )
+    .await
+}
+
+/// The id of a run started without one: `klm-<unix seconds>`.
+pub fn new_run_id() -> String {
+    format!("klm-{}", k8s_openapi::jiff::Timestamp::now().as_second())
+}
+
 impl std::fmt::Display for Intervention {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "by {} at {}", self.by, self.at)

@@ -136,7 +136,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let run_id = args
         .run
         .run_id
-        .unwrap_or_else(|| format!("klm-{}", k8s_openapi::jiff::Timestamp::now().as_second()));
+        .unwrap_or_else(crate::run_record::new_run_id);
     let limits = Limits {
         drain: args.drain.asked().map(|(timeout, _)| timeout),
         restart: Some(args.restart_timeout),

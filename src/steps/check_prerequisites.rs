@@ -510,7 +510,7 @@ pub async fn start_run(
     let run_id = request
         .run_id
         .clone()
-        .unwrap_or_else(|| format!("klm-{}", k8s_openapi::jiff::Timestamp::now().as_second()));
+        .unwrap_or_else(crate::run_record::new_run_id);
     let mut record = checked.record(
         run_id,
         request.release,

@@ -385,36 +385,25 @@ pub async fn await_approval(
     run_id: &str,
     wave: u32,
 ) -> anyhow::Result<()> {
-    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
-        kube::Api::namespaced(client.clone(), &release.namespace);
-    let name = crate::run_record::name_for(&release.name);
-    // A person may take days; the wait is a watch, not a poll.
-    let patience = Duration::from_secs(365 * 24 * 3600);
-    crate::wait::watch_until(
-        api,
-        crate::wait::by_name(&name),
-        patience,
+    crate::run_record::watch_run(
+        client,
+        &release.namespace,
+        &release.name,
+        run_id,
         format!("the approval of run {run_id}"),
-        |found| {
-            let record = found
-                .first()
-                .and_then(|cm| cm.data.as_ref()?.get(crate::run_record::DATA_KEY).cloned())
-                .and_then(|raw| serde_json::from_str::<RunRecord>(&raw).ok());
-            match record {
-                Some(r) if r.run_id != run_id => {
-                    crate::wait::Check::Failed(format!("run {} replaced run {run_id}", r.run_id))
-                }
-                Some(r) if r.state.is_closed() => crate::wait::Check::Failed(format!(
+        |r| {
+            if r.state.is_closed() {
+                crate::wait::Check::Failed(format!(
                     "run {run_id} was closed while it waited for approval"
-                )),
-                Some(r)
-                    if r.gates.iter().any(|g| {
-                        g.before_wave == wave as usize && g.passage.approved.is_some()
-                    }) =>
-                {
-                    crate::wait::Check::Done(())
-                }
-                _ => crate::wait::Check::Pending,
+                ))
+            } else if r
+                .gates
+                .iter()
+                .any(|g| g.before_wave == wave as usize && g.passage.approved.is_some())
+            {
+                crate::wait::Check::Done(())
+            } else {
+                crate::wait::Check::Pending
             }
         },
     )

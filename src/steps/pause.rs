@@ -6,15 +6,11 @@
 //! A workflow's run is paused, resumed and stopped with Argo, which klm
 //! names.
 
-use std::time::Duration;
-
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::Client;
 
 use crate::error::UserError;
 use crate::release::ReleaseRef;
-use crate::run_record::{self, Intervention, Records, RunRecord};
-use crate::wait::{self, Check};
+use crate::run_record::{self, Intervention, Records};
 
 /// The driver `klm upgrade` records: the runs these commands act on.
 pub const DRIVER: &str = "klm upgrade";
@@ -132,61 +128,16 @@ pub async fn act(
     ))
 }
 
-/// Why a run must not go on, as its record says: aborted, or paused.
-pub fn stopped_by(record: &RunRecord) -> Option<(Action, &Intervention)> {
-    if let Some(aborted) = &record.aborted {
-        return Some((Action::Abort, aborted));
-    }
-    record.paused.as_ref().map(|p| (Action::Pause, p))
-}
-
-/// Waits, by watching the run record, until `check` says done; a person
-/// may take days.
-pub async fn watch_record<T: Send + 'static>(
-    client: &Client,
-    release: &ReleaseRef,
-    run_id: &str,
-    what: String,
-    check: impl Fn(&RunRecord) -> Option<T> + Send + 'static,
-) -> anyhow::Result<T> {
-    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), &release.namespace);
-    let name = run_record::name_for(&release.name);
-    let run_id = run_id.to_string();
-    let patience = Duration::from_secs(365 * 24 * 3600);
-    Ok(
-        wait::watch_until(api, wait::by_name(&name), patience, what, move |found| {
-            let record = found
-                .first()
-                .and_then(|cm| cm.data.as_ref()?.get(run_record::DATA_KEY).cloned())
-                .and_then(|raw| serde_json::from_str::<RunRecord>(&raw).ok());
-            match record {
-                Some(r) if r.run_id != run_id => {
-                    Check::Failed(format!("run {} replaced run {run_id}", r.run_id))
-                }
-                Some(r) => check(&r).map_or(Check::Pending, Check::Done),
-                None => Check::Pending,
-            }
-        })
-        .await?,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn an_abort_outranks_a_pause() {
-        let mut record = run_record::example();
-        assert!(stopped_by(&record).is_none());
+    fn who_and_when_and_what_argo_does_instead() {
         let who = Intervention {
             by: "ops".into(),
             at: "2026-12-07T10:00:00Z".into(),
         };
-        record.paused = Some(who.clone());
-        assert_eq!(stopped_by(&record).map(|(a, _)| a), Some(Action::Pause));
-        record.aborted = Some(who.clone());
-        assert_eq!(stopped_by(&record).map(|(a, _)| a), Some(Action::Abort));
         assert_eq!(who.to_string(), "by ops at 2026-12-07T10:00:00Z");
         assert_eq!(
             Action::Pause.argo("upgrade-x"),

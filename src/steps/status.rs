@@ -106,11 +106,8 @@ pub async fn old_sandboxes(
     release: &ReleaseRef,
     nodes: &[Node],
 ) -> anyhow::Result<Vec<OldSandboxes>> {
-    let crate::drain::Scope::RuntimeClasses(classes) =
-        crate::drain::Scope::resolve(crate::drain::DrainScope::Kata, helm, release).await?
-    else {
-        return Ok(Vec::new());
-    };
+    // A release without RuntimeClasses has no Kata pods to list.
+    let classes = release.load(helm).await?.runtime_class_names()?;
     let pods: Api<Pod> = Api::all(client.clone());
     let mut found = Vec::new();
     for node in nodes {

@@ -41,6 +41,7 @@ use crate::steps::pause;
 use crate::steps::rollback::{self, Reverify};
 use crate::verification::Pods;
 use crate::versions::ModeChoice;
+use crate::wait::Check;
 use guard::{Abandoned, Reporter, Stop};
 use sequence::{close, waves};
 
@@ -310,12 +311,13 @@ pub async fn run(
         );
         let interrupts = interrupts.clone();
         tokio::spawn(async move {
-            let aborted = pause::watch_record(
+            let aborted = crate::run_record::watch_run(
                 &client,
-                &release,
+                &release.namespace,
+                &release.name,
                 &run_id,
                 format!("an abort of run {run_id}"),
-                |r| r.aborted.clone(),
+                |r| r.aborted.clone().map_or(Check::Pending, Check::Done),
             )
             .await;
             if aborted.is_ok() {

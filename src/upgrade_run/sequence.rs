@@ -13,13 +13,13 @@ use crate::steps::complete;
 use crate::steps::cordon;
 use crate::steps::gate;
 use crate::steps::helm_upgrade::{self, Outcome as UpgradeOutcome, Stage};
-use crate::steps::pause;
 use crate::steps::restart_kata_pod;
 use crate::steps::rollback::RolledBack;
 use crate::steps::select_nodes;
 use crate::steps::settle::{self, Settled};
 use crate::steps::verify as verification;
 use crate::versions::{DeploymentMode, ModeChoice};
+use crate::wait::Check;
 
 /// Steps 1 to 3: plan, upgrade the release, the waves, finish, for a run
 /// in `mode` (as recorded). Returns what the finished run left on the
@@ -263,13 +263,21 @@ async fn unless_paused(
         reporter.run_id
     ));
     reporter.send(event);
-    let resumed = pause::watch_record(
-        cluster.client,
-        &settings.release,
-        &reporter.run_id,
-        format!("run {} to be resumed", reporter.run_id),
-        |r| r.paused.is_none().then_some(()),
-    );
+    let resumed = async {
+        crate::run_record::watch_run(
+            cluster.client,
+            &settings.release.namespace,
+            &settings.release.name,
+            &reporter.run_id,
+            format!("run {} to be resumed", reporter.run_id),
+            |r| match r.paused {
+                None => Check::Done(()),
+                Some(_) => Check::Pending,
+            },
+        )
+        .await
+        .map_err(anyhow::Error::from)
+    };
     cancellable(interrupts, resumed)
         .await?
         .map_err(Stop::Failed)?;
