@@ -118,6 +118,33 @@ pub struct DrainArgs {
     pub drain_scope: DrainScope,
 }
 
+/// Recycling the Kata pods that still run the runtime they started with
+/// (`klm upgrade`, `klm settle`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Old sandboxes")]
+pub struct RecycleArgs {
+    /// Once a node is completed, evict up to N of its Kata pods that started before its
+    /// verification (oldest first, honouring PodDisruptionBudgets), so that their controllers
+    /// start them again on the new runtime (0 = leave them; `klm status --sandboxes` lists them).
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = parse_count, allow_negative_numbers = true)]
+    pub recycle_old_sandboxes: usize,
+
+    /// How long an eviction a PodDisruptionBudget refuses is retried before the pod is left
+    /// running (and reported).
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION", allow_hyphen_values = true)]
+    pub recycle_timeout: Duration,
+}
+
+impl RecycleArgs {
+    /// The recycling asked for, if any.
+    pub fn asked(&self) -> Option<crate::sandboxes::Recycle> {
+        (self.recycle_old_sandboxes > 0).then_some(crate::sandboxes::Recycle {
+            per_node: self.recycle_old_sandboxes,
+            timeout: self.recycle_timeout,
+        })
+    }
+}
+
 impl DrainArgs {
     /// The drain asked for, if any: its timeout and scope.
     pub fn asked(&self) -> Option<(Duration, DrainScope)> {
@@ -324,6 +351,12 @@ pub struct WavesArgs {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub include_unavailable: bool,
 
+    /// How many planned nodes may fail (a number, or N% of them) before the run stops: a
+    /// failed node is rolled back and the run goes on while the failures fit (0 = the first
+    /// failure stops the run).
+    #[arg(long, value_name = "N|N%", default_value = "0", value_parser = crate::nodes::waves::parse_max_failed_nodes, allow_negative_numbers = true)]
+    pub max_failed_nodes: Budget,
+
     /// Hold the run after the canary wave (canary), or after it and after each pool (pool).
     #[arg(help_heading = "Gates and window", long, value_enum, default_value_t = GateAt::None)]
     pub gate: GateAt,
@@ -357,6 +390,7 @@ impl WavesArgs {
             pool_order: self.pool_order.0.clone(),
             max_unavailable: self.max_unavailable.0,
             include_unavailable: self.include_unavailable,
+            max_failed: self.max_failed_nodes.0,
         }
     }
 

@@ -252,7 +252,7 @@ pub async fn drain(
 
 /// Evicts one pod, retrying while a PodDisruptionBudget refuses (429) and
 /// time remains. A pod already gone counts as evicted.
-async fn evict(
+pub(crate) async fn evict(
     client: &Client,
     pod: &Pod,
     deadline: tokio::time::Instant,

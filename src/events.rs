@@ -57,6 +57,22 @@ pub enum NodeEvent {
     },
     /// Released by the run without a change (it never started on the node).
     Released,
+    /// Kata pods that still ran the runtime they started with were evicted
+    /// once the node was completed (`--recycle-old-sandboxes`).
+    SandboxesRecycled {
+        /// The pods, `namespace/name, ...`.
+        pods: String,
+    },
+    /// Failed within the run's failure budget (`--max-failed-nodes`): rolled
+    /// back (or kept cordoned), and the run goes on without it.
+    FailedWithinBudget {
+        /// Why the node failed.
+        reason: String,
+        /// The run's failed nodes so far, this one included.
+        failed: usize,
+        /// How many the budget allows.
+        allowed: usize,
+    },
     /// Outside a run that finished: its kata-deploy is older than the
     /// release's, which keeps the run's `values` (OnDelete) until this node
     /// is upgraded too.
@@ -81,6 +97,8 @@ impl NodeEvent {
             NodeEvent::RollbackFailed { .. } => "KataRollbackFailed",
             NodeEvent::Completed { .. } => "KataUpgradeCompleted",
             NodeEvent::Released => "KataUpgradeReleased",
+            NodeEvent::FailedWithinBudget { .. } => "KataUpgradeFailedWithinBudget",
+            NodeEvent::SandboxesRecycled { .. } => "KataSandboxesRecycled",
             NodeEvent::UpgradePending { .. } => "KataUpgradePending",
         }
     }
@@ -94,6 +112,7 @@ impl NodeEvent {
             NodeEvent::RolledBack { .. } | NodeEvent::RollbackFailed { .. } => "Rollback",
             NodeEvent::Completed { .. } | NodeEvent::UpgradePending { .. } => "Complete",
             NodeEvent::Released => "CloseRun",
+            NodeEvent::FailedWithinBudget { .. } | NodeEvent::SandboxesRecycled { .. } => "Settle",
         }
     }
 
@@ -102,7 +121,8 @@ impl NodeEvent {
         match self {
             NodeEvent::UpgradeFailed { .. }
             | NodeEvent::VerificationFailed { .. }
-            | NodeEvent::RollbackFailed { .. } => EventType::Warning,
+            | NodeEvent::RollbackFailed { .. }
+            | NodeEvent::FailedWithinBudget { .. } => EventType::Warning,
             _ => EventType::Normal,
         }
     }
@@ -127,6 +147,16 @@ impl NodeEvent {
                 format!("verified at {version} and returned to service")
             }
             NodeEvent::Released => "released unchanged".to_string(),
+            NodeEvent::SandboxesRecycled { pods } => format!(
+                "evicted Kata pods still on the runtime they started with, so that they start again on the verified one: {pods}"
+            ),
+            NodeEvent::FailedWithinBudget {
+                reason,
+                failed,
+                allowed,
+            } => format!(
+                "failed ({reason}); failure {failed} of the {allowed} the run allows (--max-failed-nodes): the run goes on without this node, which a new run retries"
+            ),
             NodeEvent::UpgradePending { version, values } => format!(
                 "the run finished without this node, whose kata-deploy is older than the release's {version}: the release keeps {values} until a run upgrades this node, so that it does not restart unverified"
             ),

@@ -53,6 +53,7 @@ pub mod run_record;
 pub mod run_rules;
 pub mod run_values;
 pub mod runs;
+pub mod sandboxes;
 pub mod schedule;
 pub mod steps;
 pub mod upgrade_run;

@@ -110,6 +110,11 @@ pub enum RunState {
     Failed,
     /// Every wave completed and the run was finished.
     Completed,
+    /// Every wave was settled and the run was finished, but nodes failed
+    /// within its failure budget (`--max-failed-nodes`): they were rolled
+    /// back (or kept cordoned when their rollback failed); a new run retries
+    /// them.
+    CompletedWithFailures,
     /// The run ended before its waves were done without a wave failing
     /// (stopped, terminated, past a deadline, a step that died); the exit
     /// handler or `klm close-run` closed it. A new run may start.
@@ -211,6 +216,15 @@ pub struct RunRecord {
     /// by select-nodes with --max-unavailable): cordon holds a wave to it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_unavailable: Option<usize>,
+    /// How many planned nodes may fail (each rolled back) before the run
+    /// stops (recorded by select-nodes with --max-failed-nodes; None: the
+    /// first failure stops the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed_nodes: Option<usize>,
+    /// The nodes that failed within that budget, each with why (recorded by
+    /// settle): the run went on without them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed_nodes: BTreeMap<String, String>,
     /// Per node, the kata-deploy version it ran before the run first touched
     /// it (recorded at cordon): what rollback returns that node to.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -735,6 +749,8 @@ pub(crate) fn example() -> RunRecord {
         pool_label: None,
         pool_pods: Vec::new(),
         max_unavailable: None,
+        max_failed_nodes: None,
+        failed_nodes: BTreeMap::new(),
         node_versions: BTreeMap::new(),
         gates: Vec::new(),
         window: None,

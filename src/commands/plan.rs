@@ -4,8 +4,8 @@ use clap::Args as ClapArgs;
 
 use super::flags;
 use crate::args::{
-    ChartArgs, ChartValuesArgs, DowngradeArgs, DrainArgs, GlobalArgs, ReleaseArgs, SelectionArgs,
-    VerificationArgs, WavesArgs,
+    ChartArgs, ChartValuesArgs, DowngradeArgs, DrainArgs, GlobalArgs, RecycleArgs, ReleaseArgs,
+    SelectionArgs, VerificationArgs, WavesArgs,
 };
 use crate::error::ExitStatus;
 use crate::output;
@@ -59,6 +59,10 @@ pub struct Args {
     /// would evict and the PodDisruptionBudgets that would block it.
     #[command(flatten)]
     pub drain: DrainArgs,
+
+    /// The run's recycling of old sandboxes (shown in the plan).
+    #[command(flatten)]
+    pub recycle: RecycleArgs,
 }
 
 /// Runs the step.
@@ -91,6 +95,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             },
             allow_downgrade: args.downgrade.allow_downgrade,
             drain: args.drain.asked().map(|(_, scope)| scope),
+            recycle: args.recycle.asked(),
         },
     )
     .await?;

@@ -46,6 +46,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         release: flags::release_ref(&args.release),
         run_id: args.run.run_id,
         settings,
+        fails_run: true,
     };
     let report =
         rollback::roll_back(&client, &flags::helm(&args.release, global)?, &request).await?;

@@ -1,11 +1,13 @@
 //! `klm settle`: end one wave. The workflow's last step of every wave: it
 //! completes the wave's verified nodes when the wave's upgrade succeeded, or
-//! rolls back the nodes the run touched and fails, so no later wave starts.
+//! rolls back the nodes the run touched and fails, so no later wave starts
+//! (within the run's failure budget, `--max-failed-nodes`: completes the
+//! verified nodes, rolls back the failed ones, and succeeds).
 
 use clap::Args as ClapArgs;
 
 use super::flags;
-use crate::args::{GlobalArgs, ReleaseArgs, RollbackArgs, RunArgs};
+use crate::args::{GlobalArgs, RecycleArgs, ReleaseArgs, RollbackArgs, RunArgs};
 use crate::error::ExitStatus;
 use crate::output;
 use crate::steps::settle::{Counts, Request, Settled, settle};
@@ -16,7 +18,7 @@ pub const SUCCEEDED: &str = "Succeeded";
 /// Flags of `klm settle`.
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "With --upgrade-status Succeeded: `klm complete` of the wave's nodes at the run's target.\nWith any other status: `klm rollback` of the wave's nodes that the run touched (none when the wave\nwas refused before it changed anything), then exit 1: the wave failed.\n\nExamples:\n  klm settle --wave 2 --upgrade-status Succeeded --run-id upgrade-1\n  klm settle --wave 2 --upgrade-status Failed --run-id upgrade-1 --verification-pod verify.yaml"
+    after_help = "With --upgrade-status Succeeded: `klm complete` of the wave's nodes at the run's target.\nWith any other status: `klm rollback` of the wave's nodes that the run touched (none when the wave\nwas refused before it changed anything), then exit 1: the wave failed. Under the run's failure\nbudget (select-nodes --max-failed-nodes), while its failures fit: the wave's verified nodes are\ncompleted, its failed ones rolled back, the release readied for the next wave, and exit 0.\nWith --recycle-old-sandboxes: the completed nodes' old Kata pods are evicted (best effort).\n\nExamples:\n  klm settle --wave 2 --upgrade-status Succeeded --run-id upgrade-1\n  klm settle --wave 2 --upgrade-status Failed --run-id upgrade-1 --verification-pod verify.yaml"
 )]
 pub struct Args {
     /// The wave (from 1) of the run's recorded plan.
@@ -45,6 +47,10 @@ pub struct Args {
     /// How nodes are rolled back (and verified again).
     #[command(flatten)]
     pub rollback: RollbackArgs,
+
+    /// Recycling the completed nodes' Kata pods still on the runtime they started with.
+    #[command(flatten)]
+    pub recycle: RecycleArgs,
 }
 
 /// Writes the counts where `--counts-dir` says (nowhere without it), one
@@ -80,12 +86,44 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             .then(|| format!("ended {status} in upgrade or verification")),
         rollback,
     };
-    let settled = settle(&client, &flags::helm(&args.release, global)?, &request).await?;
+    let helm = flags::helm(&args.release, global)?;
+    let settled = settle(&client, &helm, &request).await?;
     write_counts(settled.counts(), args.counts_dir.as_deref())?;
+    if let Some(how) = args.recycle.asked()
+        && let Some(run_id) = settled.run_id()
+    {
+        let evicting = crate::cluster::client_without_retry(global).await?;
+        let completed = settled.completed_nodes();
+        crate::sandboxes::recycle(
+            &client,
+            &evicting,
+            &helm,
+            &request.release,
+            run_id,
+            &completed,
+            &how,
+        )
+        .await;
+    }
     match &settled {
         Settled::Completed(report) => output::print(global.output, report)?,
         Settled::RolledBack { report, .. } => output::print(global.output, report)?,
         Settled::Untouched { .. } => {}
+        Settled::WithinBudget {
+            completed,
+            rolled_back,
+            ..
+        } => {
+            if let Some(report) = completed {
+                output::print(global.output, report)?;
+            }
+            if let Some(report) = rolled_back {
+                output::print(global.output, report)?;
+            }
+            if let Some(sentence) = settled.within_budget() {
+                tracing::warn!("{sentence}");
+            }
+        }
     }
     settled.outcome()?;
     Ok(ExitStatus::Done)

@@ -82,7 +82,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             .filter(|n| report.nodes.iter().any(|row| row.name == n.name_any()))
             .cloned()
             .collect();
-        report.sandboxes = Some(status::old_sandboxes(&client, &helm, &release, &shown).await?);
+        report.sandboxes =
+            Some(crate::sandboxes::old_sandboxes(&client, &helm, &release, &shown).await?);
     }
     output::print(global.output, &report)?;
     if args.fail_if_run_failed && status::run_failed(&report) {

@@ -7,8 +7,8 @@ use clap::Args as ClapArgs;
 
 use super::flags;
 use crate::args::{
-    ChartArgs, ChartValuesArgs, DowngradeArgs, DrainArgs, GlobalArgs, ReleaseArgs, RunArgs,
-    SelectionArgs, VerificationArgs, WavesArgs, parse_duration,
+    ChartArgs, ChartValuesArgs, DowngradeArgs, DrainArgs, GlobalArgs, RecycleArgs, ReleaseArgs,
+    RunArgs, SelectionArgs, VerificationArgs, WavesArgs, parse_duration,
 };
 use crate::error::{ExitStatus, UserError};
 use crate::output;
@@ -47,6 +47,10 @@ pub struct Args {
     /// Draining each wave's nodes.
     #[command(flatten)]
     pub drain: DrainArgs,
+
+    /// Recycling Kata pods still on the runtime they started with.
+    #[command(flatten)]
+    pub recycle: RecycleArgs,
 
     /// How the nodes are split into waves.
     #[command(flatten)]
@@ -117,6 +121,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             },
             allow_downgrade: args.downgrade.allow_downgrade,
             drain: args.drain.asked().map(|(_, scope)| scope),
+            recycle: args.recycle.asked(),
         };
         output::print(global.output, &plan::plan(&client, &helm, &request).await?)?;
         return Ok(ExitStatus::Done);
@@ -156,6 +161,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         verification_timeout: args.verification.verification_timeout,
         keep_failed: args.verification.keep_failed,
         drain: args.drain.asked(),
+        recycle: args.recycle.asked(),
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
         restart_timeout: args.restart_timeout,

@@ -112,6 +112,9 @@ pub struct Policy {
     /// Plan nodes already unavailable (NotReady, cordoned by someone else)
     /// too, instead of skipping them.
     pub include_unavailable: bool,
+    /// How many planned nodes may fail, each rolled back, before the run
+    /// stops (None: the first failure stops it).
+    pub max_failed: Option<BatchSize>,
 }
 
 impl Default for Policy {
@@ -124,6 +127,7 @@ impl Default for Policy {
             pool_order: Vec::new(),
             max_unavailable: None,
             include_unavailable: false,
+            max_failed: None,
         }
     }
 }
@@ -193,12 +197,18 @@ impl Policy {
         if let Some(budget) = self.max_unavailable {
             parts.push(format!("at most {budget} unavailable at once"));
         }
+        if let Some(budget) = self.max_failed {
+            parts.push(format!(
+                "up to {budget} failed node(s) rolled back without stopping"
+            ));
+        }
         parts.join(", ")
     }
 }
 
-/// `--max-unavailable`: how many selected nodes may be unschedulable at
-/// once (None: no budget).
+/// `--max-unavailable` (how many selected nodes may be unschedulable at
+/// once) or `--max-failed-nodes` (how many may fail): a number or a share of
+/// the nodes (None: no budget).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Budget(pub Option<BatchSize>);
 
@@ -211,6 +221,19 @@ pub fn parse_max_unavailable(raw: &str) -> Result<Budget, String> {
     parse_batch_size(raw).map(|b| Budget(Some(b))).map_err(|_| {
         format!(
             "max-unavailable {raw:?} is neither a number of nodes nor a percentage from 1% to 100% (0: no budget)"
+        )
+    })
+}
+
+/// Parses `--max-failed-nodes`: a number of nodes or a percentage of the
+/// planned nodes; 0 (the default) stops the run at its first failure.
+pub fn parse_max_failed_nodes(raw: &str) -> Result<Budget, String> {
+    if raw.trim().is_empty() || raw.trim() == "0" {
+        return Ok(Budget(None));
+    }
+    parse_batch_size(raw).map(|b| Budget(Some(b))).map_err(|_| {
+        format!(
+            "max-failed-nodes {raw:?} is neither a number of nodes nor a percentage from 1% to 100% (0: stop at the first failure)"
         )
     })
 }

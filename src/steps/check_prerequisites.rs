@@ -108,6 +108,8 @@ impl Checked {
             pool_label: None,
             pool_pods: Vec::new(),
             max_unavailable: None,
+            max_failed_nodes: None,
+            failed_nodes: Default::default(),
             node_versions: Default::default(),
             gates: Vec::new(),
             window: None,

@@ -134,6 +134,7 @@ fn state_name(state: RunState) -> &'static str {
         RunState::Running => "running",
         RunState::Failed => "failed",
         RunState::Completed => "completed",
+        RunState::CompletedWithFailures => "completed with failures",
         RunState::Interrupted => "interrupted",
     }
 }
@@ -550,6 +551,7 @@ pub async fn end_run(
         release: request.release.clone(),
         run_id: Some(run_id),
         settings: settings.clone(),
+        fails_run: true,
     };
     let rolled_back = crate::steps::rollback::roll_back(client, helm, &rollback).await;
     // Whatever the rollback did, the run is over: kata-deploy's reconcile

@@ -316,7 +316,10 @@ async fn finish_run(
     crate::dispatch::resume_reconcilers(client, record).await?;
     records
         .update(&record.release, &record.run_id, |r| {
-            r.state = RunState::Completed;
+            r.state = match r.failed_nodes.is_empty() {
+                true => RunState::Completed,
+                false => RunState::CompletedWithFailures,
+            };
             r.held = None;
             r.suspended.clear();
             // What stays on the release stays on record: the next run takes

@@ -300,6 +300,7 @@ async fn reverify(
             release: request.release.clone(),
             run_id: Some(record.run_id.clone()),
             settings: request.rollback.clone(),
+            fails_run: true,
         },
     )
     .await?;

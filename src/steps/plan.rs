@@ -38,6 +38,10 @@ pub struct Plan {
     /// nodes would evict and which budgets would block it now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain: Option<DrainPlan>,
+    /// With recycling asked for: how many old sandboxes each completed node
+    /// has evicted at most.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recycle_old_sandboxes: Option<usize>,
     /// Things a person should know.
     pub warnings: Vec<String>,
 }
@@ -110,6 +114,11 @@ impl Report for Plan {
         if let Some(drain) = &self.drain {
             lines.extend(drain.text());
         }
+        if let Some(n) = self.recycle_old_sandboxes {
+            lines.push(format!(
+                "old sandboxes: once a node is completed, up to {n} of its Kata pods that started before its verification are evicted (oldest first, honouring PodDisruptionBudgets)"
+            ));
+        }
         if !self.verification_pod {
             lines.push("warning: no verification pod given; the workflow requires one".into());
         }
@@ -146,6 +155,8 @@ pub struct Request<'a> {
     pub allow_downgrade: bool,
     /// The run's drain, if it drains: which pods go.
     pub drain: Option<DrainScope>,
+    /// The run's recycling of old sandboxes, if any.
+    pub recycle: Option<crate::sandboxes::Recycle>,
 }
 
 /// Runs every read-only check of a run's start and plans its waves.
@@ -199,6 +210,7 @@ pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow
     };
     Ok(Plan {
         drain,
+        recycle_old_sandboxes: request.recycle.map(|r| r.per_node),
         release: request.release.name.clone(),
         mode,
         current_version: release.chart_version,

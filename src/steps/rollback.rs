@@ -45,6 +45,10 @@ pub struct Request {
     pub run_id: Option<String>,
     /// How.
     pub settings: Settings,
+    /// Whether the rollback fails a running run (no further wave starts):
+    /// true but for a wave that failed within the run's failure budget
+    /// (`--max-failed-nodes`), after which the run goes on.
+    pub fails_run: bool,
 }
 
 /// How nodes are rolled back: what every caller of [`roll_back`] (`klm
@@ -155,7 +159,7 @@ impl RolledBack {
 /// run touched it (recorded at cordon), else to the release's version
 /// before the run; verifies them again when asked; releases the nodes that
 /// are back and marks the others failed (left cordoned); records it all on
-/// the run, which fails if it was running. Per-node failures are in the
+/// the run, which fails if it was running (unless the request says not). Per-node failures are in the
 /// report (see [`RolledBack::outcome`]); an error is returned only when the
 /// rollback could not be carried out at all.
 pub async fn roll_back(
@@ -303,7 +307,7 @@ pub async fn roll_back(
             for node in &failed_nodes {
                 r.nodes.insert(node.clone(), NodeProgress::Failed);
             }
-            if r.state == RunState::Running {
+            if r.state == RunState::Running && request.fails_run {
                 r.state = RunState::Failed;
                 r.failure = Some(reason.clone());
             }

@@ -45,6 +45,10 @@ pub struct Selection {
     pub unavailable_included: bool,
     /// How many selected nodes may be unschedulable at once (None: no budget).
     pub max_unavailable: Option<usize>,
+    /// How many planned nodes may fail, each rolled back, before the run
+    /// stops (None: the first failure stops it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_failed_nodes: Option<usize>,
     /// How nodes were selected, for people.
     pub criteria: String,
     /// How the waves were cut, for people.
@@ -218,6 +222,7 @@ pub async fn select(
     let budget_cap = policy.budget_cap(selected, unavailable.len())?;
     let ordered = waves::order(ordered, &policy.pool_order);
     let waves = waves::plan(&ordered, policy, budget_cap);
+    let max_failed_nodes = policy.max_failed.map(|b| b.of(ordered.len()));
     Ok(Selection {
         count: ordered.len(),
         nodes: ordered.into_iter().map(|n| n.name).collect(),
@@ -233,6 +238,7 @@ pub async fn select(
         unavailable,
         unavailable_included: !skip_unavailable,
         max_unavailable: policy.max_unavailable.map(|b| b.of(selected)),
+        max_failed_nodes,
         criteria: if criteria.is_empty() {
             release.default_selection()
         } else {
@@ -417,6 +423,7 @@ mod tests {
             unavailable: Vec::new(),
             unavailable_included: false,
             max_unavailable: None,
+            max_failed_nodes: None,
             criteria: "taint key maintenance".into(),
             policy: "batch size 1".into(),
             gates: Vec::new(),
@@ -456,6 +463,7 @@ mod tests {
             unavailable: Vec::new(),
             unavailable_included: false,
             max_unavailable: None,
+            max_failed_nodes: None,
             criteria: "label selector \"pool=kata\"".into(),
             policy: "batch size 1".into(),
             gates: vec![Gate {
@@ -554,6 +562,7 @@ pub async fn plan_run(
             .update(&record.release, &record.run_id, |r| {
                 r.waves = Some(planned.clone());
                 r.max_unavailable = selection.max_unavailable;
+                r.max_failed_nodes = selection.max_failed_nodes;
                 // A retried select-nodes plans the same gates; how far the
                 // run got through them stands.
                 if r.gates

@@ -80,97 +80,7 @@ pub struct Status {
     /// With `--sandboxes`: per verified node, the Kata pods that started
     /// before it was verified at its version.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub sandboxes: Option<Vec<OldSandboxes>>,
-}
-
-/// The Kata pods of one node that started before the node was verified at
-/// its version: they still run the runtime they started with.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct OldSandboxes {
-    /// The node.
-    pub node: String,
-    /// The version it was verified at.
-    pub version: String,
-    /// When (RFC 3339).
-    pub verified_at: String,
-    /// The pods (`namespace/name`) with when each started.
-    pub pods: Vec<(String, String)>,
-}
-
-/// The Kata pods (of the release's RuntimeClasses) on each node klm
-/// verified that started before that verification.
-pub async fn old_sandboxes(
-    client: &Client,
-    helm: &Helm,
-    release: &ReleaseRef,
-    nodes: &[Node],
-) -> anyhow::Result<Vec<OldSandboxes>> {
-    // A release without RuntimeClasses has no Kata pods to list.
-    let classes = release.load(helm).await?.runtime_class_names()?;
-    let pods: Api<Pod> = Api::all(client.clone());
-    let mut found = Vec::new();
-    for node in nodes {
-        let (Some(version), Some(verified_at)) = (
-            selection::annotation(node, annotations::CURRENT_VERSION),
-            selection::annotation(node, annotations::VERIFIED_AT),
-        ) else {
-            continue;
-        };
-        let Ok(verified) = verified_at.parse::<jiff::Timestamp>() else {
-            continue;
-        };
-        let name = node.name_any();
-        let on_node = pods
-            .list(&ListParams::default().fields(&format!("spec.nodeName={name}")))
-            .await
-            .during(|| format!("listing the pods on {name}"))?
-            .items;
-        let old = started_before(&on_node, &classes, verified);
-        if !old.is_empty() {
-            found.push(OldSandboxes {
-                node: name,
-                version: version.to_string(),
-                verified_at: verified_at.to_string(),
-                pods: old,
-            });
-        }
-    }
-    Ok(found)
-}
-
-/// The running pods of `classes` that started before `verified`, with
-/// their start times.
-fn started_before(
-    pods: &[Pod],
-    classes: &std::collections::BTreeSet<String>,
-    verified: jiff::Timestamp,
-) -> Vec<(String, String)> {
-    pods.iter()
-        .filter(|p| {
-            p.spec
-                .as_ref()
-                .and_then(|s| s.runtime_class_name.as_ref())
-                .is_some_and(|c| classes.contains(c))
-        })
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter_map(|p| {
-            let status = p.status.as_ref()?;
-            if status.phase.as_deref() != Some("Running") {
-                return None;
-            }
-            let started = status.start_time.as_ref()?.0;
-            // A start time has whole seconds; the node was cordoned until
-            // the verification's stamp, so a pod of that very second came
-            // after it.
-            (started.as_second() < verified.as_second()).then(|| {
-                (
-                    format!("{}/{}", p.namespace().unwrap_or_default(), p.name_any()),
-                    started.to_string(),
-                )
-            })
-        })
-        .collect()
+    pub sandboxes: Option<Vec<crate::sandboxes::OldSandboxes>>,
 }
 
 /// The parts of the run record a person wants to see.
@@ -200,6 +110,12 @@ pub struct RunSummary {
     /// Aborted by a person (`klm abort`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub aborted: Option<run_record::Intervention>,
+    /// How many planned nodes may fail before it stops (`--max-failed-nodes`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_failed_nodes: Option<usize>,
+    /// The nodes that failed within that budget, each with why.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed_nodes: BTreeMap<String, String>,
     /// Once it ended: the values it set for its own mechanics that the
     /// release keeps (OnDelete, until the nodes still on an older
     /// kata-deploy are upgraded); the next run restores them.
@@ -212,6 +128,22 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// The run's failure budget and the nodes that failed within it, in
+    /// lines (None: the run has no budget).
+    pub fn budget_note(&self) -> Option<String> {
+        let allowed = self.max_failed_nodes?;
+        let mut lines = vec![format!(
+            "failure budget: {} of {allowed} node(s) failed (--max-failed-nodes)",
+            self.failed_nodes.len()
+        )];
+        lines.extend(
+            self.failed_nodes
+                .iter()
+                .map(|(node, why)| format!("  {node}: {why}")),
+        );
+        Some(lines.join("\n"))
+    }
+
     /// What the run left on the release, in a sentence (None: nothing).
     fn left_note(&self) -> Option<String> {
         if self.left_on_release.is_empty() {
@@ -251,6 +183,8 @@ impl From<RunRecord> for RunSummary {
             held: r.held.filter(|_| r.state == RunState::Running),
             paused: r.paused.filter(|_| r.state == RunState::Running),
             aborted: r.aborted,
+            max_failed_nodes: r.max_failed_nodes,
+            failed_nodes: r.failed_nodes,
             left_on_release: if r.state.is_closed() {
                 r.mechanics
             } else {
@@ -342,6 +276,10 @@ impl Report for Status {
                     "paused {paused}: no new wave starts until `klm resume --run-id {}`\n\n",
                     run.run_id
                 ));
+            }
+            if let Some(budget) = run.budget_note() {
+                text.truncate(text.len() - 1);
+                text.push_str(&format!("{budget}\n\n"));
             }
             if let Some(left) = run.left_note() {
                 text.truncate(text.len() - 1);
@@ -871,37 +809,6 @@ mod tests {
                 .status(&Criteria::default())
                 .text()
                 .contains("not yet reached")
-        );
-    }
-
-    #[test]
-    fn only_running_kata_pods_started_before_the_verification_are_old() {
-        let pod = |name: &str, class: Option<&str>, phase: &str, started: &str| -> Pod {
-            serde_json::from_value(serde_json::json!({
-                "metadata": {"name": name, "namespace": "apps"},
-                "spec": {"runtimeClassName": class, "containers": []},
-                "status": {"phase": phase, "startTime": started}
-            }))
-            .unwrap()
-        };
-        let classes = std::collections::BTreeSet::from(["kata-qemu".to_string()]);
-        let verified: jiff::Timestamp = "2026-12-07T10:00:00.4Z".parse().unwrap();
-        let pods = [
-            pod("old", Some("kata-qemu"), "Running", "2026-12-07T09:00:00Z"),
-            pod("new", Some("kata-qemu"), "Running", "2026-12-07T10:05:00Z"),
-            // The second of the verification: after it (the node was cordoned).
-            pod("same", Some("kata-qemu"), "Running", "2026-12-07T10:00:00Z"),
-            pod("runc", None, "Running", "2026-12-07T09:00:00Z"),
-            pod(
-                "done",
-                Some("kata-qemu"),
-                "Succeeded",
-                "2026-12-07T09:00:00Z",
-            ),
-        ];
-        assert_eq!(
-            started_before(&pods, &classes, verified),
-            [("apps/old".to_string(), "2026-12-07T09:00:00Z".to_string())]
         );
     }
 

@@ -45,6 +45,9 @@ pub enum Phase {
     RollingBack,
     /// A node is back at its version before the run.
     RolledBack,
+    /// A completed node's Kata pods still on the runtime they started with
+    /// were evicted (`--recycle-old-sandboxes`).
+    SandboxesRecycled,
     /// A node's rollback failed: it stays cordoned, marked failed.
     RollbackFailed,
     /// A node the run held is back in service, unchanged by it.
@@ -53,6 +56,9 @@ pub enum Phase {
     WaveCompleted,
     /// A wave failed: it was rolled back and no further wave starts.
     WaveFailed,
+    /// A wave failed within the run's failure budget: its verified nodes
+    /// were completed, its failed ones rolled back; the run goes on.
+    WaveFailedWithinBudget,
     /// Something a person should know that does not stop the run (a
     /// downgrade asked for, ...).
     Warning,
@@ -94,6 +100,8 @@ impl Phase {
             Phase::Released => "released",
             Phase::WaveCompleted => "wave-completed",
             Phase::WaveFailed => "wave-failed",
+            Phase::SandboxesRecycled => "sandboxes-recycled",
+            Phase::WaveFailedWithinBudget => "wave-failed-within-budget",
             Phase::Warning => "warning",
             Phase::Interrupted => "interrupted",
             Phase::Closing => "closing",

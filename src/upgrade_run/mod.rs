@@ -77,6 +77,8 @@ pub struct Settings {
     pub keep_failed: bool,
     /// Drain each wave's nodes, with this timeout and scope (None: no drain).
     pub drain: Option<(Duration, crate::drain::DrainScope)>,
+    /// Evict old sandboxes of each completed node (None: leave them).
+    pub recycle: Option<crate::sandboxes::Recycle>,
     /// The kata-deploy chart reference.
     pub chart: String,
     /// How long one helm upgrade or rollback may take.
@@ -139,15 +141,25 @@ pub trait Observer {
 /// How the run's work ended, before the run was closed.
 #[derive(Debug)]
 pub enum Ending {
-    /// Every wave completed and the run finished; what it left on the
-    /// release for the nodes outside it, if anything (a partial run).
-    Completed(Option<String>),
+    /// Every wave was settled and the run finished.
+    Completed(Finished),
     /// A wave failed and was rolled back; no further wave started.
     WaveFailed(UserError),
     /// Ctrl-C or SIGTERM.
     Interrupted(Signal),
     /// A step outside a wave failed (or a wave could not be settled).
     Failed(anyhow::Error),
+}
+
+/// What a finished run leaves.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// What it left on the release for the nodes outside it, if anything
+    /// (a partial run).
+    pub left: Option<String>,
+    /// The nodes that failed within its failure budget (rolled back, or
+    /// kept cordoned when their rollback failed).
+    pub failed: Vec<String>,
 }
 
 /// How closing the run went.
@@ -187,6 +199,11 @@ impl Outcome {
                 "klm status --run-id {} (closing the run left nodes to see to)",
                 self.run_id
             )),
+            (Closing::Done(_), Ending::Completed(finished)) if !finished.failed.is_empty() => {
+                Some(format!(
+                    "fix the cause of the failures, then {rerun} (it retries the failed nodes)"
+                ))
+            }
             (Closing::Done(_), Ending::Completed(_)) => None,
             (Closing::Done(_), Ending::WaveFailed(_)) => {
                 Some(format!("fix the cause of the failure, then {rerun}"))
@@ -328,7 +345,7 @@ pub async fn run(
     let _stop_watching = AbortOnDrop(abort_watch);
     let mode = record.mode;
     let ending = match waves(cluster, settings, mode, interrupts, &mut reporter).await {
-        Ok(left) => Ending::Completed(left),
+        Ok(finished) => Ending::Completed(finished),
         Err(Stop::Interrupted(signal)) => Ending::Interrupted(signal),
         Err(Stop::WaveFailed(err)) => Ending::WaveFailed(err),
         Err(Stop::Failed(err)) => Ending::Failed(err),
@@ -382,13 +399,19 @@ fn last_words(
         Err(err) => Err(format!("closing the run failed: {err:#}")),
     };
     match (ending, closed) {
-        (Ending::Completed(left), Ok(())) => (
-            Phase::RunCompleted,
-            match left {
-                Some(left) => format!("every planned node is at {target}; {left}"),
-                None => format!("every planned node is at {target}"),
-            },
-        ),
+        (Ending::Completed(finished), Ok(())) => {
+            let mut words = match finished.failed.as_slice() {
+                [] => format!("every planned node is at {target}"),
+                failed => format!(
+                    "completed with failures: {} failed within the budget and went back to the version before the run (see wave-failed-within-budget); the other planned nodes are at {target}",
+                    event::shortened(failed, 10)
+                ),
+            };
+            if let Some(left) = &finished.left {
+                words.push_str(&format!("; {left}"));
+            }
+            (Phase::RunCompleted, words)
+        }
         (Ending::Completed(_), Err(why)) => (Phase::RunFailed, why),
         // The wave's failure was its own event: said once.
         (Ending::WaveFailed(_), _) => (

@@ -128,8 +128,8 @@ impl Progress {
                         .collect(),
                 });
             }
-            Phase::WaveCompleted | Phase::WaveFailed => {
-                if event.phase == Phase::WaveCompleted {
+            Phase::WaveCompleted | Phase::WaveFailedWithinBudget | Phase::WaveFailed => {
+                if event.phase != Phase::WaveFailed {
                     self.waves_completed += 1;
                 }
                 if let Some(wave) = self.current.take() {

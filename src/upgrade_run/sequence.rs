@@ -4,7 +4,7 @@
 
 use super::event::PlannedGate;
 use super::guard::{Abandoned, Reporter, Stop, cancellable, shielded, unless_interrupted};
-use super::{Cluster, Ending, Interrupts, Phase, Settings};
+use super::{Cluster, Ending, Finished, Interrupts, Phase, Settings};
 use crate::drain;
 use crate::nodes::selection::Criteria;
 use crate::output::Report;
@@ -30,7 +30,7 @@ pub(super) async fn waves(
     mode: DeploymentMode,
     interrupts: &Interrupts,
     reporter: &mut Reporter<'_>,
-) -> Result<Option<String>, Stop> {
+) -> Result<Finished, Stop> {
     let Cluster { client, helm, .. } = cluster;
     let run_id = reporter.run_id.clone();
     let plan = plan_request(settings, Some(&run_id));
@@ -91,6 +91,7 @@ pub(super) async fn waves(
     }
     unless_interrupted(interrupts)?;
 
+    let mut failed = Vec::new();
     for wave in &selection.waves {
         let held = selection.window.is_some()
             || selection.gates.iter().any(|g| g.before_wave == wave.index);
@@ -117,7 +118,7 @@ pub(super) async fn waves(
             Err(WaveStop::Failed(why)) => Some(why),
             Err(WaveStop::Stop(stop)) => return Err(stop),
         };
-        settle_wave(
+        let failed_within_budget = settle_wave(
             cluster,
             settings,
             interrupts,
@@ -127,6 +128,7 @@ pub(super) async fn waves(
             failure,
         )
         .await?;
+        failed.extend(failed_within_budget);
         unless_interrupted(interrupts)?;
     }
 
@@ -146,7 +148,10 @@ pub(super) async fn waves(
     )
     .await?
     .map_err(Stop::Failed)?;
-    Ok(finished.left_note())
+    Ok(Finished {
+        left: finished.left_note(),
+        failed,
+    })
 }
 
 /// What the run plans (and records in the run named, if any).
@@ -470,7 +475,9 @@ async fn upgrade_wave(
     Ok(())
 }
 
-/// The workflow's `settle`: complete the wave, or roll it back and stop.
+/// The workflow's `settle`: complete the wave, or roll it back and stop
+/// (within the run's failure budget: roll back its failed nodes, returned,
+/// and go on).
 async fn settle_wave(
     cluster: Cluster<'_>,
     settings: &Settings,
@@ -479,7 +486,7 @@ async fn settle_wave(
     index: usize,
     nodes: &[String],
     failure: Option<String>,
-) -> Result<(), Stop> {
+) -> Result<Vec<String>, Stop> {
     let Cluster { client, helm, .. } = cluster;
     if failure.is_some() {
         reporter.each(Phase::RollingBack, index, nodes);
@@ -494,6 +501,31 @@ async fn settle_wave(
     let settled = shielded(interrupts, reporter, settle::settle(client, helm, &request))
         .await?
         .map_err(Stop::Failed)?;
+    if let Some(how) = &settings.recycle
+        && let Some(run_id) = settled.run_id()
+    {
+        let completed = settled.completed_nodes();
+        let recycling = crate::sandboxes::recycle(
+            client,
+            cluster.evicting,
+            helm,
+            &settings.release,
+            run_id,
+            &completed,
+            how,
+        );
+        let recycled = shielded(interrupts, reporter, async { anyhow::Ok(recycling.await) })
+            .await?
+            .unwrap_or_default();
+        for done in recycled {
+            let event = reporter
+                .run(Phase::SandboxesRecycled)
+                .in_wave(index)
+                .on(&done.node)
+                .saying(done.to_string());
+            reporter.send(event);
+        }
+    }
     match &settled {
         Settled::Completed(report) => {
             let done: Vec<String> = report.nodes.iter().map(|r| r.node.clone()).collect();
@@ -501,12 +533,33 @@ async fn settle_wave(
         }
         Settled::RolledBack { report, .. } => report_rollback(reporter, Some(index), report),
         Settled::Untouched { .. } => {}
+        Settled::WithinBudget {
+            completed,
+            rolled_back,
+            failed,
+            ..
+        } => {
+            if let Some(report) = completed {
+                let done: Vec<String> = report.nodes.iter().map(|r| r.node.clone()).collect();
+                reporter.each(Phase::Completed, index, &done);
+            }
+            if let Some(report) = rolled_back {
+                report_rollback(reporter, Some(index), report);
+            }
+            let sentence = settled.within_budget().unwrap_or_default();
+            let event = reporter
+                .run(Phase::WaveFailedWithinBudget)
+                .in_wave(index)
+                .saying(sentence);
+            reporter.send(event);
+            return Ok(failed.clone());
+        }
     }
     match settled.outcome() {
         Ok(()) => {
             let event = reporter.run(Phase::WaveCompleted).in_wave(index);
             reporter.send(event);
-            Ok(())
+            Ok(Vec::new())
         }
         Err(err) => {
             let event = reporter

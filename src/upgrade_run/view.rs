@@ -143,6 +143,9 @@ impl Summary {
             run_id: run_id.to_string(),
             phase: "summary",
             result: match progress.ended {
+                Some(Phase::RunCompleted) if progress.rolled_back + progress.failed > 0 => {
+                    "completed-with-failures"
+                }
                 Some(Phase::RunCompleted) => "completed",
                 Some(Phase::Abandoned) => "abandoned",
                 _ => "failed",
@@ -388,6 +391,8 @@ fn worth_a_line(phase: Phase) -> bool {
             | Phase::Paused
             | Phase::Resumed
             | Phase::WaveCompleted
+            | Phase::WaveFailedWithinBudget
+            | Phase::SandboxesRecycled
             | Phase::RestartFailed
             | Phase::VerificationFailed
             | Phase::RolledBack

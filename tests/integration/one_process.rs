@@ -101,9 +101,14 @@ async fn klm_upgrade(case: &Case, run: &str, pod: &Path, extra: &[&str]) -> Klm 
 /// The same run through the WorkflowTemplate's steps, as Argo runs
 /// deploy-version: the waves until one fails, then the exit handler.
 async fn through_the_steps(case: &Case, run: &str, pod: &Path) {
+    through_the_steps_with(case, run, pod, &[]).await
+}
+
+/// [`through_the_steps`] with workflow parameters.
+async fn through_the_steps_with(case: &Case, run: &str, pod: &Path, params: &[(&str, &str)]) {
     let dir = tempfile::tempdir().unwrap();
     let wf = Workflow::render(case, pod).await;
-    let submission = submit(case, &wf, run, &[], dir.path());
+    let submission = submit(case, &wf, run, params, dir.path());
     let mut status = "Succeeded";
     for index in start(&submission).await {
         if wave(&submission, &index.to_string()).await.code != 0 {
@@ -441,6 +446,160 @@ async fn a_failure_on_the_second_node_rolls_it_back_and_leaves_the_third_untouch
         end_state(&by_steps, "run-f").await,
         "klm upgrade and the workflow's steps leave the same cluster"
     );
+}
+
+#[tokio::test]
+async fn a_failure_budget_of_one_rolls_the_failed_node_back_and_the_run_goes_on() {
+    let spec = |name| CaseSpec::new(name, 3, "3.27.0");
+    let (by_steps, in_one) = tokio::join!(Case::start(spec("stepsb")), Case::start(spec("oneb")));
+    let (by_steps, in_one) = (by_steps.unwrap(), in_one.unwrap());
+    let dir = tempfile::tempdir().unwrap();
+
+    let budget = [("max-failed-nodes", "1")];
+    through_the_steps_with(
+        &by_steps,
+        "run-b",
+        &broken_on(&by_steps, dir.path(), &[1]),
+        &budget,
+    )
+    .await;
+    let ran = klm_upgrade(
+        &in_one,
+        "run-b",
+        &broken_on(&in_one, dir.path(), &[1]),
+        &["--max-failed-nodes", "1"],
+    )
+    .await
+    .code(0);
+    let (n1, n2, n3) = (in_one.node(0), in_one.node(1), in_one.node(2));
+    assert!(
+        ran.stdout.lines().any(|l| l.contains("wave 2")
+            && l.contains("wave-failed-within-budget")
+            && l.contains("1 of the 1 failed node(s) the run allows")),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains(
+            "run run-b: completed-with-failures: 2 node(s) completed, 1 rolled back, 0 failed, in 3 of 3 wave(s)"
+        ),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains(&format!(
+            "completed with failures: {n2} failed within the budget"
+        )),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout
+            .lines()
+            .any(|l| l.starts_with("next: fix the cause of the failures, then klm upgrade ")),
+        "{}",
+        ran.stdout
+    );
+
+    // The nodes before and after the failed one are upgraded; the failed
+    // one is back at its version, in service.
+    for node in [n1, n3] {
+        let n = in_one.get_node(node).await;
+        assert_eq!(
+            annotation(&n, STATUS).as_deref(),
+            Some("completed"),
+            "{node}"
+        );
+        assert_eq!(host_version(&n).as_deref(), Some("3.28.0"), "{node}");
+        assert!(!unschedulable(&n), "{node}");
+    }
+    let n = in_one.get_node(n2).await;
+    assert_eq!(annotation(&n, STATUS).as_deref(), Some("rolled-back"));
+    assert_eq!(host_version(&n).as_deref(), Some("3.27.0"));
+    assert!(!unschedulable(&n));
+
+    let record = in_one.run_record().await.unwrap();
+    assert_eq!(record["state"], "completed-with-failures");
+    assert_eq!(record["maxFailedNodes"], 1);
+    let why = record["failedNodes"][n2].as_str().unwrap_or_default();
+    assert!(why.contains("wave 2"), "{record}");
+    let reasons: Vec<String> = in_one
+        .node_events(n2)
+        .await
+        .into_iter()
+        .map(|(reason, _, _)| reason)
+        .collect();
+    for reason in [
+        "KataVerificationFailed",
+        "KataUpgradeFailedWithinBudget",
+        "KataRolledBack",
+    ] {
+        assert!(
+            reasons.contains(&reason.to_string()),
+            "{reason}: {reasons:?}"
+        );
+    }
+    let status = in_one.klm(&["status"]).await.code(0);
+    assert!(
+        status
+            .stdout
+            .contains("failure budget: 1 of 1 node(s) failed"),
+        "{}",
+        status.stdout
+    );
+
+    assert_eq!(
+        end_state(&in_one, "run-b").await,
+        end_state(&by_steps, "run-b").await,
+        "klm upgrade and the workflow's steps leave the same cluster"
+    );
+
+    // The next run retries only the failed node.
+    let retried = klm_upgrade(&in_one, "run-b2", &broken_on(&in_one, dir.path(), &[]), &[])
+        .await
+        .code(0);
+    assert!(
+        retried.stdout.contains("1 node(s) selected"),
+        "{}",
+        retried.stdout
+    );
+    let n = in_one.get_node(n2).await;
+    assert_eq!(annotation(&n, STATUS).as_deref(), Some("completed"));
+    assert_eq!(host_version(&n).as_deref(), Some("3.28.0"));
+}
+
+#[tokio::test]
+async fn a_second_failure_over_a_budget_of_one_stops_the_run() {
+    let case = Case::start(CaseSpec::new("overb", 3, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let failed = klm_upgrade(
+        &case,
+        "run-o",
+        &broken_on(&case, dir.path(), &[0, 1]),
+        &["--max-failed-nodes", "1"],
+    )
+    .await
+    .code(1);
+    assert!(
+        failed.stdout.contains("wave-failed-within-budget"),
+        "{}",
+        failed.stdout
+    );
+    let n = case.get_node(case.node(2)).await;
+    assert_eq!(annotation(&n, STATUS), None, "the third node is untouched");
+    let record = case.run_record().await.unwrap();
+    assert_eq!(record["state"], "failed");
+    for node in [case.node(0), case.node(1)] {
+        let n = case.get_node(node).await;
+        assert_eq!(
+            annotation(&n, STATUS).as_deref(),
+            Some("rolled-back"),
+            "{node}"
+        );
+        assert_eq!(host_version(&n).as_deref(), Some("3.27.0"), "{node}");
+    }
 }
 
 #[tokio::test]

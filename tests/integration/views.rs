@@ -198,3 +198,141 @@ async fn status_sandboxes_names_the_kata_pods_still_on_the_runtime_they_started_
     let plain = case.klm(&["status", "-o", "json"]).await.ok().json();
     assert!(plain.get("sandboxes").is_none(), "{plain}");
 }
+
+#[tokio::test]
+async fn recycle_old_sandboxes_evicts_them_once_the_node_is_completed_honouring_budgets() {
+    use k8s_openapi::api::core::v1::Pod;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use kube::api::PostParams;
+    use kube::runtime::wait::{await_condition, conditions};
+
+    let case = Case::start(CaseSpec::new("recycle", 1, "3.27.0"))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let verification = verification_pod(dir.path(), &[]).display().to_string();
+    let node = case.node(0).to_string();
+    let ns = case.namespace.clone();
+    let pods: kube::Api<Pod> = kube::Api::namespaced(case.admin.clone(), &ns);
+    let kata_pod = |name: &str, app: &str| -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"nodeName": node, "runtimeClassName": format!("kata-qemu-{ns}"),
+                     "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+        }))
+        .unwrap()
+    };
+    let running = |name: &'static str| {
+        let pods = pods.clone();
+        async move {
+            tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                await_condition(pods, name, |p: Option<&Pod>| {
+                    p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+                        s.phase.as_deref() == Some("Running") && s.start_time.is_some()
+                    })
+                }),
+            )
+            .await
+            .expect("the pod runs within 60s")
+            .unwrap();
+        }
+    };
+    // Two old sandboxes, one of them kept by a budget that allows no
+    // disruption.
+    for (name, app) in [("old", "free"), ("guarded", "guarded")] {
+        pods.create(&PostParams::default(), &kata_pod(name, app))
+            .await
+            .unwrap();
+    }
+    running("old").await;
+    running("guarded").await;
+    let budgets: kube::Api<PodDisruptionBudget> = kube::Api::namespaced(case.admin.clone(), &ns);
+    let budget: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "guarded"},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "guarded"}}}
+    }))
+    .unwrap();
+    budgets
+        .create(&PostParams::default(), &budget)
+        .await
+        .unwrap();
+
+    let plan = case
+        .klm(&[
+            "plan",
+            "--target-version",
+            "3.28.0",
+            "--verification-pod",
+            &verification,
+            "--verification-namespace",
+            &ns,
+            "--recycle-old-sandboxes",
+            "2",
+        ])
+        .await
+        .ok();
+    assert!(
+        plan.stdout
+            .contains("old sandboxes: once a node is completed, up to 2 of its Kata pods"),
+        "{}",
+        plan.stdout
+    );
+
+    let ran = case
+        .klm(&[
+            "upgrade",
+            "--target-version",
+            "3.28.0",
+            "--verification-pod",
+            &verification,
+            "--verification-namespace",
+            &ns,
+            "--restart-timeout",
+            "60s",
+            "--recycle-old-sandboxes",
+            "2",
+            "--recycle-timeout",
+            "3s",
+        ])
+        .await
+        .ok();
+    assert!(
+        ran.stdout.lines().any(|l| l.contains("sandboxes-recycled")
+            && l.contains(&format!("recycled 1 old Kata pod(s) ({ns}/old)"))
+            && l.contains(&format!("left running: {ns}/guarded ("))),
+        "{}",
+        ran.stdout
+    );
+    // The evicted pod goes; the guarded one stays and is still listed.
+    tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        await_condition(pods.clone(), "old", conditions::is_deleted("")),
+    )
+    .await
+    .expect("the evicted pod is gone within 60s")
+    .unwrap();
+    assert!(pods.get_opt("guarded").await.unwrap().is_some());
+    let status = case
+        .klm(&["status", "--sandboxes", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    let listed: Vec<&str> = status["sandboxes"][0]["pods"]
+        .as_array()
+        .expect("sandboxes listed")
+        .iter()
+        .map(|p| p[0].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [format!("{ns}/guarded")], "{status}");
+    let reasons: Vec<String> = case
+        .node_events(&node)
+        .await
+        .into_iter()
+        .map(|(reason, _, _)| reason)
+        .collect();
+    assert!(
+        reasons.contains(&"KataSandboxesRecycled".to_string()),
+        "{reasons:?}"
+    );
+}

@@ -350,6 +350,75 @@ async fn a_failed_verification_rolls_its_node_back_and_stops() {
 }
 
 #[tokio::test]
+async fn a_failure_budget_of_one_rolls_the_failed_node_back_and_the_run_goes_on() {
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start(rig, CaseSpec::new("wf-budget", 3, "3.27.0"))
+        .await
+        .unwrap();
+    let [first, second, third] = [flow.case.node(0), flow.case.node(1), flow.case.node(2)];
+    let pod = verification_parameter(&verification_pod_broken_at("3.28.0", &[second]));
+    let selector = selector(&flow);
+    let run = flow
+        .run(
+            None,
+            &[
+                ("target-version", "3.28.0"),
+                ("batch-size", "1"),
+                ("max-failed-nodes", "1"),
+                ("node-selector", &selector),
+                ("verification-pod", &pod),
+            ],
+        )
+        .await
+        .unwrap();
+    // The failure fit the budget: the workflow went on and succeeded.
+    run.succeeded();
+    let report = run.report();
+    let nodes = flow.nodes().await;
+    for node in [first, third] {
+        assert_eq!(
+            annotation(&nodes[node], STATUS).as_deref(),
+            Some("completed"),
+            "{node}\n{report}"
+        );
+        assert_eq!(
+            host_version(&nodes[node]).as_deref(),
+            Some("3.28.0"),
+            "{node}\n{report}"
+        );
+        assert!(!unschedulable(&nodes[node]), "{node}\n{report}");
+    }
+    assert_eq!(
+        annotation(&nodes[second], STATUS).as_deref(),
+        Some("rolled-back"),
+        "{report}"
+    );
+    assert_eq!(
+        host_version(&nodes[second]).as_deref(),
+        Some("3.27.0"),
+        "{report}"
+    );
+    assert!(!unschedulable(&nodes[second]), "{report}");
+    let record = flow.case.run_record().await.unwrap();
+    assert_eq!(
+        record["state"],
+        json!("completed-with-failures"),
+        "{report}"
+    );
+    assert!(
+        record["failedNodes"][second]
+            .as_str()
+            .is_some_and(|why| why.contains("wave 2")),
+        "{record}\n{report}"
+    );
+    assert!(
+        run.logs
+            .contains("1 of the 1 failed node(s) the run allows"),
+        "settle's log says the failure fit the budget\n{report}"
+    );
+}
+
+#[tokio::test]
 async fn rollback_node_returns_a_node_to_its_version_before_the_run() {
     let Some(rig) = argo_rig().await else { return };
     let flow = Flow::start(rig, CaseSpec::new("wf-rbnode", 2, "3.27.0"))
