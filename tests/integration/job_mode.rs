@@ -499,3 +499,49 @@ async fn a_value_the_target_removed_is_refused_by_the_preflight_with_the_fix() {
         "nothing was recorded or changed"
     );
 }
+
+/// Job mode under a failure budget of one: the second node fails and is
+/// rolled back, the third is upgraded after it, and nothing is pruned.
+async fn a_budget_of_one_goes_on_past_a_failed_node(case: &Case, from: &str, to: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let pod = klm_rig::verification_pod::VerificationPod::succeeding()
+        .broken_at(to, &[case.node(1)])
+        .tolerating_everything()
+        .write(dir.path(), "verify-broken-n2")
+        .display()
+        .to_string();
+    let run = format!("wf-{}", case.namespace);
+    let mut args = upgrade_all(case, to, &pod, &run);
+    args.extend(["--max-failed-nodes".to_string(), "1".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let ran = case.klm(&args).await.ok();
+    let mut versions = Vec::new();
+    for node in &case.nodes {
+        versions.push(host_version(&case.get_node(node).await));
+    }
+    let to_app = klm_rig::charts::app_version(to).to_string();
+    assert_eq!(
+        versions,
+        vec![Some(to_app.clone()), Some(from.into()), Some(to_app)],
+        "the first and third nodes upgraded, the second rolled back\n{}",
+        ran.stdout
+    );
+    let record = case.run_record().await.unwrap();
+    assert_eq!(record["state"], "completed-with-failures", "{record}");
+    assert_eq!(prunes(case).await, Vec::new(), "no node was ever pruned");
+}
+
+#[tokio::test]
+async fn job_mode_under_a_failure_budget_goes_on_past_a_failed_node() {
+    let case = Case::start_with(CaseSpec::new("jobbudget", 3, "3.32.0"), job_values)
+        .await
+        .unwrap();
+    a_budget_of_one_goes_on_past_a_failed_node(&case, "3.32.0", "3.33.0").await;
+}
+
+#[tokio::test]
+async fn from_4_1_under_a_failure_budget_the_run_goes_on_and_prunes_nothing() {
+    let case = pruning_case("prune41budget", 3, "4.1.0").await;
+    a_budget_of_one_goes_on_past_a_failed_node(&case, "4.1.0", "4.2.0").await;
+    assert_eq!(case.release_state().await.1, "4.2.0");
+}
