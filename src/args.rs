@@ -118,6 +118,30 @@ pub struct DrainArgs {
     pub drain_scope: DrainScope,
 }
 
+/// How klm proves who it is to the Prometheus of a metric gate, and whom it
+/// trusts (files: the workflow mounts them from a Secret).
+#[derive(Debug, Clone, Default, Args)]
+#[command(next_help_heading = "Gates and window")]
+pub struct PrometheusArgs {
+    /// A file holding the bearer token sent to --prometheus-url.
+    #[arg(long, value_name = "PATH", env = "KLM_PROMETHEUS_TOKEN_FILE")]
+    pub prometheus_token_file: Option<std::path::PathBuf>,
+
+    /// A PEM file of CA certificates trusted for --prometheus-url besides the system's.
+    #[arg(long, value_name = "PATH", env = "KLM_PROMETHEUS_CA_FILE")]
+    pub prometheus_ca_file: Option<std::path::PathBuf>,
+}
+
+impl PrometheusArgs {
+    /// The credentials of the flags.
+    pub fn credentials(&self) -> crate::prometheus::Credentials {
+        crate::prometheus::Credentials {
+            token_file: self.prometheus_token_file.clone(),
+            ca_file: self.prometheus_ca_file.clone(),
+        }
+    }
+}
+
 /// Recycling the Kata pods that still run the runtime they started with
 /// (`klm upgrade`, `klm settle`).
 #[derive(Debug, Clone, Args)]
@@ -369,6 +393,43 @@ pub struct WavesArgs {
     #[arg(help_heading = "Gates and window", long, value_name = "BOOL", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub gate_approval: bool,
 
+    /// At each gate, after its soak: a PromQL query that must have been healthy (an empty
+    /// result, or a true scalar) at every sample over the last --gate-query-for; unhealthy: the
+    /// nodes since the last gate are rolled back and the run stops (empty = no query).
+    #[arg(
+        help_heading = "Gates and window",
+        long,
+        value_name = "PROMQL",
+        default_value = ""
+    )]
+    pub gate_query: String,
+
+    /// The Prometheus --gate-query asks (its base URL, e.g. http://prometheus.monitoring:9090).
+    #[arg(
+        help_heading = "Gates and window",
+        long,
+        value_name = "URL",
+        default_value = ""
+    )]
+    pub prometheus_url: String,
+
+    /// How far back --gate-query's samples go (the gate's soak lasts this long at least).
+    #[arg(help_heading = "Gates and window", long, value_name = "DURATION", default_value = "5m", value_parser = crate::schedule::metric::parse_period)]
+    pub gate_query_for: Duration,
+
+    /// Time between --gate-query's samples.
+    #[arg(help_heading = "Gates and window", long, value_name = "DURATION", default_value = "30s", value_parser = crate::schedule::metric::parse_period)]
+    pub gate_query_interval: Duration,
+
+    /// Errors in a row (Prometheus not answering) that make a gate inconclusive: the run
+    /// stops without rolling back.
+    #[arg(help_heading = "Gates and window", long, value_name = "N", default_value_t = 4, value_parser = parse_count, allow_negative_numbers = true)]
+    pub gate_query_error_limit: usize,
+
+    /// Ask --gate-query before every wave, not only at the gates of --gate.
+    #[arg(help_heading = "Gates and window", long, value_name = "BOOL", num_args = 0..=1, default_value_t = false, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub gate_query_every_wave: bool,
+
     /// Start waves only in this window, e.g. "Mon-Fri 01:00-05:00 Europe/Paris" (empty = any time).
     #[arg(help_heading = "Gates and window", long, value_name = "WINDOW", default_value = "", value_parser = crate::schedule::window::parse_window)]
     pub window: WindowArg,
@@ -394,6 +455,21 @@ impl WavesArgs {
         }
     }
 
+    /// The metric gate's query, if one is given.
+    pub fn metric_query(&self) -> Option<crate::schedule::metric::MetricQuery> {
+        let query = self.gate_query.trim();
+        (!query.is_empty() || self.gate_query_every_wave).then(|| {
+            crate::schedule::metric::MetricQuery {
+                query: query.to_string(),
+                url: self.prometheus_url.trim().to_string(),
+                for_seconds: self.gate_query_for.as_secs(),
+                interval_seconds: self.gate_query_interval.as_secs(),
+                error_limit: self.gate_query_error_limit,
+                every_wave: self.gate_query_every_wave,
+            }
+        })
+    }
+
     /// When the waves may start: the gates and the window of the flags.
     pub fn schedule(&self) -> Schedule {
         Schedule {
@@ -401,6 +477,7 @@ impl WavesArgs {
                 at: self.gate,
                 soak: self.gate_soak.0,
                 approval: self.gate_approval,
+                query: self.metric_query(),
             },
             window: self.window.0.clone(),
         }

@@ -48,6 +48,7 @@ pub mod helm;
 pub mod kata_deploy;
 pub mod nodes;
 pub mod output;
+pub mod prometheus;
 pub mod release;
 pub mod run_record;
 pub mod run_rules;

@@ -233,6 +233,9 @@ pub struct RunRecord {
     /// how far the run got through each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<Gate>,
+    /// The metric gates' query (recorded by select-nodes with --gate-query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_query: Option<crate::schedule::metric::MetricQuery>,
     /// The maintenance window waves start in (recorded by select-nodes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<String>,
@@ -753,6 +756,7 @@ pub(crate) fn example() -> RunRecord {
         failed_nodes: BTreeMap::new(),
         node_versions: BTreeMap::new(),
         gates: Vec::new(),
+        metric_query: None,
         window: None,
         held: None,
         marks: BTreeMap::new(),

@@ -49,6 +49,10 @@ pub struct Args {
     /// How nodes are rolled back (and verified again).
     #[command(flatten)]
     pub rollback: RollbackArgs,
+
+    /// How to reach the Prometheus of the run's metric query.
+    #[command(flatten)]
+    pub prometheus: crate::args::PrometheusArgs,
 }
 
 /// `--resumed-from`: what the wave waited for (None: nothing yet).
@@ -88,6 +92,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             None => Approver::Klm,
         },
         rollback,
+        prometheus: args.prometheus.credentials(),
         now: jiff::Timestamp::now(),
     };
     let passage = gate::pass(&client, &flags::helm(&args.release, global)?, &request).await?;

@@ -63,6 +63,10 @@ pub struct Args {
     /// The run's recycling of old sandboxes (shown in the plan).
     #[command(flatten)]
     pub recycle: RecycleArgs,
+
+    /// How to reach the Prometheus of --gate-query (asked once, to check it).
+    #[command(flatten)]
+    pub prometheus: crate::args::PrometheusArgs,
 }
 
 /// Runs the step.
@@ -96,6 +100,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             allow_downgrade: args.downgrade.allow_downgrade,
             drain: args.drain.asked().map(|(_, scope)| scope),
             recycle: args.recycle.asked(),
+            prometheus: &args.prometheus.credentials(),
         },
     )
     .await?;

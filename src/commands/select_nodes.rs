@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args as ClapArgs;
 
 use super::flags;
-use crate::args::{GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs, WavesArgs};
+use crate::args::{GlobalArgs, PrometheusArgs, ReleaseArgs, RunArgs, SelectionArgs, WavesArgs};
 use crate::error::ExitStatus;
 use crate::nodes::waves;
 use crate::output;
@@ -52,6 +52,10 @@ pub struct Args {
     #[command(flatten)]
     pub waves: WavesArgs,
 
+    /// How to reach the Prometheus of --gate-query.
+    #[command(flatten)]
+    pub prometheus: PrometheusArgs,
+
     /// Which release (to find the nodes that run its kata-deploy).
     #[command(flatten)]
     pub release: ReleaseArgs,
@@ -87,6 +91,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             skip_completed: args.skip_completed.as_ref(),
             max_waves: args.max_waves,
             run_id: args.run.run_id.as_deref(),
+            prometheus: &args.prometheus.credentials(),
         },
     )
     .await?;

@@ -52,6 +52,10 @@ pub struct Args {
     #[command(flatten)]
     pub recycle: RecycleArgs,
 
+    /// How to reach the Prometheus of --gate-query.
+    #[command(flatten)]
+    pub prometheus: crate::args::PrometheusArgs,
+
     /// How the nodes are split into waves.
     #[command(flatten)]
     pub waves: WavesArgs,
@@ -99,6 +103,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     schedule
         .gates
         .validate(policy.canary, args.waves.pool_label())?;
+    // So is a metric query Prometheus refuses, or a Prometheus that does not answer.
+    if let Some(query) = &schedule.gates.query {
+        crate::steps::select_nodes::check_query(query, &args.prometheus.credentials()).await?;
+    }
     let client = crate::cluster::client(global).await?;
     let helm = flags::helm(&args.release, global)?;
     let release = flags::release_ref(&args.release);
@@ -122,6 +130,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
             allow_downgrade: args.downgrade.allow_downgrade,
             drain: args.drain.asked().map(|(_, scope)| scope),
             recycle: args.recycle.asked(),
+            prometheus: &args.prometheus.credentials(),
         };
         output::print(global.output, &plan::plan(&client, &helm, &request).await?)?;
         return Ok(ExitStatus::Done);
@@ -162,6 +171,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         keep_failed: args.verification.keep_failed,
         drain: args.drain.asked(),
         recycle: args.recycle.asked(),
+        prometheus: args.prometheus.credentials(),
         chart: args.chart.chart,
         helm_timeout: args.chart.helm_timeout,
         restart_timeout: args.restart_timeout,

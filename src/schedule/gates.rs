@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::metric::MetricQuery;
 use crate::error::UserError;
 use crate::nodes::waves::Wave;
 
@@ -31,6 +32,9 @@ pub struct GatePolicy {
     pub soak: Option<Duration>,
     /// Wait for a person's approval.
     pub approval: bool,
+    /// Ask Prometheus after the soak (its `every_wave`: hold before every
+    /// wave for it, not only at these gates).
+    pub query: Option<MetricQuery>,
 }
 
 /// One gate of a run's plan: recorded by select-nodes, passed before its wave.
@@ -50,6 +54,9 @@ pub struct Gate {
     /// Whether a person must approve.
     #[serde(default)]
     pub approval: bool,
+    /// Whether the run's metric query must be healthy after the soak.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub query: bool,
     /// How far the run got through it.
     #[serde(default)]
     pub passage: Passage,
@@ -69,6 +76,9 @@ pub struct Passage {
     /// Who approved, and when (None: not yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approved: Option<String>,
+    /// The metric query was healthy after the soak.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queried: bool,
 }
 
 impl Gate {
@@ -81,8 +91,9 @@ impl Gate {
                 self.reverify.len()
             )
         });
+        let query = self.query.then(|| "a healthy metric query".to_string());
         let approval = self.approval.then(|| "a person's approval".to_string());
-        [soak, approval]
+        [soak, query, approval]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()
@@ -106,8 +117,30 @@ impl GatePolicy {
         canary: Option<usize>,
         pool_label: Option<&str>,
     ) -> Result<(), UserError> {
-        let holds = self.soak.is_some() || self.approval;
+        let every_wave = self.query.as_ref().is_some_and(|q| q.every_wave);
+        if let Some(query) = &self.query {
+            if query.query.trim().is_empty() {
+                return Err(UserError::bad_input(
+                    "--gate-query-every-wave asks the metric query before every wave, and there is no --gate-query",
+                )
+                .hint("pass --gate-query '<PromQL>' (healthy when empty, or a true scalar)"));
+            }
+            if query.url.trim().is_empty() {
+                return Err(UserError::bad_input(
+                    "--gate-query asks Prometheus, and there is no --prometheus-url",
+                )
+                .hint("pass --prometheus-url (e.g. http://prometheus.monitoring:9090)"));
+            }
+            if self.at == GateAt::None && !every_wave {
+                return Err(UserError::bad_input(
+                    "--gate-query is asked at a gate, and --gate is none",
+                )
+                .hint("pass --gate canary or --gate pool, or --gate-query-every-wave to ask it before every wave"));
+            }
+        }
+        let holds = self.soak.is_some() || self.approval || self.query.is_some();
         match self.at {
+            GateAt::None if every_wave => Ok(()),
             GateAt::None if holds => Err(UserError::bad_input(
                 "--gate-soak and --gate-approval hold the run at a gate, and --gate is none",
             )
@@ -143,23 +176,35 @@ impl GatePolicy {
     /// Each re-verifies the nodes of the waves since the gate before it. A
     /// gate needs a wave after it, so the last wave has none.
     pub fn plan(&self, waves: &[Wave], canary: bool) -> Vec<Gate> {
-        if self.at == GateAt::None {
+        let every_wave = self.query.as_ref().is_some_and(|q| q.every_wave);
+        if self.at == GateAt::None && !every_wave {
             return Vec::new();
         }
+        let canary = canary && self.at != GateAt::None;
+        // A query needs samples after the wave: the soak lasts its `for` at least.
+        let soak = match (&self.query, self.soak) {
+            (Some(query), soak) => Some(
+                soak.map_or(0, |d| d.as_secs())
+                    .max(query.for_seconds)
+                    .max(1),
+            ),
+            (None, soak) => soak.map(|d| d.as_secs().max(1)),
+        };
         let mut gates = Vec::new();
         let mut since = 0;
         for (i, pair) in waves.windows(2).enumerate() {
             let (done, next) = (&pair[0], &pair[1]);
             let after_canary = canary && i == 0;
             let pool_ends = self.at == GateAt::Pool && done.pool != next.pool;
-            if !after_canary && !pool_ends {
+            if !after_canary && !pool_ends && !every_wave {
                 continue;
             }
             let after = match (after_canary, pool_ends, &done.pool) {
                 (true, true, Some(pool)) => format!("the canary wave and pool {pool}"),
                 (true, _, _) => "the canary wave".to_string(),
-                (_, _, Some(pool)) => format!("pool {pool}"),
-                _ => "the nodes without a pool".to_string(),
+                (_, true, Some(pool)) => format!("pool {pool}"),
+                (_, true, None) => "the nodes without a pool".to_string(),
+                _ => format!("wave {}", done.index),
             };
             gates.push(Gate {
                 before_wave: next.index,
@@ -168,8 +213,9 @@ impl GatePolicy {
                     .iter()
                     .flat_map(|w| w.nodes.clone())
                     .collect(),
-                soak_seconds: self.soak.map(|d| d.as_secs().max(1)),
+                soak_seconds: soak,
                 approval: self.approval,
+                query: self.query.is_some(),
                 passage: Passage::default(),
             });
             since = i + 1;
@@ -181,8 +227,11 @@ impl GatePolicy {
     pub fn describe(&self) -> Option<String> {
         let soak = self.soak.map(|d| format!("soak {}", human(d.as_secs())));
         let approval = self.approval.then(|| "approval".to_string());
-        let what: Vec<String> = [soak, approval].into_iter().flatten().collect();
+        let query = self.query.as_ref().map(MetricQuery::describe);
+        let what: Vec<String> = [soak, query, approval].into_iter().flatten().collect();
+        let every_wave = self.query.as_ref().is_some_and(|q| q.every_wave);
         match self.at {
+            _ if every_wave => Some(format!("a gate before every wave ({})", what.join(", "))),
             GateAt::None => None,
             GateAt::Canary => Some(format!(
                 "a gate after the canary wave ({})",
@@ -241,6 +290,7 @@ mod tests {
             at,
             soak: soak.map(Duration::from_secs),
             approval,
+            query: None,
         }
     }
 
@@ -338,6 +388,77 @@ mod tests {
         assert_eq!(
             policy(GateAt::Pool, Some(90), true).describe().unwrap(),
             "a gate after the canary wave and each pool (soak 1m30s, approval)"
+        );
+    }
+
+    fn query(every_wave: bool) -> MetricQuery {
+        MetricQuery {
+            query: "failures > 0".into(),
+            url: "http://127.0.0.1:9090".into(),
+            for_seconds: 300,
+            interval_seconds: 30,
+            error_limit: 4,
+            every_wave,
+        }
+    }
+
+    #[test]
+    fn a_metric_query_soaks_at_least_its_window_and_every_wave_holds_before_each() {
+        let waves = [
+            wave(1, "", &["a"]),
+            wave(2, "", &["b"]),
+            wave(3, "", &["c"]),
+        ];
+        let canary = GatePolicy {
+            query: Some(query(false)),
+            ..policy(GateAt::Canary, Some(60), false)
+        };
+        let gates = canary.plan(&waves, true);
+        assert_eq!(befores(&gates), [2]);
+        assert_eq!(
+            gates[0].soak_seconds,
+            Some(300),
+            "the soak lasts the query's 5m"
+        );
+        assert!(gates[0].query);
+        let every = GatePolicy {
+            query: Some(query(true)),
+            ..GatePolicy::default()
+        };
+        assert!(every.validate(None, None).is_ok());
+        let gates = every.plan(&waves, false);
+        assert_eq!(befores(&gates), [2, 3]);
+        assert_eq!(gates[1].after, "wave 2");
+        assert_eq!(gates[1].reverify, ["b"]);
+    }
+
+    #[test]
+    fn a_metric_query_needs_a_url_a_query_and_a_gate() {
+        let refused = |p: GatePolicy| p.validate(Some(1), None).unwrap_err().to_string();
+        let mut no_url = query(false);
+        no_url.url.clear();
+        assert!(
+            refused(GatePolicy {
+                query: Some(no_url),
+                ..policy(GateAt::Canary, None, false)
+            })
+            .contains("--prometheus-url")
+        );
+        assert!(
+            refused(GatePolicy {
+                query: Some(query(false)),
+                ..GatePolicy::default()
+            })
+            .contains("--gate is none")
+        );
+        let mut empty = query(true);
+        empty.query.clear();
+        assert!(
+            refused(GatePolicy {
+                query: Some(empty),
+                ..GatePolicy::default()
+            })
+            .contains("there is no --gate-query")
         );
     }
 }

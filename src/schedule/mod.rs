@@ -3,6 +3,7 @@
 //! Pure: what a held wave does about them is [`crate::steps::gate`].
 
 pub mod gates;
+pub mod metric;
 pub mod window;
 
 use crate::error::UserError;
@@ -114,6 +115,7 @@ mod tests {
             reverify: vec![],
             soak_seconds: None,
             approval: true,
+            query: false,
             passage: Default::default(),
         };
         assert_eq!(

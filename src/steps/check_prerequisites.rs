@@ -112,6 +112,7 @@ impl Checked {
             failed_nodes: Default::default(),
             node_versions: Default::default(),
             gates: Vec::new(),
+            metric_query: None,
             window: None,
             held: None,
             marks: Default::default(),

@@ -21,6 +21,7 @@ use crate::release::ReleaseRef;
 use crate::run_record::{Held, Records, RunRecord, Waiting, now};
 use crate::run_rules;
 use crate::schedule::gates::Gate;
+use crate::schedule::metric::{self, Verdict};
 use crate::schedule::window::Window;
 use crate::steps::rollback::{self, RolledBack};
 
@@ -65,6 +66,8 @@ pub struct Request {
     /// How nodes that fail their verification after the soak are rolled
     /// back; its verification pods verify them after the soak too.
     pub rollback: rollback::Settings,
+    /// How to reach the Prometheus of the run's metric query.
+    pub prometheus: crate::prometheus::Credentials,
     /// Now (a parameter, so tests can set the clock).
     pub now: Timestamp,
 }
@@ -225,6 +228,11 @@ async fn pass_gate(
             ));
         }
     }
+    if gate.query && !passage.queried {
+        ask_prometheus(client, helm, record, gate, request, done).await?;
+        passage.queried = true;
+        record_passage(records, record, gate, &passage).await?;
+    }
     if gate.approval && passage.approved.is_none() {
         if request.resumed_from != Some(Waiting::Approval) {
             return Ok(Wait::Approval);
@@ -291,11 +299,82 @@ async fn reverify(
         failed.join(", "),
         record.run_id
     );
-    let report: RolledBack = rollback::roll_back(
+    let look = "see the failed verification pods' Events on the nodes";
+    Err(roll_back_and_fail(client, helm, record, request, &failed, reason, look).await)
+}
+
+/// Asks the run's metric query over the samples of the soak: healthy, the
+/// gate passes; unhealthy, every node since the last gate is rolled back and
+/// the run fails with the query's answer; inconclusive (Prometheus did not
+/// answer), the run fails and nothing is rolled back.
+async fn ask_prometheus(
+    client: &Client,
+    helm: &Helm,
+    record: &RunRecord,
+    gate: &Gate,
+    request: &Request,
+    done: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let Some(query) = &record.metric_query else {
+        return Err(UserError::failed(format!(
+            "the gate after {} asks the run's metric query, and the run recorded none",
+            gate.after
+        ))
+        .into());
+    };
+    let verdict = match crate::prometheus::Prometheus::connect(&query.url, &request.prometheus) {
+        Ok(prometheus) => metric::evaluate(&prometheus, query, request.now).await,
+        Err(err) => Verdict::Inconclusive {
+            why: err.to_string(),
+        },
+    };
+    match verdict {
+        Verdict::Passed { samples } => {
+            done.push(format!(
+                "gate after {}: the metric query was healthy over the last {} ({samples} sample(s))",
+                gate.after,
+                crate::schedule::gates::human(query.for_seconds)
+            ));
+            Ok(())
+        }
+        Verdict::Failed { at, answer } => {
+            let reason = format!(
+                "the gate after {} (before wave {}): the metric query {:?} returned {answer} at {at} (run {})",
+                gate.after, gate.before_wave, query.query, record.run_id
+            );
+            let look = "see the metric in Prometheus";
+            Err(roll_back_and_fail(client, helm, record, request, &gate.reverify, reason, look).await)
+        }
+        Verdict::Inconclusive { why } => Err(UserError::failed(format!(
+            "the gate after {} (before wave {}): the metric query could not say whether {} node(s) are healthy: {why}; nothing was rolled back and no further wave starts",
+            gate.after,
+            gate.before_wave,
+            gate.reverify.len()
+        ))
+        .hint(format!(
+            "make Prometheus answer at {} (and its token and CA), check the nodes by hand, then start a new run: nodes completed by run {} are skipped",
+            query.url, record.run_id
+        ))
+        .into()),
+    }
+}
+
+/// Rolls `nodes` back for `reason` (the run fails, so no later wave starts)
+/// and returns the run's failure.
+async fn roll_back_and_fail(
+    client: &Client,
+    helm: &Helm,
+    record: &RunRecord,
+    request: &Request,
+    nodes: &[String],
+    reason: String,
+    look: &str,
+) -> anyhow::Error {
+    let rolled_back = rollback::roll_back(
         client,
         helm,
         &rollback::Request {
-            nodes: failed.clone(),
+            nodes: nodes.to_vec(),
             reason: Some(reason.clone()),
             release: request.release.clone(),
             run_id: Some(record.run_id.clone()),
@@ -303,14 +382,23 @@ async fn reverify(
             fails_run: true,
         },
     )
-    .await?;
-    report.outcome()?;
-    Err(UserError::failed(format!("{reason}; rolled back {}: no further wave starts", failed.join(", ")))
-        .hint(format!(
-            "see the failed verification pods' Events on the nodes and `klm status --run-id {}`; fix the cause, then start a new run: nodes completed by this run are skipped",
-            record.run_id
-        ))
-        .into())
+    .await;
+    let report: RolledBack = match rolled_back {
+        Ok(report) => report,
+        Err(err) => return err,
+    };
+    if let Err(err) = report.outcome() {
+        return err.into();
+    }
+    UserError::failed(format!(
+        "{reason}; rolled back {}: no further wave starts",
+        nodes.join(", ")
+    ))
+    .hint(format!(
+        "{look} and `klm status --run-id {}`; fix the cause, then start a new run: nodes completed by this run are skipped",
+        record.run_id
+    ))
+    .into()
 }
 
 /// Records the run as held before the request's wave, for `wait`.

@@ -157,6 +157,8 @@ pub struct Request<'a> {
     pub drain: Option<DrainScope>,
     /// The run's recycling of old sandboxes, if any.
     pub recycle: Option<crate::sandboxes::Recycle>,
+    /// How to reach the Prometheus of a metric gate.
+    pub prometheus: &'a crate::prometheus::Credentials,
 }
 
 /// Runs every read-only check of a run's start and plans its waves.
@@ -192,6 +194,7 @@ pub async fn plan(client: &Client, helm: &Helm, request: &Request<'_>) -> anyhow
         max_waves: 0,
         // Recorded nowhere: a plan changes nothing.
         run_id: None,
+        prometheus: request.prometheus,
     };
     let selection = select_nodes::plan_run(client, helm, &planning).await?;
     let drain = match request.drain {

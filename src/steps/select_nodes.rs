@@ -10,6 +10,7 @@ use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 
 use crate::annotations::{self, NodeStatus};
+use crate::error::UserError;
 use crate::helm::Helm;
 use crate::nodes::selection::{self, Criteria};
 use crate::nodes::waves::{self, Ordered, Policy, Wave};
@@ -472,6 +473,7 @@ mod tests {
                 reverify: vec!["a".into()],
                 soak_seconds: Some(600),
                 approval: true,
+                query: false,
                 passage: Default::default(),
             }],
             window: Some("Mon-Fri 01:00-05:00 Europe/Paris".into()),
@@ -510,6 +512,41 @@ pub struct PlanRequest<'a> {
     pub max_waves: usize,
     /// The run to record the plan in (None: recorded nowhere).
     pub run_id: Option<&'a str>,
+    /// How to reach the Prometheus of a metric gate, checked up front.
+    pub prometheus: &'a crate::prometheus::Credentials,
+}
+
+/// Asks the metric gate's query once, now, before anything changes: a query
+/// Prometheus refuses is bad input, a Prometheus that does not answer a
+/// precondition not met.
+pub async fn check_query(
+    query: &crate::schedule::metric::MetricQuery,
+    credentials: &crate::prometheus::Credentials,
+) -> Result<(), UserError> {
+    use crate::prometheus::{Prometheus, PrometheusError};
+    let asked = match Prometheus::connect(&query.url, credentials) {
+        Ok(prometheus) => {
+            prometheus
+                .query_at(&query.query, jiff::Timestamp::now())
+                .await
+        }
+        Err(err) => Err(err),
+    };
+    match asked {
+        Ok(_) => Ok(()),
+        Err(err @ (PrometheusError::BadUrl { .. } | PrometheusError::File { .. })) => {
+            Err(UserError::bad_input(err.to_string())
+                .hint("fix --prometheus-url, --prometheus-token-file or --prometheus-ca-file"))
+        }
+        Err(err) if err.is_bad_query() => Err(UserError::bad_input(format!(
+            "--gate-query {:?}: {err}",
+            query.query
+        ))
+        .hint("fix the PromQL (try it in Prometheus's UI first)")),
+        Err(err) => Err(UserError::precondition(err.to_string()).hint(
+            "check --prometheus-url and that Prometheus answers from where klm runs (and its token and CA)",
+        )),
+    }
 }
 
 /// Selects the nodes and plans the waves ([`select`]) and the gates between
@@ -524,6 +561,9 @@ pub async fn plan_run(
         .schedule
         .gates
         .validate(request.policy.canary, request.pool_label)?;
+    if let Some(query) = &request.schedule.gates.query {
+        check_query(query, request.prometheus).await?;
+    }
     let mut selection = select(
         client,
         helm,
@@ -563,6 +603,7 @@ pub async fn plan_run(
                 r.waves = Some(planned.clone());
                 r.max_unavailable = selection.max_unavailable;
                 r.max_failed_nodes = selection.max_failed_nodes;
+                r.metric_query = request.schedule.gates.query.clone();
                 // A retried select-nodes plans the same gates; how far the
                 // run got through them stands.
                 if r.gates

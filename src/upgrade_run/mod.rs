@@ -79,6 +79,8 @@ pub struct Settings {
     pub drain: Option<(Duration, crate::drain::DrainScope)>,
     /// Evict old sandboxes of each completed node (None: leave them).
     pub recycle: Option<crate::sandboxes::Recycle>,
+    /// How to reach the Prometheus of a metric gate.
+    pub prometheus: crate::prometheus::Credentials,
     /// The kata-deploy chart reference.
     pub chart: String,
     /// How long one helm upgrade or rollback may take.

@@ -169,6 +169,7 @@ pub(super) fn plan_request<'a>(
         // One process carries any number of waves (a workflow's status does not).
         max_waves: 0,
         run_id,
+        prometheus: &settings.prometheus,
     }
 }
 
@@ -193,6 +194,7 @@ async fn hold_wave(
             resumed_from,
             approver: gate::Approver::Klm,
             rollback: settings.rollback(),
+            prometheus: settings.prometheus.clone(),
             now: jiff::Timestamp::now(),
         };
         let passage = shielded(interrupts, reporter, gate::pass(client, helm, &request))

@@ -7,6 +7,7 @@ mod edges;
 mod hints;
 mod idempotence;
 mod job_mode;
+mod metric_gate;
 mod one_process;
 mod partial;
 mod policy;

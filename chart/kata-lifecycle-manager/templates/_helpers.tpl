@@ -168,6 +168,11 @@ securityContext:
 volumeMounts:
   - name: tmp
     mountPath: /tmp
+  {{- if $root.Values.prometheus.secretName }}
+  - name: prometheus
+    mountPath: /etc/klm/prometheus
+    readOnly: true
+  {{- end }}
 {{- end }}
 
 {{/*
@@ -198,6 +203,16 @@ Arguments: dict root, run (bool, default true).
   value: {{`"{{workflow.parameters.drain-scope}}"`}}
 - name: KLM_VERIFICATION_NAMESPACE
   value: {{`"{{workflow.parameters.verification-namespace}}"`}}
+{{- with $root.Values.prometheus }}
+{{- if and .secretName .tokenKey }}
+- name: KLM_PROMETHEUS_TOKEN_FILE
+  value: /etc/klm/prometheus/{{ .tokenKey }}
+{{- end }}
+{{- if and .secretName .caKey }}
+- name: KLM_PROMETHEUS_CA_FILE
+  value: /etc/klm/prometheus/{{ .caKey }}
+{{- end }}
+{{- end }}
 - name: KLM_VERIFICATION_TIMEOUT
   value: {{`"{{workflow.parameters.verification-timeout}}"`}}
 - name: KLM_STEP_DEADLINE

@@ -18,6 +18,7 @@ pub mod charts;
 pub mod control_plane;
 pub mod image;
 pub mod kubeconfig;
+pub mod metrics;
 pub mod nodes;
 pub mod pki;
 pub mod process;

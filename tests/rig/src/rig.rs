@@ -173,6 +173,13 @@ impl Rig {
         client_for(&self.kubeconfig).await
     }
 
+    /// The rig's Prometheus, started on first use, scraping the simulated
+    /// nodes' sandbox failures ([`crate::metrics`]); None where Debian's
+    /// prometheus is not installed (outside CI).
+    pub async fn prometheus(&self) -> Result<Option<&'static crate::metrics::MetricsTier>> {
+        crate::metrics::MetricsTier::shared(&self.kubeconfig, &self.dir).await
+    }
+
     /// The admin kubeconfig.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
