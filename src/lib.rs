@@ -27,7 +27,7 @@
 //!   [`nodes`] (selection, waves, holding nodes), [`schedule`] (gates
 //!   between waves, maintenance windows), [`kata_deploy`]
 //!   (kata-deploy's pods and Jobs on nodes), [`verification`] (verification
-//!   pods), [`sandboxes`] (Kata pods still on an old runtime), [`drain`], [`run_record`] (what a run needs to roll back),
+//!   pods), [`sandboxes`] (Kata pods still on an old runtime), [`prometheus`] (a metric gate's queries), [`drain`], [`run_record`] (what a run needs to roll back),
 //!   [`wait`] (watches with deadlines), [`events`] (Kubernetes Events on
 //!   the nodes steps act on), [`annotations`] (the vocabulary on nodes), [`values`] (Helm values by dotted key), [`output`] (reports).
 //! * At the bottom: [`args`] (the flags steps share; it uses only the node

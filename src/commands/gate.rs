@@ -18,7 +18,7 @@ use crate::steps::gate::{self, Approver, Request};
 /// Flags of `klm gate`.
 #[derive(Debug, ClapArgs)]
 #[command(
-    after_help = "What the wave waits for next is printed, and with --outputs-dir written to two files there:\n`wait` (none, soak, approval or window) and `seconds` (how long a soak or a window still takes).\nA soak that has ended verifies the gate's nodes again; those that fail are rolled back and the\nrun fails (exit 1). An approval wait ends with `argo resume` (the workflow), or `klm approve`\n(klm upgrade).\n\nExamples:\n  klm gate --wave 2 --run-id upgrade-1 --verification-pod verify.yaml\n  klm gate --wave 2 --run-id upgrade-1 --resumed-from approval"
+    after_help = "What the wave waits for next is printed, and with --outputs-dir written to two files there:\n`wait` (none, soak, approval or window) and `seconds` (how long a soak or a window still takes).\nA soak that has ended verifies the gate's nodes again; those that fail are rolled back and the\nrun fails (exit 1). Then the run's metric query (select-nodes --gate-query) is asked over the\nsoak's samples: unhealthy, the gate's nodes are rolled back and the run fails; Prometheus not\nanswering, the run fails and nothing is rolled back. An approval wait ends with `argo resume` (the workflow), or `klm approve`\n(klm upgrade).\n\nExamples:\n  klm gate --wave 2 --run-id upgrade-1 --verification-pod verify.yaml\n  klm gate --wave 2 --run-id upgrade-1 --resumed-from approval"
 )]
 pub struct Args {
     /// The wave (from 1) about to start.

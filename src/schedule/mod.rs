@@ -1,5 +1,6 @@
 //! When waves may start: the gates a run holds at between waves
-//! ([`gates`]) and the maintenance window waves start in ([`window`]).
+//! ([`gates`]), the metric query a gate asks ([`metric`]) and the
+//! maintenance window waves start in ([`window`]).
 //! Pure: what a held wave does about them is [`crate::steps::gate`].
 
 pub mod gates;

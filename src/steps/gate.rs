@@ -1,7 +1,9 @@
 //! What a run does before a held wave (`klm gate`, and `klm upgrade` before
 //! such a wave): pass the wave's gate — soak, then verify the nodes before
-//! it again (rolling back those that fail, which fails the run), then wait
-//! for a person's approval — and wait for the maintenance window to open.
+//! it again (rolling back those that fail, which fails the run), then ask
+//! the run's metric query over the soak's samples (unhealthy: every node
+//! since the last gate is rolled back and the run fails), then wait for a
+//! person's approval — and wait for the maintenance window to open.
 //!
 //! One call does what can be done now and says what the wave waits for
 //! next ([`Wait`]); the caller waits (Argo: a suspend step; klm upgrade: in

@@ -116,6 +116,9 @@ pub struct RunSummary {
     /// The nodes that failed within that budget, each with why.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub failed_nodes: BTreeMap<String, String>,
+    /// The query its metric gates ask (`--gate-query`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metric_query: Option<crate::schedule::metric::MetricQuery>,
     /// Once it ended: the values it set for its own mechanics that the
     /// release keeps (OnDelete, until the nodes still on an older
     /// kata-deploy are upgraded); the next run restores them.
@@ -185,6 +188,7 @@ impl From<RunRecord> for RunSummary {
             aborted: r.aborted,
             max_failed_nodes: r.max_failed_nodes,
             failed_nodes: r.failed_nodes,
+            metric_query: r.metric_query,
             left_on_release: if r.state.is_closed() {
                 r.mechanics
             } else {
@@ -275,6 +279,14 @@ impl Report for Status {
                 text.push_str(&format!(
                     "paused {paused}: no new wave starts until `klm resume --run-id {}`\n\n",
                     run.run_id
+                ));
+            }
+            if let Some(query) = &run.metric_query {
+                text.truncate(text.len() - 1);
+                text.push_str(&format!(
+                    "metric gates: {} at {}\n\n",
+                    query.describe(),
+                    query.url
                 ));
             }
             if let Some(budget) = run.budget_note() {

@@ -96,6 +96,14 @@ async fn a_metric_that_goes_bad_after_the_canary_rolls_it_back_and_stops_the_run
     let record = case.run_record().await.unwrap();
     assert_eq!(record["state"], "failed", "{record}");
     assert_eq!(record["metricQuery"]["query"], query.as_str(), "{record}");
+    let status = case.klm(&["status"]).await.ok();
+    assert!(
+        status
+            .stdout
+            .contains(&format!("metric gates: Prometheus query {query:?} healthy")),
+        "{}",
+        status.stdout
+    );
 }
 
 #[tokio::test]

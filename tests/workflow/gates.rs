@@ -338,3 +338,75 @@ async fn set_window(flow: &Flow, window: &str) {
     .await
     .unwrap();
 }
+
+#[tokio::test]
+async fn a_metric_that_goes_bad_at_the_canary_gate_rolls_it_back_and_the_run_stops() {
+    use klm_rig::metrics::{FAILURES_METRIC, SANDBOX_FAILURES_AT};
+    let Some(rig) = argo_rig().await else { return };
+    let Some(prometheus) = rig.prometheus().await.unwrap() else {
+        return;
+    };
+    let flow = Flow::start(rig, CaseSpec::new("wf-metric", 3, "3.27.0"))
+        .await
+        .unwrap();
+    flow.install_chart(&verification_pod_broken_at("9.9.9", &[]))
+        .await
+        .unwrap();
+    // The canary passes its verification at 3.28.0, but fails to create
+    // sandboxes there: its failure counter climbs.
+    let canary = flow.case.node(0).to_string();
+    let nodes: Api<Node> = Api::all(flow.case.admin.clone());
+    let patch = json!({"metadata": {"annotations": {SANDBOX_FAILURES_AT: "3.28.0"}}});
+    nodes
+        .patch(&canary, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let selector = selector(&flow);
+    let query = format!(
+        "{FAILURES_METRIC}{{node=~\"{}-.*\"}} > 0",
+        flow.case.namespace
+    );
+    let params = [
+        ("target-version", "3.28.0"),
+        ("node-selector", selector.as_str()),
+        ("canary-size", "1"),
+        ("gate", "canary"),
+        ("gate-query", query.as_str()),
+        ("prometheus-url", prometheus.url.as_str()),
+        ("gate-query-for", "5s"),
+        ("gate-query-interval", "1s"),
+    ];
+    let name = flow.submit(None, &params).await.unwrap();
+    let run = flow.wait(&name).await.unwrap();
+    run.failed();
+    let report = run.report();
+    let found = flow.nodes().await;
+    let canary_node = &found[&canary];
+    assert_eq!(
+        annotation(canary_node, STATUS).as_deref(),
+        Some("rolled-back"),
+        "{report}"
+    );
+    assert_eq!(
+        crate::flow::host_version(canary_node).as_deref(),
+        Some("3.27.0"),
+        "{report}"
+    );
+    for i in 1..3 {
+        let node = &found[flow.case.node(i)];
+        assert_eq!(
+            annotation(node, STATUS),
+            None,
+            "node {i} untouched\n{report}"
+        );
+    }
+    let record = flow.case.run_record().await.unwrap();
+    assert_eq!(record["state"], "failed", "{record:#}");
+    let failure = record["failure"].as_str().unwrap_or_default();
+    assert!(
+        failure.contains("the metric query") && failure.contains(&format!("node=\"{canary}\"")),
+        "{failure}\n{report}"
+    );
+    let workflow = flow.workflow(&name).await.unwrap();
+    assert_eq!(pod_starts(&workflow, "cordon").len(), 1, "{report}");
+}
