@@ -215,25 +215,23 @@ pub struct Budget(pub Option<BatchSize>);
 /// Parses `--max-unavailable`: a number of nodes or a percentage of the
 /// selected nodes; 0 (the workflow's default) is no budget.
 pub fn parse_max_unavailable(raw: &str) -> Result<Budget, String> {
-    if raw.trim().is_empty() || raw.trim() == "0" {
-        return Ok(Budget(None));
-    }
-    parse_batch_size(raw).map(|b| Budget(Some(b))).map_err(|_| {
-        format!(
-            "max-unavailable {raw:?} is neither a number of nodes nor a percentage from 1% to 100% (0: no budget)"
-        )
-    })
+    parse_budget(raw, "max-unavailable", "no budget")
 }
 
 /// Parses `--max-failed-nodes`: a number of nodes or a percentage of the
 /// planned nodes; 0 (the default) stops the run at its first failure.
 pub fn parse_max_failed_nodes(raw: &str) -> Result<Budget, String> {
+    parse_budget(raw, "max-failed-nodes", "stop at the first failure")
+}
+
+/// A budget flag's value: 0 or empty is none; else a number or a share.
+fn parse_budget(raw: &str, flag: &str, zero: &str) -> Result<Budget, String> {
     if raw.trim().is_empty() || raw.trim() == "0" {
         return Ok(Budget(None));
     }
     parse_batch_size(raw).map(|b| Budget(Some(b))).map_err(|_| {
         format!(
-            "max-failed-nodes {raw:?} is neither a number of nodes nor a percentage from 1% to 100% (0: stop at the first failure)"
+            "{flag} {raw:?} is neither a number of nodes nor a percentage from 1% to 100% (0: {zero})"
         )
     })
 }
@@ -596,6 +594,16 @@ mod tests {
             parse_max_unavailable("-2")
                 .unwrap_err()
                 .contains("neither a number")
+        );
+        assert_eq!(parse_max_failed_nodes("").unwrap(), Budget(None));
+        assert_eq!(
+            parse_max_failed_nodes("2").unwrap(),
+            Budget(Some(BatchSize::Nodes(2)))
+        );
+        assert!(
+            parse_max_failed_nodes("lots")
+                .unwrap_err()
+                .contains("(0: stop at the first failure)")
         );
     }
 

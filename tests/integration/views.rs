@@ -112,12 +112,53 @@ async fn plan_uncordon_and_status_say_what_is_true() {
     );
 }
 
+/// Creates Kata pods (of the case's RuntimeClass) on one node of a case, as
+/// an application would, and waits until each runs.
+struct KataPods {
+    api: kube::Api<k8s_openapi::api::core::v1::Pod>,
+    node: String,
+    class: String,
+}
+
+impl KataPods {
+    fn on(case: &Case, node: &str) -> KataPods {
+        KataPods {
+            api: kube::Api::namespaced(case.admin.clone(), &case.namespace),
+            node: node.to_string(),
+            class: format!("kata-qemu-{}", case.namespace),
+        }
+    }
+
+    /// Creates pod `name` labelled `app=<app>` and waits, watching, until it runs.
+    async fn run(&self, name: &str, app: &str) {
+        use k8s_openapi::api::core::v1::Pod;
+        use kube::runtime::wait::await_condition;
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"nodeName": self.node, "runtimeClassName": self.class,
+                     "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
+        }))
+        .unwrap();
+        self.api
+            .create(&kube::api::PostParams::default(), &pod)
+            .await
+            .unwrap();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            await_condition(self.api.clone(), name, |p: Option<&Pod>| {
+                p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
+                    s.phase.as_deref() == Some("Running") && s.start_time.is_some()
+                })
+            }),
+        )
+        .await
+        .expect("the pod runs within 60s")
+        .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn status_sandboxes_names_the_kata_pods_still_on_the_runtime_they_started_with() {
-    use k8s_openapi::api::core::v1::Pod;
-    use kube::api::PostParams;
-    use kube::runtime::wait::await_condition;
-
     let case = Case::start(CaseSpec::new("sandboxes", 1, "3.27.0"))
         .await
         .unwrap();
@@ -125,35 +166,8 @@ async fn status_sandboxes_names_the_kata_pods_still_on_the_runtime_they_started_
     let verification = verification_pod(dir.path(), &[]).display().to_string();
     let node = case.node(0).to_string();
     let ns = case.namespace.clone();
-    let pods: kube::Api<Pod> = kube::Api::namespaced(case.admin.clone(), &ns);
-    let kata_pod = |name: &str| -> Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name},
-            "spec": {"nodeName": node, "runtimeClassName": format!("kata-qemu-{ns}"),
-                     "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
-        }))
-        .unwrap()
-    };
-    let running = |name: &'static str| {
-        let pods = pods.clone();
-        async move {
-            tokio::time::timeout(
-                std::time::Duration::from_secs(60),
-                await_condition(pods, name, |p: Option<&Pod>| {
-                    p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
-                        s.phase.as_deref() == Some("Running") && s.start_time.is_some()
-                    })
-                }),
-            )
-            .await
-            .expect("the pod runs within 60s")
-            .unwrap();
-        }
-    };
-    pods.create(&PostParams::default(), &kata_pod("before"))
-        .await
-        .unwrap();
-    running("before").await;
+    let pods = KataPods::on(&case, &node);
+    pods.run("before", "app").await;
 
     case.klm(&[
         "upgrade",
@@ -168,10 +182,7 @@ async fn status_sandboxes_names_the_kata_pods_still_on_the_runtime_they_started_
     ])
     .await
     .ok();
-    pods.create(&PostParams::default(), &kata_pod("after"))
-        .await
-        .unwrap();
-    running("after").await;
+    pods.run("after", "app").await;
 
     let status = case
         .klm(&["status", "--sandboxes", "-o", "json"])
@@ -201,7 +212,6 @@ async fn status_sandboxes_names_the_kata_pods_still_on_the_runtime_they_started_
 
 #[tokio::test]
 async fn recycle_old_sandboxes_evicts_them_once_the_node_is_completed_honouring_budgets() {
-    use k8s_openapi::api::core::v1::Pod;
     use k8s_openapi::api::policy::v1::PodDisruptionBudget;
     use kube::api::PostParams;
     use kube::runtime::wait::{await_condition, conditions};
@@ -213,40 +223,12 @@ async fn recycle_old_sandboxes_evicts_them_once_the_node_is_completed_honouring_
     let verification = verification_pod(dir.path(), &[]).display().to_string();
     let node = case.node(0).to_string();
     let ns = case.namespace.clone();
-    let pods: kube::Api<Pod> = kube::Api::namespaced(case.admin.clone(), &ns);
-    let kata_pod = |name: &str, app: &str| -> Pod {
-        serde_json::from_value(serde_json::json!({
-            "metadata": {"name": name, "labels": {"app": app}},
-            "spec": {"nodeName": node, "runtimeClassName": format!("kata-qemu-{ns}"),
-                     "containers": [{"name": "app", "image": "registry.invalid/app:1"}]}
-        }))
-        .unwrap()
-    };
-    let running = |name: &'static str| {
-        let pods = pods.clone();
-        async move {
-            tokio::time::timeout(
-                std::time::Duration::from_secs(60),
-                await_condition(pods, name, |p: Option<&Pod>| {
-                    p.and_then(|p| p.status.as_ref()).is_some_and(|s| {
-                        s.phase.as_deref() == Some("Running") && s.start_time.is_some()
-                    })
-                }),
-            )
-            .await
-            .expect("the pod runs within 60s")
-            .unwrap();
-        }
-    };
     // Two old sandboxes, one of them kept by a budget that allows no
     // disruption.
-    for (name, app) in [("old", "free"), ("guarded", "guarded")] {
-        pods.create(&PostParams::default(), &kata_pod(name, app))
-            .await
-            .unwrap();
-    }
-    running("old").await;
-    running("guarded").await;
+    let kata_pods = KataPods::on(&case, &node);
+    kata_pods.run("old", "free").await;
+    kata_pods.run("guarded", "guarded").await;
+    let pods = kata_pods.api.clone();
     let budgets: kube::Api<PodDisruptionBudget> = kube::Api::namespaced(case.admin.clone(), &ns);
     let budget: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "guarded"},

@@ -354,3 +354,79 @@ async fn a_killed_step_is_retried_and_the_run_goes_on() {
         run.report()
     );
 }
+
+/// A workflow's run is paused with `argo suspend` (klm pause says so): the
+/// step in flight finishes, no further step starts, and `argo resume` lets
+/// the run go on to its end, every node verified.
+#[tokio::test]
+async fn argo_suspend_mid_wave_starts_nothing_more_until_argo_resume() {
+    use kube::api::DynamicObject;
+    use kube::runtime::wait::await_condition;
+    let Some(rig) = argo_rig().await else { return };
+    let flow = Flow::start(rig, CaseSpec::new("wf-suspend", 2, "3.27.0"))
+        .await
+        .unwrap();
+    let (name, _held) = run_until_verifying(&flow).await;
+    let suspend = flow.argo().args(["suspend", &name]).output().await.unwrap();
+    assert!(
+        suspend.status.success(),
+        "argo suspend: {}",
+        String::from_utf8_lossy(&suspend.stderr)
+    );
+    // The verification in flight passes and its step ends.
+    let releaser = release_held_pods(&flow, Vec::new());
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        flow.case.admin.clone(),
+        &flow.argo_namespace,
+        &crate::flow::workflow_resource(),
+    );
+    let verified = await_condition(api, &name, |wf: Option<&DynamicObject>| {
+        wf.and_then(|wf| wf.data["status"]["nodes"].as_object().cloned())
+            .is_some_and(|nodes| {
+                nodes
+                    .values()
+                    .any(|n| n["displayName"] == "verify" && n["phase"] == "Succeeded")
+            })
+    });
+    tokio::time::timeout(Duration::from_secs(180), verified)
+        .await
+        .expect("the first wave's verification ends within 3 minutes")
+        .unwrap();
+    // The reconcile that saw it end started nothing after it.
+    let workflow = flow.workflow(&name).await.unwrap();
+    let started: Vec<String> = workflow["status"]["nodes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|n| n["type"] == "Pod")
+        .filter_map(|n| n["displayName"].as_str().map(String::from))
+        .collect();
+    assert!(
+        !started.iter().any(|s| s == "settle"),
+        "suspended: {started:?}"
+    );
+    assert_eq!(
+        annotation(&flow.nodes().await[flow.case.node(1)], STATUS),
+        None,
+        "the second node is untouched while suspended"
+    );
+    let resume = flow.argo().args(["resume", &name]).output().await.unwrap();
+    assert!(
+        resume.status.success(),
+        "argo resume: {}",
+        String::from_utf8_lossy(&resume.stderr)
+    );
+    let run = flow.wait(&name).await.unwrap();
+    releaser.abort();
+    run.succeeded();
+    let report = run.report();
+    for (node, found) in flow.nodes().await {
+        assert_eq!(
+            annotation(&found, STATUS).as_deref(),
+            Some("completed"),
+            "{node}\n{report}"
+        );
+        assert_eq!(host_version(&found).as_deref(), Some("3.28.0"), "{node}");
+        assert!(!unschedulable(&found), "{node}");
+    }
+}
