@@ -57,6 +57,9 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Build or check the klm image as an OCI image index (image/README.md).
+    #[command(subcommand)]
+    Image(klm_rig::image_cli::ImageCommand),
 }
 
 #[tokio::main]
@@ -90,6 +93,7 @@ async fn main() -> Result<()> {
             writeln!(std::io::stdout(), "{report:#?}")?;
             return Ok(());
         }
+        Command::Image(command) => return command.run(),
         Command::Charts { dir } => {
             let dir = dir.unwrap_or_else(|| {
                 klm_rig::control_plane::workspace_root().join("target/rig/charts")
