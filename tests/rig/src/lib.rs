@@ -25,6 +25,7 @@ pub mod oci_check;
 pub mod pki;
 pub mod process;
 pub mod real_node;
+pub mod registry;
 pub mod rig;
 pub mod simulator;
 pub mod verdicts;
