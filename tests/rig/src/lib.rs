@@ -24,6 +24,7 @@ pub mod oci;
 pub mod oci_check;
 pub mod pki;
 pub mod process;
+pub mod publish;
 pub mod real_node;
 pub mod registry;
 pub mod rig;
