@@ -4,7 +4,7 @@
 BIN := target/rig/bin
 CHART := chart/kata-lifecycle-manager
 
-.PHONY: all build rig-bins host-packages static-klm cross-packages cross cross-release cross-test image image-release demo rig-up test lint unit integration bench bench-workflow clean-rig
+.PHONY: all build rig-bins host-packages static-klm cross-packages cross cross-release cross-test image image-release release-check demo rig-up test lint unit integration bench bench-workflow clean-rig
 
 all: build
 
@@ -52,6 +52,12 @@ image: cross-packages
 ## The same with klm in the release profile (what ships).
 image-release: cross-packages
 	bash tests/image/build.sh --release
+
+## The release's chain here: the four platforms' index in the release profile, pushed with the chart
+## (the index digest in its values) to a registry on loopback, read back by digest and checked per
+## platform (ELF machine of klm and helm), the pulled chart rendered. image/README.md.
+release-check: rig-bins host-packages cross-packages
+	bash tests/image/release-check.sh
 
 ## make test's share: `make cross`, with the unit tests under qemu for CROSS_UNIT_ARCHES only (all
 ## three by default; `make test CROSS_UNIT_ARCHES=s390x` keeps one), skipped with one line where

@@ -38,6 +38,28 @@ pub enum ImageCommand {
         #[arg(long = "add", value_parser = parse_add)]
         added: Vec<(String, PathBuf)>,
     },
+    /// Push a layout's index and this project's chart (its values naming the
+    /// index by digest) to a loopback registry, then check the index as a
+    /// client pulls it, by digest.
+    Publish {
+        /// The layout's directory.
+        #[arg(long)]
+        layout: PathBuf,
+        /// The registry, `127.0.0.1:<port>` (plain HTTP); without it, a
+        /// registry of its own on loopback (Debian's docker-registry, storage
+        /// in WORK/registry) for the time of the command.
+        #[arg(long)]
+        registry: Option<String>,
+        /// The image's tag.
+        #[arg(long)]
+        tag: String,
+        /// The platforms the index must list (default: all four).
+        #[arg(long = "arch", value_parser = Arch::parse)]
+        arches: Vec<Arch>,
+        /// A scratch directory (the chart's copy and package).
+        #[arg(long)]
+        work: PathBuf,
+    },
     /// Check a layout's index: the platforms, every blob's digest, and each
     /// platform's user, entrypoint, labels, CA bundle, no shell, and klm's and
     /// helm's ELF machine.
@@ -102,6 +124,58 @@ impl ImageCommand {
                     started.elapsed().as_secs_f64()
                 )?;
             }
+            ImageCommand::Publish {
+                layout,
+                registry,
+                tag,
+                arches,
+                work,
+            } => {
+                let arches = if arches.is_empty() {
+                    Arch::ALL.to_vec()
+                } else {
+                    arches
+                };
+                let mut own = None;
+                let registry = match registry {
+                    Some(host) => host,
+                    None => {
+                        let (host, server) = start_registry(&work.join("registry"))?;
+                        own = Some(server);
+                        host
+                    }
+                };
+                let helm = crate::control_plane::bin_dir().join("helm");
+                let published = crate::publish::publish(&registry, &layout, &tag, &helm, &work)?;
+                let pulled = crate::registry::RegistryImage {
+                    host: registry.clone(),
+                    repository: crate::publish::IMAGE_REPOSITORY.into(),
+                    reference: published.image_digest.clone(),
+                };
+                let checked = check(&pulled, &arches)
+                    .with_context(|| format!("checking {} in the registry", published.image()))?;
+                crate::publish::check_chart(&helm, &work, &published)?;
+                writeln!(out, "image {}", published.image())?;
+                writeln!(
+                    out,
+                    "chart {} --version {}",
+                    published.chart_ref(),
+                    published.chart_version
+                )?;
+                for c in checked {
+                    writeln!(
+                        out,
+                        "linux/{} {} checked as pulled, {} compressed",
+                        c.arch.name(),
+                        c.digest,
+                        megabytes(c.compressed)
+                    )?;
+                }
+                if let Some(mut server) = own {
+                    server.check_alive()?;
+                    server.stop();
+                }
+            }
             ImageCommand::Check { dir, arches } => {
                 let arches = if arches.is_empty() {
                     Arch::ALL.to_vec()
@@ -130,6 +204,19 @@ impl ImageCommand {
         }
         Ok(())
     }
+}
+
+/// Starts Debian's docker-registry on a free loopback port with its storage
+/// under `dir`; returns its `127.0.0.1:<port>` and the process.
+fn start_registry(dir: &std::path::Path) -> Result<(String, crate::process::Component)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let host = format!("127.0.0.1:{port}");
+    let (binary, args) = crate::registry::prepare(dir, port)?;
+    let server = crate::process::Component::start("docker-registry", &binary, &args, dir)?;
+    crate::registry::wait_ready(&host, std::time::Duration::from_secs(30))?;
+    Ok((host, server))
 }
 
 /// `12.3 MB` (10^6 bytes).

@@ -109,6 +109,43 @@ pub fn publish(
     Ok(published)
 }
 
+/// Renders the published chart as a user installs it (`helm template
+/// oci://... --version ... --plain-http`) and checks that its steps run the
+/// published image by digest.
+pub fn check_chart(helm: &Path, work: &Path, published: &Published) -> Result<()> {
+    let home = work.join("helm-home");
+    let output = Command::new(helm)
+        .args([
+            "template",
+            "klm",
+            &published.chart_ref(),
+            "--version",
+            &published.chart_version,
+            "--plain-http",
+            "--set-string",
+            "defaults.verificationPod=placeholder",
+        ])
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .context("running helm template")?;
+    ensure!(
+        output.status.success(),
+        "helm template {}: {}",
+        published.chart_ref(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rendered = String::from_utf8_lossy(&output.stdout);
+    let wanted = format!("image: {}", published.image());
+    ensure!(
+        rendered.contains(&wanted),
+        "the published chart's steps do not run {}",
+        published.image()
+    );
+    Ok(())
+}
+
 /// The chart's `version:` from its Chart.yaml.
 pub fn chart_version(chart_dir: &Path) -> Result<String> {
     let text = std::fs::read_to_string(chart_dir.join("Chart.yaml"))?;
