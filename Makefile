@@ -4,7 +4,7 @@
 BIN := target/rig/bin
 CHART := chart/kata-lifecycle-manager
 
-.PHONY: all build rig-bins host-packages static-klm cross-packages cross cross-release cross-test demo rig-up test lint unit integration bench bench-workflow clean-rig
+.PHONY: all build rig-bins host-packages static-klm cross-packages cross cross-release cross-test image image-release release-check demo rig-up test lint unit integration bench bench-workflow clean-rig
 
 all: build
 
@@ -42,6 +42,22 @@ cross: cross-packages
 ## The same four binaries in the release profile (thin LTO, stripped), checked and smoke-run.
 cross-release: cross-packages
 	bash tests/cross/build.sh --release
+
+## The klm image for the four platforms as one OCI image index in target/image/oci, built here
+## without pulling a base (klm from `make cross`'s build, helm from the rig's Go module, Debian's CA
+## bundle), then checked; prints the index digest and each platform's sizes. image/README.md.
+image: cross-packages
+	bash tests/image/build.sh
+
+## The same with klm in the release profile (what ships).
+image-release: cross-packages
+	bash tests/image/build.sh --release
+
+## The release's chain here: the four platforms' index in the release profile, pushed with the chart
+## (the index digest in its values) to a registry on loopback, read back by digest and checked per
+## platform (ELF machine of klm and helm), the pulled chart rendered. image/README.md.
+release-check: rig-bins host-packages cross-packages
+	bash tests/image/release-check.sh
 
 ## make test's share: `make cross`, with the unit tests under qemu for CROSS_UNIT_ARCHES only (all
 ## three by default; `make test CROSS_UNIT_ARCHES=s390x` keeps one), skipped with one line where

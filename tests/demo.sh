@@ -39,7 +39,8 @@ run kubectl get nodes -o wide
 
 verification_pod "$work/verify-pod.yaml"
 say "Installing kata-lifecycle-manager's chart: its WorkflowTemplate, ServiceAccount and RBAC"
-echo "(the image is the one under test, built here and imported into the real node's containerd;"
+echo "(from the rig's loopback registry, where the image under test (built here) and the chart were"
+echo " pushed; the real node's containerd pulls the image by digest: $KLM_IMAGE;"
 echo " the fixture kata-deploy charts are inside it, and the steps run on the real node)"
 CHART_RUNNER=run klm_chart_install "$work/verify-pod.yaml"
 run kubectl get workflowtemplates --namespace kata-system

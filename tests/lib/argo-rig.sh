@@ -19,6 +19,10 @@ argo_rig_start() {
 	fi
 	echo "$ready"
 	export KUBECONFIG=$work/rig/admin.kubeconfig
+	# KLM_IMAGE, KLM_CHART, KLM_CHART_VERSION: the image index and the chart
+	# the rig pushed to its loopback registry (the chart's values name the
+	# image by digest).
+	source "$work/rig/published.env"
 	klm-rig charts --dir "$work/charts" >/dev/null
 }
 
@@ -71,17 +75,18 @@ POD
 }
 
 # klm_chart_install POD_FILE [helm args...]: this project's chart as release
-# klm in kata-system, with the image under test (imported into the real
-# node's containerd, the fixture kata-deploy charts inside it), its steps on
-# the real node and POD_FILE as the verification pod. Set CHART_RUNNER to a
-# function that shows a command before running it to have it shown.
+# klm in kata-system, installed from the rig's loopback registry as users
+# install it (oci://, its values naming the image under test by digest, which
+# the real node's containerd pulls from there; the fixture kata-deploy charts
+# are inside it), its steps on the real node and POD_FILE as the verification
+# pod. Set CHART_RUNNER to a function that shows a command before running it
+# to have it shown.
 klm_chart_install() {
 	local pod=$1
 	shift
-	"${CHART_RUNNER:-command}" helm install klm "$root/chart/kata-lifecycle-manager" --namespace kata-system \
+	"${CHART_RUNNER:-command}" helm install klm "$KLM_CHART" --version "$KLM_CHART_VERSION" --plain-http --namespace kata-system \
 		--set defaults.helmNamespace=kata-system --set defaults.verificationNamespace=kata-system \
 		--set-file defaults.verificationPod="$pod" \
-		--set image.repository=localhost/kata-lifecycle-manager --set image.tag=test --set image.pullPolicy=Never \
 		--set "kataDeploy.chart=/charts/kata-deploy-{version}.tgz" \
 		--set-string 'nodeSelector.rig\.klm/real-node=true' \
 		--set 'tolerations[0].key=rig.klm/real-node' --set 'tolerations[0].operator=Exists' --set 'tolerations[0].effect=NoSchedule' \

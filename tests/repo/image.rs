@@ -224,3 +224,50 @@ fn the_pinning_check_rejects_what_it_should() {
         "localhost:5000/rust@sha256:{digest}"
     )));
 }
+
+/// The image built here (`klm-rig image build`, tests/rig/src/oci.rs: the
+/// rig's, `make demo`'s and `make release-check`'s) and the Containerfile
+/// (for people with buildx) make the same image: labels, user, entrypoint,
+/// environment, the files' paths, the platforms.
+#[test]
+fn the_containerfile_and_the_image_built_here_agree() {
+    use klm_rig::oci;
+    let file = containerfile();
+    let runtime = file.final_stage();
+    let labels: String = runtime.all("LABEL").collect::<Vec<_>>().join(" ");
+    for (key, value) in oci::FIXED_LABELS {
+        assert!(
+            labels.contains(&format!("{key}=\"{value}\"")),
+            "the Containerfile's {key} is {value:?}, as tests/rig/src/oci.rs says"
+        );
+    }
+    let built_keys: Vec<String> = oci::labels("v", "r").into_keys().collect();
+    let containerfile_keys = labels.matches("org.opencontainers.image.").count();
+    assert_eq!(
+        containerfile_keys,
+        built_keys.len(),
+        "the same labels: {built_keys:?} and {labels}"
+    );
+    assert_eq!(
+        runtime.all("USER").last(),
+        Some(format!("{0}:{0}", klm_rig::image::NONROOT).as_str())
+    );
+    assert_eq!(
+        runtime.all("ENTRYPOINT").last().map(String::from),
+        Some(format!(r#"["{}"]"#, oci::KLM_PATH))
+    );
+    let env: String = runtime.all("ENV").collect::<Vec<_>>().join(" ");
+    let env: Vec<&str> = env.split_whitespace().filter(|w| *w != "\\").collect();
+    assert_eq!(env, oci::ENV, "the same environment");
+    for path in [oci::KLM_PATH, oci::HELM_PATH] {
+        assert!(
+            runtime.all("COPY").any(|c| c.ends_with(path)),
+            "the Containerfile copies {path}"
+        );
+    }
+    let mut arches: Vec<&str> = ARCHITECTURES.to_vec();
+    arches.sort();
+    let mut built: Vec<&str> = oci::Arch::ALL.iter().map(|a| a.name()).collect();
+    built.sort();
+    assert_eq!(arches, built, "the same platforms");
+}

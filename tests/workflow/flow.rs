@@ -155,9 +155,10 @@ impl Flow {
         Self::installed(self.case.clone(), rig, &namespace).await
     }
 
-    /// `helm upgrade` of the chart the case installed, as a user installs it
-    /// for real: the image under test, its fixture charts, steps on the real
-    /// node, and the verification pod.
+    /// `helm upgrade` of the chart the case installed to the chart the tier
+    /// published (`oci://` on the rig's loopback registry, its values naming
+    /// the image under test by digest), as a user installs it for real: the
+    /// image's fixture charts, steps on the real node, and the verification pod.
     pub async fn install_chart(&self, pod: &str) -> Result<()> {
         self.install_chart_with(pod, &[]).await
     }
@@ -168,25 +169,23 @@ impl Flow {
         let dir = tempfile::tempdir()?;
         let pod_file = dir.path().join("verification-pod.yaml");
         std::fs::write(&pod_file, pod)?;
-        let (repository, tag) = self
-            .argo
-            .klm_image()
-            .rsplit_once(':')
-            .context("the image has a tag")?;
+        let published = self.argo.published();
         let node_label = self.argo.node_label();
-        let chart = crate::support::repo_root().join("chart/kata-lifecycle-manager");
         let mut args: Vec<String> = vec![
             "upgrade".into(),
             self.chart_release.clone(),
-            chart.display().to_string(),
+            published.chart_ref(),
+            "--version".into(),
+            published.chart_version.clone(),
+            "--plain-http".into(),
             "--namespace".into(),
             self.argo_namespace.clone(),
-            "--reuse-values".into(),
+            // The published chart's own values (the image by digest; plain
+            // --reuse-values would keep the installed chart's defaults), then
+            // the values the case set.
+            "--reset-then-reuse-values".into(),
         ];
         for set in [
-            format!("image.repository={repository}"),
-            format!("image.tag={tag}"),
-            "image.pullPolicy=Never".into(),
             format!("kataDeploy.chart={}", self.argo.chart_in_image()),
             format!("tolerations[0].key={node_label}"),
             "tolerations[0].operator=Exists".into(),

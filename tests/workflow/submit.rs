@@ -104,13 +104,17 @@ async fn helm_set_values_reach_helm_literally() {
         .helm_admin(&[
             "upgrade".into(),
             format!("klm-{}", flow.case.namespace),
-            crate::support::repo_root()
-                .join("chart/kata-lifecycle-manager")
-                .display()
-                .to_string(),
+            // The published chart, whose values name the image under test.
+            flow.argo.published().chart_ref(),
+            "--version".into(),
+            flow.argo.published().chart_version.clone(),
+            "--plain-http".into(),
             "--namespace".into(),
             flow.case.namespace.clone(),
-            "--reuse-values".into(),
+            // The published chart's own values (the image by digest; plain
+            // --reuse-values would keep the installed chart's defaults), then
+            // the values the case set.
+            "--reset-then-reuse-values".into(),
             "--set".into(),
             "submitOverrides.helmSetValues=true".into(),
         ])

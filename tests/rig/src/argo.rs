@@ -1,9 +1,13 @@
 //! The Argo tier: the rig's real node ([`crate::real_node`]) plus a real
 //! Argo Workflows workflow-controller (v3.7.18, built from its Go module by
 //! `tests/argo/build.sh`) as a host process, and the images the steps run:
-//! argoexec, and the image under test of the shape of `image/Containerfile`
-//! (a static klm and helm, no shell, user 65532) with the fixture
-//! kata-deploy chart packages in [`CHARTS_IN_IMAGE`].
+//! argoexec (imported into containerd), and the image under test, built as
+//! the shipped image is ([`crate::oci`]: a static klm, helm and the CA
+//! bundle, no shell, user 65532) for this machine's platform, with the
+//! fixture kata-deploy chart packages in [`CHARTS_IN_IMAGE`]. The image index
+//! and this project's chart (its values naming the image by digest) are
+//! pushed to a loopback registry ([`crate::registry`], [`crate::publish`]),
+//! from which the node's containerd pulls the image by digest.
 //!
 //! The controller's `workflowDefaults` put every step pod on the real node
 //! (host network, its label and toleration), never pull, and point in-pod
@@ -26,6 +30,8 @@ use kube::{Api, Client};
 
 use crate::control_plane::{bin_dir, workspace_root};
 use crate::image::{ImageFile, ImageSpec, write_docker_archive};
+use crate::oci::{Arch, IndexSpec, PlatformFiles};
+use crate::publish::Published;
 use crate::real_node::{
     self, PAUSE_IMAGE, REAL_NODE, REAL_NODE_LABEL, RealNode, RealNodeOptions, TeardownReport,
 };
@@ -35,9 +41,9 @@ use crate::rig::Rig;
 pub const ARGO_VERSION: &str = "v3.7.18";
 /// The argoexec image (init and wait containers, and the emissary in main).
 pub const ARGOEXEC_IMAGE: &str = "localhost/rig/argoexec:v3.7.18";
-/// The image under test: klm and helm, no shell, user 65532.
-pub const KLM_IMAGE: &str = "localhost/kata-lifecycle-manager:test";
-/// Where the fixture kata-deploy packages are inside [`KLM_IMAGE`]
+/// The tag the image under test is pushed with (it is pulled by digest).
+pub const KLM_IMAGE_TAG: &str = "test";
+/// Where the fixture kata-deploy packages are inside the image under test
 /// (`/charts/kata-deploy-<version>.tgz`).
 pub const CHARTS_IN_IMAGE: &str = "/charts";
 /// The namespace the controller watches (and whose `default`
@@ -55,6 +61,7 @@ pub struct ArgoTier {
     node_dir: PathBuf,
     setup: Duration,
     phases: Vec<(&'static str, Duration)>,
+    published: Published,
 }
 
 /// The real node of this process, reachable for the teardown at exit.
@@ -239,7 +246,7 @@ async fn start(rig: &Rig) -> Result<(ArgoTier, RealNode)> {
     };
     let klm = static_klm()?;
     phase("static klm built (cargo)");
-    let images = build_images(&klm)?;
+    let (images, klm_layout) = build_images(&klm)?;
     phase("images written");
     let pki = rig.pki();
     let options = RealNodeOptions {
@@ -255,6 +262,9 @@ async fn start(rig: &Rig) -> Result<(ArgoTier, RealNode)> {
     let client = rig.client().await?;
     node.wait_ready(&client, Duration::from_secs(120)).await?;
     phase("node Ready");
+
+    let published = start_registry_and_publish(&mut node, &klm_layout)?;
+    phase("registry up, image index and chart pushed, index checked");
 
     rig.apply_argo_crds(ARGO_VERSION).await?;
     let metrics_port = free_port()?;
@@ -296,30 +306,76 @@ async fn start(rig: &Rig) -> Result<(ArgoTier, RealNode)> {
         node_dir: node.dir().to_path_buf(),
         setup,
         phases,
+        published,
     };
     Ok((tier, node))
 }
 
-/// The three images as docker-archive tarballs under `target/rig/images`:
-/// pause, argoexec and the image under test (`klm`, a static klm from
-/// [`static_klm`], helm, the fixture charts).
-pub fn build_images(klm: &Path) -> Result<Vec<PathBuf>> {
+/// Starts the loopback registry as a companion of the node (stopped with
+/// it), declares it plain HTTP to containerd, publishes the image index
+/// and the chart to it, and checks the index as a client pulls it (this
+/// platform listed, klm and helm of this machine's architecture).
+fn start_registry_and_publish(node: &mut RealNode, layout: &Path) -> Result<Published> {
+    let port = free_port()?;
+    let host = format!("127.0.0.1:{port}");
+    let dir = node.dir().join("registry");
+    let (binary, args) = crate::registry::prepare(&dir, port)?;
+    let marker = args.last().cloned().unwrap_or_default();
+    node.start_companion("docker-registry", &binary, &args, &[], &marker)?;
+    crate::registry::wait_ready(&host, Duration::from_secs(30))?;
+    crate::registry::write_containerd_hosts(&node.registry_hosts_dir(), &host)?;
+    let published = crate::publish::publish(
+        &host,
+        layout,
+        KLM_IMAGE_TAG,
+        &bin_dir().join("helm"),
+        &dir.join("publish"),
+    )?;
+    let pulled = crate::registry::RegistryImage {
+        host: host.clone(),
+        repository: crate::publish::IMAGE_REPOSITORY.into(),
+        reference: published.image_digest.clone(),
+    };
+    crate::oci_check::check(&pulled, &[Arch::host()?])
+        .with_context(|| format!("checking {} in the registry", published.image()))?;
+    Ok(published)
+}
+
+/// The images under `target/rig/images`: pause and argoexec as
+/// docker-archive tarballs (imported into containerd), and the image under
+/// test as an OCI layout (`klm-oci`, pushed to the registry): built as the
+/// shipped image is ([`PlatformFiles::release`]: the static klm from
+/// [`static_klm`], the rig's helm, Debian's CA bundle) for this machine's
+/// platform, plus the fixture charts.
+pub fn build_images(klm: &Path) -> Result<(Vec<PathBuf>, PathBuf)> {
     let root = workspace_root();
     let out = root.join("target/rig/images");
     let charts = root.join("target/rig/charts");
     crate::charts::package_all(&charts)?;
     let bin = bin_dir();
-    let mut klm_files = vec![
-        ImageFile::executable("/usr/local/bin/klm", klm),
-        ImageFile::executable("/usr/local/bin/helm", bin.join("helm")),
-    ];
+    let mut klm_platform = PlatformFiles::release(
+        Arch::host()?,
+        klm,
+        &bin.join("helm"),
+        Path::new("/etc/ssl/certs/ca-certificates.crt"),
+    );
     for (version, _) in crate::charts::VERSIONS {
         let name = format!("kata-deploy-{version}.tgz");
-        klm_files.push(ImageFile::data(
+        klm_platform.files.push(ImageFile::data(
             &format!("{CHARTS_IN_IMAGE}/{name}"),
             charts.join(&name),
         ));
     }
+    let layout = out.join("klm-oci");
+    crate::oci::write_layout(
+        &IndexSpec {
+            version: env!("CARGO_PKG_VERSION").into(),
+            revision: "rig".into(),
+            platforms: vec![klm_platform],
+        },
+        &layout,
+    )
+    .context("writing the image under test")?;
     let specs = [
         (
             "pause.tar",
@@ -339,22 +395,6 @@ pub fn build_images(klm: &Path) -> Result<Vec<PathBuf>> {
                 files: vec![ImageFile::executable("/bin/argoexec", bin.join("argoexec"))],
             },
         ),
-        (
-            "klm.tar",
-            ImageSpec {
-                tag: KLM_IMAGE.into(),
-                entrypoint: vec!["/usr/local/bin/klm".into()],
-                env: [
-                    "HOME=/tmp",
-                    "HELM_CACHE_HOME=/tmp/helm/cache",
-                    "HELM_CONFIG_HOME=/tmp/helm/config",
-                    "HELM_DATA_HOME=/tmp/helm/data",
-                ]
-                .map(String::from)
-                .to_vec(),
-                files: klm_files,
-            },
-        ),
     ];
     let mut tarballs = Vec::new();
     for (file, spec) in specs {
@@ -363,7 +403,7 @@ pub fn build_images(klm: &Path) -> Result<Vec<PathBuf>> {
             .with_context(|| format!("writing image {}", spec.tag))?;
         tarballs.push(path);
     }
-    Ok(tarballs)
+    Ok((tarballs, layout))
 }
 
 /// Builds (or finds up to date) the static klm: `tests/argo/static-klm.sh`.
@@ -402,7 +442,7 @@ fn api_port(server: &str) -> Result<u16> {
 }
 
 /// The controller's configuration: every step pod on the real node with
-/// host networking, nothing pulled, in-pod clients on the loopback apiserver,
+/// host networking, the executor never pulled, in-pod clients on the loopback apiserver,
 /// the Prometheus metrics on 127.0.0.1:`metrics_port` (the build binds that
 /// listener to loopback), no telemetry.
 pub fn controller_config(
@@ -425,7 +465,8 @@ pub fn controller_config(
             ),
         ),
         ("executor", format!("imagePullPolicy: Never\n{env}")),
-        ("mainContainer", format!("imagePullPolicy: Never\n{env}")),
+        // The steps' image comes from the loopback registry, by digest.
+        ("mainContainer", format!("imagePullPolicy: IfNotPresent\n{env}")),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -535,9 +576,16 @@ impl ArgoTier {
         REAL_NODE_LABEL
     }
 
-    /// The image under test ([`KLM_IMAGE`]).
-    pub fn klm_image(&self) -> &'static str {
-        KLM_IMAGE
+    /// The image under test, by digest in the loopback registry
+    /// (`127.0.0.1:<port>/kata-lifecycle-manager@sha256:...`).
+    pub fn klm_image(&self) -> String {
+        self.published.image()
+    }
+
+    /// What the tier published to its loopback registry: the image and
+    /// this project's chart (`oci://127.0.0.1:<port>/charts/...`).
+    pub fn published(&self) -> &Published {
+        &self.published
     }
 
     /// Where the fixture kata-deploy packages are in the image:

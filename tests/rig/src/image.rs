@@ -17,7 +17,7 @@ pub const NONROOT: u32 = 65532;
 
 const PASSWD: &str = "root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n";
 const GROUP: &str = "root:x:0:\nnonroot:x:65532:\n";
-const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// One file of an image: a host file copied to `path` inside the image.
 #[derive(Debug, Clone)]
@@ -115,8 +115,9 @@ pub fn write_docker_archive(spec: &ImageSpec, out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The image's only layer: directories, passwd/group, the files.
-fn layer_tar(files: &[ImageFile]) -> Result<Vec<u8>> {
+/// The image's only layer (an uncompressed tar): directories,
+/// passwd/group, the files, in the order given.
+pub(crate) fn layer_tar(files: &[ImageFile]) -> Result<Vec<u8>> {
     let mut dirs: BTreeSet<String> = ["etc", "tmp", "var", "var/run", "home", "home/nonroot"]
         .into_iter()
         .map(String::from)
@@ -187,7 +188,8 @@ fn append_bytes<W: Write>(
     Ok(())
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+/// The lowercase hex SHA-256 of `bytes`.
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }

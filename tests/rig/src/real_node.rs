@@ -264,6 +264,7 @@ impl RealNode {
             containerd_dir.join("state"),
             containerd_dir.join("opt"),
             containerd_dir.join("cni-conf"),
+            containerd_dir.join("certs.d"),
             kubelet_dir.join("root"),
             kubelet_dir.join("pki"),
             pod_logs.clone(),
@@ -470,6 +471,14 @@ impl RealNode {
     /// The node's working directory (logs of containerd, kubelet, companions).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// containerd's registry hosts directory (`config_path`: one
+    /// `<host>/hosts.toml` per registry, read at each pull), where the rig's
+    /// loopback registry is declared plain HTTP
+    /// ([`crate::registry::write_containerd_hosts`]).
+    pub fn registry_hosts_dir(&self) -> PathBuf {
+        self.dir.join("containerd/certs.d")
     }
 
     /// The node's InternalIP (this machine's interface address).
@@ -1014,7 +1023,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
       bin_dir = "/usr/lib/cni"
       conf_dir = "{d}/cni-conf"
     [plugins."io.containerd.grpc.v1.cri".registry]
-      config_path = ""
+      config_path = "{d}/certs.d"
 "#,
         socket = socket.display(),
         runc = runc.display(),

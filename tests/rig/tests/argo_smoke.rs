@@ -85,7 +85,7 @@ async fn a_workflow_of_klm_steps_runs_on_the_real_node() -> Result<()> {
     install_fixture_release(rig, &ns)?;
     grant_reading(rig, tier.namespace()).await?;
 
-    let workflow = workflow_yaml(tier.klm_image(), &ns);
+    let workflow = workflow_yaml(&tier.klm_image(), &ns);
     let file = rig.dir().join(format!("{ns}-workflow.yaml"));
     std::fs::write(&file, workflow)?;
     let submitted = Instant::now();
@@ -131,6 +131,26 @@ async fn a_workflow_of_klm_steps_runs_on_the_real_node() -> Result<()> {
         .filter(|l| !l.is_empty())
         .context("argo submit printed no name")?
         .to_string();
+
+    // containerd pulled the image under test from the loopback registry by
+    // digest (it was never imported): its reference is the digested one.
+    let socket = tier.node_dir().join("containerd/containerd.sock");
+    let images = std::process::Command::new("ctr")
+        .arg(format!("--address={}", socket.display()))
+        .args(["-n", "k8s.io", "images", "ls", "-q"])
+        .output()
+        .context("running ctr images ls")?;
+    let images = String::from_utf8_lossy(&images.stdout);
+    assert!(
+        tier.klm_image().starts_with("127.0.0.1:") && tier.klm_image().contains("@sha256:"),
+        "{}",
+        tier.klm_image()
+    );
+    assert!(
+        images.lines().any(|l| l == tier.klm_image()),
+        "containerd has no {} (pulled from the registry): {images}",
+        tier.klm_image()
+    );
 
     // The workflow as the controller recorded it.
     let workflows: Api<kube::api::DynamicObject> = Api::namespaced_with(

@@ -35,7 +35,7 @@ enum Command {
         #[arg(long)]
         stdin_lifeline: bool,
         /// Also start the Argo tier: a real node (containerd, runc, kubelet; root
-        /// only) and Argo's workflow-controller, with the image under test imported.
+        /// only) and Argo's workflow-controller, with the image under test pulled from a loopback registry.
         #[arg(long)]
         argo: bool,
     },
@@ -57,6 +57,9 @@ enum Command {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Build or check the klm image as an OCI image index (image/README.md).
+    #[command(subcommand)]
+    Image(klm_rig::image_cli::ImageCommand),
 }
 
 #[tokio::main]
@@ -90,6 +93,7 @@ async fn main() -> Result<()> {
             writeln!(std::io::stdout(), "{report:#?}")?;
             return Ok(());
         }
+        Command::Image(command) => return command.run(),
         Command::Charts { dir } => {
             let dir = dir.unwrap_or_else(|| {
                 klm_rig::control_plane::workspace_root().join("target/rig/charts")
@@ -134,6 +138,20 @@ async fn main() -> Result<()> {
         None
     };
     let argo_ready = argo_started.elapsed();
+    if argo_guard.is_some() {
+        // For scripts (tests/lib/argo-rig.sh), before the ready line: what the tier published to its
+        // loopback registry, as shell assignments.
+        let published = rig.argo()?.published();
+        std::fs::write(
+            dir.join("published.env"),
+            format!(
+                "KLM_IMAGE={}\nKLM_CHART={}\nKLM_CHART_VERSION={}\n",
+                published.image(),
+                published.chart_ref(),
+                published.chart_version
+            ),
+        )?;
+    }
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -149,7 +167,7 @@ async fn main() -> Result<()> {
         let tier = rig.argo()?;
         writeln!(
             out,
-            "\nArgo tier ready in {:.1}s: real node {} (label and taint {}=true), workflow-controller {} watching namespace {}\n\n  alias argo='KUBECONFIG={} {}'\n  argo -n {} submit --wait WORKFLOW.yaml\n\nstep pods run only on {} (the controller's workflowDefaults); image under test {} \n(fixture charts at {}); step logs under {} (never through the apiserver);\nnode logs: {}",
+            "\nArgo tier ready in {:.1}s: real node {} (label and taint {}=true), workflow-controller {} watching namespace {}\n\n  alias argo='KUBECONFIG={} {}'\n  argo -n {} submit --wait WORKFLOW.yaml\n\nstep pods run only on {} (the controller's workflowDefaults); image under test {}\n(fixture charts at {}), pulled from the loopback registry; chart {} --version {} --plain-http\n(also in {}); step logs under {} (never through the apiserver);\nnode logs: {}",
             argo_ready.as_secs_f64(),
             tier.node(),
             tier.node_label(),
@@ -161,6 +179,9 @@ async fn main() -> Result<()> {
             tier.node(),
             tier.klm_image(),
             tier.chart_in_image(),
+            tier.published().chart_ref(),
+            tier.published().chart_version,
+            dir.join("published.env").display(),
             tier.pod_logs_dir().display(),
             tier.node_dir().display(),
         )?;
