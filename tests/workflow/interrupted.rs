@@ -357,11 +357,10 @@ async fn a_killed_step_is_retried_and_the_run_goes_on() {
 
 /// A workflow's run is paused with `argo suspend` (klm pause says so): the
 /// step in flight finishes, no further step starts, and `argo resume` lets
-/// the run go on to its end, every node verified.
+/// the run go on to its end, every node verified. (The only wait with
+/// nothing to watch for is the one that checks nothing happens.)
 #[tokio::test]
 async fn argo_suspend_mid_wave_starts_nothing_more_until_argo_resume() {
-    use kube::api::DynamicObject;
-    use kube::runtime::wait::await_condition;
     let Some(rig) = argo_rig().await else { return };
     let flow = Flow::start(rig, CaseSpec::new("wf-suspend", 2, "3.27.0"))
         .await
@@ -373,37 +372,43 @@ async fn argo_suspend_mid_wave_starts_nothing_more_until_argo_resume() {
         "argo suspend: {}",
         String::from_utf8_lossy(&suspend.stderr)
     );
-    // The verification in flight passes and its step ends.
+    // The verification in flight passes and its step's pod ends (a
+    // suspended workflow's status is not updated until it is resumed).
     let releaser = release_held_pods(&flow, Vec::new());
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        flow.case.admin.clone(),
-        &flow.argo_namespace,
-        &crate::flow::workflow_resource(),
-    );
-    let verified = await_condition(api, &name, |wf: Option<&DynamicObject>| {
-        wf.and_then(|wf| wf.data["status"]["nodes"].as_object().cloned())
-            .is_some_and(|nodes| {
-                nodes
-                    .values()
-                    .any(|n| n["displayName"] == "verify" && n["phase"] == "Succeeded")
-            })
-    });
-    tokio::time::timeout(Duration::from_secs(180), verified)
-        .await
-        .expect("the first wave's verification ends within 3 minutes")
-        .unwrap();
-    // The reconcile that saw it end started nothing after it.
-    let workflow = flow.workflow(&name).await.unwrap();
-    let started: Vec<String> = workflow["status"]["nodes"]
-        .as_object()
-        .unwrap()
-        .values()
-        .filter(|n| n["type"] == "Pod")
-        .filter_map(|n| n["displayName"].as_str().map(String::from))
-        .collect();
+    let step_pods: Api<Pod> = Api::namespaced(flow.case.admin.clone(), &flow.case.namespace);
+    let of_workflow =
+        watcher::Config::default().labels(&format!("workflows.argoproj.io/workflow={name}"));
+    let mut events =
+        std::pin::pin!(watcher::watcher(step_pods, of_workflow.clone()).applied_objects());
+    let step_done = |pod: &Pod, step: &str| {
+        pod.name_any().contains(&format!("-{step}-"))
+            && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+    };
+    tokio::time::timeout(Duration::from_secs(180), async {
+        while let Some(Ok(pod)) = events.next().await {
+            if step_done(&pod, "verify") {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the first wave's verify step ends within 3 minutes");
+    // For the next 15 seconds (the controller requeues every second) no
+    // further step pod appears: the settle that follows waits.
+    let step_pods: Api<Pod> = Api::namespaced(flow.case.admin.clone(), &flow.case.namespace);
+    let mut events = std::pin::pin!(watcher::watcher(step_pods, of_workflow).applied_objects());
+    let started = tokio::time::timeout(Duration::from_secs(15), async {
+        while let Some(Ok(pod)) = events.next().await {
+            if pod.name_any().contains("-settle-") {
+                return pod.name_any();
+            }
+        }
+        String::new()
+    })
+    .await;
     assert!(
-        !started.iter().any(|s| s == "settle"),
-        "suspended: {started:?}"
+        started.is_err(),
+        "a step started while suspended: {started:?}"
     );
     assert_eq!(
         annotation(&flow.nodes().await[flow.case.node(1)], STATUS),
