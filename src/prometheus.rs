@@ -145,8 +145,9 @@ impl Prometheus {
             Some(path) => Some(String::from_utf8_lossy(&read(path)?).trim().to_string()),
             None => None,
         };
+        // The system's trusted roots, loaded as kube's own client loads them.
         let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls_native_roots() {
+        for cert in rustls_native_certs::load_native_certs().certs {
             roots.add(cert).ok();
         }
         if let Some(path) = &connection.ca_file {
@@ -236,11 +237,6 @@ impl Prometheus {
             ))),
         }
     }
-}
-
-/// The system's trusted roots, loaded as kube's own client loads them.
-fn rustls_native_roots() -> Vec<CertificateDer<'static>> {
-    rustls_native_certs::load_native_certs().certs
 }
 
 /// Prometheus's JSON answer to an instant query.

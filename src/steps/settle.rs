@@ -198,20 +198,7 @@ pub async fn settle(client: &Client, helm: &Helm, request: &Request) -> anyhow::
         .await?;
     let nodes = run_rules::wave_of(&record, request.wave)?.to_vec();
     let Some(ended) = &request.failure else {
-        let report = complete::complete(
-            client,
-            helm,
-            &complete::Request {
-                release: request.release.clone(),
-                run_id: Some(record.run_id.clone()),
-                target: None,
-                nodes: Some(nodes),
-                finish_run: false,
-                chart: request.rollback.chart.clone(),
-                helm_timeout: request.rollback.helm_timeout,
-            },
-        )
-        .await?;
+        let report = complete_nodes(client, helm, request, &record, nodes).await?;
         return Ok(Settled::Completed(report));
     };
     let failure = format!(
@@ -234,19 +221,7 @@ pub async fn settle(client: &Client, helm: &Helm, request: &Request) -> anyhow::
             run_id: record.run_id,
         });
     }
-    let report = rollback::roll_back(
-        client,
-        helm,
-        &rollback::Request {
-            nodes: nodes::unique(touched.clone()),
-            reason: Some(failure.clone()),
-            release: request.release.clone(),
-            run_id: Some(record.run_id.clone()),
-            settings: request.rollback.clone(),
-            fails_run: true,
-        },
-    )
-    .await?;
+    let report = roll_back_nodes(client, helm, request, &record, &touched, &failure, true).await?;
     Ok(Settled::RolledBack {
         report,
         failure,
@@ -343,37 +318,21 @@ async fn settle_within_budget(
         .await;
     let completed = match budget.verified.is_empty() {
         true => None,
-        false => Some(
-            complete::complete(
-                client,
-                helm,
-                &complete::Request {
-                    release: request.release.clone(),
-                    run_id: Some(record.run_id.clone()),
-                    target: None,
-                    nodes: Some(budget.verified.clone()),
-                    finish_run: false,
-                    chart: request.rollback.chart.clone(),
-                    helm_timeout: request.rollback.helm_timeout,
-                },
-            )
-            .await?,
-        ),
+        false => {
+            Some(complete_nodes(client, helm, request, record, budget.verified.clone()).await?)
+        }
     };
     let rolled_back = match budget.to_roll_back.is_empty() {
         true => None,
         false => Some(
-            rollback::roll_back(
+            roll_back_nodes(
                 client,
                 helm,
-                &rollback::Request {
-                    nodes: nodes::unique(budget.to_roll_back.clone()),
-                    reason: Some(failure.clone()),
-                    release: request.release.clone(),
-                    run_id: Some(record.run_id.clone()),
-                    settings: request.rollback.clone(),
-                    fails_run: false,
-                },
+                request,
+                record,
+                &budget.to_roll_back,
+                &failure,
+                false,
             )
             .await?,
         ),
@@ -406,6 +365,49 @@ async fn settle_within_budget(
         used: budget.used,
         allowed: budget.allowed,
     })
+}
+
+/// Completes `nodes` of the request's run at its target (verified nodes
+/// only: complete refuses the others).
+async fn complete_nodes(
+    client: &Client,
+    helm: &Helm,
+    request: &Request,
+    record: &RunRecord,
+    nodes: Vec<String>,
+) -> anyhow::Result<Completed> {
+    let completing = complete::Request {
+        release: request.release.clone(),
+        run_id: Some(record.run_id.clone()),
+        target: None,
+        nodes: Some(nodes),
+        finish_run: false,
+        chart: request.rollback.chart.clone(),
+        helm_timeout: request.rollback.helm_timeout,
+    };
+    complete::complete(client, helm, &completing).await
+}
+
+/// Rolls `nodes` back for the wave's `failure`; `fails_run` says whether
+/// the run fails with them (not within the failure budget).
+async fn roll_back_nodes(
+    client: &Client,
+    helm: &Helm,
+    request: &Request,
+    record: &RunRecord,
+    nodes: &[String],
+    failure: &str,
+    fails_run: bool,
+) -> anyhow::Result<RolledBack> {
+    let rolling_back = rollback::Request {
+        nodes: nodes::unique(nodes.to_vec()),
+        reason: Some(failure.to_string()),
+        release: request.release.clone(),
+        run_id: Some(record.run_id.clone()),
+        settings: request.rollback.clone(),
+        fails_run,
+    };
+    rollback::roll_back(client, helm, &rolling_back).await
 }
 
 #[cfg(test)]
