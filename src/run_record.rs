@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{Classify, ExitStatus, KubeError, KubeResultExt};
+use crate::release::ReleaseRef;
 use crate::schedule::gates::Gate;
 use crate::versions::DeploymentMode;
 
@@ -200,11 +201,6 @@ pub struct RunRecord {
     /// install Jobs older than this belong to an earlier wave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wave_started_at: Option<String>,
-    /// The waves select-nodes planned for this run, each a list of node
-    /// names (wave K is `waves[K-1]`); None until select-nodes ran with the
-    /// run's id. An empty plan means the run has nothing to do.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub waves: Option<Vec<Vec<String>>>,
     /// The node label whose values are the run's pools (recorded by
     /// check-prerequisites): which pool's verification pod verifies a node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -212,15 +208,6 @@ pub struct RunRecord {
     /// The pools verified with their own pod (recorded by check-prerequisites).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pool_pods: Vec<String>,
-    /// How many of the planned nodes may be unschedulable at once (recorded
-    /// by select-nodes with --max-unavailable): cordon holds a wave to it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_unavailable: Option<usize>,
-    /// How many planned nodes may fail (each rolled back) before the run
-    /// stops (recorded by select-nodes with --max-failed-nodes; None: the
-    /// first failure stops the run).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_failed_nodes: Option<usize>,
     /// The nodes that failed within that budget, each with why (recorded by
     /// settle): the run went on without them.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -229,16 +216,11 @@ pub struct RunRecord {
     /// it (recorded at cordon): what rollback returns that node to.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_versions: BTreeMap<String, String>,
-    /// The gates between the planned waves (recorded by select-nodes), and
-    /// how far the run got through each.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub gates: Vec<Gate>,
-    /// The metric gates' query (recorded by select-nodes with --gate-query).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metric_query: Option<crate::schedule::metric::MetricQuery>,
-    /// The maintenance window waves start in (recorded by select-nodes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub window: Option<String>,
+    /// The plan select-nodes recorded: the waves and the rules the run
+    /// keeps while it goes through them (flattened: its fields are the
+    /// record's own in the ConfigMap).
+    #[serde(flatten)]
+    pub plan: RunPlan,
     /// What the run waits for before its next wave, while it waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held: Option<Held>,
@@ -269,6 +251,54 @@ pub struct RunRecord {
     /// ends it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aborted: Option<Intervention>,
+}
+
+/// What select-nodes planned for a run: its waves and the rules that hold
+/// while the run goes through them. One value, so that a new planning rule
+/// is a field here, set by the planner and read by the step it governs.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunPlan {
+    /// The planned waves, each a list of node names (wave K is
+    /// `waves[K-1]`); None until select-nodes ran with the run's id. An
+    /// empty plan means the run has nothing to do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waves: Option<Vec<Vec<String>>>,
+    /// How many of the planned nodes may be unschedulable at once
+    /// (--max-unavailable): cordon holds a wave to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<usize>,
+    /// How many planned nodes may fail (each rolled back) before the run
+    /// stops (--max-failed-nodes; None: the first failure stops the run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_failed_nodes: Option<usize>,
+    /// The gates between the planned waves, and how far the run got
+    /// through each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<Gate>,
+    /// The metric gates' query (--gate-query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_query: Option<crate::schedule::metric::MetricQuery>,
+    /// The maintenance window waves start in (--window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+}
+
+impl RunPlan {
+    /// Takes `planned`, the plan of a (possibly retried) select-nodes,
+    /// keeping how far the run got through its gates when the gates stand
+    /// where they stood.
+    pub fn replan(&mut self, planned: RunPlan) {
+        let progress = std::mem::take(&mut self.gates);
+        let same_gates = progress
+            .iter()
+            .map(|g| g.before_wave)
+            .eq(planned.gates.iter().map(|g| g.before_wave));
+        *self = planned;
+        if same_gates {
+            self.gates = progress;
+        }
+    }
 }
 
 /// A person acting on a running run: who, and when.
@@ -410,6 +440,46 @@ impl std::fmt::Display for Held {
 }
 
 impl RunRecord {
+    /// A new run `run_id` of release `namespace/name` to `target` in `mode`
+    /// from the release as it was (`before`): running, nothing done, nothing
+    /// planned yet. Every other field starts empty; the steps fill them in.
+    pub fn start(
+        run_id: String,
+        release: &ReleaseRef,
+        mode: DeploymentMode,
+        target_version: semver::Version,
+        before: Before,
+    ) -> RunRecord {
+        RunRecord {
+            run_id,
+            release: release.name.clone(),
+            namespace: release.namespace.clone(),
+            mode,
+            target_version,
+            chart_values: Vec::new(),
+            before,
+            state: RunState::Running,
+            failure: None,
+            started_at: now(),
+            updated_at: now(),
+            nodes: BTreeMap::new(),
+            mechanics: BTreeMap::new(),
+            wave_started_at: None,
+            pool_label: None,
+            pool_pods: Vec::new(),
+            failed_nodes: BTreeMap::new(),
+            node_versions: BTreeMap::new(),
+            plan: RunPlan::default(),
+            held: None,
+            marks: BTreeMap::new(),
+            suspended: Vec::new(),
+            inherited: None,
+            driver: None,
+            paused: None,
+            aborted: None,
+        }
+    }
+
     /// The release as `namespace/name`: what node holds name (a run id is
     /// unique only together with its release).
     pub fn release_id(&self) -> String {
@@ -481,7 +551,7 @@ impl RunRecord {
     /// The nodes of wave `index` (from 1) of the recorded plan.
     pub fn wave(&self, index: u32) -> Option<&[String]> {
         let at = usize::try_from(index).ok()?.checked_sub(1)?;
-        self.waves.as_ref()?.get(at).map(Vec::as_slice)
+        self.plan.waves.as_ref()?.get(at).map(Vec::as_slice)
     }
 
     /// The nodes the run touched that are in one of these states.
@@ -728,44 +798,21 @@ fn is_conflict(err: &KubeError) -> bool {
 /// nothing done yet.
 #[cfg(test)]
 pub(crate) fn example() -> RunRecord {
-    RunRecord {
-        run_id: "upgrade-1".into(),
-        release: "kata-deploy".into(),
-        namespace: "kube-system".into(),
-        mode: DeploymentMode::Daemonset,
-        target_version: semver::Version::new(3, 28, 0),
-        chart_values: Vec::new(),
-        before: Before {
+    RunRecord::start(
+        "upgrade-1".into(),
+        &ReleaseRef {
+            namespace: "kube-system".into(),
+            name: "kata-deploy".into(),
+        },
+        DeploymentMode::Daemonset,
+        semver::Version::new(3, 28, 0),
+        Before {
             revision: 3,
             chart_version: "3.27.0".into(),
             app_version: "3.27.0".into(),
             user_values: serde_json::json!({}),
         },
-        state: RunState::Running,
-        failure: None,
-        started_at: now(),
-        updated_at: now(),
-        nodes: BTreeMap::new(),
-        mechanics: BTreeMap::new(),
-        wave_started_at: None,
-        waves: None,
-        pool_label: None,
-        pool_pods: Vec::new(),
-        max_unavailable: None,
-        max_failed_nodes: None,
-        failed_nodes: BTreeMap::new(),
-        node_versions: BTreeMap::new(),
-        gates: Vec::new(),
-        metric_query: None,
-        window: None,
-        held: None,
-        marks: BTreeMap::new(),
-        suspended: Vec::new(),
-        inherited: None,
-        driver: None,
-        paused: None,
-        aborted: None,
-    }
+    )
 }
 
 #[cfg(test)]
@@ -857,7 +904,7 @@ mod tests {
             ("b".to_string(), NodeProgress::Held),
         ]);
         record.mechanics = BTreeMap::from([("updateStrategy.type".to_string(), json!("OnDelete"))]);
-        record.waves = Some(vec![vec!["a".into()], vec!["b".into()]]);
+        record.plan.waves = Some(vec![vec!["a".into()], vec!["b".into()]]);
         record.node_versions = BTreeMap::from([("b".to_string(), "3.26.0".to_string())]);
         assert_eq!(record.version_before("a"), "3.27.0");
         assert_eq!(record.version_before("b"), "3.26.0");
@@ -874,5 +921,53 @@ mod tests {
             vec!["b".to_string()]
         );
         assert_eq!(name_for("kata-deploy"), "kata-deploy-klm-run");
+    }
+
+    #[test]
+    fn the_plan_is_stored_as_the_records_own_fields() {
+        let mut record = example();
+        record.plan.waves = Some(vec![vec!["a".into()]]);
+        record.plan.max_failed_nodes = Some(1);
+        let stored = serde_json::to_value(&record).unwrap();
+        assert_eq!(stored["waves"], json!([["a"]]));
+        assert_eq!(stored["maxFailedNodes"], json!(1));
+        assert!(stored.get("plan").is_none() && stored.get("window").is_none());
+        let read: RunRecord = serde_json::from_value(stored).unwrap();
+        assert_eq!(read.plan, record.plan);
+    }
+
+    fn gate_before(wave: usize, approved: Option<&str>) -> Gate {
+        let mut gate: Gate = serde_json::from_value(json!({
+            "beforeWave": wave,
+            "after": "the canary wave",
+        }))
+        .unwrap();
+        gate.passage.approved = approved.map(str::to_string);
+        gate
+    }
+
+    #[test]
+    fn a_retried_plan_keeps_how_far_the_run_got_through_gates_that_stand() {
+        let mut plan = RunPlan {
+            gates: vec![gate_before(2, Some("alice"))],
+            ..RunPlan::default()
+        };
+        plan.replan(RunPlan {
+            waves: Some(vec![vec!["a".into()], vec!["b".into()]]),
+            gates: vec![gate_before(2, None)],
+            ..RunPlan::default()
+        });
+        assert_eq!(plan.gates[0].passage.approved.as_deref(), Some("alice"));
+        assert_eq!(plan.waves.as_ref().map(Vec::len), Some(2));
+
+        plan.replan(RunPlan {
+            gates: vec![gate_before(3, None)],
+            ..RunPlan::default()
+        });
+        assert_eq!(plan.gates[0].before_wave, 3);
+        assert_eq!(
+            plan.gates[0].passage.approved, None,
+            "a moved gate starts anew"
+        );
     }
 }

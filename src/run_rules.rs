@@ -49,7 +49,7 @@ pub async fn active_run(
 
 /// Wave `index` of the run's recorded plan.
 pub fn wave_of(record: &RunRecord, index: u32) -> Result<&[String], UserError> {
-    if record.waves.as_ref().is_none_or(|w| w.is_empty()) {
+    if record.plan.waves.as_ref().is_none_or(|w| w.is_empty()) {
         return Err(UserError::precondition(format!(
             "run {} has no recorded plan, so it has no wave {index}",
             record.run_id
@@ -63,7 +63,7 @@ pub fn wave_of(record: &RunRecord, index: u32) -> Result<&[String], UserError> {
         UserError::bad_input(format!(
             "run {} has {} wave(s), not a wave {index}",
             record.run_id,
-            record.waves.as_ref().map_or(0, Vec::len)
+            record.plan.waves.as_ref().map_or(0, Vec::len)
         ))
         .hint("pass a wave index from 1 to the number of waves select-nodes planned")
     })
@@ -117,12 +117,12 @@ mod tests {
         let mut record = crate::run_record::example();
         let unplanned = wave_of(&record, 1).unwrap_err();
         assert_eq!(unplanned.status, ExitStatus::Precondition);
-        record.waves = Some(Vec::new());
+        record.plan.waves = Some(Vec::new());
         assert_eq!(
             wave_of(&record, 1).unwrap_err().status,
             ExitStatus::Precondition
         );
-        record.waves = Some(vec![vec!["a".into()], vec!["b".into(), "c".into()]]);
+        record.plan.waves = Some(vec![vec!["a".into()], vec!["b".into(), "c".into()]]);
         assert_eq!(
             wave_of(&record, 2).unwrap(),
             ["b".to_string(), "c".to_string()]

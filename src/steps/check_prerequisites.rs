@@ -13,7 +13,7 @@ use crate::args::DEFAULT_CHART;
 use crate::error::UserError;
 use crate::helm::Helm;
 use crate::release::{self, Release, ReleaseRef};
-use crate::run_record::{self, Before, Begun, Records, RunRecord, RunState};
+use crate::run_record::{Before, Begun, Records, RunRecord};
 use crate::verification::Pods;
 use crate::versions::{self, DeploymentMode, ModeChoice};
 
@@ -84,44 +84,20 @@ impl Checked {
         target: &Version,
         chart_values: Vec<String>,
     ) -> RunRecord {
-        RunRecord {
+        let mut record = RunRecord::start(
             run_id,
-            release: reference.name.clone(),
-            namespace: reference.namespace.clone(),
-            mode: self.mode,
-            target_version: target.clone(),
-            chart_values,
-            before: Before {
+            reference,
+            self.mode,
+            target.clone(),
+            Before {
                 revision: self.release.revision,
                 chart_version: self.release.chart_version.clone(),
                 app_version: self.release.app_version.clone(),
                 user_values: self.release.user_values.clone(),
             },
-            state: RunState::Running,
-            failure: None,
-            started_at: run_record::now(),
-            updated_at: run_record::now(),
-            nodes: Default::default(),
-            mechanics: Default::default(),
-            wave_started_at: None,
-            waves: None,
-            pool_label: None,
-            pool_pods: Vec::new(),
-            max_unavailable: None,
-            max_failed_nodes: None,
-            failed_nodes: Default::default(),
-            node_versions: Default::default(),
-            gates: Vec::new(),
-            metric_query: None,
-            window: None,
-            held: None,
-            marks: Default::default(),
-            suspended: Vec::new(),
-            inherited: None,
-            driver: None,
-            paused: None,
-            aborted: None,
-        }
+        );
+        record.chart_values = chart_values;
+        record
     }
 }
 
@@ -434,8 +410,10 @@ mod tests {
             record.before.user_values,
             serde_json::json!({"debug": true})
         );
-        assert_eq!(record.state, RunState::Running);
-        assert!(record.nodes.is_empty() && record.mechanics.is_empty() && record.waves.is_none());
+        assert_eq!(record.state, crate::run_record::RunState::Running);
+        assert!(
+            record.nodes.is_empty() && record.mechanics.is_empty() && record.plan.waves.is_none()
+        );
     }
 }
 

@@ -74,7 +74,7 @@ async fn within_budget(
     budget: usize,
 ) -> anyhow::Result<()> {
     let planned: std::collections::BTreeSet<&String> =
-        record.waves.iter().flatten().flatten().collect();
+        record.plan.waves.iter().flatten().flatten().collect();
     // The slim listing selection uses: names, unschedulable, the Ready condition.
     let out: Vec<String> = crate::nodes::listing::list_for_selection(client, None)
         .await?
@@ -107,7 +107,7 @@ pub async fn cordon(client: &Client, helm: &Helm, request: &Request) -> anyhow::
     // Every node must exist before any is changed.
     let nodes_api: Api<Node> = Api::all(client.clone());
     try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
-    if let Some(budget) = record.max_unavailable {
+    if let Some(budget) = record.plan.max_unavailable {
         within_budget(client, &record, &request.nodes, budget).await?;
     }
     // What each node runs before this run touches it: its rollback target.

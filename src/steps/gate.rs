@@ -161,7 +161,7 @@ pub async fn pass(client: &Client, helm: &Helm, request: &Request) -> anyhow::Re
         done: Vec::new(),
         wait: Wait::Nothing,
     };
-    if let Some(gate) = record.gates.iter().find(|g| g.before_wave == index) {
+    if let Some(gate) = record.plan.gates.iter().find(|g| g.before_wave == index) {
         let wait = pass_gate(
             client,
             helm,
@@ -176,7 +176,7 @@ pub async fn pass(client: &Client, helm: &Helm, request: &Request) -> anyhow::Re
             return hold(&records, &record, request, wait, passage).await;
         }
     }
-    if let Some(raw) = &record.window {
+    if let Some(raw) = &record.plan.window {
         let window = Window::parse(raw)
             .map_err(|why| UserError::failed(format!("the run's recorded window: {why}")))?
             .ok_or_else(|| UserError::failed("the run's recorded window is empty"))?;
@@ -317,7 +317,7 @@ async fn ask_prometheus(
     request: &Request,
     done: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let Some(query) = &record.metric_query else {
+    let Some(query) = &record.plan.metric_query else {
         return Err(UserError::failed(format!(
             "the gate after {} asks the run's metric query, and the run recorded none",
             gate.after
@@ -448,6 +448,7 @@ async fn record_passage(
     records
         .update(&record.release, &record.run_id, |r| {
             if let Some(g) = r
+                .plan
                 .gates
                 .iter_mut()
                 .find(|g| g.before_wave == gate.before_wave)
@@ -488,6 +489,7 @@ pub async fn await_approval(
                     "run {run_id} was closed while it waited for approval"
                 ))
             } else if r
+                .plan
                 .gates
                 .iter()
                 .any(|g| g.before_wave == wave as usize && g.passage.approved.is_some())
@@ -545,7 +547,7 @@ pub async fn approve(
     let approval = format!("by {by} at {}", now());
     records
         .update(&record.release, &record.run_id, |r| {
-            if let Some(g) = r.gates.iter_mut().find(|g| g.before_wave == wave) {
+            if let Some(g) = r.plan.gates.iter_mut().find(|g| g.before_wave == wave) {
                 g.passage.approved = Some(approval.clone());
             }
         })

@@ -428,6 +428,7 @@ async fn dispatch_wave(
 /// installer runs, unverified).
 fn planned_nothing(record: &crate::run_record::RunRecord) -> bool {
     record
+        .plan
         .waves
         .as_ref()
         .is_some_and(|waves| waves.iter().all(Vec::is_empty))

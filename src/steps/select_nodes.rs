@@ -600,20 +600,14 @@ pub async fn plan_run(
         let planned: Vec<Vec<String>> = selection.waves.iter().map(|w| w.nodes.clone()).collect();
         records
             .update(&record.release, &record.run_id, |r| {
-                r.waves = Some(planned.clone());
-                r.max_unavailable = selection.max_unavailable;
-                r.max_failed_nodes = selection.max_failed_nodes;
-                r.metric_query = request.schedule.gates.query.clone();
-                // A retried select-nodes plans the same gates; how far the
-                // run got through them stands.
-                if r.gates
-                    .iter()
-                    .map(|g| g.before_wave)
-                    .ne(selection.gates.iter().map(|g| g.before_wave))
-                {
-                    r.gates = selection.gates.clone();
-                }
-                r.window = selection.window.clone();
+                r.plan.replan(crate::run_record::RunPlan {
+                    waves: Some(planned.clone()),
+                    max_unavailable: selection.max_unavailable,
+                    max_failed_nodes: selection.max_failed_nodes,
+                    gates: selection.gates.clone(),
+                    metric_query: request.schedule.gates.query.clone(),
+                    window: selection.window.clone(),
+                })
             })
             .await?;
     }

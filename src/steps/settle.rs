@@ -249,7 +249,7 @@ impl Budget {
     /// that its failures, with the run's earlier ones, still fit (None: the
     /// wave fails the run). A retried settle counts each node once.
     fn of(record: &RunRecord, wave: &[String]) -> Option<Budget> {
-        let allowed = record.max_failed_nodes?;
+        let allowed = record.plan.max_failed_nodes?;
         let (verified, failed): (Vec<String>, Vec<String>) = wave.iter().cloned().partition(|n| {
             matches!(
                 record.nodes.get(n),
@@ -438,7 +438,7 @@ mod tests {
             Some(NodeProgress::Upgraded),
             None,
         ]);
-        record.max_failed_nodes = Some(2);
+        record.plan.max_failed_nodes = Some(2);
         let budget = Budget::of(&record, &wave).unwrap();
         assert_eq!(budget.verified, ["kata-1"]);
         assert_eq!(budget.failed, ["kata-2", "kata-3"]);
@@ -454,12 +454,12 @@ mod tests {
             Some(NodeProgress::Verified),
             Some(NodeProgress::Upgraded),
         ]);
-        record.max_failed_nodes = Some(1);
+        record.plan.max_failed_nodes = Some(1);
         record
             .failed_nodes
             .insert("kata-0".into(), "wave 1 failed".into());
         assert_eq!(Budget::of(&record, &wave), None);
-        record.max_failed_nodes = Some(2);
+        record.plan.max_failed_nodes = Some(2);
         assert_eq!(Budget::of(&record, &wave).unwrap().used, 2);
     }
 
@@ -470,7 +470,7 @@ mod tests {
             Some(NodeProgress::RolledBack),
             Some(NodeProgress::Completed),
         ]);
-        record.max_failed_nodes = Some(1);
+        record.plan.max_failed_nodes = Some(1);
         record
             .failed_nodes
             .insert("kata-2".into(), "wave 1 failed".into());

@@ -186,9 +186,9 @@ impl From<RunRecord> for RunSummary {
             held: r.held.filter(|_| r.state == RunState::Running),
             paused: r.paused.filter(|_| r.state == RunState::Running),
             aborted: r.aborted,
-            max_failed_nodes: r.max_failed_nodes,
+            max_failed_nodes: r.plan.max_failed_nodes,
             failed_nodes: r.failed_nodes,
-            metric_query: r.metric_query,
+            metric_query: r.plan.metric_query,
             left_on_release: if r.state.is_closed() {
                 r.mechanics
             } else {
@@ -405,7 +405,8 @@ impl Fleet {
         });
         let name = n.name_any();
         let wave = self.record.as_ref().and_then(|r| {
-            r.waves
+            r.plan
+                .waves
                 .as_ref()?
                 .iter()
                 .position(|wave| wave.contains(&name))
@@ -778,7 +779,7 @@ mod tests {
         let kata = serde_json::json!({annotations::KATA_RUNTIME_LABEL: "true"});
         let done = serde_json::json!({annotations::STATUS: "completed"});
         let mut record = crate::run_record::example();
-        record.waves = Some(vec![vec!["a".into()], vec!["b".into()]]);
+        record.plan.waves = Some(vec![vec!["a".into()], vec!["b".into()]]);
         record
             .nodes
             .insert("a".into(), crate::run_record::NodeProgress::Completed);
