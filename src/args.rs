@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 
+use crate::drain::DrainScope;
 use crate::nodes::waves::{BatchSize, Budget, Growth, Policy, PoolOrder};
+use crate::output::OutputFormat;
 use crate::schedule::Schedule;
 use crate::schedule::gates::{GateAt, GatePolicy, Soak};
 use crate::schedule::window::WindowArg;
@@ -67,37 +69,6 @@ pub struct ClientArgs {
     /// With --as: act as a member of this group too (repeatable).
     #[arg(long = "as-group", global = true, value_name = "GROUP")]
     pub as_groups: Vec<String>,
-}
-
-/// How results are printed on stdout.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
-    /// Readable text.
-    #[default]
-    Text,
-    /// One JSON document.
-    Json,
-}
-
-/// Which pods a drain evicts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, serde::Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DrainScope {
-    /// Every pod that may go (DaemonSet, mirror and finished pods stay).
-    #[default]
-    All,
-    /// Only the pods of the release's RuntimeClasses: those the upgrade affects.
-    Kata,
-}
-
-impl DrainScope {
-    /// The scope as the flag writes it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DrainScope::All => "all",
-            DrainScope::Kata => "kata",
-        }
-    }
 }
 
 /// Draining each wave's nodes (`klm upgrade`, `klm plan`).
@@ -414,11 +385,11 @@ pub struct WavesArgs {
     pub prometheus_url: String,
 
     /// How far back --gate-query's samples go (the gate's soak lasts this long at least).
-    #[arg(help_heading = "Gates and window", long, value_name = "DURATION", default_value = "5m", value_parser = crate::schedule::metric::parse_period)]
+    #[arg(help_heading = "Gates and window", long, value_name = "DURATION", default_value = "5m", value_parser = crate::schedule::period::parse_period)]
     pub gate_query_for: Duration,
 
     /// Time between --gate-query's samples.
-    #[arg(help_heading = "Gates and window", long, value_name = "DURATION", default_value = "30s", value_parser = crate::schedule::metric::parse_period)]
+    #[arg(help_heading = "Gates and window", long, value_name = "DURATION", default_value = "30s", value_parser = crate::schedule::period::parse_period)]
     pub gate_query_interval: Duration,
 
     /// Errors in a row (Prometheus not answering) that make a gate inconclusive: the run
@@ -644,27 +615,6 @@ pub fn reach_flags(
     flags
 }
 
-/// A command line of these words, each quoted for a POSIX shell where it
-/// needs to be.
-pub fn command_line<S: AsRef<str>>(words: impl IntoIterator<Item = S>) -> String {
-    words
-        .into_iter()
-        .map(|word| {
-            let word = word.as_ref();
-            let plain = !word.is_empty()
-                && word
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+<>".contains(c));
-            if plain {
-                word.to_string()
-            } else {
-                format!("'{}'", word.replace('\'', "'\\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Whether a run may go to a version older than the release's.
 #[derive(Debug, Clone, Args)]
 pub struct DowngradeArgs {
@@ -850,25 +800,6 @@ mod tests {
         assert_eq!(parse_wave("2").unwrap(), 2);
         assert!(parse_wave("0").unwrap_err().contains("numbered from 1"));
         assert!(parse_wave("-1").unwrap_err().contains("numbered from 1"));
-    }
-
-    #[test]
-    fn printed_commands_quote_what_a_shell_would_split() {
-        assert_eq!(
-            command_line([
-                "klm",
-                "close-run",
-                "--run-id",
-                "klm-1",
-                "--verification-pod",
-                "/a b/it's.yaml"
-            ]),
-            "klm close-run --run-id klm-1 --verification-pod '/a b/it'\\''s.yaml'"
-        );
-        assert_eq!(
-            command_line(["--chart", "oci://x/y:1.0"]),
-            "--chart oci://x/y:1.0"
-        );
     }
 
     #[test]

@@ -114,9 +114,7 @@ fn kubeconfig(args: &ClientArgs) -> Result<(Kubeconfig, String), UserError> {
 
 /// helm's flags for the cluster and identity klm uses, and the kubeconfig
 /// file klm wrote for it, if it had to (kept as long as helm may run).
-pub fn helm_connection(
-    args: &ClientArgs,
-) -> Result<(Vec<OsString>, Option<Arc<tempfile::TempPath>>), UserError> {
+pub fn helm_connection(args: &ClientArgs) -> Result<crate::helm::Connection, UserError> {
     let mut flags: Vec<OsString> = Vec::new();
     let mut written = None;
     if args.cluster.is_some() || args.user.is_some() {
@@ -154,7 +152,7 @@ pub fn helm_connection(
         flags.push("--kube-as-group".into());
         flags.push(group.into());
     }
-    Ok((flags, written))
+    Ok(crate::helm::Connection { flags, written })
 }
 
 /// The kubeconfig with one more context, [`HELM_CONTEXT`], current: the
@@ -245,7 +243,7 @@ contexts:
         args.context = Some("main".into());
         args.as_user = Some("system:serviceaccount:argo:klm".into());
         args.as_groups = vec!["ops".into(), "audit".into()];
-        let (flags, written) = helm_connection(&args).unwrap();
+        let crate::helm::Connection { flags, written } = helm_connection(&args).unwrap();
         assert!(written.is_none());
         assert_eq!(
             flags,
@@ -266,7 +264,7 @@ contexts:
         assert!(
             helm_connection(&ClientArgs::default())
                 .unwrap()
-                .0
+                .flags
                 .is_empty()
         );
     }
@@ -280,7 +278,7 @@ contexts:
         args.kubeconfig = Some(path);
         args.cluster = Some("staging".into());
         args.user = Some("operator".into());
-        let (flags, written) = helm_connection(&args).unwrap();
+        let crate::helm::Connection { flags, written } = helm_connection(&args).unwrap();
         let file = written_path(&written).expect("a kubeconfig for helm");
         assert_eq!(flags[0], "--kubeconfig");
         assert_eq!(flags[1], file.as_os_str());

@@ -18,12 +18,32 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
 use crate::annotations::NodeStatus;
-pub use crate::args::DrainScope;
 use crate::error::{Classify, ExitStatus, KubeError};
 use crate::helm::Helm;
 use crate::nodes::hold;
 use crate::release::ReleaseRef;
 use crate::wait::{Check, WaitError, watch_until};
+
+/// Which pods a drain evicts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DrainScope {
+    /// Every pod that may go (DaemonSet, mirror and finished pods stay).
+    #[default]
+    All,
+    /// Only the pods of the release's RuntimeClasses: those the upgrade affects.
+    Kata,
+}
+
+impl DrainScope {
+    /// The scope as the flag writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrainScope::All => "all",
+            DrainScope::Kata => "kata",
+        }
+    }
+}
 
 /// Which pods a drain evicts, resolved: every pod that may go, or only the
 /// pods of these RuntimeClasses (the release's).

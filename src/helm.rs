@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 
 use std::sync::Arc;
 
-use crate::args::GlobalArgs;
-use crate::error::{Classify, ExitStatus, UserError};
+use crate::error::{Classify, ExitStatus};
+use crate::output::shell_word;
 
 /// Why a helm invocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,23 +79,27 @@ impl Classify for HelmError {
 #[derive(Debug, Clone)]
 pub struct Helm {
     binary: PathBuf,
-    connection: Vec<OsString>,
-    /// The kubeconfig klm wrote for helm, if it had to (see
-    /// [`crate::cluster::helm_connection`]): removed with the last clone.
-    _kubeconfig: Option<Arc<tempfile::TempPath>>,
+    connection: Connection,
+}
+
+/// helm's flags for the cluster and identity klm uses (`--kubeconfig`,
+/// `--kube-context`, `--kube-as-user`, ...; see
+/// [`crate::cluster::helm_connection`]), and the kubeconfig file klm wrote
+/// for helm if it had to, removed with the last clone. The default: none,
+/// helm finds the cluster itself (`$KUBECONFIG`, or in a pod, the in-cluster
+/// config).
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// The flags added to every helm command.
+    pub flags: Vec<OsString>,
+    /// The kubeconfig those flags name, when klm wrote it.
+    pub written: Option<Arc<tempfile::TempPath>>,
 }
 
 impl Helm {
-    /// helm with the cluster and identity of klm's connection flags
-    /// (`$KUBECONFIG` reaches it through the environment; in a pod, helm
-    /// uses the in-cluster config on its own).
-    pub fn new(binary: PathBuf, global: &GlobalArgs) -> Result<Self, UserError> {
-        let (connection, kubeconfig) = crate::cluster::helm_connection(&global.client)?;
-        Ok(Self {
-            binary,
-            connection,
-            _kubeconfig: kubeconfig,
-        })
+    /// helm at `binary`, connected as `connection` says.
+    pub fn new(binary: PathBuf, connection: Connection) -> Self {
+        Self { binary, connection }
     }
 
     /// Runs helm with these arguments and returns its stdout.
@@ -107,7 +111,7 @@ impl Helm {
         let args: Vec<OsString> = args
             .into_iter()
             .map(Into::into)
-            .chain(self.connection.iter().cloned())
+            .chain(self.connection.flags.iter().cloned())
             .collect();
         let command = self.display(&args);
         tracing::debug!(%command, "running helm");
@@ -150,7 +154,7 @@ impl Helm {
 
     fn display(&self, args: &[OsString]) -> String {
         let mut words = vec![self.binary.display().to_string()];
-        words.extend(args.iter().map(|a| quote(&a.to_string_lossy())));
+        words.extend(args.iter().map(|a| shell_word(&a.to_string_lossy())));
         words.join(" ")
     }
 }
@@ -188,18 +192,6 @@ impl Drop for ValuesFile {
 }
 
 /// Quotes a word for display only (it is never run through a shell).
-fn quote(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@[]{}".contains(c))
-    {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
-
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.trim_end().lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -209,33 +201,22 @@ fn tail(text: &str, lines: usize) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn display_quotes_only_what_needs_it() {
-        assert_eq!(quote("--set"), "--set");
-        assert_eq!(quote("a=b,c"), "a=b,c");
-        assert_eq!(quote("x=$HOME `id`"), "'x=$HOME `id`'");
-        assert_eq!(quote("it's"), r"'it'\''s'");
-        assert_eq!(quote(""), "''");
-    }
-
     #[tokio::test]
     async fn arguments_reach_the_program_literally() {
         // `echo` stands in for helm: what it prints is exactly the argv it got.
-        let global = GlobalArgs::default();
-        let helm = Helm::new(PathBuf::from("echo"), &global).unwrap();
+        let helm = Helm::new(PathBuf::from("echo"), Connection::default());
         let out = helm.run(["--set", "x=$HOME `id` \"q\" 'a'"]).await.unwrap();
         assert_eq!(out, "--set x=$HOME `id` \"q\" 'a'\n");
     }
 
     #[tokio::test]
     async fn failures_carry_the_exit_code_and_stderr() {
-        let global = GlobalArgs::default();
-        let helm = Helm::new(PathBuf::from("false"), &global).unwrap();
+        let helm = Helm::new(PathBuf::from("false"), Connection::default());
         match helm.run(["status"]).await.unwrap_err() {
             HelmError::Failed { code, .. } => assert_eq!(code, 1),
             other => panic!("unexpected {other:?}"),
         }
-        let missing = Helm::new(PathBuf::from("/nonexistent/helm"), &global).unwrap();
+        let missing = Helm::new(PathBuf::from("/nonexistent/helm"), Connection::default());
         let err = missing.run(["status"]).await.unwrap_err();
         assert_eq!(err.status(), ExitStatus::Precondition);
     }

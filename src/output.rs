@@ -5,7 +5,39 @@ use std::io::Write;
 
 use serde::Serialize;
 
-use crate::args::OutputFormat;
+/// How results are printed on stdout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// Readable text.
+    #[default]
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// A command line of these words, each quoted for a POSIX shell where it
+/// needs to be: what klm prints for a person to paste.
+pub fn command_line<S: AsRef<str>>(words: impl IntoIterator<Item = S>) -> String {
+    words
+        .into_iter()
+        .map(|word| shell_word(word.as_ref()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One word as a POSIX shell reads it back unchanged: as it is when it has
+/// nothing a shell would split, expand or redirect, else in single quotes.
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
 
 /// A command result that can be shown to a person as well as serialised.
 pub trait Report: Serialize {
@@ -126,5 +158,27 @@ mod tests {
             rendered,
             "NODE       STATUS\na          completed\nlong-name  -"
         );
+    }
+
+    #[test]
+    fn printed_commands_quote_what_a_shell_would_split_expand_or_redirect() {
+        assert_eq!(
+            command_line([
+                "klm",
+                "close-run",
+                "--run-id",
+                "klm-1",
+                "--verification-pod",
+                "/a b/it's.yaml"
+            ]),
+            "klm close-run --run-id klm-1 --verification-pod '/a b/it'\\''s.yaml'"
+        );
+        assert_eq!(
+            command_line(["--chart", "oci://x/y:1.0", "a=b,c"]),
+            "--chart oci://x/y:1.0 a=b,c"
+        );
+        for special in ["x=$HOME `id`", "{a,b}", "[ab]", "a>b", "<FILE>", ""] {
+            assert_eq!(shell_word(special), format!("'{special}'"));
+        }
     }
 }

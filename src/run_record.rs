@@ -580,7 +580,7 @@ pub fn close_command(run_id: &str, release: Option<&str>) -> String {
     if let Some((namespace, name)) = release.and_then(|r| r.split_once('/')) {
         words.extend(["--helm-release", name, "--helm-namespace", namespace]);
     }
-    crate::args::command_line(words)
+    crate::output::command_line(words)
 }
 
 /// The ConfigMap name of a release's run record.

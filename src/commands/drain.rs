@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use super::flags;
-use crate::args::{DrainScope, GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
+use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RunArgs, parse_duration};
+use crate::drain::DrainScope;
 use crate::drain::{Drained, Request, drain_nodes};
 use crate::error::ExitStatus;
 use crate::output::{self, Report};

@@ -23,7 +23,8 @@ pub fn release_ref(args: &ReleaseArgs) -> ReleaseRef {
 /// helm (`--helm`), pointed at the cluster klm uses, as the same identity
 /// (the global connection flags).
 pub fn helm(args: &ReleaseArgs, global: &GlobalArgs) -> Result<Helm, UserError> {
-    Helm::new(args.helm.clone(), global)
+    let connection = crate::cluster::helm_connection(&global.client)?;
+    Ok(Helm::new(args.helm.clone(), connection))
 }
 
 /// The selection criteria of the flags (`--node-selector`,

@@ -7,9 +7,10 @@ use clap::Args as ClapArgs;
 use kube::ResourceExt;
 
 use super::flags;
-use crate::args::{GlobalArgs, OutputFormat, ReleaseArgs, RunArgs, SelectionArgs};
+use crate::args::{GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs};
 use crate::error::{ExitStatus, UserError};
 use crate::output;
+use crate::output::OutputFormat;
 use crate::run_record::Records;
 use crate::steps::status::{self, Status};
 

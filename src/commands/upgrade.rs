@@ -214,7 +214,7 @@ fn rerun_command(args: impl IntoIterator<Item = String>) -> String {
             words.push(arg);
         }
     }
-    crate::args::command_line(words)
+    crate::output::command_line(words)
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::metric::MetricQuery;
+use super::period;
 use crate::error::UserError;
 use crate::nodes::waves::Wave;
 
@@ -87,7 +88,7 @@ impl Gate {
         let soak = self.soak_seconds.map(|s| {
             format!(
                 "a soak of {} then verification of {} node(s) again",
-                human(s),
+                period::human(s),
                 self.reverify.len()
             )
         });
@@ -99,13 +100,6 @@ impl Gate {
             .collect::<Vec<_>>()
             .join(", then ")
     }
-}
-
-/// Seconds as people write them: `90s`, `10m`, `1h30m`.
-pub fn human(seconds: u64) -> String {
-    humantime::format_duration(Duration::from_secs(seconds))
-        .to_string()
-        .replace(' ', "")
 }
 
 impl GatePolicy {
@@ -225,7 +219,9 @@ impl GatePolicy {
 
     /// The policy in a few words, for the plan (None: no gate).
     pub fn describe(&self) -> Option<String> {
-        let soak = self.soak.map(|d| format!("soak {}", human(d.as_secs())));
+        let soak = self
+            .soak
+            .map(|d| format!("soak {}", period::human(d.as_secs())));
         let approval = self.approval.then(|| "approval".to_string());
         let query = self.query.as_ref().map(MetricQuery::describe);
         let what: Vec<String> = [soak, query, approval].into_iter().flatten().collect();

@@ -5,8 +5,6 @@
 //! are rolled back and the run stops); errors alone leave it inconclusive
 //! (the run stops, nothing is rolled back: the metrics could not say).
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
 use crate::prometheus::{Answer, Prometheus, PrometheusError};
@@ -36,8 +34,8 @@ impl MetricQuery {
         format!(
             "Prometheus query {:?} healthy (empty, or a true scalar) for {} (a sample every {})",
             self.query,
-            super::gates::human(self.for_seconds),
-            super::gates::human(self.interval_seconds)
+            super::period::human(self.for_seconds),
+            super::period::human(self.interval_seconds)
         )
     }
 
@@ -166,16 +164,6 @@ pub async fn evaluate(
         }
     }
     judge(&samples, query.error_limit)
-}
-
-/// Parses `--gate-query-for` and `--gate-query-interval` (`5m`, `30s`).
-pub fn parse_period(raw: &str) -> Result<Duration, String> {
-    let period = humantime::parse_duration(raw.trim())
-        .map_err(|e| format!("{raw:?} is not a duration like 30s or 5m: {e}"))?;
-    if period.as_secs() == 0 {
-        return Err(format!("{raw:?} is shorter than a second"));
-    }
-    Ok(period)
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! When waves may start: the gates a run holds at between waves
-//! ([`gates`]), the metric query a gate asks ([`metric`]) and the
-//! maintenance window waves start in ([`window`]).
+//! ([`gates`]), the metric query a gate asks ([`metric`]), the
+//! maintenance window waves start in ([`window`]) and the durations they
+//! are given in ([`period`]).
 //! Pure: what a held wave does about them is [`crate::steps::gate`].
 
 pub mod gates;
 pub mod metric;
+pub mod period;
 pub mod window;
 
 use crate::error::UserError;

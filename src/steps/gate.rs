@@ -335,7 +335,7 @@ async fn ask_prometheus(
             done.push(format!(
                 "gate after {}: the metric query was healthy over the last {} ({samples} sample(s))",
                 gate.after,
-                crate::schedule::gates::human(query.for_seconds)
+                crate::schedule::period::human(query.for_seconds)
             ));
             Ok(())
         }

@@ -98,7 +98,7 @@ pub struct Settings {
 impl Settings {
     /// The command that ends run `run_id` later, as the exit handler would.
     pub fn close_command(&self, run_id: &str) -> String {
-        crate::args::command_line(
+        crate::output::command_line(
             ["klm", "close-run", "--run-id", run_id]
                 .into_iter()
                 .map(String::from)

@@ -10,8 +10,8 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use super::Observer;
 use super::event::{Event, Phase, Waiting};
 use super::progress::{Progress, clock};
-use crate::args::OutputFormat;
 use crate::output;
+use crate::output::OutputFormat;
 
 /// How long each phase of a node may take, to show a node's time in its
 /// phase against its limit (`verifying 12s / 3m`).
