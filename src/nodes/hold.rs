@@ -385,17 +385,42 @@ pub async fn hold_for_rollback(
 pub struct Release {
     /// The status to write (none: keep it).
     pub status: Option<NodeStatus>,
-    /// `Some(Some(v))` sets the verified version, `Some(None)` removes it.
-    pub current_version: Option<Option<String>>,
-    /// Remove the recorded selection taints (the node's upgrade is done).
-    pub remove_selection_taints: bool,
-    /// Put the recorded selection taints back (the node still needs an upgrade).
-    pub restore_selection_taints: bool,
-    /// Return the node to service (never one that was unschedulable before).
+    /// What becomes of the node's verified version.
+    pub version: VersionMark,
+    /// What becomes of the selection taints recorded when the run held it.
+    pub taints: SelectionTaints,
+    /// Return the node to service (never one that was unschedulable before):
+    /// the run lets go of it.
     pub uncordon: bool,
     /// With a run id: only a node held for this release (`namespace/name`);
     /// a node held by a run of the same id for another release is left alone.
     pub release: Option<String>,
+}
+
+/// What releasing a node does to its verified version
+/// (`current-version` and `verified-at`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum VersionMark {
+    /// Leave them as they are.
+    #[default]
+    Keep,
+    /// The node was verified at this version (stamped now, unless a retried
+    /// release finds it stamped at that version already).
+    Verified(String),
+    /// Nothing verified runs there now: remove both.
+    Clear,
+}
+
+/// What releasing a node does to the selection taints the run recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SelectionTaints {
+    /// Leave the node's taints as they are.
+    #[default]
+    Keep,
+    /// Take them off: the node's upgrade is done.
+    Remove,
+    /// Put back any that are missing: the node still needs an upgrade.
+    Restore,
 }
 
 /// What releasing a node did.
@@ -419,6 +444,14 @@ pub struct Released {
     pub uncordoned: bool,
 }
 
+/// The patch that releases a node, and what it does.
+struct ReleasePatch {
+    /// The merge patch, guarded by the resourceVersion read.
+    patch: Value,
+    /// What it does, for the report.
+    released: Released,
+}
+
 /// Releases a node from a run in one patch guarded by the resourceVersion it
 /// read: status, version, selection taints and schedulability together.
 /// `run_id` restricts the release to a node held by that run (`None`: any).
@@ -431,36 +464,73 @@ pub async fn release(
     let nodes: Api<Node> = Api::all(client.clone());
     for _ in 0..CONFLICT_RETRIES {
         let current = get(&nodes, node).await?;
-        let holder = annotation(&current, annotations::RUN);
-        if let (Some(wanted), Some(holder)) = (run_id, holder)
-            && (wanted != holder
-                || !same_release(
-                    annotation(&current, annotations::RELEASE),
-                    how.release.as_deref(),
-                ))
-        {
+        let Some(planned) = release_patch(&current, node, run_id, how, &crate::run_record::now())?
+        else {
             return Ok(None);
+        };
+        match merge(&nodes, node, &planned.patch).await {
+            Ok(()) => {
+                let released = planned.released;
+                tracing::info!(
+                    node,
+                    schedulable = released.schedulable,
+                    kept_cordoned = released.kept_cordoned,
+                    taints_changed = released.taints_changed,
+                    "node released"
+                );
+                return Ok(Some(released));
+            }
+            Err(err) if err.is_conflict() => continue,
+            Err(err) => return Err(err.into()),
         }
-        if run_id.is_some()
-            && holder.is_none()
-            && !how.restore_selection_taints
-            && how.status.is_none()
-        {
-            return Ok(None);
-        }
-        // Only a cordon a run made is lifted: a node no run holds was cordoned
-        // by someone else (or stays cordoned from before a finished run). A
-        // schedulable node keeps no cordon, whoever holds it.
-        let kept_cordoned = is_unschedulable(&current)
-            && (holder.is_none()
-                || annotation(&current, annotations::WAS_UNSCHEDULABLE) == Some("true"));
-        let recorded = recorded_taints(&current)?;
-        let mut taints: Vec<Taint> = selection::taints(&current).to_vec();
-        let before = taints.len();
-        if how.remove_selection_taints {
-            taints.retain(|t| !recorded.iter().any(|r| same_taint(r, t)));
-        }
-        if how.restore_selection_taints {
+    }
+    Err(HoldError::Contended {
+        node: node.to_string(),
+    })
+}
+
+/// The patch that releases `current` as `how` says, at time `now` (for a
+/// verification stamp), or None when the node is not this run's to release.
+fn release_patch(
+    current: &Node,
+    node: &str,
+    run_id: Option<&str>,
+    how: &Release,
+    now: &str,
+) -> Result<Option<ReleasePatch>, HoldError> {
+    let holder = annotation(current, annotations::RUN);
+    if let (Some(wanted), Some(holder)) = (run_id, holder)
+        && (wanted != holder
+            || !same_release(
+                annotation(current, annotations::RELEASE),
+                how.release.as_deref(),
+            ))
+    {
+        return Ok(None);
+    }
+    // A node no run holds any more is a run's to release only to put its
+    // taints back or to write its status (a rollback after a lost hold).
+    if run_id.is_some()
+        && holder.is_none()
+        && how.taints != SelectionTaints::Restore
+        && how.status.is_none()
+    {
+        return Ok(None);
+    }
+    // Only a cordon a run made is lifted: a node no run holds was cordoned
+    // by someone else (or stays cordoned from before a finished run). A
+    // schedulable node keeps no cordon, whoever holds it.
+    let was_unschedulable = is_unschedulable(current);
+    let kept_cordoned = was_unschedulable
+        && (holder.is_none()
+            || annotation(current, annotations::WAS_UNSCHEDULABLE) == Some("true"));
+    let recorded = recorded_taints(current)?;
+    let mut taints: Vec<Taint> = selection::taints(current).to_vec();
+    let before = taints.len();
+    match how.taints {
+        SelectionTaints::Keep => {}
+        SelectionTaints::Remove => taints.retain(|t| !recorded.iter().any(|r| same_taint(r, t))),
+        SelectionTaints::Restore => {
             for taint in &recorded {
                 if !taints.iter().any(|t| same_taint(t, taint)) {
                     taints.push(Taint {
@@ -470,83 +540,61 @@ pub async fn release(
                 }
             }
         }
-        let taints_changed = before.abs_diff(taints.len());
-        let mut node_annotations = serde_json::Map::new();
-        if let Some(status) = how.status {
-            node_annotations.insert(annotations::STATUS.into(), json!(status.as_str()));
-        }
-        match &how.current_version {
-            Some(Some(version)) => {
-                node_annotations.insert(annotations::CURRENT_VERSION.into(), json!(version));
-                // A retried release keeps the first stamp: the runtime was
-                // verified then.
-                if annotation(&current, annotations::CURRENT_VERSION) != Some(version.as_str())
-                    || annotation(&current, annotations::VERIFIED_AT).is_none()
-                {
-                    node_annotations.insert(
-                        annotations::VERIFIED_AT.into(),
-                        json!(crate::run_record::now()),
-                    );
-                }
-            }
-            Some(None) => {
-                node_annotations.insert(annotations::CURRENT_VERSION.into(), Value::Null);
-                node_annotations.insert(annotations::VERIFIED_AT.into(), Value::Null);
-            }
-            None => {}
-        }
-        let uncordon = how.uncordon && !kept_cordoned;
-        if how.uncordon {
-            for key in [
-                annotations::RUN,
-                annotations::RELEASE,
-                annotations::WAS_UNSCHEDULABLE,
-                annotations::TARGET_VERSION,
-            ] {
-                node_annotations.insert(key.into(), Value::Null);
+    }
+    let taints_changed = before.abs_diff(taints.len());
+    let mut node_annotations = serde_json::Map::new();
+    if let Some(status) = how.status {
+        node_annotations.insert(annotations::STATUS.into(), json!(status.as_str()));
+    }
+    match &how.version {
+        VersionMark::Keep => {}
+        VersionMark::Verified(version) => {
+            node_annotations.insert(annotations::CURRENT_VERSION.into(), json!(version));
+            // A retried release keeps the first stamp: the runtime was
+            // verified then.
+            if annotation(current, annotations::CURRENT_VERSION) != Some(version.as_str())
+                || annotation(current, annotations::VERIFIED_AT).is_none()
+            {
+                node_annotations.insert(annotations::VERIFIED_AT.into(), json!(now));
             }
         }
-        let mut spec = serde_json::Map::new();
-        if taints_changed > 0 {
-            spec.insert("taints".into(), json!(taints));
-        }
-        if uncordon {
-            spec.insert("unschedulable".into(), Value::Null);
-        }
-        let patch = json!({
-            "metadata": { "resourceVersion": current.metadata.resource_version, "annotations": node_annotations },
-            "spec": spec,
-        });
-        match merge(&nodes, node, &patch).await {
-            Ok(()) => {
-                let schedulable = if uncordon {
-                    true
-                } else {
-                    !is_unschedulable(&current)
-                };
-                tracing::info!(
-                    node,
-                    schedulable,
-                    kept_cordoned,
-                    taints_changed,
-                    "node released"
-                );
-                return Ok(Some(Released {
-                    node: node.to_string(),
-                    schedulable,
-                    kept_cordoned,
-                    taints_changed,
-                    was_held: holder.is_some(),
-                    uncordoned: uncordon && is_unschedulable(&current),
-                }));
-            }
-            Err(err) if err.is_conflict() => continue,
-            Err(err) => return Err(err.into()),
+        VersionMark::Clear => {
+            node_annotations.insert(annotations::CURRENT_VERSION.into(), Value::Null);
+            node_annotations.insert(annotations::VERIFIED_AT.into(), Value::Null);
         }
     }
-    Err(HoldError::Contended {
-        node: node.to_string(),
-    })
+    let uncordon = how.uncordon && !kept_cordoned;
+    if how.uncordon {
+        for key in [
+            annotations::RUN,
+            annotations::RELEASE,
+            annotations::WAS_UNSCHEDULABLE,
+            annotations::TARGET_VERSION,
+        ] {
+            node_annotations.insert(key.into(), Value::Null);
+        }
+    }
+    let mut spec = serde_json::Map::new();
+    if taints_changed > 0 {
+        spec.insert("taints".into(), json!(taints));
+    }
+    if uncordon {
+        spec.insert("unschedulable".into(), Value::Null);
+    }
+    Ok(Some(ReleasePatch {
+        patch: json!({
+            "metadata": { "resourceVersion": current.metadata.resource_version, "annotations": node_annotations },
+            "spec": spec,
+        }),
+        released: Released {
+            node: node.to_string(),
+            schedulable: uncordon || !was_unschedulable,
+            kept_cordoned,
+            taints_changed,
+            was_held: holder.is_some(),
+            uncordoned: uncordon && was_unschedulable,
+        },
+    }))
 }
 
 /// Reads a node, turning 404 into [`HoldError::NoSuchNode`].
@@ -761,5 +809,149 @@ mod tests {
                 ..a.clone()
             }
         ));
+    }
+
+    /// A node in wave 1 of run upgrade-1: cordoned by the run, with the
+    /// selection taint `kata=upgrade:NoSchedule` recorded and on the node.
+    fn cordoned_by_the_run(extra: serde_json::Value) -> Node {
+        let mut node: Node = serde_json::from_value(json!({
+            "metadata": {"name": "w1", "resourceVersion": "42", "annotations": {
+                annotations::RUN: "upgrade-1",
+                annotations::RELEASE: "kube-system/kata-deploy",
+                annotations::STATUS: "verified",
+                annotations::WAS_UNSCHEDULABLE: "false",
+                annotations::SELECTION_TAINTS: r#"[{"key":"kata","value":"upgrade","effect":"NoSchedule"}]"#,
+            }},
+            "spec": {"unschedulable": true, "taints": [
+                {"key": "kata", "value": "upgrade", "effect": "NoSchedule"},
+                {"key": "gpu", "effect": "NoSchedule"},
+            ]},
+        }))
+        .unwrap();
+        if let (Some(map), Some(extra)) = (node.metadata.annotations.as_mut(), extra.as_object()) {
+            for (key, value) in extra {
+                map.insert(key.clone(), value.as_str().unwrap().to_string());
+            }
+        }
+        node
+    }
+
+    fn completed_at(version: &str) -> Release {
+        Release {
+            status: Some(NodeStatus::Completed),
+            version: VersionMark::Verified(version.into()),
+            taints: SelectionTaints::Remove,
+            uncordon: true,
+            release: Some("kube-system/kata-deploy".into()),
+        }
+    }
+
+    #[test]
+    fn completing_a_node_stamps_its_version_takes_the_taints_off_and_lets_it_go_in_one_patch() {
+        let node = cordoned_by_the_run(json!({}));
+        let planned = release_patch(&node, "w1", Some("upgrade-1"), &completed_at("3.28.0"), "T")
+            .unwrap()
+            .expect("the run's node");
+        assert_eq!(
+            planned.patch,
+            json!({
+                "metadata": {"resourceVersion": "42", "annotations": {
+                    annotations::STATUS: "completed",
+                    annotations::CURRENT_VERSION: "3.28.0",
+                    annotations::VERIFIED_AT: "T",
+                    annotations::RUN: null,
+                    annotations::RELEASE: null,
+                    annotations::WAS_UNSCHEDULABLE: null,
+                    annotations::TARGET_VERSION: null,
+                }},
+                "spec": {"taints": [{"key": "gpu", "effect": "NoSchedule"}], "unschedulable": null},
+            })
+        );
+        assert!(planned.released.schedulable && planned.released.uncordoned);
+        assert_eq!(planned.released.taints_changed, 1);
+    }
+
+    #[test]
+    fn a_retried_completion_keeps_the_first_verification_stamp() {
+        let node = cordoned_by_the_run(json!({
+            annotations::CURRENT_VERSION: "3.28.0",
+            annotations::VERIFIED_AT: "EARLIER",
+        }));
+        let planned = release_patch(&node, "w1", Some("upgrade-1"), &completed_at("3.28.0"), "T")
+            .unwrap()
+            .unwrap();
+        assert!(
+            planned.patch["metadata"]["annotations"]
+                .get(annotations::VERIFIED_AT)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_node_unschedulable_before_the_run_stays_cordoned() {
+        let node = cordoned_by_the_run(json!({annotations::WAS_UNSCHEDULABLE: "true"}));
+        let planned = release_patch(&node, "w1", Some("upgrade-1"), &completed_at("3.28.0"), "T")
+            .unwrap()
+            .unwrap();
+        assert!(planned.patch["spec"].get("unschedulable").is_none());
+        assert!(planned.released.kept_cordoned && !planned.released.schedulable);
+    }
+
+    #[test]
+    fn another_runs_or_another_releases_node_is_not_released() {
+        let node = cordoned_by_the_run(json!({}));
+        let how = completed_at("3.28.0");
+        assert!(
+            release_patch(&node, "w1", Some("upgrade-2"), &how, "T")
+                .unwrap()
+                .is_none()
+        );
+        let elsewhere = Release {
+            release: Some("other/kata-deploy".into()),
+            ..how
+        };
+        assert!(
+            release_patch(&node, "w1", Some("upgrade-1"), &elsewhere, "T")
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_rollback_puts_back_the_taints_and_clears_an_unverified_version() {
+        // The hold was lost (a person uncordoned it) and the taint removed.
+        let mut node = cordoned_by_the_run(json!({annotations::CURRENT_VERSION: "3.28.0"}));
+        for key in [annotations::RUN, annotations::RELEASE] {
+            node.metadata.annotations.as_mut().unwrap().remove(key);
+        }
+        node.spec.as_mut().unwrap().taints = Some(vec![]);
+        node.spec.as_mut().unwrap().unschedulable = None;
+        let how = Release {
+            status: Some(NodeStatus::RolledBack),
+            version: VersionMark::Clear,
+            taints: SelectionTaints::Restore,
+            uncordon: true,
+            release: None,
+        };
+        let planned = release_patch(&node, "w1", Some("upgrade-1"), &how, "T")
+            .unwrap()
+            .unwrap();
+        let annotations = &planned.patch["metadata"]["annotations"];
+        assert_eq!(annotations[annotations::CURRENT_VERSION], Value::Null);
+        assert_eq!(annotations[annotations::STATUS], "rolled-back");
+        assert_eq!(
+            planned.patch["spec"]["taints"],
+            json!([{"key": "kata", "value": "upgrade", "effect": "NoSchedule"}])
+        );
+        // Without a status or taints to put back, a node no run holds is not the run's.
+        let uncordon_only = Release {
+            uncordon: true,
+            ..Default::default()
+        };
+        assert!(
+            release_patch(&node, "w1", Some("upgrade-1"), &uncordon_only, "T")
+                .unwrap()
+                .is_none()
+        );
     }
 }

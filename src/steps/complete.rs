@@ -200,11 +200,10 @@ async fn complete_nodes(
     try_join_all(nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
     let how = Release {
         status: Some(NodeStatus::Completed),
-        current_version: Some(Some(target.to_string())),
-        remove_selection_taints: true,
+        version: hold::VersionMark::Verified(target.to_string()),
+        taints: hold::SelectionTaints::Remove,
         uncordon: true,
         release: Some(record.release_id()),
-        ..Default::default()
     };
     let released = try_join_all(
         nodes

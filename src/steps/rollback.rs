@@ -272,12 +272,13 @@ pub async fn roll_back(
     let released = try_join_all(back.iter().map(|n| {
         let how = NodeRelease {
             status: Some(NodeStatus::RolledBack),
-            current_version: Some(
-                report
-                    .reverified
-                    .then(|| record.version_before(n).to_string()),
-            ),
-            restore_selection_taints: true,
+            // Verified again at the version before the run, or unverified.
+            version: if report.reverified {
+                hold::VersionMark::Verified(record.version_before(n).to_string())
+            } else {
+                hold::VersionMark::Clear
+            },
+            taints: hold::SelectionTaints::Restore,
             uncordon: true,
             ..Default::default()
         };
