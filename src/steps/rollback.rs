@@ -397,9 +397,92 @@ async fn values_for_version(
     Ok(Some((entry.chart_version(chart_name), values)))
 }
 
-/// The groups to revert, each with the chart version and values to revert
-/// it with; a version helm's history no longer knows joins the release's
-/// version before the run (noted).
+/// One step of a rollback: the release at `version` with `values`, and the
+/// nodes that return to it (none: the release alone ends there).
+#[derive(Debug, Clone, PartialEq)]
+struct Revert {
+    /// The chart version.
+    version: String,
+    /// The user's values at that version.
+    values: Value,
+    /// The nodes restarted or reinstalled at it.
+    nodes: Vec<String>,
+}
+
+/// How the named nodes go back, decided before anything changes: one
+/// [`Revert`] per version they ran before the run, the release's version
+/// before the run last; the nodes whose version helm's history no longer
+/// has go back to that last one (`lost`: version → nodes, noted).
+#[derive(Debug, Clone, PartialEq)]
+struct RollbackPlan {
+    reverts: Vec<Revert>,
+    lost: Vec<(String, Vec<String>)>,
+}
+
+impl RollbackPlan {
+    /// The plan for `names`, given what helm's history has for each
+    /// version other than the release's before the run (its chart version
+    /// and user values; None when it has none).
+    fn new(
+        record: &RunRecord,
+        names: &[String],
+        history: &BTreeMap<String, Option<(String, Value)>>,
+    ) -> RollbackPlan {
+        let mut reverts = Vec::new();
+        let mut lost = Vec::new();
+        for (version, mut nodes) in by_version(record, names) {
+            if version == record.before.chart_version {
+                nodes.extend(
+                    lost.iter()
+                        .flat_map(|(_, n): &(String, Vec<String>)| n.clone()),
+                );
+                reverts.push(Revert {
+                    version,
+                    values: record.before.user_values.clone(),
+                    nodes,
+                });
+            } else if let Some(Some((chart_version, values))) = history.get(&version) {
+                reverts.push(Revert {
+                    version: chart_version.clone(),
+                    values: values.clone(),
+                    nodes,
+                });
+            } else {
+                lost.push((version, nodes));
+            }
+        }
+        RollbackPlan { reverts, lost }
+    }
+
+    /// The versions of `record`'s nodes in `names` that helm's history is
+    /// asked for: all but the release's before the run.
+    fn versions_to_look_up(record: &RunRecord, names: &[String]) -> Vec<String> {
+        by_version(record, names)
+            .into_iter()
+            .map(|(version, _)| version)
+            .filter(|v| *v != record.before.chart_version)
+            .collect()
+    }
+
+    /// Says in the report where the lost nodes went instead.
+    fn note_lost(&self, record: &RunRecord, report: &mut RolledBack) {
+        for (version, nodes) in &self.lost {
+            report.notes.push(format!(
+                "{} ran {version} before the run, which helm's history no longer has: returned to {} instead",
+                nodes.join(", "),
+                record.before.chart_version
+            ));
+            for node in nodes {
+                report
+                    .node_versions
+                    .insert(node.clone(), record.before.chart_version.clone());
+            }
+        }
+    }
+}
+
+/// The rollback plan of `names`, with what helm's history has for their
+/// versions; the report notes the nodes whose version it lost.
 async fn revert_plan(
     helm: &Helm,
     reference: &crate::release::ReleaseRef,
@@ -407,37 +490,14 @@ async fn revert_plan(
     record: &RunRecord,
     names: &[String],
     report: &mut RolledBack,
-) -> anyhow::Result<Vec<(String, Value, Vec<String>)>> {
-    let mut plan = Vec::new();
-    let mut unknown = Vec::new();
-    for (version, nodes) in by_version(record, names) {
-        if version == record.before.chart_version {
-            let mut nodes = nodes;
-            nodes.append(&mut unknown);
-            plan.push((
-                record.before.chart_version.clone(),
-                record.before.user_values.clone(),
-                nodes,
-            ));
-            continue;
-        }
-        match values_for_version(helm, reference, chart_name, &version, record).await? {
-            Some((chart_version, values)) => plan.push((chart_version, values, nodes)),
-            None => {
-                report.notes.push(format!(
-                    "{} ran {version} before the run, which helm's history no longer has: returned to {} instead",
-                    nodes.join(", "),
-                    record.before.chart_version
-                ));
-                for node in &nodes {
-                    report
-                        .node_versions
-                        .insert(node.clone(), record.before.chart_version.clone());
-                }
-                unknown.extend(nodes);
-            }
-        }
+) -> anyhow::Result<RollbackPlan> {
+    let mut history = BTreeMap::new();
+    for version in RollbackPlan::versions_to_look_up(record, names) {
+        let found = values_for_version(helm, reference, chart_name, &version, record).await?;
+        history.insert(version, found);
     }
+    let plan = RollbackPlan::new(record, names, &history);
+    plan.note_lost(record, report);
     Ok(plan)
 }
 
@@ -464,7 +524,12 @@ async fn revert_daemonset(
     let chart_name = reference.load(helm).await?.chart_name;
     let plan = revert_plan(helm, reference, &chart_name, record, names, report).await?;
     let mut failures = Vec::new();
-    for (version, values, nodes) in &plan {
+    for Revert {
+        version,
+        values,
+        nodes,
+    } in &plan.reverts
+    {
         let current = reference.load(helm).await?;
         let at_before = *version == record.before.chart_version;
         let differs = if at_before {
@@ -646,7 +711,12 @@ async fn revert_job(
         &versions::parse(&record.before.chart_version)?,
         &record.target_version,
     );
-    for (version, base, nodes) in plan.iter().filter(|(_, _, nodes)| !nodes.is_empty()) {
+    for Revert {
+        version,
+        values: base,
+        nodes,
+    } in plan.reverts.iter().filter(|r| !r.nodes.is_empty())
+    {
         if own_dispatcher {
             if let Err(err) =
                 redispatch(client, helm, record, records, request, version, base, nodes).await
@@ -834,5 +904,51 @@ mod tests {
             err.message
         );
         assert!(report.text().contains("w1: ROLLBACK FAILED: timed out"));
+    }
+
+    #[test]
+    fn a_rollback_plan_reverts_each_version_and_ends_at_the_release_s_before_the_run() {
+        let record = record_with_versions();
+        let names = ["a", "b", "c", "d"].map(String::from);
+        assert_eq!(
+            RollbackPlan::versions_to_look_up(&record, &names),
+            vec!["3.25.0".to_string(), "3.26.0".to_string()]
+        );
+        // helm's history has 3.26.0 (as chart 3.26.0 with its values) but
+        // no longer 3.25.0: d goes back to the version before the run.
+        let history = BTreeMap::from([
+            ("3.25.0".to_string(), None),
+            (
+                "3.26.0".to_string(),
+                Some(("3.26.0".to_string(), json!({"debug": true}))),
+            ),
+        ]);
+        let plan = RollbackPlan::new(&record, &names, &history);
+        assert_eq!(
+            plan.reverts,
+            vec![
+                Revert {
+                    version: "3.26.0".into(),
+                    values: json!({"debug": true}),
+                    nodes: vec!["b".into()],
+                },
+                Revert {
+                    version: "3.27.0".into(),
+                    values: record.before.user_values.clone(),
+                    nodes: vec!["a".into(), "c".into(), "d".into()],
+                },
+            ]
+        );
+        assert_eq!(
+            plan.lost,
+            vec![("3.25.0".to_string(), vec!["d".to_string()])]
+        );
+        let mut report = RolledBack::default();
+        plan.note_lost(&record, &mut report);
+        assert_eq!(
+            report.node_versions.get("d").map(String::as_str),
+            Some("3.27.0")
+        );
+        assert!(report.notes[0].starts_with("d ran 3.25.0 before the run"));
     }
 }
