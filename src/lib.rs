@@ -19,8 +19,8 @@
 //!   [`steps::close_run`] (ending a run), [`steps::plan`] (what a run would
 //!   do) and [`steps::status`] (the fleet as `klm status` shows and watches
 //!   it). Beside them: [`run_values`] (the values a run sets on kata-deploy),
-//!   [`run_rules`] (the run a step may act in, and the flags that must
-//!   agree with it) and [`runs`] (the runs a release has, for a step asked
+//!   [`run`] (a step's run: its record, the door to change it, and the
+//!   flags that must agree with it) and [`runs`] (the runs a release has, for a step asked
 //!   for one it does not).
 //! * Modules by concern: [`cluster`] (connecting), [`release`] and [`helm`]
 //!   (the kata-deploy Helm release), [`versions`] (version rules),
@@ -50,8 +50,8 @@ pub mod nodes;
 pub mod output;
 pub mod prometheus;
 pub mod release;
+pub mod run;
 pub mod run_record;
-pub mod run_rules;
 pub mod run_values;
 pub mod runs;
 pub mod sandboxes;

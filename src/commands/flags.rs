@@ -8,7 +8,7 @@ use crate::error::UserError;
 use crate::helm::Helm;
 use crate::nodes::selection::Criteria;
 use crate::release::ReleaseRef;
-use crate::run_record::Records;
+use crate::run::Run;
 use crate::steps::rollback::{self, Reverify};
 use crate::verification::Pods;
 
@@ -67,8 +67,6 @@ pub async fn step_nodes(
     let Some(index) = nodes.wave else {
         return Ok(nodes.names());
     };
-    let record = Records::new(client, &release.helm_namespace)
-        .resolve(&release.helm_release, run.run_id.as_deref())
-        .await?;
-    Ok(crate::run_rules::wave_of(&record, index)?.to_vec())
+    let run = Run::recorded(client, &release_ref(release), run.run_id.as_deref()).await?;
+    Ok(run.wave(index)?.to_vec())
 }

@@ -15,8 +15,8 @@ use crate::helm::Helm;
 use crate::nodes::hold::{self, Release, Released};
 use crate::output::Report;
 use crate::release::ReleaseRef;
-use crate::run_record::{NodeProgress, Records, RunRecord, RunState};
-use crate::run_rules;
+use crate::run::Run;
+use crate::run_record::{NodeProgress, RunState};
 use crate::versions::DeploymentMode;
 
 /// What to complete.
@@ -136,24 +136,21 @@ pub async fn complete(
     helm: &Helm,
     request: &Request,
 ) -> anyhow::Result<Completed> {
-    let records = Records::new(client, &request.release.namespace);
-    let record =
-        run_rules::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
-    let target = run_rules::run_target(&record, request.target.as_ref())?.to_string();
+    let run = Run::active(client, &request.release, request.run_id.as_deref()).await?;
+    let target = run.target(request.target.as_ref())?.to_string();
     let mut report = Completed {
-        run_id: record.run_id.clone(),
+        run_id: run.run_id.clone(),
         version: target.clone(),
         ..Default::default()
     };
     if let Some(nodes) = &request.nodes {
-        report.nodes = complete_nodes(client, &records, &record, nodes, &target).await?;
+        report.nodes = complete_nodes(client, &run, nodes, &target).await?;
     }
     if request.finish_run {
         finish_run(
             client,
             helm,
-            &records,
-            &record,
+            &run,
             &request.chart,
             request.helm_timeout,
             &mut report,
@@ -169,8 +166,7 @@ pub async fn complete(
 /// every one of them.
 async fn complete_nodes(
     client: &Client,
-    records: &Records,
-    record: &RunRecord,
+    run: &Run,
     nodes: &[String],
     target: &str,
 ) -> anyhow::Result<Vec<Released>> {
@@ -178,7 +174,7 @@ async fn complete_nodes(
         .iter()
         .filter(|n| {
             !matches!(
-                record.nodes.get(*n),
+                run.nodes.get(*n),
                 Some(NodeProgress::Verified | NodeProgress::Completed)
             )
         })
@@ -186,7 +182,7 @@ async fn complete_nodes(
     if !unverified.is_empty() {
         return Err(UserError::precondition(format!(
             "run {} has not verified {}",
-            record.run_id,
+            run.run_id,
             unverified
                 .iter()
                 .map(|s| s.as_str())
@@ -203,23 +199,22 @@ async fn complete_nodes(
         version: hold::VersionMark::Verified(target.to_string()),
         taints: hold::SelectionTaints::Remove,
         uncordon: true,
-        release: Some(record.release_id()),
+        release: Some(run.release_id().to_string()),
     };
     let released = try_join_all(
         nodes
             .iter()
-            .map(|n| hold::release(client, n, Some(&record.run_id), &how)),
+            .map(|n| hold::release(client, n, Some(&run.run_id), &how)),
     )
     .await?;
-    records
-        .update(&record.release, &record.run_id, |r| {
-            for node in nodes {
-                r.nodes.insert(node.clone(), NodeProgress::Completed);
-            }
-        })
-        .await?;
+    run.update(|r| {
+        for node in nodes {
+            r.nodes.insert(node.clone(), NodeProgress::Completed);
+        }
+    })
+    .await?;
     let released: Vec<Released> = released.into_iter().flatten().collect();
-    NodeEvents::new(client, &record.run_id, &record.release_id())
+    NodeEvents::new(client, &run.run_id, run.release_id())
         .record_each(released.iter().map(|r| {
             let version = target.to_string();
             (r.node.clone(), NodeEvent::Completed { version })
@@ -233,19 +228,18 @@ async fn complete_nodes(
 async fn finish_run(
     client: &Client,
     helm: &Helm,
-    records: &Records,
-    record: &RunRecord,
+    run: &Run,
     chart: &str,
     helm_timeout: std::time::Duration,
     report: &mut Completed,
 ) -> anyhow::Result<()> {
     let reference = crate::release::ReleaseRef {
-        name: record.release.clone(),
-        namespace: record.namespace.clone(),
+        name: run.release.clone(),
+        namespace: run.namespace.clone(),
     };
     let release = reference.load(helm).await?;
     release.ensure_deployed()?;
-    let mechanics: Vec<(String, Value)> = record
+    let mechanics: Vec<(String, Value)> = run
         .mechanics
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
@@ -253,7 +247,7 @@ async fn finish_run(
     // job mode: the values go back without hooks, so the installer does not
     // run again on any node (the release's values then say what the user
     // asked for; each node runs what klm verified on it).
-    let (behind, no_hooks) = match record.mode {
+    let (behind, no_hooks) = match run.mode {
         DeploymentMode::Daemonset => (nodes_behind(client, &release).await?, false),
         DeploymentMode::Job => (Vec::new(), true),
     };
@@ -261,8 +255,8 @@ async fn finish_run(
         &reference,
         chart,
         &release.chart_version,
-        record.values_revision(),
-        record.mode,
+        run.values_revision(),
+        run.mode,
         no_hooks,
     );
     let left = !behind.is_empty() && !mechanics.is_empty();
@@ -271,7 +265,7 @@ async fn finish_run(
         crate::run_values::restore_user_values(
             &mut values,
             mechanics.iter().map(|(k, _)| k.as_str()),
-            &record.before.user_values,
+            &run.before.user_values,
         );
         release
                 .restore_values(
@@ -279,7 +273,7 @@ async fn finish_run(
                     chart,
                     &release.chart_version,
                     &values,
-                    record.mode,
+                    run.mode,
                     no_hooks,
                     helm_timeout,
                 )
@@ -289,7 +283,7 @@ async fn finish_run(
                         "the release's values could not be restored: {}",
                         crate::error::describe(&err.into())
                     ))
-                    .hint(format!("retry `klm complete --finish-run --run-id {}`, or restore them with: {command}", record.run_id))
+                    .hint(format!("retry `klm complete --finish-run --run-id {}`, or restore them with: {command}", run.run_id))
                 })?;
         report.restored = mechanics.iter().map(|(k, _)| k.clone()).collect();
     } else if left {
@@ -312,22 +306,21 @@ async fn finish_run(
             .collect();
         report.nodes_behind = behind;
     }
-    crate::dispatch::resume_reconcilers(client, record).await?;
-    records
-        .update(&record.release, &record.run_id, |r| {
-            r.state = match r.failed_nodes.is_empty() {
-                true => RunState::Completed,
-                false => RunState::CompletedWithFailures,
-            };
-            r.held = None;
-            r.suspended.clear();
-            // What stays on the release stays on record: the next run takes
-            // it over and restores it (RunRecord::inherit).
-            if !left {
-                r.mechanics.clear();
-            }
-        })
-        .await?;
+    crate::dispatch::resume_reconcilers(client, run).await?;
+    run.update(|r| {
+        r.state = match r.failed_nodes.is_empty() {
+            true => RunState::Completed,
+            false => RunState::CompletedWithFailures,
+        };
+        r.held = None;
+        r.suspended.clear();
+        // What stays on the release stays on run: the next run takes
+        // it over and restores it (RunRecord::inherit).
+        if !left {
+            r.mechanics.clear();
+        }
+    })
+    .await?;
     if left {
         let values: Vec<String> = report
             .left_in_place
@@ -338,7 +331,7 @@ async fn finish_run(
             version: release.chart_version.clone(),
             values: values.join(", "),
         };
-        NodeEvents::new(client, &record.run_id, &record.release_id())
+        NodeEvents::new(client, &run.run_id, run.release_id())
             .record_each(
                 report
                     .nodes_behind

@@ -15,8 +15,8 @@ use crate::nodes::hold::{self, Held};
 use crate::nodes::selection::Criteria;
 use crate::output::Report;
 use crate::release::ReleaseRef;
-use crate::run_record::{NodeProgress, Records};
-use crate::run_rules;
+use crate::run::Run;
+use crate::run_record::NodeProgress;
 
 /// Which nodes to hold, for which run.
 #[derive(Debug, Clone)]
@@ -101,51 +101,48 @@ async fn within_budget(
 /// recording each node's version before the run; a node the run holds
 /// already keeps what its first hold recorded.
 pub async fn cordon(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Cordoned> {
-    let records = Records::new(client, &request.release.namespace);
-    let record =
-        run_rules::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
+    let run = Run::active(client, &request.release, request.run_id.as_deref()).await?;
     // Every node must exist before any is changed.
     let nodes_api: Api<Node> = Api::all(client.clone());
     try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
-    if let Some(budget) = record.plan.max_unavailable {
-        within_budget(client, &record, &request.nodes, budget).await?;
+    if let Some(budget) = run.plan.max_unavailable {
+        within_budget(client, &run, &request.nodes, budget).await?;
     }
     // What each node runs before this run touches it: its rollback target.
     let unrecorded: Vec<String> = request
         .nodes
         .iter()
-        .filter(|n| !record.node_versions.contains_key(*n) && !record.nodes.contains_key(*n))
+        .filter(|n| !run.node_versions.contains_key(*n) && !run.nodes.contains_key(*n))
         .cloned()
         .collect();
     let versions =
-        crate::nodes::installed::observe(client, helm, &request.release, record.mode, &unrecorded)
+        crate::nodes::installed::observe(client, helm, &request.release, run.mode, &unrecorded)
             .await?;
-    let release_id = record.release_id();
-    let target = record.target_version.to_string();
+    let release_id = run.release_id();
+    let target = run.target_version.to_string();
     let held = try_join_all(request.nodes.iter().map(|n| {
         hold::hold_for_release(
             client,
             n,
-            &record.run_id,
-            Some(&release_id),
+            &run.run_id,
+            Some(release_id),
             &request.selection,
             &target,
         )
     }))
     .await?;
-    records
-        .update(&record.release, &record.run_id, |r| {
-            for node in &request.nodes {
-                r.nodes.entry(node.clone()).or_insert(NodeProgress::Held);
-            }
-            for (node, version) in &versions {
-                r.node_versions
-                    .entry(node.clone())
-                    .or_insert_with(|| version.clone());
-            }
-        })
-        .await?;
-    NodeEvents::new(client, &record.run_id, &release_id)
+    run.update(|r| {
+        for node in &request.nodes {
+            r.nodes.entry(node.clone()).or_insert(NodeProgress::Held);
+        }
+        for (node, version) in &versions {
+            r.node_versions
+                .entry(node.clone())
+                .or_insert_with(|| version.clone());
+        }
+    })
+    .await?;
+    NodeEvents::new(client, &run.run_id, release_id)
         .record_each(
             held.iter()
                 .filter(|h| h.newly_held)
@@ -153,7 +150,7 @@ pub async fn cordon(client: &Client, helm: &Helm, request: &Request) -> anyhow::
         )
         .await;
     Ok(Cordoned {
-        run_id: record.run_id,
+        run_id: run.run_id.clone(),
         nodes: held,
     })
 }

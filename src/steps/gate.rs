@@ -20,8 +20,8 @@ use crate::events::NodeEvents;
 use crate::helm::Helm;
 use crate::nodes::hold;
 use crate::release::ReleaseRef;
-use crate::run_record::{Held, Records, RunRecord, Waiting, now};
-use crate::run_rules;
+use crate::run::Run;
+use crate::run_record::{Held, RunRecord, Waiting, now};
 use crate::schedule::gates::Gate;
 use crate::schedule::metric::{self, Verdict};
 use crate::schedule::window::Window;
@@ -149,46 +149,33 @@ impl crate::output::Report for Passage {
 /// says what the wave waits for next. A soak's verification that fails
 /// rolls those nodes back and fails the run (an error, exit 1).
 pub async fn pass(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Passage> {
-    let records = Records::new(client, &request.release.namespace);
-    let record =
-        run_rules::active_run(&records, &request.release.name, Some(&request.run_id)).await?;
-    run_rules::wave_of(&record, request.wave)?;
+    let run = Run::active(client, &request.release, Some(&request.run_id)).await?;
+    run.wave(request.wave)?;
     let index = request.wave as usize;
     let mut passage = Passage {
-        run_id: record.run_id.clone(),
+        run_id: run.run_id.clone(),
         wave: request.wave,
         held: None,
         done: Vec::new(),
         wait: Wait::Nothing,
     };
-    if let Some(gate) = record.plan.gates.iter().find(|g| g.before_wave == index) {
-        let wait = pass_gate(
-            client,
-            helm,
-            &records,
-            &record,
-            gate,
-            request,
-            &mut passage.done,
-        )
-        .await?;
+    if let Some(gate) = run.plan.gates.iter().find(|g| g.before_wave == index) {
+        let wait = pass_gate(client, helm, &run, gate, request, &mut passage.done).await?;
         if wait != Wait::Nothing {
-            return hold(&records, &record, request, wait, passage).await;
+            return hold(&run, request, wait, passage).await;
         }
     }
-    if let Some(raw) = &record.plan.window {
+    if let Some(raw) = &run.plan.window {
         let window = Window::parse(raw)
             .map_err(|why| UserError::failed(format!("the run's recorded window: {why}")))?
             .ok_or_else(|| UserError::failed("the run's recorded window is empty"))?;
         let opens = window.next_open(request.now);
         if opens > request.now {
-            return hold(&records, &record, request, Wait::Window(opens), passage).await;
+            return hold(&run, request, Wait::Window(opens), passage).await;
         }
     }
-    if record.held.is_some() {
-        records
-            .update(&record.release, &record.run_id, |r| r.held = None)
-            .await?;
+    if run.held.is_some() {
+        run.update(|r| r.held = None).await?;
     }
     Ok(passage)
 }
@@ -197,8 +184,7 @@ pub async fn pass(client: &Client, helm: &Helm, request: &Request) -> anyhow::Re
 async fn pass_gate(
     client: &Client,
     helm: &Helm,
-    records: &Records,
-    record: &RunRecord,
+    run: &Run,
     gate: &Gate,
     request: &Request,
     done: &mut Vec<String>,
@@ -212,7 +198,7 @@ async fn pass_gate(
             None => {
                 let ends = request.now + Duration::from_secs(seconds);
                 passage.soak_until = Some(ends.to_string());
-                record_passage(records, record, gate, &passage).await?;
+                record_passage(run, gate, &passage).await?;
                 ends
             }
         };
@@ -220,9 +206,9 @@ async fn pass_gate(
             return Ok(Wait::Soak(ends));
         }
         if !passage.reverified {
-            reverify(client, helm, record, gate, request).await?;
+            reverify(client, helm, run, gate, request).await?;
             passage.reverified = true;
-            record_passage(records, record, gate, &passage).await?;
+            record_passage(run, gate, &passage).await?;
             done.push(format!(
                 "gate after {}: {} node(s) passed their verification after the soak",
                 gate.after,
@@ -231,9 +217,9 @@ async fn pass_gate(
         }
     }
     if gate.query && !passage.queried {
-        ask_prometheus(client, helm, record, gate, request, done).await?;
+        ask_prometheus(client, helm, run, gate, request, done).await?;
         passage.queried = true;
-        record_passage(records, record, gate, &passage).await?;
+        record_passage(run, gate, &passage).await?;
     }
     if gate.approval && passage.approved.is_none() {
         if request.resumed_from != Some(Waiting::Approval) {
@@ -241,7 +227,7 @@ async fn pass_gate(
         }
         // The workflow's approval step ended: a person resumed it.
         passage.approved = Some(format!("resumed at {}", request.now));
-        record_passage(records, record, gate, &passage).await?;
+        record_passage(run, gate, &passage).await?;
         done.push(format!("gate after {}: approved", gate.after));
     }
     Ok(Wait::Nothing)
@@ -366,7 +352,7 @@ async fn ask_prometheus(
 async fn roll_back_and_fail(
     client: &Client,
     helm: &Helm,
-    record: &RunRecord,
+    run: &RunRecord,
     request: &Request,
     nodes: &[String],
     reason: String,
@@ -379,7 +365,7 @@ async fn roll_back_and_fail(
             nodes: nodes.to_vec(),
             reason: Some(reason.clone()),
             release: request.release.clone(),
-            run_id: Some(record.run_id.clone()),
+            run_id: Some(run.run_id.clone()),
             settings: request.rollback.clone(),
             fails_run: true,
         },
@@ -398,15 +384,14 @@ async fn roll_back_and_fail(
     ))
     .hint(format!(
         "{look} and `klm status --run-id {}`; fix the cause, then start a new run: nodes completed by this run are skipped",
-        record.run_id
+        run.run_id
     ))
     .into()
 }
 
 /// Records the run as held before the request's wave, for `wait`.
 async fn hold(
-    records: &Records,
-    record: &RunRecord,
+    run: &Run,
     request: &Request,
     wait: Wait,
     mut passage: Passage,
@@ -414,8 +399,8 @@ async fn hold(
     let (waiting_for, until) = wait
         .held_for()
         .expect("a wave that waits for nothing is not held");
-    let approve_with = (waiting_for == Waiting::Approval).then(|| request.approver.command(record));
-    let since = match &record.held {
+    let approve_with = (waiting_for == Waiting::Approval).then(|| request.approver.command(run));
+    let since = match &run.held {
         Some(h) if h.wave == request.wave as usize && h.waiting_for == waiting_for => {
             h.since.clone()
         }
@@ -429,34 +414,28 @@ async fn hold(
         approve_with,
     };
     passage.held = Some(held.to_string());
-    records
-        .update(&record.release, &record.run_id, |r| {
-            r.held = Some(held.clone())
-        })
-        .await?;
+    run.update(|r| r.held = Some(held.clone())).await?;
     passage.wait = wait;
     Ok(passage)
 }
 
 /// Writes how far the run got through `gate`.
 async fn record_passage(
-    records: &Records,
-    record: &RunRecord,
+    run: &Run,
     gate: &Gate,
     passage: &crate::schedule::gates::Passage,
 ) -> anyhow::Result<()> {
-    records
-        .update(&record.release, &record.run_id, |r| {
-            if let Some(g) = r
-                .plan
-                .gates
-                .iter_mut()
-                .find(|g| g.before_wave == gate.before_wave)
-            {
-                g.passage = passage.clone();
-            }
-        })
-        .await?;
+    run.update(|r| {
+        if let Some(g) = r
+            .plan
+            .gates
+            .iter_mut()
+            .find(|g| g.before_wave == gate.before_wave)
+        {
+            g.passage = passage.clone();
+        }
+    })
+    .await?;
     Ok(())
 }
 
@@ -512,23 +491,22 @@ pub async fn approve(
     run_id: Option<&str>,
     by: &str,
 ) -> anyhow::Result<String> {
-    let records = Records::new(client, &release.namespace);
-    let record = records.resolve(&release.name, run_id).await?;
-    let held = record
+    let run = Run::recorded(client, release, run_id).await?;
+    let held = run
         .held
         .as_ref()
-        .filter(|h| h.waiting_for == Waiting::Approval && !record.state.is_closed());
+        .filter(|h| h.waiting_for == Waiting::Approval && !run.state.is_closed());
     let Some(held) = held else {
-        let now = match (&record.held, record.state.is_closed()) {
-            (_, true) => format!("it is {:?}", record.state).to_lowercase(),
+        let now = match (&run.held, run.state.is_closed()) {
+            (_, true) => format!("it is {:?}", run.state).to_lowercase(),
             (Some(h), false) => h.to_string(),
             (None, false) => "it is not held".to_string(),
         };
         return Err(UserError::precondition(format!(
             "run {} waits for no approval: {now}",
-            record.run_id
+            run.run_id
         ))
-        .hint(format!("see `klm status --run-id {}`", record.run_id))
+        .hint(format!("see `klm status --run-id {}`", run.run_id))
         .into());
     };
     if let Some(command) = held
@@ -538,23 +516,22 @@ pub async fn approve(
     {
         return Err(UserError::precondition(format!(
             "run {} is held by its workflow, which a person resumes itself",
-            record.run_id
+            run.run_id
         ))
         .hint(format!("run: {command}"))
         .into());
     }
     let wave = held.wave;
     let approval = format!("by {by} at {}", now());
-    records
-        .update(&record.release, &record.run_id, |r| {
-            if let Some(g) = r.plan.gates.iter_mut().find(|g| g.before_wave == wave) {
-                g.passage.approved = Some(approval.clone());
-            }
-        })
-        .await?;
+    run.update(|r| {
+        if let Some(g) = r.plan.gates.iter_mut().find(|g| g.before_wave == wave) {
+            g.passage.approved = Some(approval.clone());
+        }
+    })
+    .await?;
     Ok(format!(
         "run {}: wave {wave} approved {approval}",
-        record.run_id
+        run.run_id
     ))
 }
 

@@ -11,8 +11,8 @@ use crate::error::UserError;
 use crate::helm::Helm;
 use crate::output::Report;
 use crate::release::{ReleaseRef, Upgrade, Values};
-use crate::run_record::{NodeProgress, Records};
-use crate::run_rules;
+use crate::run::Run;
+use crate::run_record::NodeProgress;
 use crate::run_values;
 use crate::versions::{self, DeploymentMode, ModeChoice};
 
@@ -178,14 +178,12 @@ impl Report for Upgraded {
 /// run's mechanics and the nodes it upgraded; a step the run already did is
 /// reported done, changing nothing.
 pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Upgraded> {
-    let records = Records::new(client, &request.release.namespace);
-    let record =
-        run_rules::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
-    let target = run_rules::run_target(&record, request.target.as_ref())?;
-    let mode = run_rules::mode_of_run(request.mode, &record)?;
+    let run = Run::active(client, &request.release, request.run_id.as_deref()).await?;
+    let target = run.target(request.target.as_ref())?;
+    let mode = run.mode(request.mode)?;
     let stage = request.stage.unwrap_or(Stage::of(mode));
     let wave: Vec<String> = match request.wave {
-        Some(index) => run_rules::wave_of(&record, index)?.to_vec(),
+        Some(index) => run.wave(index)?.to_vec(),
         None => request.nodes.clone().unwrap_or_default(),
     };
     check_scope(mode, stage, &wave)?;
@@ -205,15 +203,13 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
         marked: Vec::new(),
     };
     let own_dispatcher = mode == DeploymentMode::Job
-        && versions::runs_own_dispatcher(&versions::parse(&record.before.chart_version)?, &target);
+        && versions::runs_own_dispatcher(&versions::parse(&run.before.chart_version)?, &target);
     if own_dispatcher {
         return match stage {
             Stage::BeforeWaves => {
-                move_without_hooks(client, helm, &records, &record, request, &release, report).await
+                move_without_hooks(client, helm, &run, request, &release, report).await
             }
-            Stage::Wave => {
-                dispatch_wave(client, helm, &records, &record, request, &wave, report).await
-            }
+            Stage::Wave => dispatch_wave(client, helm, &run, request, &wave, report).await,
         };
     }
     if stage != Stage::of(mode) {
@@ -225,17 +221,17 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
             // A run whose plan has no node changes nothing: an upgraded
             // template would reach any node whose kata-deploy pod restarts,
             // unverified.
-            if planned_nothing(&record) {
+            if planned_nothing(&run) {
                 report.outcome = Outcome::NothingSelected;
                 return Ok(report);
             }
             if release.chart_version == target.to_string()
                 && run_values::is_on_delete(&release.user_values)
-                && release.revision > record.before.revision
+                && release.revision > run.before.revision
             {
                 // A retried step still labels what it did not get to.
                 report.marked =
-                    crate::nodes::marks::keep_schedulable(client, &records, &record, &release)
+                    crate::nodes::marks::keep_schedulable(client, run.records(), &run, &release)
                         .await?;
                 report.outcome = Outcome::AlreadyDone;
                 return Ok(report);
@@ -244,21 +240,18 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
         }
         DeploymentMode::Job => {
             let coalesced = reference.coalesced_values(helm).await?;
-            let done = wave_upgraded(&record, &wave);
+            let done = wave_upgraded(&run, &wave);
             if done
                 && release.chart_version == target.to_string()
                 && run_values::is_scoped_to(&coalesced, &wave)
             {
                 report.outcome = Outcome::AlreadyDone;
-                report.wave_started_at = record.wave_started_at.clone();
+                report.wave_started_at = run.wave_started_at.clone();
                 return Ok(report);
             }
             crate::kata_deploy::clear_finished_install_jobs(client, reference, &wave).await?;
             let started = crate::run_record::now();
-            records
-                .update(&record.release, &record.run_id, |r| {
-                    r.wave_started_at = Some(started.clone())
-                })
+            run.update(|r| r.wave_started_at = Some(started.clone()))
                 .await?;
             report.wave_started_at = Some(started);
             run_values::job_wave(&wave, &coalesced)
@@ -269,7 +262,7 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
         chart: request.chart.clone(),
         version: target.to_string(),
         values: Values::ResetThenReuse,
-        set: record
+        set: run
             .chart_values
             .iter()
             .chain(&request.set)
@@ -287,18 +280,17 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
     if mode == DeploymentMode::Daemonset {
         let upgraded = reference.load(helm).await?;
         report.marked =
-            crate::nodes::marks::keep_schedulable(client, &records, &record, &upgraded).await?;
+            crate::nodes::marks::keep_schedulable(client, run.records(), &run, &upgraded).await?;
     }
-    records
-        .update(&record.release, &record.run_id, |r| {
-            for (key, value) in &mechanics {
-                r.mechanics.insert(key.clone(), value.clone());
-            }
-            for node in &wave {
-                r.nodes.insert(node.clone(), NodeProgress::Upgraded);
-            }
-        })
-        .await?;
+    run.update(|r| {
+        for (key, value) in &mechanics {
+            r.mechanics.insert(key.clone(), value.clone());
+        }
+        for node in &wave {
+            r.nodes.insert(node.clone(), NodeProgress::Upgraded);
+        }
+    })
+    .await?;
     Ok(report)
 }
 
@@ -310,25 +302,24 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
 async fn move_without_hooks(
     client: &Client,
     helm: &Helm,
-    records: &Records,
-    record: &crate::run_record::RunRecord,
+    run: &Run,
     request: &Request,
     release: &crate::release::Release,
     mut report: Upgraded,
 ) -> anyhow::Result<Upgraded> {
-    if planned_nothing(record) {
+    if planned_nothing(run) {
         report.outcome = Outcome::NothingSelected;
         return Ok(report);
     }
-    let target = record.target_version.to_string();
-    if release.chart_version == target && release.revision > record.before.revision {
+    let target = run.target_version.to_string();
+    if release.chart_version == target && release.revision > run.before.revision {
         report.outcome = Outcome::AlreadyDone;
     } else {
         let upgrade = Upgrade {
             chart: request.chart.clone(),
             version: target.clone(),
             values: Values::ResetThenReuse,
-            set: record
+            set: run
                 .chart_values
                 .iter()
                 .chain(&request.set)
@@ -340,14 +331,14 @@ async fn move_without_hooks(
             no_hooks: true,
             description: Some(format!(
                 "kata-lifecycle-manager: run {}: release at {target}; nodes follow wave by wave {}",
-                record.run_id,
+                run.run_id,
                 crate::release::HOOKS_NOT_RUN
             )),
         };
         release.upgrade(helm, &upgrade).await?;
     }
     let moved = request.release.load(helm).await?;
-    crate::dispatch::suspend_reconcilers(client, records, record, &moved).await?;
+    crate::dispatch::suspend_reconcilers(client, run.records(), run, &moved).await?;
     Ok(report)
 }
 
@@ -357,14 +348,13 @@ async fn move_without_hooks(
 async fn dispatch_wave(
     client: &Client,
     helm: &Helm,
-    records: &Records,
-    record: &crate::run_record::RunRecord,
+    run: &Run,
     request: &Request,
     wave: &[String],
     mut report: Upgraded,
 ) -> anyhow::Result<Upgraded> {
     let release = request.release.load(helm).await?;
-    let target = record.target_version.to_string();
+    let target = run.target_version.to_string();
     if release.chart_version != target {
         return Err(UserError::precondition(format!(
             "release {} is at {}, not the run's {target}: the release moves before the waves",
@@ -372,14 +362,14 @@ async fn dispatch_wave(
         ))
         .hint(format!(
             "run `klm helm-upgrade --stage before-waves --run-id {}` first",
-            record.run_id
+            run.run_id
         ))
         .into());
     }
-    let done = wave_upgraded(record, wave);
+    let done = wave_upgraded(run, wave);
     if done {
         report.outcome = Outcome::AlreadyDone;
-        report.wave_started_at = record.wave_started_at.clone();
+        report.wave_started_at = run.wave_started_at.clone();
         return Ok(report);
     }
     let dispatcher = crate::dispatch::Dispatcher::find(
@@ -393,10 +383,7 @@ async fn dispatch_wave(
         release.revision,
     )?;
     let started = crate::run_record::now();
-    records
-        .update(&record.release, &record.run_id, |r| {
-            r.wave_started_at = Some(started.clone())
-        })
+    run.update(|r| r.wave_started_at = Some(started.clone()))
         .await?;
     report.wave_started_at = Some(started);
     let key = match request.wave {
@@ -407,19 +394,18 @@ async fn dispatch_wave(
         client,
         &request.release,
         &dispatcher,
-        &record.run_id,
+        &run.run_id,
         &key,
         wave,
         request.helm_timeout,
     )
     .await?;
-    records
-        .update(&record.release, &record.run_id, |r| {
-            for node in wave {
-                r.nodes.insert(node.clone(), NodeProgress::Upgraded);
-            }
-        })
-        .await?;
+    run.update(|r| {
+        for node in wave {
+            r.nodes.insert(node.clone(), NodeProgress::Upgraded);
+        }
+    })
+    .await?;
     Ok(report)
 }
 

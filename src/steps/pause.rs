@@ -10,7 +10,8 @@ use kube::Client;
 
 use crate::error::UserError;
 use crate::release::ReleaseRef;
-use crate::run_record::{self, Intervention, Records};
+use crate::run::Run;
+use crate::run_record::{self, Intervention};
 
 /// The driver `klm upgrade` records: the runs these commands act on.
 pub const DRIVER: &str = "klm upgrade";
@@ -64,66 +65,58 @@ pub async fn act(
     action: Action,
     by: &str,
 ) -> anyhow::Result<String> {
-    let records = Records::new(client, &release.namespace);
-    let record = records.resolve(&release.name, run_id).await?;
-    if record.state.is_closed() {
+    let run = Run::recorded(client, release, run_id).await?;
+    if run.state.is_closed() {
         return Err(UserError::precondition(format!(
             "run {} is {}: there is nothing to {}",
-            record.run_id,
-            format!("{:?}", record.state).to_lowercase(),
+            run.run_id,
+            format!("{:?}", run.state).to_lowercase(),
             action.word()
         ))
-        .hint(format!("see `klm status --run-id {}`", record.run_id))
+        .hint(format!("see `klm status --run-id {}`", run.run_id))
         .into());
     }
-    if record.driver.as_deref() != Some(DRIVER) {
+    if run.driver.as_deref() != Some(DRIVER) {
         return Err(UserError::precondition(format!(
             "run {} is driven by its workflow, which Argo pauses, resumes and stops",
-            record.run_id
+            run.run_id
         ))
         .hint(format!(
             "run: {} (stopping runs the exit handler, which ends the run as klm abort would)",
-            action.argo(&record.run_id)
+            action.argo(&run.run_id)
         ))
         .into());
     }
     let done_already = match action {
-        Action::Pause => record
-            .paused
-            .as_ref()
-            .map(|p| format!("already paused {p}")),
-        Action::Resume if record.paused.is_none() => Some("not paused".to_string()),
+        Action::Pause => run.paused.as_ref().map(|p| format!("already paused {p}")),
+        Action::Resume if run.paused.is_none() => Some("not paused".to_string()),
         Action::Resume => None,
-        Action::Abort => record
-            .aborted
-            .as_ref()
-            .map(|a| format!("already aborted {a}")),
+        Action::Abort => run.aborted.as_ref().map(|a| format!("already aborted {a}")),
     };
     if let Some(already) = done_already {
-        return Ok(format!("run {}: {already}", record.run_id));
+        return Ok(format!("run {}: {already}", run.run_id));
     }
     let intervention = Intervention {
         by: by.to_string(),
         at: run_record::now(),
     };
-    records
-        .update(&record.release, &record.run_id, |r| match action {
-            Action::Pause => r.paused = Some(intervention.clone()),
-            Action::Resume => r.paused = None,
-            Action::Abort => r.aborted = Some(intervention.clone()),
-        })
-        .await?;
+    run.update(|r| match action {
+        Action::Pause => r.paused = Some(intervention.clone()),
+        Action::Resume => r.paused = None,
+        Action::Abort => r.aborted = Some(intervention.clone()),
+    })
+    .await?;
     let then = match action {
         Action::Pause => format!(
             ": no new wave starts until `klm resume --run-id {}`",
-            record.run_id
+            run.run_id
         ),
         Action::Resume => String::new(),
         Action::Abort => ": it ends as the exit handler ends a run (what is in flight is rolled back, held nodes released)".into(),
     };
     Ok(format!(
         "run {} {} {intervention}{then}",
-        record.run_id,
+        run.run_id,
         action.verb()
     ))
 }

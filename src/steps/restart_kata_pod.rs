@@ -18,8 +18,8 @@ use crate::kata_deploy::{self, Installed, KataDaemonSet, Restarted};
 use crate::nodes::{NodeFailure, hold};
 use crate::output::Report;
 use crate::release::ReleaseRef;
-use crate::run_record::{NodeProgress, Records};
-use crate::run_rules;
+use crate::run::Run;
+use crate::run_record::NodeProgress;
 use crate::steps::helm_upgrade::{self, Stage};
 use crate::versions::{DeploymentMode, ModeChoice};
 
@@ -119,15 +119,10 @@ impl Restart {
 /// upgraded. Nodes that did not are in the report (see [`Restart::outcome`]).
 pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Restart> {
     let names = &request.nodes;
-    let records = Records::new(client, &request.release.namespace);
-    let record =
-        run_rules::active_run(&records, &request.release.name, request.run_id.as_deref()).await?;
-    let mode = run_rules::mode_of_run(request.mode, &record)?;
-    let release_id = record.release_id();
-    let holder = hold::Holder {
-        run_id: &record.run_id,
-        release: &release_id,
-    };
+    let run = Run::active(client, &request.release, request.run_id.as_deref()).await?;
+    let mode = run.mode(request.mode)?;
+    let release_id = run.release_id();
+    let holder = run.holder();
     let nodes_api: Api<Node> = Api::all(client.clone());
     try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     let mut report = Restart::default();
@@ -162,7 +157,7 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
             }
             let wave = helm_upgrade::Request {
                 release: request.release.clone(),
-                run_id: Some(record.run_id.clone()),
+                run_id: Some(run.run_id.clone()),
                 target: None,
                 mode: ModeChoice::Job,
                 stage: Some(Stage::Wave),
@@ -196,15 +191,14 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
         .map(|r| r.node.clone())
         .chain(report.installed.iter().map(|i| i.node.clone()))
         .collect();
-    records
-        .update(&record.release, &record.run_id, |r| {
-            for node in &ok {
-                r.nodes.insert(node.clone(), NodeProgress::Upgraded);
-            }
-        })
-        .await?;
+    run.update(|r| {
+        for node in &ok {
+            r.nodes.insert(node.clone(), NodeProgress::Upgraded);
+        }
+    })
+    .await?;
     let version = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".into());
-    NodeEvents::new(client, &record.run_id, &release_id)
+    NodeEvents::new(client, &run.run_id, release_id)
         .record_each(
             report
                 .restarted

@@ -26,6 +26,7 @@ use crate::nodes::NodeFailure;
 use crate::nodes::hold::{self, Release as NodeRelease, Released};
 use crate::output::Report;
 use crate::release::{Release, ReleaseRef, Upgrade};
+use crate::run::Run;
 use crate::run_record::{NodeProgress, Records, RunRecord, RunState};
 use crate::run_values::{self, SCOPE_KEYS};
 use crate::verification::Pods;
@@ -168,10 +169,7 @@ pub async fn roll_back(
     request: &Request,
 ) -> anyhow::Result<RolledBack> {
     let names = &request.nodes;
-    let records = Records::new(client, &request.release.namespace);
-    let record = records
-        .resolve(&request.release.name, request.run_id.as_deref())
-        .await?;
+    let run = Run::recorded(client, &request.release, request.run_id.as_deref()).await?;
     let nodes_api: Api<Node> = Api::all(client.clone());
     let nodes: Vec<Node> = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     // No dry run of the verification pod here: what the new version broke
@@ -181,37 +179,43 @@ pub async fn roll_back(
     if release.status.starts_with("pending-") {
         release.ensure_deployed()?;
     }
-    let before = versions::parse(&record.before.chart_version)?;
+    let before = versions::parse(&run.before.chart_version)?;
 
-    let release_id = record.release_id();
-    refuse_untouched(&record, &nodes)?;
+    let release_id = run.release_id();
+    refuse_untouched(&run, &nodes)?;
     // A node in service (the rollback-node entrypoint, a rollback by hand)
     // is cordoned for its rollback and released only once it is back.
     for node in names {
-        hold::hold_for_rollback(client, node, &record.run_id, &release_id).await?;
+        hold::hold_for_rollback(client, node, &run.run_id, release_id).await?;
     }
-    let holder = hold::Holder {
-        run_id: &record.run_id,
-        release: &release_id,
-    };
+    let holder = run.holder();
     for node in names {
         hold::advance(client, node, Some(holder), NodeStatus::RollingBack).await?;
     }
     let mut report = RolledBack {
-        run_id: record.run_id.clone(),
+        run_id: run.run_id.clone(),
         version: before.to_string(),
         node_versions: names
             .iter()
-            .map(|n| (n.clone(), record.version_before(n).to_string()))
+            .map(|n| (n.clone(), run.version_before(n).to_string()))
             .collect(),
         ..Default::default()
     };
-    let reverted = match record.mode {
+    let reverted = match run.mode {
         DeploymentMode::Daemonset => {
-            revert_daemonset(client, helm, &record, names, request, &mut report).await
+            revert_daemonset(client, helm, &run, names, request, &mut report).await
         }
         DeploymentMode::Job => {
-            revert_job(client, helm, &record, &records, names, request, &mut report).await
+            revert_job(
+                client,
+                helm,
+                &run,
+                run.records(),
+                names,
+                request,
+                &mut report,
+            )
+            .await
         }
     };
     let reason = request
@@ -246,14 +250,11 @@ pub async fn roll_back(
                 &format!("verification after rollback could not run: {err}"),
             )
         };
-        let failures = match again
-            .pods
-            .assign(&coming_back, record.pool_label.as_deref())
-        {
+        let failures = match again.pods.assign(&coming_back, run.pool_label.as_deref()) {
             Ok(assigned) => crate::verification::run::reverify(
                 client,
                 &assigned,
-                &record.run_id,
+                &run.run_id,
                 again.timeout,
                 again.keep_failed,
             )
@@ -274,7 +275,7 @@ pub async fn roll_back(
             status: Some(NodeStatus::RolledBack),
             // Verified again at the version before the run, or unverified.
             version: if report.reverified {
-                hold::VersionMark::Verified(record.version_before(n).to_string())
+                hold::VersionMark::Verified(run.version_before(n).to_string())
             } else {
                 hold::VersionMark::Clear
             },
@@ -286,11 +287,11 @@ pub async fn roll_back(
     }))
     .await?;
     report.nodes = released.into_iter().flatten().collect();
-    NodeEvents::new(client, &record.run_id, &release_id)
+    NodeEvents::new(client, &run.run_id, release_id)
         .record_each(
             back.iter()
                 .map(|n| {
-                    let version = record.version_before(n).to_string();
+                    let version = run.version_before(n).to_string();
                     (n.clone(), NodeEvent::RolledBack { version })
                 })
                 .chain(report.failed.iter().map(|f| {
@@ -300,20 +301,19 @@ pub async fn roll_back(
         )
         .await;
     let failed_nodes: Vec<String> = report.failed.iter().map(|f| f.node.clone()).collect();
-    records
-        .update(&record.release, &record.run_id, |r| {
-            for node in &back {
-                r.nodes.insert(node.clone(), NodeProgress::RolledBack);
-            }
-            for node in &failed_nodes {
-                r.nodes.insert(node.clone(), NodeProgress::Failed);
-            }
-            if r.state == RunState::Running && request.fails_run {
-                r.state = RunState::Failed;
-                r.failure = Some(reason.clone());
-            }
-        })
-        .await?;
+    run.update(|r| {
+        for node in &back {
+            r.nodes.insert(node.clone(), NodeProgress::RolledBack);
+        }
+        for node in &failed_nodes {
+            r.nodes.insert(node.clone(), NodeProgress::Failed);
+        }
+        if r.state == RunState::Running && request.fails_run {
+            r.state = RunState::Failed;
+            r.failure = Some(reason.clone());
+        }
+    })
+    .await?;
     Ok(report)
 }
 

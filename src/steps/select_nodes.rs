@@ -2,7 +2,7 @@
 //! nodes (by the selection criteria, or those that run the release's
 //! kata-deploy), less those already completed, in which order and waves.
 
-use crate::run_rules;
+use crate::run::Run;
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
@@ -595,21 +595,19 @@ pub async fn plan_run(
         selection.policy = format!("{}, {gates}", selection.policy);
     }
     if let Some(run_id) = request.run_id {
-        let records = crate::run_record::Records::new(client, &request.release.namespace);
-        let record = run_rules::active_run(&records, &request.release.name, Some(run_id)).await?;
+        let run = Run::active(client, request.release, Some(run_id)).await?;
         let planned: Vec<Vec<String>> = selection.waves.iter().map(|w| w.nodes.clone()).collect();
-        records
-            .update(&record.release, &record.run_id, |r| {
-                r.plan.replan(crate::run_record::RunPlan {
-                    waves: Some(planned.clone()),
-                    max_unavailable: selection.max_unavailable,
-                    max_failed_nodes: selection.max_failed_nodes,
-                    gates: selection.gates.clone(),
-                    metric_query: request.schedule.gates.query.clone(),
-                    window: selection.window.clone(),
-                })
+        run.update(|r| {
+            r.plan.replan(crate::run_record::RunPlan {
+                waves: Some(planned.clone()),
+                max_unavailable: selection.max_unavailable,
+                max_failed_nodes: selection.max_failed_nodes,
+                gates: selection.gates.clone(),
+                metric_query: request.schedule.gates.query.clone(),
+                window: selection.window.clone(),
             })
-            .await?;
+        })
+        .await?;
     }
     Ok(selection)
 }

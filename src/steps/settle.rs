@@ -16,8 +16,8 @@ use crate::events::{NodeEvent, NodeEvents};
 use crate::helm::Helm;
 use crate::nodes;
 use crate::release::ReleaseRef;
-use crate::run_record::{NodeProgress, Records, RunRecord};
-use crate::run_rules;
+use crate::run::Run;
+use crate::run_record::{NodeProgress, RunRecord};
 use crate::steps::complete::{self, Completed};
 use crate::steps::helm_upgrade::{self, Stage};
 use crate::steps::rollback::{self, RolledBack};
@@ -192,36 +192,33 @@ impl Settled {
 /// Settles the request's wave: completes its nodes, or rolls back those the
 /// run touched (a wave refused at its first step changed nothing).
 pub async fn settle(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Settled> {
-    let records = Records::new(client, &request.release.namespace);
-    let record = records
-        .resolve(&request.release.name, request.run_id.as_deref())
-        .await?;
-    let nodes = run_rules::wave_of(&record, request.wave)?.to_vec();
+    let run = Run::recorded(client, &request.release, request.run_id.as_deref()).await?;
+    let nodes = run.wave(request.wave)?.to_vec();
     let Some(ended) = &request.failure else {
-        let report = complete_nodes(client, helm, request, &record, nodes).await?;
+        let report = complete_nodes(client, helm, request, &run, nodes).await?;
         return Ok(Settled::Completed(report));
     };
     let failure = format!(
         "wave {} ({}) {ended} (run {})",
         request.wave,
         nodes.join(","),
-        record.run_id
+        run.run_id
     );
-    if let Some(budget) = Budget::of(&record, &nodes) {
-        return settle_within_budget(client, helm, request, &record, budget, failure).await;
+    if let Some(budget) = Budget::of(&run, &nodes) {
+        return settle_within_budget(client, helm, request, &run, budget, failure).await;
     }
     let touched: Vec<String> = nodes
         .iter()
-        .filter(|n| record.nodes.contains_key(*n))
+        .filter(|n| run.nodes.contains_key(*n))
         .cloned()
         .collect();
     if touched.is_empty() {
         return Ok(Settled::Untouched {
             failure,
-            run_id: record.run_id,
+            run_id: run.run_id.clone(),
         });
     }
-    let report = roll_back_nodes(client, helm, request, &record, &touched, &failure, true).await?;
+    let report = roll_back_nodes(client, helm, request, &run, &touched, &failure, true).await?;
     Ok(Settled::RolledBack {
         report,
         failure,
@@ -294,19 +291,17 @@ async fn settle_within_budget(
     client: &Client,
     helm: &Helm,
     request: &Request,
-    record: &RunRecord,
+    run: &Run,
     budget: Budget,
     failure: String,
 ) -> anyhow::Result<Settled> {
-    let records = Records::new(client, &request.release.namespace);
-    records
-        .update(&record.release, &record.run_id, |r| {
-            for node in &budget.failed {
-                r.failed_nodes.insert(node.clone(), failure.clone());
-            }
-        })
-        .await?;
-    NodeEvents::new(client, &record.run_id, &record.release_id())
+    run.update(|r| {
+        for node in &budget.failed {
+            r.failed_nodes.insert(node.clone(), failure.clone());
+        }
+    })
+    .await?;
+    NodeEvents::new(client, &run.run_id, run.release_id())
         .record_each(budget.failed.iter().map(|n| {
             let event = NodeEvent::FailedWithinBudget {
                 reason: failure.clone(),
@@ -318,9 +313,7 @@ async fn settle_within_budget(
         .await;
     let completed = match budget.verified.is_empty() {
         true => None,
-        false => {
-            Some(complete_nodes(client, helm, request, record, budget.verified.clone()).await?)
-        }
+        false => Some(complete_nodes(client, helm, request, run, budget.verified.clone()).await?),
     };
     let rolled_back = match budget.to_roll_back.is_empty() {
         true => None,
@@ -329,7 +322,7 @@ async fn settle_within_budget(
                 client,
                 helm,
                 request,
-                record,
+                run,
                 &budget.to_roll_back,
                 &failure,
                 false,
@@ -345,7 +338,7 @@ async fn settle_within_budget(
         helm,
         &helm_upgrade::Request {
             release: request.release.clone(),
-            run_id: Some(record.run_id.clone()),
+            run_id: Some(run.run_id.clone()),
             target: None,
             mode: ModeChoice::Auto,
             stage: Some(Stage::BeforeWaves),

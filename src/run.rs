@@ -1,16 +1,142 @@
-//! The rules a step's run sets: which run a mutating step may act in, and
-//! the flags that must agree with the run it belongs to (its mode, its
-//! target, its waves). Refusals are bad input or a precondition, before
-//! anything changes.
+//! A step's run: [`Run`], the run record as the step found it, the one door
+//! through which the step changes it, and the rules the run sets for the
+//! step: which run a mutating step may act in, and the flags that must
+//! agree with the run it belongs to (its mode, its target, its waves).
+//! Refusals are bad input or a precondition, before anything changes.
+
+use kube::Client;
+use semver::Version;
 
 use crate::error::UserError;
-use crate::run_record::{Records, RunRecord, RunState};
+use crate::nodes::hold::Holder;
+use crate::release::ReleaseRef;
+use crate::run_record::{RecordError, Records, RunRecord, RunState};
 use crate::versions::{DeploymentMode, ModeChoice};
-use semver::Version;
+
+/// A step's run: its record as read, and the records of its release's
+/// namespace to change it through. Steps take it by reference; the record
+/// reads through [`std::ops::Deref`].
+pub struct Run {
+    records: Records,
+    record: RunRecord,
+    release_id: String,
+}
+
+impl Run {
+    /// The named run (`--run-id`) or the release's latest, in whatever
+    /// state it is: for steps that finish, report or undo a run.
+    pub async fn recorded(
+        client: &Client,
+        release: &ReleaseRef,
+        run_id: Option<&str>,
+    ) -> Result<Run, RecordError> {
+        let records = Records::new(client, &release.namespace);
+        let record = records.resolve(&release.name, run_id).await?;
+        Ok(Run::of(records, record))
+    }
+
+    /// The run a mutating step belongs to ([`Run::recorded`]); refuses (a
+    /// precondition) to start work for a run that has already failed or was
+    /// interrupted.
+    pub async fn active(
+        client: &Client,
+        release: &ReleaseRef,
+        run_id: Option<&str>,
+    ) -> anyhow::Result<Run> {
+        let run = Run::recorded(client, release, run_id).await?;
+        refuse_stopped(&run.record)?;
+        Ok(run)
+    }
+
+    /// The run of a step that may also run by hand: the release's record
+    /// when it is the run named by `run_id`; None without a run id, without
+    /// a record, or when the record is another run's (a check by hand).
+    pub async fn optional(
+        client: &Client,
+        release: &ReleaseRef,
+        run_id: Option<&str>,
+    ) -> Result<Option<Run>, RecordError> {
+        let Some(wanted) = run_id else {
+            return Ok(None);
+        };
+        let records = Records::new(client, &release.namespace);
+        Ok(match records.load(&release.name).await? {
+            Some((record, _)) if record.run_id == wanted => Some(Run::of(records, record)),
+            _ => None,
+        })
+    }
+
+    fn of(records: Records, record: RunRecord) -> Run {
+        let release_id = record.release_id();
+        Run {
+            records,
+            record,
+            release_id,
+        }
+    }
+
+    /// The run record as the step read it.
+    pub fn record(&self) -> &RunRecord {
+        &self.record
+    }
+
+    /// The records of the run's namespace.
+    pub fn records(&self) -> &Records {
+        &self.records
+    }
+
+    /// The run's release, `namespace/name`.
+    pub fn release_id(&self) -> &str {
+        &self.release_id
+    }
+
+    /// The run as the nodes it holds name it.
+    pub fn holder(&self) -> Holder<'_> {
+        Holder {
+            run_id: &self.record.run_id,
+            release: &self.release_id,
+        }
+    }
+
+    /// Changes the run's record with `change` (retried on concurrent
+    /// writes; refused when another run replaced it) and returns it as
+    /// written.
+    pub async fn update(
+        &self,
+        change: impl FnMut(&mut RunRecord),
+    ) -> Result<RunRecord, RecordError> {
+        self.records
+            .update(&self.record.release, &self.record.run_id, change)
+            .await
+    }
+
+    /// The mode of this step: the run's ([`mode_of_run`]).
+    pub fn mode(&self, choice: ModeChoice) -> Result<DeploymentMode, UserError> {
+        mode_of_run(choice, &self.record)
+    }
+
+    /// Wave `index` of the run's recorded plan ([`wave_of`]).
+    pub fn wave(&self, index: u32) -> Result<&[String], UserError> {
+        wave_of(&self.record, index)
+    }
+
+    /// The version the step acts at ([`run_target`]).
+    pub fn target(&self, given: Option<&Version>) -> Result<Version, UserError> {
+        run_target(&self.record, given)
+    }
+}
+
+impl std::ops::Deref for Run {
+    type Target = RunRecord;
+
+    fn deref(&self) -> &RunRecord {
+        &self.record
+    }
+}
 
 /// The mode of this step: the run's; an explicit `--deployment-mode` must
 /// agree with it (bad input otherwise).
-pub fn mode_of_run(choice: ModeChoice, record: &RunRecord) -> Result<DeploymentMode, UserError> {
+fn mode_of_run(choice: ModeChoice, record: &RunRecord) -> Result<DeploymentMode, UserError> {
     match choice.explicit() {
         Some(mode) if mode != record.mode => Err(UserError::bad_input(format!(
             "--deployment-mode {mode} differs from run {}'s mode {}",
@@ -21,15 +147,9 @@ pub fn mode_of_run(choice: ModeChoice, record: &RunRecord) -> Result<DeploymentM
     }
 }
 
-/// The run a mutating step belongs to: the named run (`--run-id`) or the
-/// release's latest; refuses (a precondition) to start work for a run that
-/// has already failed or was interrupted.
-pub async fn active_run(
-    records: &Records,
-    release: &str,
-    run_id: Option<&str>,
-) -> anyhow::Result<RunRecord> {
-    let record = records.resolve(release, run_id).await?;
+/// Refuses (a precondition) to start work for a run that has already
+/// failed or was interrupted.
+fn refuse_stopped(record: &RunRecord) -> Result<(), UserError> {
     if matches!(record.state, RunState::Failed | RunState::Interrupted) {
         let how = if record.state == RunState::Failed {
             "failed"
@@ -41,14 +161,13 @@ pub async fn active_run(
             record.run_id,
             record.failure.as_deref().unwrap_or("see its rollback")
         ))
-        .hint("inspect `klm status`, fix the cause, then start a new run")
-        .into());
+        .hint("inspect `klm status`, fix the cause, then start a new run"));
     }
-    Ok(record)
+    Ok(())
 }
 
 /// Wave `index` of the run's recorded plan.
-pub fn wave_of(record: &RunRecord, index: u32) -> Result<&[String], UserError> {
+fn wave_of(record: &RunRecord, index: u32) -> Result<&[String], UserError> {
     if record.plan.waves.as_ref().is_none_or(|w| w.is_empty()) {
         return Err(UserError::precondition(format!(
             "run {} has no recorded plan, so it has no wave {index}",
@@ -73,7 +192,7 @@ pub fn wave_of(record: &RunRecord, index: u32) -> Result<&[String], UserError> {
 /// check-prerequisites recorded it. A `--target-version` given anyway must be
 /// that one (bad input, nothing changed, otherwise): the one place where a
 /// step's flag is compared with its run.
-pub fn run_target(record: &RunRecord, given: Option<&Version>) -> Result<Version, UserError> {
+fn run_target(record: &RunRecord, given: Option<&Version>) -> Result<Version, UserError> {
     match given {
         Some(given) if *given != record.target_version => Err(UserError::bad_input(format!(
             "--target-version {given} differs from run {}'s target {}",
