@@ -464,19 +464,9 @@ pub async fn drain_nodes(
     let scope = Scope::resolve(request.scope, helm, &request.release).await?;
     let nodes_api = Api::all(client.clone());
     try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
-    let latest = match &request.run_id {
-        Some(_) => crate::run_record::Records::new(client, &request.release.namespace)
-            .load(&request.release.name)
-            .await?
-            .map(|(record, _)| record),
-        None => None,
-    };
-    let run = crate::run_record::named_run(latest.as_ref(), request.run_id.as_deref());
-    let release_id = run.map(|r| r.release_id()).unwrap_or_default();
-    let holder = run.map(|r| hold::Holder {
-        run_id: &r.run_id,
-        release: &release_id,
-    });
+    let run =
+        crate::run::Run::optional(client, &request.release, request.run_id.as_deref()).await?;
+    let holder = run.as_ref().map(crate::run::Run::holder);
     for node in &request.nodes {
         hold::advance(client, node, holder, NodeStatus::Draining).await?;
     }

@@ -239,29 +239,7 @@ pub async fn roll_back(
     if let Some(again) = &request.settings.reverify
         && !back.is_empty()
     {
-        let coming_back: Vec<Node> = nodes
-            .iter()
-            .filter(|n| back.iter().any(|b| Some(b) == n.metadata.name.as_ref()))
-            .cloned()
-            .collect();
-        let could_not_run = |err: &dyn std::fmt::Display| {
-            NodeFailure::each(
-                &back,
-                &format!("verification after rollback could not run: {err}"),
-            )
-        };
-        let failures = match again.pods.assign(&coming_back, run.pool_label.as_deref()) {
-            Ok(assigned) => crate::verification::run::reverify(
-                client,
-                &assigned,
-                &run.run_id,
-                again.timeout,
-                again.keep_failed,
-            )
-            .await
-            .unwrap_or_else(|err| could_not_run(&err)),
-            Err(err) => could_not_run(&err),
-        };
+        let failures = reverify(client, &run, &nodes, &back, again).await;
         report.reverified = true;
         back.retain(|n| !failures.iter().any(|f| &f.node == n));
         report.failed.extend(failures);
@@ -319,6 +297,41 @@ pub async fn roll_back(
 
 /// Refuses (a precondition, before anything changes) nodes the run never
 /// touched: it has nothing of its own to undo there, and no version of
+/// Verifies the nodes coming `back` again at the version before the run;
+/// the failures (each node's, or every node's when the verification could
+/// not run).
+async fn reverify(
+    client: &Client,
+    run: &Run,
+    nodes: &[Node],
+    back: &[String],
+    again: &Reverify,
+) -> Vec<NodeFailure> {
+    let coming_back: Vec<Node> = nodes
+        .iter()
+        .filter(|n| back.iter().any(|b| Some(b) == n.metadata.name.as_ref()))
+        .cloned()
+        .collect();
+    let could_not_run = |err: &dyn std::fmt::Display| {
+        NodeFailure::each(
+            back,
+            &format!("verification after rollback could not run: {err}"),
+        )
+    };
+    match again.pods.assign(&coming_back, run.pool_label.as_deref()) {
+        Ok(assigned) => crate::verification::run::reverify(
+            client,
+            &assigned,
+            &run.run_id,
+            again.timeout,
+            again.keep_failed,
+        )
+        .await
+        .unwrap_or_else(|err| could_not_run(&err)),
+        Err(err) => could_not_run(&err),
+    }
+}
+
 /// theirs on record to return them to.
 fn refuse_untouched(record: &RunRecord, nodes: &[Node]) -> Result<(), UserError> {
     let release_id = record.release_id();

@@ -213,140 +213,40 @@ async fn dry_run_checking(
     }
 }
 
+/// Verifies `node` with `pod`: one attempt, under a name of its own, after
+/// the leftovers of an interrupted one; passed, failed (with the pod's
+/// diagnostics) or rejected at creation.
 async fn verify_node(
     client: &Client,
     node: &str,
-    mut pod: Pod,
+    pod: Pod,
     timeout: Duration,
     keep_failed: bool,
 ) -> Result<NodeVerdict, VerificationError> {
-    let namespace = pod.namespace().unwrap_or_default();
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    // Every attempt gets a pod of its own name: a watch by name would mix
-    // an earlier attempt's deletion up with this one's pod.
-    let name = attempt_name(&pod.name_any());
-    pod.metadata.name = Some(name.clone());
-    let fail = |reason: String| VerificationError::Run {
-        node: node.to_string(),
-        pod: name.clone(),
-        reason,
-    };
-    let api_failed = |action: String, source: kube::Error| VerificationError::Api {
-        node: node.to_string(),
-        pod: name.clone(),
-        source: crate::error::KubeError::new(action, source),
-    };
-
-    // Pods of this run on this node left over from an interrupted attempt:
-    // start afresh.
-    let labels = pod.labels();
-    let selector = [annotations::POD_RUN_LABEL, annotations::POD_NODE_LABEL]
-        .iter()
-        .filter_map(|key| labels.get(*key).map(|value| format!("{key}={value}")))
-        .collect::<Vec<_>>()
-        .join(",");
-    let leftovers = pods
-        .list(&ListParams::default().labels(&selector))
-        .await
-        .map_err(|e| api_failed(format!("listing earlier verification pods ({selector})"), e))?;
-    for old in leftovers.items {
-        let (old_name, uid) = (old.name_any(), old.uid().unwrap_or_default());
-        delete(&pods, &old_name).await;
-        tokio::time::timeout(
-            Duration::from_secs(120),
-            await_condition(pods.clone(), &old_name, conditions::is_deleted(&uid)),
-        )
-        .await
-        .map_err(|_| {
-            fail(format!(
-                "an earlier verification pod {old_name} is still being deleted after 120s"
-            ))
-        })?
-        .map_err(|e| fail(e.to_string()))?;
-    }
+    let attempt = Attempt::new(client, node, pod);
+    attempt.clear_earlier_attempts().await?;
     let started = Instant::now();
-    tracing::info!(node, pod = %name, namespace = %namespace, "verification pod created");
-    let created = match pods
-        .create(
-            &PostParams {
-                field_manager: Some(annotations::FIELD_MANAGER.into()),
-                ..PostParams::default()
-            },
-            &pod,
-        )
-        .await
-    {
-        Ok(created) => created,
-        // Rejected at creation (admission: the RuntimeClass the new version
-        // removed, a policy): this node fails its verification.
-        Err(err) => match refusal(&err) {
-            Some(Refusal::Rejected(message) | Refusal::Invalid(message)) => {
-                tracing::warn!(node, pod = %name, %message, "verification pod rejected at creation");
-                return Ok(NodeVerdict {
-                    node: node.to_string(),
-                    pod: name,
-                    passed: false,
-                    reason: Some(format!(
-                        "the apiserver rejected the verification pod: {message}"
-                    )),
-                    seconds: started.elapsed().as_secs_f64(),
-                    kept: false,
-                });
-            }
-            _ => {
-                return Err(api_failed(
-                    format!("creating it in namespace {namespace}"),
-                    err,
-                ));
-            }
-        },
+    let uid = match attempt.create().await? {
+        Created::Pod { uid } => uid,
+        Created::Rejected(message) => {
+            let reason = format!("the apiserver rejected the verification pod: {message}");
+            return Ok(attempt.verdict(Some(reason), started.elapsed(), false));
+        }
     };
-    let uid = created.uid().unwrap_or_default();
-
-    // A consistent first list (not the apiserver's cache): an earlier pod of
-    // this name, deleted just before our create, must not replay its
-    // deletion into the watch, where it would read as ours being deleted.
-    let config = watcher::Config::default()
-        .fields(&format!("metadata.name={name}"))
-        .list_semantic(watcher::ListSemantic::MostRecent);
-    // Ours is gone only once it has been seen and then vanished.
-    let mut seen = false;
-    let outcome = watch_until(
-        pods.clone(),
-        config,
-        timeout,
-        format!("verification pod {name} on {node}"),
-        |objects| match objects
-            .iter()
-            .find(|p| p.uid().as_deref() == Some(uid.as_str()))
-        {
-            Some(pod) => {
-                seen = true;
-                judge(pod)
-            }
-            None if seen => Check::Failed("the pod was deleted before it finished".into()),
-            None => Check::Pending,
-        },
-    )
-    .await;
-    let seconds = started.elapsed().as_secs_f64();
+    let outcome = attempt.watch_to_its_end(&uid, timeout).await;
+    let took = started.elapsed();
     let reason = match outcome {
         Ok(()) => {
-            tracing::info!(node, pod = %name, seconds, "verification passed");
-            delete(&pods, &name).await;
-            return Ok(NodeVerdict {
-                node: node.to_string(),
-                pod: name,
-                passed: true,
-                reason: None,
-                seconds,
-                kept: false,
-            });
+            let seconds = took.as_secs_f64();
+            tracing::info!(node, pod = %attempt.name, seconds, "verification passed");
+            delete(&attempt.pods, &attempt.name).await;
+            return Ok(attempt.verdict(None, took, false));
         }
         Err(WaitError::Failed { reason, .. }) => reason,
         Err(WaitError::Timeout { after, .. }) => {
-            let phase = pods
-                .get_opt(&name)
+            let phase = attempt
+                .pods
+                .get_opt(&attempt.name)
                 .await
                 .ok()
                 .flatten()
@@ -360,24 +260,169 @@ async fn verify_node(
         Err(source) => {
             return Err(VerificationError::Wait {
                 node: node.to_string(),
-                pod: name.clone(),
+                pod: attempt.name,
                 source,
             });
         }
     };
-    let details = diagnostics(client, &pods, &name, &uid).await;
-    tracing::warn!(node, pod = %name, %reason, "verification failed");
+    let details = diagnostics(client, &attempt.pods, &attempt.name, &uid).await;
+    tracing::warn!(node, pod = %attempt.name, %reason, "verification failed");
     if !keep_failed {
-        delete(&pods, &name).await;
+        delete(&attempt.pods, &attempt.name).await;
     }
-    Ok(NodeVerdict {
-        node: node.to_string(),
-        pod: name,
-        passed: false,
-        reason: Some(format!("{reason}\n{details}")),
-        seconds,
-        kept: keep_failed,
-    })
+    Ok(attempt.verdict(Some(format!("{reason}\n{details}")), took, keep_failed))
+}
+
+/// One attempt at verifying a node: its pod under a name of its own (a
+/// watch by name would mix an earlier attempt's deletion up with this
+/// one's pod).
+struct Attempt<'a> {
+    node: &'a str,
+    pod: Pod,
+    name: String,
+    namespace: String,
+    pods: Api<Pod>,
+}
+
+/// What creating an attempt's pod gave.
+enum Created {
+    /// The pod, by uid.
+    Pod { uid: String },
+    /// Rejected at creation (admission: the RuntimeClass the new version
+    /// removed, a policy): the node fails its verification.
+    Rejected(String),
+}
+
+impl<'a> Attempt<'a> {
+    fn new(client: &Client, node: &'a str, mut pod: Pod) -> Attempt<'a> {
+        let namespace = pod.namespace().unwrap_or_default();
+        let name = attempt_name(&pod.name_any());
+        pod.metadata.name = Some(name.clone());
+        Attempt {
+            node,
+            pod,
+            name,
+            pods: Api::namespaced(client.clone(), &namespace),
+            namespace,
+        }
+    }
+
+    fn failed(&self, reason: String) -> VerificationError {
+        VerificationError::Run {
+            node: self.node.to_string(),
+            pod: self.name.clone(),
+            reason,
+        }
+    }
+
+    fn api_failed(&self, action: String, source: kube::Error) -> VerificationError {
+        VerificationError::Api {
+            node: self.node.to_string(),
+            pod: self.name.clone(),
+            source: crate::error::KubeError::new(action, source),
+        }
+    }
+
+    /// Deletes the pods of this run on this node that an interrupted
+    /// attempt left, and waits until they are gone: each attempt starts
+    /// afresh.
+    async fn clear_earlier_attempts(&self) -> Result<(), VerificationError> {
+        let labels = self.pod.labels();
+        let selector = [annotations::POD_RUN_LABEL, annotations::POD_NODE_LABEL]
+            .iter()
+            .filter_map(|key| labels.get(*key).map(|value| format!("{key}={value}")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let leftovers = self
+            .pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| {
+                self.api_failed(format!("listing earlier verification pods ({selector})"), e)
+            })?;
+        for old in leftovers.items {
+            let (old_name, uid) = (old.name_any(), old.uid().unwrap_or_default());
+            delete(&self.pods, &old_name).await;
+            tokio::time::timeout(
+                Duration::from_secs(120),
+                await_condition(self.pods.clone(), &old_name, conditions::is_deleted(&uid)),
+            )
+            .await
+            .map_err(|_| {
+                self.failed(format!(
+                    "an earlier verification pod {old_name} is still being deleted after 120s"
+                ))
+            })?
+            .map_err(|e| self.failed(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Creates the attempt's pod.
+    async fn create(&self) -> Result<Created, VerificationError> {
+        let (node, name) = (self.node, &self.name);
+        tracing::info!(node, pod = %name, namespace = %self.namespace, "verification pod created");
+        let params = PostParams {
+            field_manager: Some(annotations::FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match self.pods.create(&params, &self.pod).await {
+            Ok(created) => Ok(Created::Pod {
+                uid: created.uid().unwrap_or_default(),
+            }),
+            Err(err) => {
+                match refusal(&err) {
+                    Some(Refusal::Rejected(message) | Refusal::Invalid(message)) => {
+                        tracing::warn!(node, pod = %name, %message, "verification pod rejected at creation");
+                        Ok(Created::Rejected(message))
+                    }
+                    _ => Err(self
+                        .api_failed(format!("creating it in namespace {}", self.namespace), err)),
+                }
+            }
+        }
+    }
+
+    /// Watches the pod `uid` until it succeeded (Ok), failed or vanished
+    /// (`WaitError::Failed`), or `timeout` passed.
+    async fn watch_to_its_end(&self, uid: &str, timeout: Duration) -> Result<(), WaitError> {
+        // A consistent first list (not the apiserver's cache): an earlier pod
+        // of this name, deleted just before our create, must not replay its
+        // deletion into the watch, where it would read as ours being deleted.
+        let config = watcher::Config::default()
+            .fields(&format!("metadata.name={}", self.name))
+            .list_semantic(watcher::ListSemantic::MostRecent);
+        // Ours is gone only once it has been seen and then vanished.
+        let mut seen = false;
+        watch_until(
+            self.pods.clone(),
+            config,
+            timeout,
+            format!("verification pod {} on {}", self.name, self.node),
+            |objects| match objects.iter().find(|p| p.uid().as_deref() == Some(uid)) {
+                Some(pod) => {
+                    seen = true;
+                    judge(pod)
+                }
+                None if seen => Check::Failed("the pod was deleted before it finished".into()),
+                None => Check::Pending,
+            },
+        )
+        .await
+    }
+
+    /// The attempt's verdict after `took` from creating its pod: passed
+    /// without a reason.
+    fn verdict(&self, reason: Option<String>, took: Duration, kept: bool) -> NodeVerdict {
+        NodeVerdict {
+            node: self.node.to_string(),
+            pod: self.name.clone(),
+            passed: reason.is_none(),
+            reason,
+            seconds: took.as_secs_f64(),
+            kept,
+        }
+    }
 }
 
 /// Decides a pod's fate from its status.
