@@ -93,7 +93,7 @@ pub(crate) async fn exit_handler(
     .await
 }
 
-async fn pod_uids(case: &Case) -> BTreeMap<String, String> {
+pub(crate) async fn pod_uids(case: &Case) -> BTreeMap<String, String> {
     case.kata_pods()
         .await
         .into_iter()

@@ -1,14 +1,17 @@
-//! End-to-end upgrades on the rig, driven step by step in the order the
-//! WorkflowTemplate calls them, as the chart's ServiceAccount.
+//! End-to-end upgrades on the rig, driven with the WorkflowTemplate's own
+//! steps in the order deploy-version calls them (see `run_end.rs`), as the
+//! chart's ServiceAccount; by hand where a person's steps are the subject.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use k8s_openapi::api::core::v1::Taint;
 use klm_rig::verification_pod::VerificationPod;
-use kube::ResourceExt;
 use serde_json::{Value, json};
 
+use crate::run_end::{exit_handler, pod_uids, start, submit, wave};
 use crate::support::{Case, CaseSpec, annotation, host_version, unschedulable};
+use crate::workflow::Workflow;
 
 const STATUS: &str = "katacontainers.io/kata-lifecycle-manager-status";
 const VERIFIED: &str = "katacontainers.io/kata-current-version";
@@ -22,115 +25,25 @@ pub fn verification_pod(dir: &std::path::Path, fail_on: &[&str]) -> std::path::P
         .write(dir, &format!("verify-{}", fail_on.join("-")))
 }
 
-/// One wave as the workflow runs it; returns whether it completed.
-async fn wave(case: &Case, run: &str, target: &str, nodes: &str, pod: &std::path::Path) -> bool {
-    case.klm(&["status", "--run-id", run, "--fail-if-run-failed"])
-        .await
-        .ok();
-    case.klm(&["cordon", "--nodes", nodes, "--run-id", run])
-        .await
-        .ok();
-    case.klm(&[
-        "restart-kata-pod",
-        "--nodes",
-        nodes,
-        "--run-id",
-        run,
-        "--timeout",
-        "60s",
-    ])
-    .await
-    .ok();
-    let pod = pod.display().to_string();
-    let verified = case
-        .klm(&[
-            "verify",
-            "--nodes",
-            nodes,
-            "--run-id",
-            run,
-            "--verification-pod",
-            &pod,
-            "--verification-namespace",
-            &case.namespace,
-            "--verification-timeout",
-            "60s",
-        ])
-        .await;
-    if verified.code == 0 {
-        case.klm(&[
-            "complete",
-            "--nodes",
-            nodes,
-            "--target-version",
-            target,
-            "--run-id",
-            run,
-        ])
-        .await
-        .ok();
-        true
-    } else {
-        assert_eq!(
-            verified.code, 1,
-            "verify: {}\n{}",
-            verified.stdout, verified.stderr
-        );
-        let rolled = case
-            .klm(&[
-                "rollback",
-                "--nodes",
-                nodes,
-                "--run-id",
-                run,
-                "--reason",
-                "verification failed",
-                "--timeout",
-                "60s",
-            ])
-            .await;
-        assert_eq!(
-            rolled.code, 0,
-            "rollback: {}\n{}",
-            rolled.stdout, rolled.stderr
-        );
-        false
-    }
+/// A verification pod that fails on `nodes` while they run 3.28.0 (a broken
+/// new version) and passes elsewhere, so the rollback's own verification,
+/// which the workflow runs, passes.
+fn broken_at_target(dir: &Path, nodes: &[&str]) -> std::path::PathBuf {
+    VerificationPod::succeeding()
+        .broken_at("3.28.0", nodes)
+        .tolerating_everything()
+        .write(dir, &format!("broken-{}", nodes.join("-")))
 }
 
-/// Runs a whole daemonset-mode upgrade of the case's nodes, one node per wave.
-async fn upgrade_all(case: &Case, run: &str, target: &str, pod: &std::path::Path) -> Vec<bool> {
-    let pod_arg = pod.display().to_string();
-    case.klm(&[
-        "check-prerequisites",
-        "--target-version",
-        target,
-        "--run-id",
-        run,
-        "--verification-pod",
-        &pod_arg,
-        "--verification-namespace",
-        &case.namespace,
-    ])
-    .await
-    .ok();
-    case.klm(&["helm-upgrade", "--target-version", target, "--run-id", run])
-        .await
-        .ok();
-    let selection = case
-        .klm(&[
-            "select-nodes",
-            "--node-selector",
-            &format!("klm.test/case={}", case.namespace),
-            "-o",
-            "json",
-        ])
-        .await
-        .ok()
-        .json();
+/// Runs a whole daemonset-mode upgrade of the case's nodes to 3.28.0 with
+/// the WorkflowTemplate's own steps, one node per wave, as deploy-version
+/// runs them until a wave fails; whether each wave completed.
+async fn upgrade_all(case: &Case, run: &str, pod: &Path, tmp: &Path) -> Vec<bool> {
+    let wf = Workflow::render(case, pod).await;
+    let submission = submit(case, &wf, run, &[], tmp);
     let mut outcomes = Vec::new();
-    for w in selection["waves"].as_array().unwrap() {
-        let completed = wave(case, run, target, w["nodeList"].as_str().unwrap(), pod).await;
+    for index in start(&submission).await {
+        let completed = wave(&submission, &index.to_string()).await.code == 0;
         outcomes.push(completed);
         if !completed {
             break;
@@ -154,96 +67,46 @@ async fn daemonset_upgrade_of_three_nodes_in_workflow_order() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pod = verification_pod(dir.path(), &[]);
-    let pod_arg = pod.display().to_string();
-    let run = "wf-upgrade";
+    let wf = Workflow::render(&case, &pod).await;
+    let run = submit(&case, &wf, "wf-upgrade", &[], dir.path());
 
-    let checked = case
-        .klm(&[
-            "check-prerequisites",
-            "--target-version",
-            "3.28.0",
-            "--run-id",
-            run,
-            "--verification-pod",
-            &pod_arg,
-            "--verification-namespace",
-            &case.namespace,
-            "-o",
-            "json",
-        ])
-        .await
-        .ok()
-        .json();
-    assert_eq!(checked["mode"], "daemonset");
-    assert_eq!(checked["currentVersion"], "3.27.0");
+    run.step("check-prerequisites", &[]).await.ok();
     let record = case.run_record().await.expect("run record written");
+    assert_eq!(record["mode"], "daemonset");
     assert_eq!(record["before"]["chartVersion"], "3.27.0");
-    assert_eq!(record["runId"], run);
+    assert_eq!(record["runId"], "wf-upgrade");
 
-    let pods_before: BTreeMap<String, String> = case
-        .kata_pods()
-        .await
-        .into_iter()
-        .map(|(n, p)| (n, p.uid().unwrap()))
-        .collect();
-    case.klm(&[
-        "helm-upgrade",
-        "--target-version",
-        "3.28.0",
-        "--run-id",
-        run,
-    ])
-    .await
-    .ok();
+    run.step("select-nodes", &[]).await.ok();
+    let record = case.run_record().await.unwrap();
+    let planned: Vec<Vec<String>> = serde_json::from_value(record["waves"].clone()).unwrap();
+    assert_eq!(
+        planned,
+        case.nodes
+            .iter()
+            .map(|n| vec![n.clone()])
+            .collect::<Vec<_>>(),
+        "one node per wave, in the nodes' order"
+    );
+
+    let pods_before = pod_uids(&case).await;
+    run.step("upgrade-release", &[]).await.ok();
     assert_eq!(case.release_state().await.1, "3.28.0");
-    let pods_after: BTreeMap<String, String> = case
-        .kata_pods()
-        .await
-        .into_iter()
-        .map(|(n, p)| (n, p.uid().unwrap()))
-        .collect();
     assert_eq!(
-        pods_before, pods_after,
-        "helm-upgrade with OnDelete restarts nothing"
+        pods_before,
+        pod_uids(&case).await,
+        "the before-waves upgrade with OnDelete restarts nothing"
     );
-
-    let waves = case
-        .klm(&[
-            "select-nodes",
-            "--node-selector",
-            &format!("klm.test/case={}", case.namespace),
-            "--batch-size",
-            "1",
-            "-o",
-            "json",
-        ])
-        .await
-        .ok()
-        .json();
-    let order: Vec<&str> = waves["nodes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap())
-        .collect();
-    assert_eq!(
-        order,
-        case.nodes.iter().map(String::as_str).collect::<Vec<_>>()
-    );
-    assert_eq!(waves["waves"].as_array().unwrap().len(), 3);
 
     for (i, node) in case.nodes.iter().enumerate() {
-        assert!(
-            wave(&case, run, "3.28.0", node, &pod).await,
-            "wave {i} completes"
-        );
+        wave(&run, &(i + 1).to_string()).await.ok();
         let versions = host_versions(&case).await;
         for (j, other) in case.nodes.iter().enumerate() {
             let expected = if j <= i { "3.28.0" } else { "3.27.0" };
             assert_eq!(
                 versions[other].as_deref(),
                 Some(expected),
-                "after wave {i}, node {other}"
+                "after wave {}, node {other}",
+                i + 1
             );
         }
         let n = case.get_node(node).await;
@@ -252,28 +115,8 @@ async fn daemonset_upgrade_of_three_nodes_in_workflow_order() {
         assert!(!unschedulable(&n));
     }
 
-    let finished = case
-        .klm(&[
-            "complete",
-            "--finish-run",
-            "--target-version",
-            "3.28.0",
-            "--run-id",
-            run,
-            "-o",
-            "json",
-        ])
-        .await
-        .ok()
-        .json();
-    assert!(
-        finished["restored"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|k| k == "updateStrategy.type"),
-        "{finished}"
-    );
+    run.step("finish-run", &[]).await.ok();
+    exit_handler(&run, "Succeeded", "").await.ok();
     let values: Value = serde_json::from_str(
         &case
             .helm_admin(&[
@@ -292,7 +135,7 @@ async fn daemonset_upgrade_of_three_nodes_in_workflow_order() {
     assert_ne!(
         values.pointer("/updateStrategy/type"),
         Some(&json!("OnDelete")),
-        "OnDelete is not left behind: {values}"
+        "the run's OnDelete is not left behind once every node is done: {values}"
     );
     assert_eq!(case.run_record().await.unwrap()["state"], "completed");
 
@@ -317,11 +160,11 @@ async fn failed_verification_rolls_back_only_the_failed_node_and_stops_the_run()
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let pod = verification_pod(dir.path(), &[case.node(1)]);
+    let pod = broken_at_target(dir.path(), &[case.node(1)]);
     let run = "wf-rollback";
 
     assert_eq!(
-        upgrade_all(&case, run, "3.28.0", &pod).await,
+        upgrade_all(&case, run, &pod, dir.path()).await,
         vec![true, false]
     );
     let versions = host_versions(&case).await;
@@ -338,9 +181,9 @@ async fn failed_verification_rolls_back_only_the_failed_node_and_stops_the_run()
     let failed = case.get_node(case.node(1)).await;
     assert_eq!(annotation(&failed, STATUS).as_deref(), Some("rolled-back"));
     assert_eq!(
-        annotation(&failed, VERIFIED),
-        None,
-        "a rollback that was not re-verified leaves no verified version"
+        annotation(&failed, VERIFIED).as_deref(),
+        Some("3.27.0"),
+        "the workflow's rollback verifies the node again, at the version it returned to"
     );
     assert!(!unschedulable(&failed));
     assert_eq!(
@@ -408,7 +251,7 @@ async fn manual_rollback_twice_returns_both_nodes_to_the_recorded_version() {
     let dir = tempfile::tempdir().unwrap();
     let pod = verification_pod(dir.path(), &[]);
     assert_eq!(
-        upgrade_all(&case, "wf-manual", "3.28.0", &pod).await,
+        upgrade_all(&case, "wf-manual", &pod, dir.path()).await,
         vec![true, true]
     );
     case.klm(&[
@@ -449,9 +292,9 @@ async fn a_second_run_after_a_partial_run_computes_scope_and_target_again() {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let failing = verification_pod(dir.path(), &[case.node(1)]);
+    let failing = broken_at_target(dir.path(), &[case.node(1)]);
     assert_eq!(
-        upgrade_all(&case, "wf-first", "3.28.0", &failing).await,
+        upgrade_all(&case, "wf-first", &failing, dir.path()).await,
         vec![true, false]
     );
 
@@ -522,95 +365,23 @@ async fn cordon_ownership_and_selection_taints_survive_success_and_rollback() {
 
     let dir = tempfile::tempdir().unwrap();
     let pod = verification_pod(dir.path(), &[]);
-    let pod_arg = pod.display().to_string();
-    let run = "wf-owner";
-    case.klm(&[
-        "check-prerequisites",
-        "--target-version",
-        "3.28.0",
-        "--run-id",
-        run,
-        "--verification-pod",
-        &pod_arg,
-        "--verification-namespace",
-        &case.namespace,
-    ])
-    .await
-    .ok();
-    case.klm(&[
-        "helm-upgrade",
-        "--target-version",
-        "3.28.0",
-        "--run-id",
-        run,
-    ])
-    .await
-    .ok();
-    let selection = case
-        .klm(&[
-            "select-nodes",
-            "--node-selector",
-            &format!("klm.test/case={}", case.namespace),
-            "--node-taint-key",
-            "upgrade",
-            "--node-taint-value",
-            "pending",
-            "-o",
-            "json",
-        ])
-        .await
-        .ok()
-        .json();
-    assert_eq!(selection["count"], 2);
+    let wf = Workflow::render(&case, &pod).await;
+    // The node cordoned by hand is planned too.
+    let run = submit(
+        &case,
+        &wf,
+        "wf-owner",
+        &[
+            ("node-taint-key", "upgrade"),
+            ("node-taint-value", "pending"),
+            ("batch-size", "2"),
+            ("include-unavailable", "true"),
+        ],
+        dir.path(),
+    );
+    assert_eq!(start(&run).await, vec![1], "both nodes in one wave");
     let both = case.nodes.join(",");
-    case.klm(&[
-        "cordon",
-        "--nodes",
-        &both,
-        "--run-id",
-        run,
-        "--node-taint-key",
-        "upgrade",
-        "--node-taint-value",
-        "pending",
-    ])
-    .await
-    .ok();
-    case.klm(&[
-        "restart-kata-pod",
-        "--nodes",
-        &both,
-        "--run-id",
-        run,
-        "--timeout",
-        "60s",
-    ])
-    .await
-    .ok();
-    case.klm(&[
-        "verify",
-        "--nodes",
-        &both,
-        "--run-id",
-        run,
-        "--verification-pod",
-        &pod_arg,
-        "--verification-namespace",
-        &case.namespace,
-    ])
-    .await
-    .ok();
-    case.klm(&[
-        "complete",
-        "--nodes",
-        &both,
-        "--target-version",
-        "3.28.0",
-        "--run-id",
-        run,
-    ])
-    .await
-    .ok();
+    wave(&run, "1").await.ok();
 
     let first = case.get_node(case.node(0)).await;
     assert!(
@@ -665,31 +436,12 @@ async fn finishing_a_partial_run_succeeds_and_reports_the_values_it_leaves() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let pod = verification_pod(dir.path(), &[]);
-    let pod_arg = pod.display().to_string();
-    let run = "wf-partial";
-    case.klm(&[
-        "check-prerequisites",
-        "--target-version",
-        "3.28.0",
-        "--run-id",
-        run,
-        "--verification-pod",
-        &pod_arg,
-        "--verification-namespace",
-        &case.namespace,
-    ])
-    .await
-    .ok();
-    case.klm(&[
-        "helm-upgrade",
-        "--target-version",
-        "3.28.0",
-        "--run-id",
-        run,
-    ])
-    .await
-    .ok();
-    assert!(wave(&case, run, "3.28.0", case.node(0), &pod).await);
+    let wf = Workflow::render(&case, &pod).await;
+    let submission = submit(&case, &wf, "wf-partial", &[], dir.path());
+    assert_eq!(start(&submission).await, vec![1, 2]);
+    // The workflow stops after its first wave; a person finishes the run.
+    wave(&submission, "1").await.ok();
+    let run = submission.name.as_str();
     let finished = case
         .klm(&[
             "complete",
