@@ -29,10 +29,13 @@
 //!   (kata-deploy's pods and Jobs on nodes), [`verification`] (verification
 //!   pods), [`sandboxes`] (Kata pods still on an old runtime), [`prometheus`] (a metric gate's queries), [`drain`], [`run_record`] (what a run needs to roll back),
 //!   [`wait`] (watches with deadlines), [`events`] (Kubernetes Events on
-//!   the nodes steps act on), [`annotations`] (the vocabulary on nodes), [`values`] (Helm values by dotted key), [`output`] (reports).
-//! * At the bottom: [`args`] (the flags steps share; it uses only the node
-//!   name rules of [`nodes`]) and [`error`] (exit statuses and the shared
-//!   error types; it imports nothing from the crate).
+//!   the nodes steps act on), [`annotations`] (the vocabulary on nodes), [`values`] (Helm values by dotted key), [`output`] (reports, and commands as people paste them).
+//! * [`args`], the flags steps share, stands above the concerns whose types
+//!   its flags become (no concern imports a flag: [`nodes`], [`schedule`],
+//!   [`drain`], [`sandboxes`], [`output`]); only [`cluster`] and
+//!   [`verification`] read a flag group of their own. At the bottom,
+//!   [`error`] (exit statuses and the shared error types; it imports nothing
+//!   from the crate).
 
 pub mod annotations;
 pub mod args;
