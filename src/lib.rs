@@ -19,7 +19,7 @@
 //!   [`steps::close_run`] (ending a run), [`steps::plan`] (what a run would
 //!   do) and [`steps::status`] (the fleet as `klm status` shows and watches
 //!   it). Beside them: [`run_values`] (the values a run sets on kata-deploy),
-//!   [`run`] (a step's run: its record, the door to change it, and the
+//!   [`mod@run`] (a step's run: its record, the door to change it, and the
 //!   flags that must agree with it) and [`runs`] (the runs a release has, for a step asked
 //!   for one it does not).
 //! * Modules by concern: [`cluster`] (connecting), [`release`] and [`helm`]

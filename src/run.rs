@@ -110,17 +110,20 @@ impl Run {
             .await
     }
 
-    /// The mode of this step: the run's ([`mode_of_run`]).
+    /// The mode of this step: the run's; an explicit `--deployment-mode` must
+    /// agree with it (bad input otherwise).
     pub fn mode(&self, choice: ModeChoice) -> Result<DeploymentMode, UserError> {
         mode_of_run(choice, &self.record)
     }
 
-    /// Wave `index` of the run's recorded plan ([`wave_of`]).
+    /// Wave `index` of the run's recorded plan (a precondition without a plan,
+    /// bad input beyond it).
     pub fn wave(&self, index: u32) -> Result<&[String], UserError> {
         wave_of(&self.record, index)
     }
 
-    /// The version the step acts at ([`run_target`]).
+    /// The version the step acts at: the run's target; a `--target-version`
+    /// given anyway must be that one.
     pub fn target(&self, given: Option<&Version>) -> Result<Version, UserError> {
         run_target(&self.record, given)
     }
