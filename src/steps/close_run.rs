@@ -319,31 +319,12 @@ pub async fn close(client: &Client, request: &Request) -> anyhow::Result<Closing
     report.state = record.as_ref().map(|r| r.state);
 
     // 2. Decide per node the run holds.
-    let held: Vec<Node> = all_nodes
-        .into_iter()
-        .filter(|n| selection::annotation(n, annotations::RUN) == Some(run_id.as_str()))
-        // A run id is unique only per release: another release's run of the
-        // same name is not this one.
-        .filter(|n| {
-            hold::same_release(
-                selection::annotation(n, annotations::RELEASE),
-                Some(&release_id),
-            )
-        })
-        .collect();
-    let mut release = Vec::new();
-    let mut roll_back = Vec::new();
-    for node in &held {
-        let name = node.name_any();
-        let status = selection::annotation(node, annotations::STATUS)
-            .and_then(|s| s.parse::<NodeStatus>().ok());
-        let progress = record.as_ref().and_then(|r| r.nodes.get(&name).copied());
-        match decide(status, progress) {
-            Decision::Release => release.push(name),
-            Decision::RollBack => roll_back.push(name),
-            Decision::Keep => report.kept_failed.push(name),
-        }
-    }
+    let Division {
+        release,
+        roll_back,
+        keep,
+    } = divide(all_nodes, run_id, &release_id, record.as_ref());
+    report.kept_failed.extend(keep);
 
     // 3. Release what is safe, before any slow rollback.
     let how = Release {
@@ -404,6 +385,134 @@ pub async fn close(client: &Client, request: &Request) -> anyhow::Result<Closing
             nodes: roll_back,
         },
     })
+}
+
+/// The nodes run `run_id` of release `release_id` holds, by what closing
+/// the run does to them ([`decide`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Division {
+    /// Safe to return to service.
+    release: Vec<String>,
+    /// Caught mid-upgrade: rolled back.
+    roll_back: Vec<String>,
+    /// Failed: kept cordoned for a person.
+    keep: Vec<String>,
+}
+
+/// Divides the nodes of `all_nodes` the run holds (a run id is unique only
+/// per release: another release's run of the same name is not this one).
+fn divide(
+    all_nodes: Vec<Node>,
+    run_id: &str,
+    release_id: &str,
+    record: Option<&RunRecord>,
+) -> Division {
+    let mut division = Division::default();
+    for node in all_nodes {
+        if selection::annotation(&node, annotations::RUN) != Some(run_id)
+            || !hold::same_release(
+                selection::annotation(&node, annotations::RELEASE),
+                Some(release_id),
+            )
+        {
+            continue;
+        }
+        let name = node.name_any();
+        let status = selection::annotation(&node, annotations::STATUS)
+            .and_then(|s| s.parse::<NodeStatus>().ok());
+        let progress = record.and_then(|r| r.nodes.get(&name).copied());
+        match decide(status, progress) {
+            Decision::Release => division.release.push(name),
+            Decision::RollBack => division.roll_back.push(name),
+            Decision::Keep => division.keep.push(name),
+        }
+    }
+    division
+}
+
+/// A run ended: closed, its safe nodes released, those caught mid-upgrade
+/// rolled back.
+#[derive(Debug)]
+pub struct Ended {
+    /// What closing did.
+    pub closed: Closed,
+    /// The rollback of the nodes caught mid-upgrade, if there were any.
+    pub rolled_back: Option<crate::steps::rollback::RolledBack>,
+    unrecorded: bool,
+}
+
+impl Ended {
+    /// Ok when every node the run held is released or rolled back.
+    pub fn outcome(&self) -> Result<(), UserError> {
+        if self.unrecorded {
+            return Err(self.closed.unrecorded());
+        }
+        match &self.rolled_back {
+            Some(report) => report.outcome(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Ends the run however it ended ([`close`]), then rolls back the nodes it
+/// was caught mid-upgrade with (as `settings` say): what the workflow's exit
+/// handler does, and what `klm upgrade` does on any exit.
+pub async fn end_run(
+    client: &Client,
+    helm: &crate::helm::Helm,
+    request: &Request,
+    settings: &crate::steps::rollback::Settings,
+) -> anyhow::Result<Ended> {
+    let Closing { report, leftover } = close(client, request).await?;
+    let (run_id, reason, nodes) = match leftover {
+        Leftover::Nothing | Leftover::Unrecorded => {
+            resume_reconcilers(client, request).await?;
+            return Ok(Ended {
+                unrecorded: leftover == Leftover::Unrecorded,
+                closed: report,
+                rolled_back: None,
+            });
+        }
+        Leftover::RollBack {
+            run_id,
+            reason,
+            nodes,
+        } => (run_id, reason, nodes),
+    };
+    let rollback = crate::steps::rollback::Request {
+        nodes: crate::nodes::unique(nodes),
+        reason: Some(reason),
+        release: request.release.clone(),
+        run_id: Some(run_id),
+        settings: settings.clone(),
+        fails_run: true,
+    };
+    let rolled_back = crate::steps::rollback::roll_back(client, helm, &rollback).await;
+    // Whatever the rollback did, the run is over: kata-deploy's reconcile
+    // CronJobs run again.
+    resume_reconcilers(client, request).await?;
+    Ok(Ended {
+        closed: report,
+        rolled_back: Some(rolled_back?),
+        unrecorded: false,
+    })
+}
+
+/// Resumes the reconcile CronJobs the run suspended (job mode from 4.1),
+/// once the run is closed, and forgets them.
+async fn resume_reconcilers(client: &Client, request: &Request) -> anyhow::Result<()> {
+    let records = Records::new(client, &request.release.namespace);
+    let Some((record, _)) = records.load(&request.release.name).await? else {
+        return Ok(());
+    };
+    if record.run_id != request.run_id || record.suspended.is_empty() || !record.state.is_closed() {
+        return Ok(());
+    }
+    crate::dispatch::resume_reconcilers(client, &record).await?;
+    records
+        .update(&record.release, &record.run_id, |r| r.suspended.clear())
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -494,89 +603,42 @@ mod tests {
             (RunState::Interrupted, "terminated by hand")
         );
     }
-}
 
-/// A run ended: closed, its safe nodes released, those caught mid-upgrade
-/// rolled back.
-#[derive(Debug)]
-pub struct Ended {
-    /// What closing did.
-    pub closed: Closed,
-    /// The rollback of the nodes caught mid-upgrade, if there were any.
-    pub rolled_back: Option<crate::steps::rollback::RolledBack>,
-    unrecorded: bool,
-}
-
-impl Ended {
-    /// Ok when every node the run held is released or rolled back.
-    pub fn outcome(&self) -> Result<(), UserError> {
-        if self.unrecorded {
-            return Err(self.closed.unrecorded());
-        }
-        match &self.rolled_back {
-            Some(report) => report.outcome(),
-            None => Ok(()),
-        }
+    fn node_held(name: &str, run: &str, release: &str, status: &str) -> Node {
+        serde_json::from_value(
+            serde_json::json!({"metadata": {"name": name, "annotations": {
+                annotations::RUN: run,
+                annotations::RELEASE: release,
+                annotations::STATUS: status,
+            }}}),
+        )
+        .unwrap()
     }
-}
 
-/// Ends the run however it ended ([`close`]), then rolls back the nodes it
-/// was caught mid-upgrade with (as `settings` say): what the workflow's exit
-/// handler does, and what `klm upgrade` does on any exit.
-pub async fn end_run(
-    client: &Client,
-    helm: &crate::helm::Helm,
-    request: &Request,
-    settings: &crate::steps::rollback::Settings,
-) -> anyhow::Result<Ended> {
-    let Closing { report, leftover } = close(client, request).await?;
-    let (run_id, reason, nodes) = match leftover {
-        Leftover::Nothing | Leftover::Unrecorded => {
-            resume_reconcilers(client, request).await?;
-            return Ok(Ended {
-                unrecorded: leftover == Leftover::Unrecorded,
-                closed: report,
-                rolled_back: None,
-            });
-        }
-        Leftover::RollBack {
-            run_id,
-            reason,
-            nodes,
-        } => (run_id, reason, nodes),
-    };
-    let rollback = crate::steps::rollback::Request {
-        nodes: crate::nodes::unique(nodes),
-        reason: Some(reason),
-        release: request.release.clone(),
-        run_id: Some(run_id),
-        settings: settings.clone(),
-        fails_run: true,
-    };
-    let rolled_back = crate::steps::rollback::roll_back(client, helm, &rollback).await;
-    // Whatever the rollback did, the run is over: kata-deploy's reconcile
-    // CronJobs run again.
-    resume_reconcilers(client, request).await?;
-    Ok(Ended {
-        closed: report,
-        rolled_back: Some(rolled_back?),
-        unrecorded: false,
-    })
-}
-
-/// Resumes the reconcile CronJobs the run suspended (job mode from 4.1),
-/// once the run is closed, and forgets them.
-async fn resume_reconcilers(client: &Client, request: &Request) -> anyhow::Result<()> {
-    let records = Records::new(client, &request.release.namespace);
-    let Some((record, _)) = records.load(&request.release.name).await? else {
-        return Ok(());
-    };
-    if record.run_id != request.run_id || record.suspended.is_empty() || !record.state.is_closed() {
-        return Ok(());
+    #[test]
+    fn closing_divides_only_the_nodes_this_run_of_this_release_holds() {
+        let ours = "kube-system/kata-deploy";
+        let mut record = crate::run_record::example();
+        record.nodes.insert("done".into(), NodeProgress::Completed);
+        let nodes = vec![
+            node_held("done", "upgrade-1", ours, "completed"),
+            node_held("mid", "upgrade-1", ours, "upgrading"),
+            node_held("broken", "upgrade-1", ours, "failed"),
+            node_held(
+                "same-id-other-release",
+                "upgrade-1",
+                "other/kata-deploy",
+                "upgrading",
+            ),
+            node_held("other-run", "upgrade-2", ours, "upgrading"),
+        ];
+        assert_eq!(
+            divide(nodes, "upgrade-1", ours, Some(&record)),
+            Division {
+                release: vec!["done".into()],
+                roll_back: vec!["mid".into()],
+                keep: vec!["broken".into()],
+            }
+        );
     }
-    crate::dispatch::resume_reconcilers(client, &record).await?;
-    records
-        .update(&record.release, &record.run_id, |r| r.suspended.clear())
-        .await?;
-    Ok(())
 }
