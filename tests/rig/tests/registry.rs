@@ -2,39 +2,52 @@
 //! the rig is pushed through the distribution API and read back the way a
 //! client pulls it, by tag and by digest, with the same digests and every
 //! platform's check passing; the chart goes in as an OCI artifact with
-//! `helm push` and comes back with `helm pull`. Skipped with one line where
-//! the package is not installed (`tests/argo/host-packages.sh`), unless
+//! `helm push` and comes back with `helm pull`. Skipped with one line where the
+//! package is not installed (`tests/argo/host-packages.sh`), unless
 //! `CI=true`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use klm_rig::oci::{Arch, IndexSpec, write_layout};
 use klm_rig::oci_check::{BlobSource, check, fake_platforms};
 use klm_rig::process::Component;
-use klm_rig::registry::{self, REGISTRY_BINARY, RegistryImage};
+use klm_rig::registry::{self, REGISTRY_BINARY, Registry, RegistryImage};
+
+fn registry_installed() -> bool {
+    if std::path::Path::new(REGISTRY_BINARY).exists() {
+        return true;
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "CI=true but {REGISTRY_BINARY} is missing (tests/argo/host-packages.sh)"
+    );
+    eprintln!(
+        "skipping the registry test: {REGISTRY_BINARY} is missing (tests/argo/host-packages.sh)"
+    );
+    false
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
 
 #[test]
 fn an_index_and_a_chart_pushed_to_the_loopback_registry_read_back_identical() -> Result<()> {
-    if !std::path::Path::new(REGISTRY_BINARY).exists() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI=true but {REGISTRY_BINARY} is missing (tests/argo/host-packages.sh)"
-        );
-        eprintln!(
-            "skipping the registry test: {REGISTRY_BINARY} is missing (tests/argo/host-packages.sh)"
-        );
+    if !registry_installed() {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    let port = free_port()?;
     let host = format!("127.0.0.1:{port}");
     let (binary, args) = registry::prepare(&dir.path().join("registry"), port)?;
     let mut server = Component::start("docker-registry", &binary, &args, dir.path())?;
-    registry::wait_ready(&host, Duration::from_secs(30))?;
+    let client = Arc::new(Registry::loopback(&host)?);
+    client.wait_ready(Duration::from_secs(30))?;
 
     let platforms = fake_platforms(dir.path(), &Arch::ALL)?;
     let spec = IndexSpec {
@@ -43,16 +56,17 @@ fn an_index_and_a_chart_pushed_to_the_loopback_registry_read_back_identical() ->
         platforms,
     };
     let written = write_layout(&spec, &dir.path().join("oci"))?;
-    let pushed = registry::push_layout(&host, &dir.path().join("oci"), "klm/test", "0.1.0")?;
+    let tags = ["0.1.0".to_string()];
+    let pushed = client.push_layout(&dir.path().join("oci"), "klm/test", &tags)?;
     assert_eq!(pushed, written.digest);
     // Pushing again is a no-op that keeps the digest.
     assert_eq!(
-        registry::push_layout(&host, &dir.path().join("oci"), "klm/test", "0.1.0")?,
+        client.push_layout(&dir.path().join("oci"), "klm/test", &tags)?,
         written.digest
     );
     for reference in ["0.1.0".to_string(), written.digest.clone()] {
         let image = RegistryImage {
-            host: host.clone(),
+            registry: client.clone(),
             repository: "klm/test".into(),
             reference,
         };
