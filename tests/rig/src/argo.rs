@@ -332,6 +332,7 @@ fn start_registry_and_publish(node: &mut RealNode, layout: &Path) -> Result<Publ
         "",
         layout,
         &[KLM_IMAGE_TAG.to_string()],
+        None,
         &helm,
         &work,
     )?;

@@ -71,6 +71,11 @@ pub enum ImageCommand {
         /// The image's tags (once per tag; the index is pushed by each).
         #[arg(long = "tag", required = true)]
         tags: Vec<String>,
+        /// The chart's version (default: Chart.yaml's); a branch's builds
+        /// publish a prerelease (`0.1.0-main.sha-<commit>`) so that they
+        /// never replace a released chart.
+        #[arg(long)]
+        chart_version: Option<String>,
         /// The platforms the index must list (default: all four).
         #[arg(long = "arch", value_parser = Arch::parse)]
         arches: Vec<Arch>,
@@ -158,6 +163,7 @@ impl ImageCommand {
                 ca_file,
                 password_stdin,
                 tags,
+                chart_version,
                 arches,
                 work,
                 helm,
@@ -215,8 +221,15 @@ impl ImageCommand {
                 registry.login()?;
                 let helm = helm.unwrap_or_else(|| crate::control_plane::bin_dir().join("helm"));
                 let helm = crate::publish::Helm::for_registry(&helm, &work, &registry)?;
-                let published =
-                    crate::publish::publish(&registry, &namespace, &layout, &tags, &helm, &work)?;
+                let published = crate::publish::publish(
+                    &registry,
+                    &namespace,
+                    &layout,
+                    &tags,
+                    chart_version.as_deref(),
+                    &helm,
+                    &work,
+                )?;
                 let pulled = RegistryImage {
                     registry: registry.clone(),
                     repository: published.image_path(),

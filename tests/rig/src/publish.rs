@@ -26,17 +26,18 @@ pub const CHART_NAMESPACE: &str = "charts";
 /// The chart's name (and last path element of its OCI reference).
 pub const CHART_NAME: &str = "kata-lifecycle-manager";
 
-/// The flags of `klm-rig image publish` the release passes, in this order
-/// (each takes a value but `--password-stdin`): `.github/workflows/image.yaml`
+/// The flags of `klm-rig image publish` the release passes (each takes a
+/// value but `--password-stdin`; the registry test relies on this order): `.github/workflows/image.yaml`
 /// runs it so against ghcr.io, the registry test
 /// (`tests/rig/tests/registry.rs`) against a registry with TLS and token
 /// auth (adding only `--ca-file` for its CA), and `tests/repo` checks that
 /// the workflow passes exactly these.
-pub const RELEASE_PUBLISH_FLAGS: [&str; 7] = [
+pub const RELEASE_PUBLISH_FLAGS: [&str; 8] = [
     "--layout",
     "--registry",
     "--password-stdin",
     "--tag",
+    "--chart-version",
     "--work",
     "--helm",
     "--outputs",
@@ -198,12 +199,14 @@ impl Helm {
 /// Pushes the OCI layout `layout` as
 /// `<registry>[/<namespace>]/kata-lifecycle-manager` with each of `tags`,
 /// then this project's chart with its values pointing at the pushed index
-/// by digest (`helm package`, `helm push`; the package under `work`).
+/// by digest (`helm package`, `helm push`; the package under `work`), as
+/// `chart_version` (a main branch's prerelease) or Chart.yaml's version.
 pub fn publish(
     registry: &Registry,
     namespace: &str,
     layout: &Path,
     tags: &[String],
+    chart_version: Option<&str>,
     helm: &Helm,
     work: &Path,
 ) -> Result<Published> {
@@ -214,7 +217,14 @@ pub fn publish(
     let image_digest =
         registry.push_layout(layout, &repository_path(namespace, IMAGE_REPOSITORY), tags)?;
     let chart_dir = workspace_root().join("chart").join(CHART_NAME);
-    let chart_version = chart_version(&chart_dir)?;
+    let chart_version = match chart_version {
+        Some(version) => {
+            semver::Version::parse(version)
+                .with_context(|| format!("the chart version {version} is not semver"))?;
+            version.to_string()
+        }
+        None => self::chart_version(&chart_dir)?,
+    };
     let mut published = Published {
         host: registry.host().into(),
         namespace: namespace.into(),
@@ -248,6 +258,8 @@ pub fn publish(
             copy.display().to_string(),
             "-d".into(),
             packages.display().to_string(),
+            "--version".into(),
+            published.chart_version.clone(),
         ],
         None,
     )?;

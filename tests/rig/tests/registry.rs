@@ -212,6 +212,7 @@ fn the_release_publishes_over_https_with_token_auth_and_refuses_a_wrong_password
             format!("{host}/klm-test"),
             String::new(),
             "0.1.0".into(),
+            "0.1.0-main.sha-abc".into(),
             dir.path().join(work).display().to_string(),
             helm.display().to_string(),
             outputs.display().to_string(),
@@ -222,7 +223,7 @@ fn the_release_publishes_over_https_with_token_auth_and_refuses_a_wrong_password
         flags.push(("--ca-file", pki.ca_cert.display().to_string()));
         flags
     };
-    assert_eq!(RELEASE_PUBLISH_FLAGS.len(), 7, "a value above per flag");
+    assert_eq!(RELEASE_PUBLISH_FLAGS.len(), 8, "a value above per flag");
 
     // A wrong password: refused by the token server, with the user named,
     // the password never shown, nothing pushed.
