@@ -346,7 +346,7 @@ impl Registry {
         let response = self.send_following(method, &url, headers, body, Some(authorization))?;
         if response.status == 401 || response.status == 403 {
             bail!(
-                "{method} {url}: HTTP {} after authenticating as {}: the registry refused the credentials or their access to {scope:?}: {}",
+                "{method} {url}: HTTP {} after authenticating as {}: the registry refused the credentials or their access to {scope:?} (check {USER_ENV} and {PASSWORD_ENV}): {}",
                 response.status,
                 self.who(),
                 response.text()

@@ -286,3 +286,94 @@ fn the_release_publishes_over_https_with_token_auth_and_refuses_a_wrong_password
     server.stop();
     Ok(())
 }
+
+#[test]
+fn basic_auth_over_tls_pushes_with_the_password_and_refuses_a_wrong_one() -> Result<()> {
+    if !registry_installed() {
+        return Ok(());
+    }
+    let htpasswd_found = Command::new("htpasswd")
+        .arg("-h")
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !htpasswd_found {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true but htpasswd is missing (apache2-utils, tests/argo/host-packages.sh)"
+        );
+        eprintln!("skipping the Basic auth test: htpasswd is missing (apache2-utils)");
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let pki = TestPki::generate(&dir.path().join("pki"))?;
+    let (user, password) = ("klm-basic", "the-right-password");
+    let htpasswd = dir.path().join("htpasswd");
+    let mut child = Command::new("htpasswd")
+        .args(["-B", "-i", "-c"])
+        .arg(&htpasswd)
+        .arg(user)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    write!(child.stdin.take().context("stdin")?, "{password}")?;
+    ensure!(child.wait()?.success(), "htpasswd -B failed");
+    let port = free_port()?;
+    let host = format!("127.0.0.1:{port}");
+    let options = ServerOptions {
+        tls: Some(pki.serving.clone()),
+        auth: Some(ServerAuth::Htpasswd { path: htpasswd }),
+    };
+    let (binary, args) = registry::prepare_with(&dir.path().join("registry"), port, &options)?;
+    let mut server = Component::start("docker-registry", &binary, &args, dir.path())?;
+    let connect = |credentials: Option<Credentials>| {
+        Registry::new(
+            &host,
+            Connection {
+                ca_file: Some(pki.ca_cert.clone()),
+                credentials,
+                ..Connection::default()
+            },
+        )
+    };
+    connect(None)?.wait_ready(Duration::from_secs(30))?;
+    let layout = dir.path().join("oci");
+    let spec = IndexSpec {
+        version: "0.1.0".into(),
+        revision: "abc".into(),
+        platforms: fake_platforms(dir.path(), &[Arch::S390x])?,
+    };
+    let written = write_layout(&spec, &layout)?;
+    let tags = ["0.1.0".to_string()];
+
+    let anonymous = connect(None)?
+        .push_layout(&layout, "klm", &tags)
+        .expect_err("an anonymous push");
+    assert!(
+        format!("{anonymous:#}").contains(registry::USER_ENV),
+        "{anonymous:#}"
+    );
+    let wrong = connect(Some(Credentials::new(user, "not-the-password")))?
+        .push_layout(&layout, "klm", &tags)
+        .expect_err("a wrong password");
+    let wrong = format!("{wrong:#}");
+    assert!(
+        wrong.contains("refused") && wrong.contains(user) && !wrong.contains("not-the-password"),
+        "{wrong}"
+    );
+    eprintln!("a wrong password: {wrong}");
+
+    let client = Arc::new(connect(Some(Credentials::new(user, password)))?);
+    assert_eq!(client.push_layout(&layout, "klm", &tags)?, written.digest);
+    let pulled = RegistryImage {
+        registry: client,
+        repository: "klm".into(),
+        reference: "0.1.0".into(),
+    };
+    assert_eq!(pulled.index_digest()?, written.digest);
+    assert_eq!(check(&pulled, &[Arch::S390x])?.len(), 1);
+    server.check_alive()?;
+    server.stop();
+    Ok(())
+}
