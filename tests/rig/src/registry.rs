@@ -393,7 +393,10 @@ impl Registry {
         if !scope.is_empty() {
             query.append_pair("scope", scope);
         }
-        if let Some(asked) = param("scope").filter(|s| *s != scope) {
+        // What the registry asked for too, unless this is the root (`GET
+        // /v2/`: ghcr.io names a placeholder repository there; a login asks
+        // for no scope, as docker's does).
+        if let Some(asked) = param("scope").filter(|s| !scope.is_empty() && *s != scope) {
             query.append_pair("scope", asked);
         }
         let query = query.finish();
