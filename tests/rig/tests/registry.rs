@@ -2,16 +2,19 @@
 //! the rig is pushed through the distribution API and read back the way a
 //! client pulls it, by tag and by digest, with the same digests and every
 //! platform's check passing; the chart goes in as an OCI artifact with
-//! `helm push` and comes back with `helm pull`. Then the release's path
-//! (`klm-rig image publish` with [`RELEASE_PUBLISH_FLAGS`], as
-//! `.github/workflows/image.yaml` runs it against ghcr.io; `tests/repo`
-//! checks they agree): the same registry over
+//! `helm push` and comes back with `helm pull`.
+//!
+//! Then the release's path (`klm-rig image publish` with
+//! [`RELEASE_PUBLISH_FLAGS`], as `.github/workflows/image.yaml` runs it
+//! against ghcr.io; `tests/repo` checks they agree): the same registry over
 //! HTTPS with token auth as ghcr.io asks (a token server of the rig issuing
 //! ES256 JWTs), `klm-rig image publish` logging in with `--password-stdin`,
 //! the pushed index checked as an anonymous client pulls it, and a wrong
-//! password refused with a clear error. Skipped with one line where the
-//! package is not installed (`tests/argo/host-packages.sh`), unless
-//! `CI=true`.
+//! password refused with a clear error; and Basic auth (htpasswd) over
+//! HTTPS.
+//!
+//! Skipped with one line where the package is not installed
+//! (`tests/argo/host-packages.sh`), unless `CI=true`.
 
 use std::io::Write as _;
 use std::process::{Command, Stdio};
