@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the rig's real node needs (containerd, runc,
 # containernetworking-plugins), its loopback registry (docker-registry, the
-# distribution registry 2.8) and the rig's Prometheus (metric gates) when any
+# distribution registry 2.8; apache2-utils' htpasswd for its Basic auth test) and the rig's Prometheus (metric gates) when any
 # is missing. Needs root and apt-get;
 # prints one line and exits 0 when it cannot install (the tier's capability
 # check then says what is missing), unless CI=true, where it fails.
@@ -11,6 +11,8 @@ command -v containerd >/dev/null 2>&1 || missing+=(containerd)
 [[ -x /usr/sbin/runc || -x /usr/bin/runc ]] || missing+=(runc)
 [[ -x /usr/lib/cni/loopback ]] || missing+=(containernetworking-plugins)
 [[ -x /usr/bin/docker-registry ]] || missing+=(docker-registry)
+# htpasswd (bcrypt) for the registry test's Basic auth (tests/rig/tests/registry.rs).
+command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)
 # The CA bundle the image carries (tests/image/build.sh, the rig's image).
 [[ -s /etc/ssl/certs/ca-certificates.crt ]] || missing+=(ca-certificates)
 # The rig's Prometheus (metric gates): only the binary runs, on loopback.

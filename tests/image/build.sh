@@ -40,9 +40,12 @@ bash tests/cross/build.sh "${release[@]}" "${arches[@]}"
 bash tests/image/helm.sh "${arches[@]}"
 cargo build -q -p klm-rig --bin klm-rig
 rig=${CARGO_TARGET_DIR:-$root/target}/debug/klm-rig
+# tests/cross/build.sh --release names its binaries klm-linux-<arch>-release,
+# beside the debug ones: a release image never takes a stale debug klm.
+suffix=${release[0]:+-release}
 platforms=()
 for arch in "${arches[@]}"; do
-  platforms+=(--platform "$arch=target/cross/bin/klm-linux-$arch,target/image/helm/helm-linux-$arch")
+  platforms+=(--platform "$arch=target/cross/bin/klm-linux-$arch$suffix,target/image/helm/helm-linux-$arch")
 done
 "$rig" image build --out "$out" --version "$version" --revision "$revision" --ca "$ca" "${platforms[@]}"
 check_arches=()

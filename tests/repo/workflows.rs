@@ -158,11 +158,9 @@ fn permissions_start_read_only_and_jobs_ask_for_more() {
     let writers = [
         ("image.yaml", "publish", &["packages", "id-token"][..]),
         ("release.yaml", "image", &["packages", "id-token"][..]),
-        (
-            "release.yaml",
-            "chart",
-            &["contents", "packages", "id-token"][..],
-        ),
+        // The GitHub release's asset; the chart was pushed and signed by
+        // image.yaml.
+        ("release.yaml", "chart", &["contents"][..]),
     ];
     for name in WORKFLOWS {
         let value = workflow(name);
@@ -199,7 +197,7 @@ fn ci_and_e2e_use_the_images_rust_toolchain() {
         .split_once("rust:")
         .and_then(|(_, rest)| rest.split(['-', '@']).next())
         .unwrap_or_else(|| panic!("RUST_IMAGE is a rust:<version>-... image: {image}"));
-    for name in ["ci.yaml", "e2e.yaml"] {
+    for name in ["ci.yaml", "e2e.yaml", "image.yaml"] {
         assert_eq!(
             workflow(name)["env"]["RUST_TOOLCHAIN"],
             tag,
@@ -216,11 +214,150 @@ fn the_image_workflow_builds_every_platform() {
         .to_string();
     let expected: Vec<String> = ARCHITECTURES.iter().map(|a| format!("linux/{a}")).collect();
     assert_eq!(platforms.split(',').collect::<Vec<_>>(), expected);
+    // tests/image/build.sh builds every platform when given none.
+    let mut built: Vec<&str> = klm_rig::oci::Arch::ALL.iter().map(|a| a.name()).collect();
+    let mut listed = ARCHITECTURES.to_vec();
+    built.sort();
+    listed.sort();
+    assert_eq!(built, listed);
     let text = read(".github/workflows/image.yaml");
-    assert!(text.contains("sbom: true") && text.contains("provenance: mode=max"));
     assert!(text.contains("cosign sign --yes"));
+    assert!(text.contains(r#"tags="sha-$GITHUB_SHA""#));
+}
+
+/// The `run:` scripts of a job's steps, in order.
+fn runs(file: &str, job: &str) -> Vec<String> {
+    workflow(file)["jobs"][job]["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{file}: job {job} has steps"))
+        .iter()
+        .filter_map(|s| s["run"].as_str().map(String::from))
+        .collect()
+}
+
+/// The `--flags` of a script's `klm-rig image publish` (and of the lines that
+/// build its arguments), in order of first appearance.
+fn publish_flags(script: &str) -> Vec<String> {
+    let mut flags: Vec<String> = Vec::new();
+    for word in script.split(|c: char| c.is_whitespace() || c == '(' || c == ')') {
+        if let Some(flag) = word
+            .strip_prefix("--")
+            .filter(|f| f.chars().next().is_some_and(|c| c.is_ascii_lowercase()))
+        {
+            let flag = format!("--{flag}");
+            if !flags.contains(&flag) {
+                flags.push(flag);
+            }
+        }
+    }
+    flags
+}
+
+/// The path users install from is the one the tests walk: image.yaml builds
+/// with the script `make image-release` and `make release-check` run
+/// (tests/image/build.sh --release), in the Debian 12 the cross toolchains
+/// come from, with the repository's package scripts; a pull request runs
+/// `make release-check`'s chain; main and the release push with `klm-rig
+/// image publish` and exactly the flags the registry test passes to a
+/// registry with TLS and token auth ([`klm_rig::publish::RELEASE_PUBLISH_FLAGS`]);
+/// nothing of the image's path uses docker or buildx any more.
+#[test]
+fn the_release_builds_and_publishes_as_the_tests_do() {
+    let image = workflow("image.yaml");
+    for job in ["check", "publish"] {
+        assert_eq!(
+            image["jobs"][job]["container"], "debian:bookworm",
+            "image.yaml's {job} runs in Debian 12 (tests/cross/packages.sh's toolchains)"
+        );
+    }
+    let check = runs("image.yaml", "check").join("\n");
     assert!(
-        text.contains("type=sha,format=long") && text.contains("type=semver,pattern={{version}}")
+        check.contains("make cross-packages host-packages"),
+        "{check}"
+    );
+    assert!(
+        check.contains("bash tests/image/release-check.sh"),
+        "a pull request runs make release-check's chain: {check}"
+    );
+    let publish = runs("image.yaml", "publish");
+    assert!(
+        publish.iter().any(|r| r.contains("make cross-packages")),
+        "{publish:?}"
+    );
+    assert!(
+        publish
+            .iter()
+            .any(|r| r.trim() == "bash tests/image/build.sh --release --out target/image/oci"),
+        "main and releases build with tests/image/build.sh --release: {publish:?}"
+    );
+    let makefile = read("Makefile");
+    assert!(
+        makefile.contains("image-release: cross-packages\n\tbash tests/image/build.sh --release\n")
+    );
+    assert!(makefile.contains("release-check: rig-bins host-packages cross-packages\n\tbash tests/image/release-check.sh\n"));
+    let release_check = read("tests/image/release-check.sh");
+    assert!(release_check.contains("bash tests/image/build.sh"));
+    assert!(release_check.contains("klm-rig\" image publish"));
+
+    let pushes: Vec<&String> = publish
+        .iter()
+        .filter(|r| r.contains("klm-rig image publish"))
+        .collect();
+    assert_eq!(pushes.len(), 1, "one push: {publish:?}");
+    let mut flags = publish_flags(pushes[0]);
+    flags.sort();
+    let mut expected = klm_rig::publish::RELEASE_PUBLISH_FLAGS.to_vec();
+    expected.sort();
+    assert_eq!(
+        flags, expected,
+        "image.yaml publishes with the flags the registry test passes (tests/rig/tests/registry.rs)"
+    );
+    assert!(pushes[0].contains(r#"--registry "ghcr.io/${GITHUB_REPOSITORY_OWNER,,}""#));
+    assert!(
+        pushes[0].contains(r#"<<<"$REGISTRY_TOKEN""#),
+        "the token on stdin"
+    );
+    let step = image["jobs"]["publish"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "publish")
+        .expect("a step with id publish");
+    assert_eq!(step["env"]["REGISTRY_TOKEN"], "${{ secrets.GITHUB_TOKEN }}");
+    assert_eq!(step["env"]["KLM_REGISTRY_USER"], "${{ github.actor }}");
+    let registry_test = read("tests/rig/tests/registry.rs");
+    assert!(
+        registry_test.contains("RELEASE_PUBLISH_FLAGS")
+            && registry_test.contains("ServerAuth::Token")
+            && registry_test.contains("CARGO_BIN_EXE_klm-rig"),
+        "the registry test runs klm-rig image publish with the release's flags against token auth"
+    );
+
+    for file in ["image.yaml", "release.yaml"] {
+        for (used_in, action) in uses() {
+            assert!(
+                used_in != file || !action.starts_with("docker/"),
+                "{file} uses {action}: the image is built and pushed without docker or buildx"
+            );
+        }
+        let text = read(format!(".github/workflows/{file}"));
+        for word in ["buildx", "docker build", "docker push", "docker login"] {
+            assert!(
+                !text
+                    .lines()
+                    .any(|l| !l.trim_start().starts_with('#') && l.contains(word)),
+                "{file} runs {word}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_publish_flag_reader_reads_flags_in_order() {
+    let script = "args=()\nfor t in $T; do args+=(--tag \"$t\"); done\nklm-rig image publish --layout x \\\n  --password-stdin \"${args[@]}\" --layout y <<<\"$X\"\n";
+    assert_eq!(
+        publish_flags(script),
+        ["--tag", "--layout", "--password-stdin"]
     );
 }
 
@@ -242,7 +379,11 @@ fn the_release_calls_the_image_workflow_and_takes_its_digest() {
     );
     assert_eq!(
         image["jobs"]["publish"]["outputs"]["digest"],
-        "${{ steps.build.outputs.digest }}"
+        "${{ steps.publish.outputs.digest }}"
+    );
+    assert_eq!(
+        release["jobs"]["chart"]["env"]["CHART_DIGEST"],
+        "${{ needs.image.outputs.chart_digest }}"
     );
 }
 

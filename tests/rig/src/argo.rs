@@ -322,18 +322,23 @@ fn start_registry_and_publish(node: &mut RealNode, layout: &Path) -> Result<Publ
     let (binary, args) = crate::registry::prepare(&dir, port)?;
     let marker = args.last().cloned().unwrap_or_default();
     node.start_companion("docker-registry", &binary, &args, &[], &marker)?;
-    crate::registry::wait_ready(&host, Duration::from_secs(30))?;
+    let registry = std::sync::Arc::new(crate::registry::Registry::loopback(&host)?);
+    registry.wait_ready(Duration::from_secs(30))?;
     crate::registry::write_containerd_hosts(&node.registry_hosts_dir(), &host)?;
+    let work = dir.join("publish");
+    let helm = crate::publish::Helm::for_registry(&bin_dir().join("helm"), &work, &registry)?;
     let published = crate::publish::publish(
-        &host,
+        &registry,
+        "",
         layout,
-        KLM_IMAGE_TAG,
-        &bin_dir().join("helm"),
-        &dir.join("publish"),
+        &[KLM_IMAGE_TAG.to_string()],
+        None,
+        &helm,
+        &work,
     )?;
     let pulled = crate::registry::RegistryImage {
-        host: host.clone(),
-        repository: crate::publish::IMAGE_REPOSITORY.into(),
+        registry,
+        repository: published.image_path(),
         reference: published.image_digest.clone(),
     };
     crate::oci_check::check(&pulled, &[Arch::host()?])

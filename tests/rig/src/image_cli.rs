@@ -1,9 +1,10 @@
 //! `klm-rig image ...`: the command line of [`crate::oci`] and
 //! [`crate::oci_check`], which `tests/image/build.sh` (and through it the
-//! rig, `make demo`, the workflow tier and the release workflow) calls.
+//! rig, `make demo`, the workflow tier and the release workflows) calls.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
@@ -11,6 +12,7 @@ use clap::Subcommand;
 use crate::image::ImageFile;
 use crate::oci::{Arch, IndexSpec, PlatformFiles};
 use crate::oci_check::{Layout, check};
+use crate::registry::{Connection, Credentials, Registry, RegistryImage};
 
 /// What `klm-rig image` does.
 #[derive(Debug, Subcommand)]
@@ -39,26 +41,56 @@ pub enum ImageCommand {
         added: Vec<(String, PathBuf)>,
     },
     /// Push a layout's index and this project's chart (its values naming the
-    /// index by digest) to a loopback registry, then check the index as a
-    /// client pulls it, by digest.
+    /// index by digest) to a registry, then check the index as a client
+    /// pulls it, by digest, and render the pulled chart. Credentials come
+    /// from KLM_REGISTRY_USER and KLM_REGISTRY_PASSWORD (or
+    /// --password-stdin), never from the command line.
     Publish {
         /// The layout's directory.
         #[arg(long)]
         layout: PathBuf,
-        /// The registry, `127.0.0.1:<port>` (plain HTTP); without it, a
-        /// registry of its own on loopback (Debian's docker-registry, storage
-        /// in WORK/registry) for the time of the command.
+        /// The registry and the path the image and the chart go under:
+        /// HOST[/NAMESPACE] (`ghcr.io/kata-containers`: the image
+        /// `ghcr.io/kata-containers/kata-lifecycle-manager`, the chart
+        /// `oci://ghcr.io/kata-containers/charts/kata-lifecycle-manager`).
+        /// Without it, a registry of its own on loopback (Debian's
+        /// docker-registry, plain HTTP, storage in WORK/registry) for the
+        /// time of the command.
         #[arg(long)]
         registry: Option<String>,
-        /// The image's tag.
+        /// Plain HTTP instead of HTTPS (a loopback registry), as helm's.
         #[arg(long)]
-        tag: String,
+        plain_http: bool,
+        /// A CA bundle (PEM) to trust besides the system's roots.
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// Read the password (or token) from stdin; the user is
+        /// KLM_REGISTRY_USER.
+        #[arg(long)]
+        password_stdin: bool,
+        /// The image's tags (once per tag; the index is pushed by each).
+        #[arg(long = "tag", required = true)]
+        tags: Vec<String>,
+        /// The chart's version (default: Chart.yaml's); a branch's builds
+        /// publish a prerelease (`0.1.0-main.sha-<commit>`) so that they
+        /// never replace a released chart.
+        #[arg(long)]
+        chart_version: Option<String>,
         /// The platforms the index must list (default: all four).
         #[arg(long = "arch", value_parser = Arch::parse)]
         arches: Vec<Arch>,
         /// A scratch directory (the chart's copy and package).
         #[arg(long)]
         work: PathBuf,
+        /// The helm that packages and pushes the chart (default: the rig's,
+        /// target/rig/bin/helm).
+        #[arg(long)]
+        helm: Option<PathBuf>,
+        /// Append what was published to this file as NAME=VALUE lines
+        /// (image, digest, chart, chart_digest, chart_package, chart_version;
+        /// the format of GitHub's $GITHUB_OUTPUT).
+        #[arg(long)]
+        outputs: Option<PathBuf>,
     },
     /// Check a layout's index: the platforms, every blob's digest, and each
     /// platform's user, entrypoint, labels, CA bundle, no shell, and klm's and
@@ -127,40 +159,92 @@ impl ImageCommand {
             ImageCommand::Publish {
                 layout,
                 registry,
-                tag,
+                plain_http,
+                ca_file,
+                password_stdin,
+                tags,
+                chart_version,
                 arches,
                 work,
+                helm,
+                outputs,
             } => {
                 let arches = if arches.is_empty() {
                     Arch::ALL.to_vec()
                 } else {
                     arches
                 };
+                let credentials = if password_stdin {
+                    let user = std::env::var(crate::registry::USER_ENV)
+                        .ok()
+                        .filter(|u| !u.is_empty())
+                        .with_context(|| {
+                            format!(
+                                "--password-stdin needs the user in {}",
+                                crate::registry::USER_ENV
+                            )
+                        })?;
+                    let mut password = String::new();
+                    std::io::stdin().read_line(&mut password)?;
+                    let password = password.trim_end_matches(['\r', '\n']);
+                    anyhow::ensure!(!password.is_empty(), "no password on stdin");
+                    Some(Credentials::new(user, password))
+                } else {
+                    Credentials::from_env()?
+                };
                 let mut own = None;
-                let registry = match registry {
-                    Some(host) => host,
+                let (host, namespace, connection) = match registry {
+                    Some(target) => {
+                        let (host, namespace) =
+                            target.split_once('/').unwrap_or((target.as_str(), ""));
+                        (
+                            host.to_string(),
+                            namespace.to_string(),
+                            Connection {
+                                plain_http,
+                                ca_file,
+                                credentials,
+                            },
+                        )
+                    }
                     None => {
                         let (host, server) = start_registry(&work.join("registry"))?;
                         own = Some(server);
-                        host
+                        let connection = Connection {
+                            plain_http: true,
+                            ..Connection::default()
+                        };
+                        (host, String::new(), connection)
                     }
                 };
-                let helm = crate::control_plane::bin_dir().join("helm");
-                let published = crate::publish::publish(&registry, &layout, &tag, &helm, &work)?;
-                let pulled = crate::registry::RegistryImage {
-                    host: registry.clone(),
-                    repository: crate::publish::IMAGE_REPOSITORY.into(),
+                let registry = Arc::new(Registry::new(&host, connection)?);
+                registry.login()?;
+                let helm = helm.unwrap_or_else(|| crate::control_plane::bin_dir().join("helm"));
+                let helm = crate::publish::Helm::for_registry(&helm, &work, &registry)?;
+                let published = crate::publish::publish(
+                    &registry,
+                    &namespace,
+                    &layout,
+                    &tags,
+                    chart_version.as_deref(),
+                    &helm,
+                    &work,
+                )?;
+                let pulled = RegistryImage {
+                    registry: registry.clone(),
+                    repository: published.image_path(),
                     reference: published.image_digest.clone(),
                 };
                 let checked = check(&pulled, &arches)
                     .with_context(|| format!("checking {} in the registry", published.image()))?;
-                crate::publish::check_chart(&helm, &work, &published)?;
+                crate::publish::check_chart(&helm, &published)?;
                 writeln!(out, "image {}", published.image())?;
                 writeln!(
                     out,
-                    "chart {} --version {}",
+                    "chart {} --version {} ({})",
                     published.chart_ref(),
-                    published.chart_version
+                    published.chart_version,
+                    published.chart_digest
                 )?;
                 for c in checked {
                     writeln!(
@@ -169,6 +253,23 @@ impl ImageCommand {
                         c.arch.name(),
                         c.digest,
                         megabytes(c.compressed)
+                    )?;
+                }
+                if let Some(path) = outputs {
+                    let mut file = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&path)
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    write!(
+                        file,
+                        "image={}\ndigest={}\nchart={}\nchart_digest={}\nchart_package={}\nchart_version={}\n",
+                        published.image_repository(),
+                        published.image_digest,
+                        published.chart_ref(),
+                        published.chart_digest,
+                        published.chart_package.display(),
+                        published.chart_version
                     )?;
                 }
                 if let Some(mut server) = own {
@@ -215,7 +316,7 @@ fn start_registry(dir: &std::path::Path) -> Result<(String, crate::process::Comp
     let host = format!("127.0.0.1:{port}");
     let (binary, args) = crate::registry::prepare(dir, port)?;
     let server = crate::process::Component::start("docker-registry", &binary, &args, dir)?;
-    crate::registry::wait_ready(&host, std::time::Duration::from_secs(30))?;
+    Registry::loopback(&host)?.wait_ready(std::time::Duration::from_secs(30))?;
     Ok((host, server))
 }
 

@@ -30,6 +30,7 @@ pub mod real_node;
 pub mod registry;
 pub mod rig;
 pub mod simulator;
+pub mod token_server;
 pub mod verdicts;
 pub mod verification_pod;
 
