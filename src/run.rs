@@ -10,7 +10,7 @@ use semver::Version;
 use crate::error::UserError;
 use crate::nodes::hold::Holder;
 use crate::release::ReleaseRef;
-use crate::run_record::{RecordError, Records, RunRecord, RunState};
+use crate::run_record::{RecordError, Records, RunRecord, RunState, named_run};
 use crate::versions::{DeploymentMode, ModeChoice};
 
 /// A step's run: its record as read, and the records of its release's
@@ -56,14 +56,22 @@ impl Run {
         release: &ReleaseRef,
         run_id: Option<&str>,
     ) -> Result<Option<Run>, RecordError> {
-        let Some(wanted) = run_id else {
+        if run_id.is_none() {
             return Ok(None);
-        };
+        }
         let records = Records::new(client, &release.namespace);
-        Ok(match records.load(&release.name).await? {
-            Some((record, _)) if record.run_id == wanted => Some(Run::of(records, record)),
-            _ => None,
-        })
+        let latest = records.load(&release.name).await?.map(|(record, _)| record);
+        Ok(Run::named(records, latest, run_id))
+    }
+
+    /// The run named by `run_id` when `latest`, the release's record as
+    /// loaded from `records`, is that run's ([`named_run`]); None for a step
+    /// by hand.
+    pub fn named(records: Records, latest: Option<RunRecord>, run_id: Option<&str>) -> Option<Run> {
+        let named = named_run(latest.as_ref(), run_id).is_some();
+        latest
+            .filter(|_| named)
+            .map(|record| Run::of(records, record))
     }
 
     fn of(records: Records, record: RunRecord) -> Run {
@@ -73,11 +81,6 @@ impl Run {
             record,
             release_id,
         }
-    }
-
-    /// The run record as the step read it.
-    pub fn record(&self) -> &RunRecord {
-        &self.record
     }
 
     /// The records of the run's namespace.

@@ -9,7 +9,8 @@ use crate::events::NodeEvents;
 use crate::nodes::hold;
 use crate::output::Report;
 use crate::release::ReleaseRef;
-use crate::run_record::{self, NodeProgress, Records};
+use crate::run::Run;
+use crate::run_record::{NodeProgress, Records};
 
 use crate::verification::{NodeVerdict, Pods, verify_nodes};
 
@@ -88,29 +89,27 @@ pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verifi
     }
 
     let records = Records::new(client, &request.release.namespace);
-    let record = records
+    let latest = records
         .load(&request.release.name)
         .await?
         .map(|(record, _)| record);
+    // A check by hand labels its pods with the latest run's id.
     let run_id = request
         .run_id
         .clone()
-        .or_else(|| record.as_ref().map(|r| r.run_id.clone()))
+        .or_else(|| latest.as_ref().map(|r| r.run_id.clone()))
         .unwrap_or_else(|| "manual".to_string());
+    let run = Run::named(records, latest, request.run_id.as_deref());
     let release_id =
         crate::annotations::release_id(&request.release.namespace, &request.release.name);
-    let holder =
-        run_record::named_run(record.as_ref(), request.run_id.as_deref()).map(|r| hold::Holder {
-            run_id: &r.run_id,
-            release: &release_id,
-        });
+    let holder = run.as_ref().map(Run::holder);
     for node in &request.nodes {
         hold::advance(client, node, holder, NodeStatus::Verifying).await?;
     }
-    let pool_label = request.pool_label.clone().or_else(|| {
-        run_record::named_run(record.as_ref(), request.run_id.as_deref())
-            .and_then(|r| r.pool_label.clone())
-    });
+    let pool_label = request
+        .pool_label
+        .clone()
+        .or_else(|| run.as_ref().and_then(|r| r.pool_label.clone()));
     let assigned = request.pods.assign(&nodes, pool_label.as_deref())?;
     let verdicts = verify_nodes(
         client,
@@ -127,17 +126,15 @@ pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verifi
     // Only the run the step names, while it runs, records its verdicts: a
     // check by hand (no --run-id) writes nothing into the latest run's
     // record, which may be long closed.
-    if let Some(record) = run_record::named_run(record.as_ref(), request.run_id.as_deref())
-        .filter(|r| !r.state.is_closed())
+    if let Some(run) = run.as_ref().filter(|r| !r.state.is_closed())
         && !passed.is_empty()
     {
-        records
-            .update(&record.release, &record.run_id, |r| {
-                for node in &passed {
-                    r.nodes.insert(node.clone(), NodeProgress::Verified);
-                }
-            })
-            .await?;
+        run.update(|r| {
+            for node in &passed {
+                r.nodes.insert(node.clone(), NodeProgress::Verified);
+            }
+        })
+        .await?;
     }
     NodeEvents::new(client, &run_id, &release_id)
         .record_each(verdicts.iter().map(|v| (v.node.clone(), v.event(None))))
