@@ -17,12 +17,13 @@
 //! (`tests/argo/host-packages.sh`), unless `CI=true`.
 
 use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use klm_rig::oci::{Arch, IndexSpec, write_layout};
+use klm_rig::oci::{Arch, IndexSpec, WrittenIndex, write_layout};
 use klm_rig::oci_check::{BlobSource, check, fake_platforms};
 use klm_rig::process::Component;
 use klm_rig::publish::RELEASE_PUBLISH_FLAGS;
@@ -47,6 +48,19 @@ fn registry_installed() -> bool {
     false
 }
 
+/// A stand-in image index of klm 0.1.0 for `arches` (fake binaries of the
+/// right architecture), written as an OCI layout in `<dir>/oci`.
+fn stand_in_layout(dir: &Path, arches: &[Arch]) -> Result<(PathBuf, WrittenIndex)> {
+    let spec = IndexSpec {
+        version: "0.1.0".into(),
+        revision: "abc".into(),
+        platforms: fake_platforms(dir, arches)?,
+    };
+    let layout = dir.join("oci");
+    let written = write_layout(&spec, &layout)?;
+    Ok((layout, written))
+}
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -66,19 +80,13 @@ fn an_index_and_a_chart_pushed_to_the_loopback_registry_read_back_identical() ->
     let client = Arc::new(Registry::loopback(&host)?);
     client.wait_ready(Duration::from_secs(30))?;
 
-    let platforms = fake_platforms(dir.path(), &Arch::ALL)?;
-    let spec = IndexSpec {
-        version: "0.1.0".into(),
-        revision: "abc".into(),
-        platforms,
-    };
-    let written = write_layout(&spec, &dir.path().join("oci"))?;
+    let (layout, written) = stand_in_layout(dir.path(), &Arch::ALL)?;
     let tags = ["0.1.0".to_string()];
-    let pushed = client.push_layout(&dir.path().join("oci"), "klm/test", &tags)?;
+    let pushed = client.push_layout(&layout, "klm/test", &tags)?;
     assert_eq!(pushed, written.digest);
     // Pushing again is a no-op that keeps the digest.
     assert_eq!(
-        client.push_layout(&dir.path().join("oci"), "klm/test", &tags)?,
+        client.push_layout(&layout, "klm/test", &tags)?,
         written.digest
     );
     for reference in ["0.1.0".to_string(), written.digest.clone()] {
@@ -199,14 +207,7 @@ fn the_release_publishes_over_https_with_token_auth_and_refuses_a_wrong_password
     )?);
     anonymous.wait_ready(Duration::from_secs(30))?;
 
-    let platforms = fake_platforms(dir.path(), &Arch::ALL)?;
-    let spec = IndexSpec {
-        version: "0.1.0".into(),
-        revision: "abc".into(),
-        platforms,
-    };
-    let layout = dir.path().join("oci");
-    let written = write_layout(&spec, &layout)?;
+    let (layout, written) = stand_in_layout(dir.path(), &Arch::ALL)?;
     let outputs = dir.path().join("outputs");
     let helm = klm_rig::control_plane::bin_dir().join("helm");
     let flags = |work: &str| -> Vec<(&str, String)> {
@@ -341,13 +342,7 @@ fn basic_auth_over_tls_pushes_with_the_password_and_refuses_a_wrong_one() -> Res
         )
     };
     connect(None)?.wait_ready(Duration::from_secs(30))?;
-    let layout = dir.path().join("oci");
-    let spec = IndexSpec {
-        version: "0.1.0".into(),
-        revision: "abc".into(),
-        platforms: fake_platforms(dir.path(), &[Arch::S390x])?,
-    };
-    let written = write_layout(&spec, &layout)?;
+    let (layout, written) = stand_in_layout(dir.path(), &[Arch::S390x])?;
     let tags = ["0.1.0".to_string()];
 
     let anonymous = connect(None)?
