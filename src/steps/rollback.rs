@@ -27,7 +27,7 @@ use crate::nodes::hold::{self, Release as NodeRelease, Released};
 use crate::output::Report;
 use crate::release::{Release, ReleaseRef, Upgrade};
 use crate::run::Run;
-use crate::run_record::{NodeProgress, Records, RunRecord, RunState};
+use crate::run_record::{NodeProgress, RunRecord, RunState};
 use crate::run_values::{self, SCOPE_KEYS};
 use crate::verification::Pods;
 use crate::versions::{self, DeploymentMode};
@@ -205,18 +205,7 @@ pub async fn roll_back(
         DeploymentMode::Daemonset => {
             revert_daemonset(client, helm, &run, names, request, &mut report).await
         }
-        DeploymentMode::Job => {
-            revert_job(
-                client,
-                helm,
-                &run,
-                run.records(),
-                names,
-                request,
-                &mut report,
-            )
-            .await
-        }
+        DeploymentMode::Job => revert_job(client, helm, &run, names, request, &mut report).await,
     };
     let reason = request
         .reason
@@ -295,8 +284,6 @@ pub async fn roll_back(
     Ok(report)
 }
 
-/// Refuses (a precondition, before anything changes) nodes the run never
-/// touched: it has nothing of its own to undo there, and no version of
 /// Verifies the nodes coming `back` again at the version before the run;
 /// the failures (each node's, or every node's when the verification could
 /// not run).
@@ -332,6 +319,8 @@ async fn reverify(
     }
 }
 
+/// Refuses (a precondition, before anything changes) nodes the run never
+/// touched: it has nothing of its own to undo there, and no version of
 /// theirs on record to return them to.
 fn refuse_untouched(record: &RunRecord, nodes: &[Node]) -> Result<(), UserError> {
     let release_id = record.release_id();
@@ -521,7 +510,7 @@ async fn revert_plan(
 async fn revert_daemonset(
     client: &Client,
     helm: &Helm,
-    record: &RunRecord,
+    run: &Run,
     names: &[String],
     request: &Request,
     report: &mut RolledBack,
@@ -535,7 +524,7 @@ async fn revert_daemonset(
         .collect();
     let reference = &request.release;
     let chart_name = reference.load(helm).await?.chart_name;
-    let plan = revert_plan(helm, reference, &chart_name, record, names, report).await?;
+    let plan = revert_plan(helm, reference, &chart_name, run, names, report).await?;
     let mut failures = Vec::new();
     for Revert {
         version,
@@ -544,9 +533,9 @@ async fn revert_daemonset(
     } in &plan.reverts
     {
         let current = reference.load(helm).await?;
-        let at_before = *version == record.before.chart_version;
+        let at_before = *version == run.before.chart_version;
         let differs = if at_before {
-            needs_revert(&current, record, &mechanic_keys)
+            needs_revert(&current, run, &mechanic_keys)
         } else {
             current.chart_version != *version || current.status != "deployed" || {
                 let mut wanted = values.clone();
@@ -566,7 +555,7 @@ async fn revert_daemonset(
                         &request.settings.chart,
                         version,
                         values,
-                        record.mode,
+                        run.mode,
                         request.settings.helm_timeout,
                     ),
                 )
@@ -594,10 +583,9 @@ async fn revert_daemonset(
         }));
     }
     if report.release_reverted {
-        let records = Records::new(client, &reference.namespace);
-        crate::nodes::marks::take_back(client, helm, &records, reference, &record.run_id).await?;
+        crate::nodes::marks::take_back(client, helm, run.records(), reference, &run.run_id).await?;
     }
-    let still_new: Vec<String> = record
+    let still_new: Vec<String> = run
         .nodes_in(&[NodeProgress::Completed])
         .into_iter()
         .filter(|n| !names.contains(n))
@@ -605,9 +593,9 @@ async fn revert_daemonset(
     if report.release_reverted && !still_new.is_empty() {
         report.notes.push(format!(
             "daemonset mode has one template for every node: the release is back at {}, while {} (completed by this run) keep running {} until their kata-deploy pod restarts; run the upgrade again to make the fleet consistent",
-            record.before.chart_version,
+            run.before.chart_version,
             still_new.join(", "),
-            record.target_version
+            run.target_version
         ));
     }
     report.notes.push(format!(
@@ -615,9 +603,9 @@ async fn revert_daemonset(
         crate::release::restore_command(
             reference,
             &request.settings.chart,
-            &record.before.chart_version,
-            record.values_revision(),
-            record.mode,
+            &run.before.chart_version,
+            run.values_revision(),
+            run.mode,
             false
         )
     ));
@@ -635,21 +623,22 @@ async fn revert_daemonset(
 /// back at `version` with the user's values of then, without hooks, then
 /// that revision's own install dispatcher run for `nodes` only, without its
 /// prune ([`crate::dispatch`]), and its install Jobs waited for.
-#[allow(clippy::too_many_arguments)]
 async fn redispatch(
     client: &Client,
     helm: &Helm,
-    record: &RunRecord,
-    records: &Records,
+    run: &Run,
     request: &Request,
-    version: &str,
-    values: &Value,
-    nodes: &[String],
+    revert: &Revert,
 ) -> anyhow::Result<()> {
+    let Revert {
+        version,
+        values,
+        nodes,
+    } = revert;
     let reference = &request.release;
     let current = reference.load(helm).await?;
     let pin = [crate::release::MODE_KEY];
-    if current.chart_version != version
+    if current.chart_version != *version
         || run_values::without(&current.user_values, &pin) != run_values::without(values, &pin)
     {
         current
@@ -658,7 +647,7 @@ async fn redispatch(
                 &request.settings.chart,
                 version,
                 values,
-                record.mode,
+                run.mode,
                 true,
                 request.settings.helm_timeout,
             )
@@ -676,17 +665,14 @@ async fn redispatch(
     )?;
     kata_deploy::clear_finished_install_jobs(client, reference, nodes).await?;
     let started = crate::run_record::now();
-    records
-        .update(&record.release, &record.run_id, |r| {
-            r.wave_started_at = Some(started.clone())
-        })
+    run.update(|r| r.wave_started_at = Some(started.clone()))
         .await?;
     let key = format!("rb{}-{}", at.revision, crate::dispatch::nodes_key(nodes));
     crate::dispatch::dispatch(
         client,
         reference,
         &dispatcher,
-        &record.run_id,
+        &run.run_id,
         &key,
         nodes,
         request.settings.helm_timeout,
@@ -711,29 +697,26 @@ async fn redispatch(
 async fn revert_job(
     client: &Client,
     helm: &Helm,
-    record: &RunRecord,
-    records: &Records,
+    run: &Run,
     names: &[String],
     request: &Request,
     report: &mut RolledBack,
 ) -> anyhow::Result<()> {
     let reference = &request.release;
     let chart_name = reference.load(helm).await?.chart_name;
-    let plan = revert_plan(helm, reference, &chart_name, record, names, report).await?;
+    let plan = revert_plan(helm, reference, &chart_name, run, names, report).await?;
     let own_dispatcher = versions::runs_own_dispatcher(
-        &versions::parse(&record.before.chart_version)?,
-        &record.target_version,
+        &versions::parse(&run.before.chart_version)?,
+        &run.target_version,
     );
-    for Revert {
-        version,
-        values: base,
-        nodes,
-    } in plan.reverts.iter().filter(|r| !r.nodes.is_empty())
-    {
+    for revert in plan.reverts.iter().filter(|r| !r.nodes.is_empty()) {
+        let Revert {
+            version,
+            values: base,
+            nodes,
+        } = revert;
         if own_dispatcher {
-            if let Err(err) =
-                redispatch(client, helm, record, records, request, version, base, nodes).await
-            {
+            if let Err(err) = redispatch(client, helm, run, request, revert).await {
                 let why = crate::error::describe(&err);
                 report.failed.extend(NodeFailure::each(nodes, &why));
             }
@@ -744,10 +727,7 @@ async fn revert_job(
         run_values::apply(&mut values, &run_values::job_wave(nodes, &coalesced));
         kata_deploy::clear_finished_install_jobs(client, reference, nodes).await?;
         let started = crate::run_record::now();
-        records
-            .update(&record.release, &record.run_id, |r| {
-                r.wave_started_at = Some(started.clone())
-            })
+        run.update(|r| r.wave_started_at = Some(started.clone()))
             .await?;
         reference
             .load(helm)
@@ -758,7 +738,7 @@ async fn revert_job(
                     &request.settings.chart,
                     version,
                     values,
-                    record.mode,
+                    run.mode,
                     request.settings.helm_timeout,
                 ),
             )
@@ -781,9 +761,9 @@ async fn revert_job(
         .restore_values(
             helm,
             &request.settings.chart,
-            &record.before.chart_version,
-            &record.before.user_values,
-            record.mode,
+            &run.before.chart_version,
+            &run.before.user_values,
+            run.mode,
             true,
             request.settings.helm_timeout,
         )
@@ -797,9 +777,9 @@ async fn revert_job(
         report.values_not_restored = Some(crate::release::restore_command(
             reference,
             &request.settings.chart,
-            &record.before.chart_version,
-            record.values_revision(),
-            record.mode,
+            &run.before.chart_version,
+            run.values_revision(),
+            run.mode,
             true,
         ));
     }
