@@ -352,7 +352,7 @@ async fn ask_prometheus(
 async fn roll_back_and_fail(
     client: &Client,
     helm: &Helm,
-    run: &RunRecord,
+    record: &RunRecord,
     request: &Request,
     nodes: &[String],
     reason: String,
@@ -365,7 +365,7 @@ async fn roll_back_and_fail(
             nodes: nodes.to_vec(),
             reason: Some(reason.clone()),
             release: request.release.clone(),
-            run_id: Some(run.run_id.clone()),
+            run_id: Some(record.run_id.clone()),
             settings: request.rollback.clone(),
             fails_run: true,
         },
@@ -384,7 +384,7 @@ async fn roll_back_and_fail(
     ))
     .hint(format!(
         "{look} and `klm status --run-id {}`; fix the cause, then start a new run: nodes completed by this run are skipped",
-        run.run_id
+        record.run_id
     ))
     .into()
 }
