@@ -314,7 +314,7 @@ async fn finish_run(
         };
         r.held = None;
         r.suspended.clear();
-        // What stays on the release stays on run: the next run takes
+        // What stays on the release stays on record: the next run takes
         // it over and restores it (RunRecord::inherit).
         if !left {
             r.mechanics.clear();
