@@ -36,17 +36,27 @@ pub struct Args {
     /// Which release (its run record, for --wave).
     #[command(flatten)]
     pub release: ReleaseArgs,
+
+    /// false: evict nothing and say so, touching nothing (the workflow's
+    /// drain phase when the run was submitted with drain-enabled=false).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub enabled: bool,
 }
 
 /// What drain did.
 #[derive(Debug, serde::Serialize)]
 pub struct Drain {
+    /// false: the drain was not asked for (--enabled=false).
+    pub enabled: bool,
     /// Per node.
     pub nodes: Vec<Drained>,
 }
 
 impl Report for Drain {
     fn text(&self) -> String {
+        if !self.enabled {
+            return "drain not enabled for this run (--enabled=false): no pod evicted".to_string();
+        }
         self.nodes
             .iter()
             .map(|d| {
@@ -77,6 +87,14 @@ impl Report for Drain {
 
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
+    if !args.enabled {
+        let report = Drain {
+            enabled: false,
+            nodes: Vec::new(),
+        };
+        output::print(global.output, &report)?;
+        return Ok(ExitStatus::Done);
+    }
     let client = crate::cluster::client(global).await?;
     let names = flags::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let request = Request {
@@ -89,6 +107,10 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     let evicting = crate::cluster::client_without_retry(global).await?;
     let helm = flags::helm(&args.release, global)?;
     let drained = drain_nodes(&client, &evicting, &helm, &request).await?;
-    output::print(global.output, &Drain { nodes: drained })?;
+    let report = Drain {
+        enabled: true,
+        nodes: drained,
+    };
+    output::print(global.output, &report)?;
     Ok(ExitStatus::Done)
 }

@@ -21,16 +21,17 @@ use crate::versions::{self, DeploymentMode, ModeChoice};
 /// calls and helm reads around the waits.
 pub const STEP_MARGIN: Duration = Duration::from_secs(120);
 
-/// The longest a step can take with these timeouts: a rollback (a wave's
-/// settle step, the exit handler) runs a helm upgrade, waits for kata-deploy
-/// to come back and verifies again; a drain waits up to its own timeout.
+/// The longest a step can take with these timeouts: a wave's upgrade, one
+/// pod, drains, runs a helm upgrade (job mode), waits for kata-deploy to come
+/// back and verifies; a rollback (a wave's settle step, the exit handler)
+/// does all of that but the drain.
 pub fn longest_step(
     helm: Duration,
     restart: Duration,
     verification: Duration,
     drain: Duration,
 ) -> Duration {
-    (helm + restart + verification).max(drain) + STEP_MARGIN
+    drain + helm + restart + verification + STEP_MARGIN
 }
 
 /// Refuses timeouts that a step deadline would cut short: Argo kills such a
@@ -47,13 +48,13 @@ pub fn check_step_deadline(
         return Ok(());
     }
     Err(UserError::bad_input(format!(
-        "the step deadline ({}s) is shorter than the longest step can take: {}s (helm-timeout {}s + restart-timeout {}s + verification-timeout {}s for a rollback, or drain-timeout {}s, plus {}s to start)",
+        "the step deadline ({}s) is shorter than the longest step can take: {}s (a wave's upgrade: drain-timeout {}s + helm-timeout {}s + restart-timeout {}s + verification-timeout {}s, plus {}s to start)",
         deadline.as_secs(),
         needed.as_secs(),
+        drain.as_secs(),
         helm.as_secs(),
         restart.as_secs(),
         verification.as_secs(),
-        drain.as_secs(),
         STEP_MARGIN.as_secs()
     ))
     .hint(format!(
@@ -359,21 +360,21 @@ mod tests {
     }
 
     #[test]
-    fn the_step_deadline_must_cover_a_rollback() {
+    fn the_step_deadline_must_cover_a_whole_wave() {
         let m = |n: u64| Duration::from_secs(n * 60);
-        // The chart's defaults: 10m + 10m + 3m, plus the margin, within 3600s.
+        // The chart's defaults: 10m + 10m + 3m + 5m, plus the margin, within 3600s.
         assert_eq!(
             longest_step(m(10), m(10), m(3), m(5)).as_secs(),
-            23 * 60 + 120
+            28 * 60 + 120
         );
         assert!(check_step_deadline(Duration::from_secs(3600), m(10), m(10), m(3), m(5)).is_ok());
         let refused =
             check_step_deadline(Duration::from_secs(3600), m(30), m(30), m(3), m(5)).unwrap_err();
-        assert!(refused.to_string().contains("3900s"), "{refused}");
-        // A long drain counts on its own.
+        assert!(refused.to_string().contains("4200s"), "{refused}");
+        // The drain adds to the rest: one pod drains, upgrades and verifies.
         assert_eq!(
             longest_step(m(1), m(1), m(1), m(90)).as_secs(),
-            90 * 60 + 120
+            93 * 60 + 120
         );
     }
 

@@ -62,22 +62,66 @@ impl Workflow {
             .unwrap_or_else(|| panic!("{}: template {name:?} does not exist", self.kind))
     }
 
-    /// The steps of a steps template, group by group.
-    fn groups<'a>(&self, template: &'a Value) -> Vec<&'a Vec<Value>> {
+    /// The steps of a steps template, group by group; a DAG's tasks as
+    /// groups of one, in the order listed (which is their dependency order).
+    fn groups<'a>(&self, template: &'a Value) -> Vec<Vec<&'a Value>> {
+        if let Some(tasks) = template["dag"]["tasks"].as_array() {
+            return tasks.iter().map(|t| vec![t]).collect();
+        }
         template["steps"]
             .as_array()
             .map(|groups| {
                 groups
                     .iter()
-                    .map(|g| g.as_array().expect("a step group is a list"))
+                    .map(|g| {
+                        g.as_array()
+                            .expect("a step group is a list")
+                            .iter()
+                            .collect()
+                    })
                     .collect()
             })
             .unwrap_or_default()
     }
 
+    /// The containers of a container or containerSet template, each with a
+    /// label (`template` or `template/container`).
+    fn containers<'a>(&self, name: &str, template: &'a Value) -> Vec<(String, &'a Value)> {
+        if let Some(container) = template.get("container") {
+            return vec![(name.to_string(), container)];
+        }
+        template["containerSet"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                (
+                    format!("{name}/{}", c["name"].as_str().unwrap_or_default()),
+                    c,
+                )
+            })
+            .collect()
+    }
+
     /// The klm arguments of a container template, if it runs klm.
     fn klm_args(&self, template: &Value) -> Option<Vec<String>> {
-        let container = template.get("container")?;
+        Self::container_klm_args(template.get("container")?)
+    }
+
+    /// The klm arguments of the container `name` of a containerSet template.
+    fn set_klm_args(&self, template: &str, name: &str) -> Vec<String> {
+        let container = self.template(template)["containerSet"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("template {template} has no container {name}"));
+        Self::container_klm_args(container)
+            .unwrap_or_else(|| panic!("{template}/{name} does not run klm"))
+    }
+
+    /// The klm arguments of a container, if it runs klm.
+    fn container_klm_args(container: &Value) -> Option<Vec<String>> {
         let command: Vec<&str> = container["command"]
             .as_array()?
             .iter()
@@ -211,7 +255,10 @@ fn check_references(wf: &Workflow, name: &str, problems: &mut Vec<String>) {
         } else if reference == "item" {
             // The loop item is a bare wave index (select-nodes --index-file).
             in_loop
-        } else if let Some(rest) = reference.strip_prefix("steps.") {
+        } else if let Some(rest) = reference
+            .strip_prefix("steps.")
+            .or_else(|| reference.strip_prefix("tasks."))
+        {
             let (step, what) = rest.split_once('.').unwrap_or((rest, ""));
             match visible.get(step) {
                 None => false,
@@ -240,7 +287,7 @@ fn check_references(wf: &Workflow, name: &str, problems: &mut Vec<String>) {
         }
     };
     for group in wf.groups(template) {
-        for step in group {
+        for step in &group {
             let step_name = step["name"].as_str().unwrap_or_default();
             let in_loop = step.get("withParam").is_some() || step.get("withItems").is_some();
             let mut texts = Vec::new();
@@ -304,6 +351,9 @@ fn check_references(wf: &Workflow, name: &str, problems: &mut Vec<String>) {
     body.as_object_mut()
         .expect("template is an object")
         .remove("steps");
+    body.as_object_mut()
+        .expect("template is an object")
+        .remove("dag");
     // Its metrics see, besides, what Argo puts in a metric's scope once the
     // node ends (prepareMetricScope): its status, duration and exit code,
     // and its own outputs.
@@ -503,6 +553,7 @@ fn check_workflow(wf: &Workflow) {
 
     check_klm_steps(wf, &mut problems);
     check_waves(wf, &mut problems);
+    check_closing(wf, &mut problems);
 
     assert!(
         problems.is_empty(),
@@ -571,75 +622,88 @@ fn check_klm_steps(wf: &Workflow, problems: &mut Vec<String>) {
     let mut subcommands = BTreeSet::new();
     let mut read_anywhere: BTreeSet<String> = BTreeSet::new();
     let mut set_anywhere: BTreeSet<String> = BTreeSet::new();
-    for (name, template) in &wf.templates {
-        for env in template["container"]["env"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            set_anywhere.insert(env["name"].as_str().unwrap_or_default().to_string());
+    for (template_name, template) in &wf.templates {
+        if template.get("script").is_some() {
+            problems.push(format!(
+                "template {template_name} runs something other than klm"
+            ));
         }
-        let Some(args) = wf.klm_args(template) else {
-            if template.get("container").is_some() || template.get("script").is_some() {
-                problems.push(format!("template {name} runs something other than klm"));
-            }
-            continue;
-        };
-        let subcommand = args.first().cloned().unwrap_or_default();
-        subcommands.insert(subcommand.clone());
-        for overrides in [BTreeMap::new(), realistic.clone()] {
-            // The container's KLM_* variables, given as the flags that read
-            // them: clap parses them exactly as it would the environment.
-            let mut args = args.clone();
-            args.extend(env_as_flags(&subcommand, &template["container"]));
-            let args = substitute(&args, &sample_values(wf, &overrides));
-            if let Err(err) = parse_klm(&args) {
+        let containers = wf.containers(template_name, template);
+        if !containers.is_empty() {
+            if template["activeDeadlineSeconds"].as_u64().unwrap_or(0) == 0 {
                 problems.push(format!(
-                    "template {name}: `klm {}` does not parse:\n{err}",
-                    args.join(" ")
+                    "template {template_name}: no activeDeadlineSeconds"
                 ));
             }
+            check_retries(template_name, &template["retryStrategy"], problems);
         }
-        let container = &template["container"];
-        let reads = subcommand_env(&subcommand);
-        read_anywhere.extend(reads.iter().cloned());
-        check_shared_env(name, &subcommand, &args, container, &reads, problems);
-        let passes_pod = container["env"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|e| e["name"] == "KLM_VERIFICATION_POD_BASE64");
-        if reads.contains("KLM_VERIFICATION_POD_BASE64") && !passes_pod {
-            problems.push(format!("template {name}: klm {subcommand} takes the verification pod, but the step does not pass it"));
-        }
-        let image = container["image"].as_str().unwrap_or_default();
-        if image.contains("{{") {
-            problems.push(format!(
-                "template {name}: its image comes from a parameter ({image})"
-            ));
-        }
-        if args
-            .iter()
-            .any(|a| a.starts_with("--chart=") && a.contains("{{"))
-        {
-            problems.push(format!(
-                "template {name}: the kata-deploy chart comes from a parameter"
-            ));
-        }
-        if template["activeDeadlineSeconds"].as_u64().unwrap_or(0) == 0 {
-            problems.push(format!("template {name}: no activeDeadlineSeconds"));
-        }
-        check_retries(name, &template["retryStrategy"], problems);
-        let mounts: Vec<&str> = container["volumeMounts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|m| m["mountPath"].as_str())
-            .collect();
-        if !mounts.contains(&"/tmp") {
-            problems.push(format!(
-                "template {name}: no writable /tmp (the root filesystem is read-only)"
-            ));
+        for (name, container) in containers {
+            let name = name.as_str();
+            for env in container["env"].as_array().into_iter().flatten() {
+                set_anywhere.insert(env["name"].as_str().unwrap_or_default().to_string());
+            }
+            let Some(args) = Workflow::container_klm_args(container) else {
+                problems.push(format!("template {name} runs something other than klm"));
+                continue;
+            };
+            let subcommand = args.first().cloned().unwrap_or_default();
+            subcommands.insert(subcommand.clone());
+            for overrides in [BTreeMap::new(), realistic.clone()] {
+                // The container's KLM_* variables, given as the flags that read
+                // them: clap parses them exactly as it would the environment.
+                let mut args = args.clone();
+                args.extend(env_as_flags(&subcommand, container));
+                let args = substitute(&args, &sample_values(wf, &overrides));
+                if let Err(err) = parse_klm(&args) {
+                    problems.push(format!(
+                        "template {name}: `klm {}` does not parse:\n{err}",
+                        args.join(" ")
+                    ));
+                }
+            }
+            let reads = subcommand_env(&subcommand);
+            read_anywhere.extend(reads.iter().cloned());
+            check_shared_env(
+                template_name,
+                &subcommand,
+                &args,
+                container,
+                &reads,
+                problems,
+            );
+            let passes_pod = container["env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["name"] == "KLM_VERIFICATION_POD_BASE64");
+            if reads.contains("KLM_VERIFICATION_POD_BASE64") && !passes_pod {
+                problems.push(format!("template {name}: klm {subcommand} takes the verification pod, but the step does not pass it"));
+            }
+            let image = container["image"].as_str().unwrap_or_default();
+            if image.contains("{{") {
+                problems.push(format!(
+                    "template {name}: its image comes from a parameter ({image})"
+                ));
+            }
+            if args
+                .iter()
+                .any(|a| a.starts_with("--chart=") && a.contains("{{"))
+            {
+                problems.push(format!(
+                    "template {name}: the kata-deploy chart comes from a parameter"
+                ));
+            }
+            let mounts: Vec<&str> = container["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|m| m["mountPath"].as_str())
+                .collect();
+            if !mounts.contains(&"/tmp") {
+                problems.push(format!(
+                    "template {name}: no writable /tmp (the root filesystem is read-only)"
+                ));
+            }
         }
     }
     for var in set_anywhere.iter().filter(|v| v.starts_with("KLM_")) {
@@ -803,13 +867,12 @@ fn check_hold(wf: &Workflow, step: &Value, problems: &mut Vec<String>) {
             "a wave's hold is not limited to the held waves: when {when:?}"
         ));
     }
-    let select = wf.template("select-nodes");
-    let exported = select["outputs"]["parameters"]
+    let exported = wf.template("start")["outputs"]["parameters"]
         .as_array()
         .into_iter()
         .flatten()
         .any(|p| p["globalName"] == "held-waves" && p["valueFrom"]["path"] == "/tmp/held-waves");
-    let select_args = wf.klm_args(select).unwrap_or_default();
+    let select_args = wf.set_klm_args("start", "select-nodes");
     if !exported || !select_args.contains(&"--held-file=/tmp/held-waves".to_string()) {
         problems.push("select-nodes does not export the held waves it writes".into());
     }
@@ -883,10 +946,12 @@ fn evaluate_when(when: &str) -> bool {
     (unquote(left) == unquote(right)) == equal
 }
 
-/// Pods and Argo status nodes that one successful run of a steps template
-/// creates, the way the controller counts them: a Steps node, a StepGroup per
-/// group, per step a Skipped node (its `when` is false), a Retry node and a
-/// Pod node (a container with a retryStrategy), or the nested template's.
+/// Pods and Argo status nodes that one successful run of a template
+/// creates, the way the controller counts them: a Steps node and a StepGroup
+/// per group, or a DAG node; per step or task a Skipped node (its `when` is
+/// false), an Omitted node (a task whose `depends` is false), a Retry node
+/// (with a retryStrategy) over a Pod node, a Container node per container of
+/// a containerSet, or the nested template's.
 fn run_cost(
     wf: &Workflow,
     template: &str,
@@ -894,13 +959,12 @@ fn run_cost(
     parameters: &BTreeMap<&str, &str>,
 ) -> (usize, usize) {
     let template = wf.template(template);
+    let retry = usize::from(template.get("retryStrategy").is_some());
     if template.get("container").is_some() {
-        let nodes = if template.get("retryStrategy").is_some() {
-            2
-        } else {
-            1
-        };
-        return (1, nodes);
+        return (1, 1 + retry);
+    }
+    if let Some(containers) = template["containerSet"]["containers"].as_array() {
+        return (1, 1 + retry + containers.len());
     }
     let substitute = |text: &str| {
         let mut out = text.to_string();
@@ -911,15 +975,25 @@ fn run_cost(
             out = out.replace(&format!("{{{{workflow.parameters.{key}}}}}"), value);
         }
         // A wave of a run without gates or a window: none waits.
-        out.replace("{{steps.upgrade.status}}", "Succeeded")
-            .replace("{{workflow.outputs.parameters.held-waves}}", ",")
+        out.replace("{{workflow.outputs.parameters.held-waves}}", ",")
     };
+    let dag = template.get("dag").is_some();
     let (mut pods, mut nodes) = (0, 1);
     for group in wf.groups(template) {
-        nodes += 1;
+        if !dag {
+            nodes += 1;
+        }
         for step in group {
             if let Some(when) = step["when"].as_str()
                 && !evaluate_when(&substitute(when))
+            {
+                nodes += 1;
+                continue;
+            }
+            // A successful run: a task that runs only on a failure is omitted.
+            if step["depends"]
+                .as_str()
+                .is_some_and(|d| d.contains(".Failed") || d.contains(".Errored"))
             {
                 nodes += 1;
                 continue;
@@ -948,149 +1022,231 @@ fn run_cost(
     (pods, nodes)
 }
 
-/// What one successful wave costs: (pods, status nodes).
-fn wave_cost(wf: &Workflow, drain: &str) -> (usize, usize) {
+/// What one successful wave of the template `wave` costs: (pods, status nodes).
+fn wave_cost(wf: &Workflow, wave: &str, drain: &str) -> (usize, usize) {
     let inputs = BTreeMap::from([("index".to_string(), "1".to_string())]);
     run_cost(
         wf,
-        "wave",
+        wave,
         &inputs,
         &BTreeMap::from([("drain-enabled", drain)]),
     )
 }
 
-/// The wave loop: withParam over select-nodes' wave indices, one wave at a
+/// The wave loops: withParam over select-nodes' wave indices, one wave at a
 /// time, failFast, no retryStrategy on the loop; each wave reads its nodes
-/// from the run record, opens with cordon (which refuses a failed run) and
-/// ends with settle; the exit handler closes the run.
+/// from the run record, upgrades them in one pod that opens with cordon
+/// (which refuses a failed run) and ends completing them, and settles (rolls
+/// back) only after a failure; the exit handler closes the run.
 fn check_waves(wf: &Workflow, problems: &mut Vec<String>) {
-    let waves = wf.template("waves");
-    assert_eq!(waves["parallelism"], 1, "waves run one at a time");
-    assert_eq!(waves["failFast"], true, "no wave starts after a failed one");
-    let groups = wf.groups(waves);
-    assert_eq!(groups.len(), 1, "the waves template is one looped step");
-    let looped = &groups[0][0];
-    assert_eq!(looped["withParam"], "{{inputs.parameters.waves}}");
-    let item: Vec<&Value> = looped["arguments"]["parameters"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| p["value"].as_str().is_some_and(|v| v.contains("{{item")))
-        .collect();
-    assert!(
-        item.len() == 1 && item[0]["name"] == "index" && item[0]["value"] == "{{item}}",
-        "the loop item is only the wave's index: {item:?}"
-    );
-    for name in ["waves", "wave", "upgrade"] {
-        if wf.template(name).get("retryStrategy").is_some() {
-            problems.push(format!(
-                "template {name} has a retryStrategy (argo-workflows#16849: a failFast loop over Retry nodes never ends)"
-            ));
+    for (loop_name, wave_name) in [("waves", "wave"), ("held-waves", "held-wave")] {
+        let waves = wf.template(loop_name);
+        assert_eq!(
+            waves["parallelism"], 1,
+            "{loop_name}: waves run one at a time"
+        );
+        assert_eq!(
+            waves["failFast"], true,
+            "{loop_name}: no wave starts after a failed one"
+        );
+        let groups = wf.groups(waves);
+        assert_eq!(groups.len(), 1, "{loop_name} is one looped step");
+        let looped = groups[0][0];
+        assert_eq!(looped["withParam"], "{{inputs.parameters.waves}}");
+        assert_eq!(
+            looped["template"], wave_name,
+            "{loop_name} loops over {wave_name}"
+        );
+        let item: Vec<&Value> = looped["arguments"]["parameters"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| p["value"].as_str().is_some_and(|v| v.contains("{{item")))
+            .collect();
+        assert!(
+            item.len() == 1 && item[0]["name"] == "index" && item[0]["value"] == "{{item}}",
+            "the loop item is only the wave's index: {item:?}"
+        );
+        for name in [loop_name, wave_name] {
+            if wf.template(name).get("retryStrategy").is_some() {
+                problems.push(format!(
+                    "template {name} has a retryStrategy (argo-workflows#16849: a failFast loop over Retry nodes never ends)"
+                ));
+            }
         }
+        check_wave(wf, wave_name, problems);
     }
 
-    // select-nodes records the plan and writes the indices where its output reads them.
-    let select = wf.template("select-nodes");
-    let args = wf.klm_args(select).expect("select-nodes runs klm");
-    let path = select["outputs"]["parameters"][0]["valueFrom"]["path"]
+    // The start pod: check-prerequisites, then select-nodes (which records
+    // the plan and writes the indices where the output reads them), then the
+    // release's upgrade, each after the one before succeeded.
+    let start = wf.template("start");
+    let chain = container_chain(start);
+    let subcommands: Vec<String> = chain
+        .iter()
+        .map(|c| Workflow::container_klm_args(c).unwrap_or_default()[0].clone())
+        .collect();
+    assert_eq!(
+        subcommands,
+        ["check-prerequisites", "select-nodes", "helm-upgrade"],
+        "the start pod checks, selects, then upgrades the release"
+    );
+    let args = wf.set_klm_args("start", "select-nodes");
+    let path = start["outputs"]["parameters"][0]["valueFrom"]["path"]
         .as_str()
         .expect("waves output path");
     assert!(
         args.contains(&format!("--index-file={path}")),
         "select-nodes writes --index-file={path}"
     );
-    let deploy = wf.template("deploy-version");
-    let order: Vec<&str> = wf
-        .groups(deploy)
-        .iter()
-        .flat_map(|g| g.iter())
-        .map(|s| s["name"].as_str().unwrap_or_default())
-        .collect();
-    let at = |n: &str| order.iter().position(|s| *s == n);
-    assert!(
-        at("select-nodes") < at("upgrade-release")
-            && at("check-prerequisites") < at("select-nodes"),
-        "nodes are selected before the release is upgraded: {order:?}"
-    );
-    let upgrade_release = wf
-        .groups(deploy)
-        .iter()
-        .flat_map(|g| g.iter())
-        .find(|s| s["name"] == "upgrade-release")
-        .expect("an upgrade-release step");
     // klm decides what the stage does in the run's mode (nothing when the
-    // run selected no node): the step runs unconditionally.
-    let upgrade_args = wf
-        .klm_args(wf.template(upgrade_release["template"].as_str().unwrap_or_default()))
-        .expect("upgrade-release runs klm");
-    assert!(
-        upgrade_release.get("when").is_none()
-            && upgrade_args == ["helm-upgrade", "--stage=before-waves"],
-        "upgrade-release is klm helm-upgrade --stage=before-waves, always: {upgrade_release} {upgrade_args:?}"
+    // run selected no node).
+    let upgrade_args = Workflow::container_klm_args(chain[2]).unwrap_or_default();
+    assert_eq!(upgrade_args, ["helm-upgrade", "--stage=before-waves"]);
+    // Argo reads a containerSet's outputs through its container named main.
+    assert_eq!(
+        chain[2]["name"], "main",
+        "the start pod's outputs need a main"
     );
-    let passes_waves = wf.groups(deploy).iter().flat_map(|g| g.iter()).any(|s| {
-        s["template"] == "waves"
-            && s["arguments"]["parameters"].as_array().is_some_and(|ps| {
+    let deploy = wf.template("deploy-version");
+    let steps: Vec<&Value> = wf.groups(deploy).into_iter().flatten().collect();
+    assert_eq!(
+        steps[0]["template"], "start",
+        "deploy-version starts with the start pod"
+    );
+    for (loop_name, when) in [
+        (
+            "waves",
+            "'{{workflow.outputs.parameters.held-waves}}' == ','",
+        ),
+        (
+            "held-waves",
+            "'{{workflow.outputs.parameters.held-waves}}' != ','",
+        ),
+    ] {
+        let step = steps
+            .iter()
+            .find(|s| s["template"] == loop_name)
+            .unwrap_or_else(|| panic!("deploy-version runs {loop_name}"));
+        let passes_waves = step["arguments"]["parameters"]
+            .as_array()
+            .is_some_and(|ps| {
                 ps.iter()
-                    .any(|p| p["value"] == "{{steps.select-nodes.outputs.parameters.waves}}")
-            })
-    });
-    assert!(
-        passes_waves,
-        "deploy-version passes select-nodes' waves to the loop"
-    );
-
-    // A wave: hold (only the waves select-nodes names), upgrade (cordon
-    // first), then settle; every step by index.
-    let wave = wf.template(looped["template"].as_str().expect("a template"));
-    let groups = wf.groups(wave);
-    assert_eq!(groups.len(), 3, "a wave is hold, upgrade, then settle");
-    check_hold(wf, &groups[0][0], problems);
-    let groups = &groups[1..];
-    let upgrade_step = &groups[0][0];
-    assert_eq!(upgrade_step["continueOn"]["failed"], true);
-    assert_eq!(upgrade_step["continueOn"]["error"], true);
-    let upgrade = wf.template(upgrade_step["template"].as_str().expect("a template"));
-    let first = wf.groups(upgrade)[0];
-    let cordon = wf.template(first[0]["template"].as_str().unwrap_or_default());
-    let cordon_args = wf.klm_args(cordon).expect("cordon runs klm");
-    if first.len() != 1 || cordon_args[0] != "cordon" {
-        problems.push(format!(
-            "a wave's first step is not cordon (which refuses a failed run): klm {}",
-            cordon_args.join(" ")
-        ));
+                    .any(|p| p["value"] == "{{steps.start.outputs.parameters.waves}}")
+            });
+        if !passes_waves || step["when"] != when {
+            problems.push(format!(
+                "deploy-version does not pass the start pod's waves to {loop_name} when {when}: {step}"
+            ));
+        }
     }
-    for step in wf.groups(upgrade).iter().flat_map(|g| g.iter()) {
-        let target = wf.template(step["template"].as_str().unwrap_or_default());
-        let args = wf.klm_args(target).unwrap_or_default();
+}
+
+/// A containerSet's containers in the order they run: each depends on the
+/// one before (a chain), the first on nothing.
+fn container_chain(template: &Value) -> Vec<&Value> {
+    let containers: Vec<&Value> = template["containerSet"]["containers"]
+        .as_array()
+        .expect("a containerSet")
+        .iter()
+        .collect();
+    for (i, container) in containers.iter().enumerate() {
+        let wanted: Vec<Value> = if i == 0 {
+            vec![]
+        } else {
+            vec![containers[i - 1]["name"].clone()]
+        };
+        let found = container["dependencies"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(
+            found, wanted,
+            "container {} runs after the one before it, only",
+            container["name"]
+        );
+    }
+    containers
+}
+
+/// One wave (`wave`, or `held-wave`: the hold first): the upgrade pod, then
+/// settle only when it failed; every klm step by index.
+fn check_wave(wf: &Workflow, name: &str, problems: &mut Vec<String>) {
+    let wave = wf.template(name);
+    let tasks: Vec<&Value> = wf.groups(wave).into_iter().flatten().collect();
+    let tasks = if name == "held-wave" {
+        assert_eq!(tasks[0]["name"], "hold", "a held wave holds first");
+        check_hold(wf, tasks[0], problems);
+        assert_eq!(
+            tasks[1]["depends"], "hold",
+            "a held wave upgrades after its hold"
+        );
+        &tasks[1..]
+    } else {
+        assert!(
+            tasks[0].get("depends").is_none(),
+            "a wave starts with its upgrade"
+        );
+        &tasks[..]
+    };
+    assert_eq!(
+        tasks.len(),
+        2,
+        "a wave is its upgrade, then settle after a failure"
+    );
+    let (upgrade_task, settle_task) = (tasks[0], tasks[1]);
+    let upgrade = wf.template(upgrade_task["template"].as_str().expect("a template"));
+    let chain = container_chain(upgrade);
+    let phases: Vec<Vec<String>> = chain
+        .iter()
+        .map(|c| Workflow::container_klm_args(c).expect("every phase runs klm"))
+        .collect();
+    let subcommands: Vec<&str> = phases.iter().map(|a| a[0].as_str()).collect();
+    assert_eq!(
+        subcommands,
+        ["cordon", "drain", "restart-kata-pod", "verify", "settle"],
+        "a wave's pod: cordon (which refuses a failed run) first, complete last"
+    );
+    for args in &phases {
         if !args.contains(&"--wave={{inputs.parameters.index}}".to_string())
             || args.iter().any(|a| a.starts_with("--nodes"))
         {
             problems.push(format!(
-                "step {} does not read its wave from the run record: klm {}",
-                step["name"],
+                "a wave's phase does not read its wave from the run record: klm {}",
                 args.join(" ")
             ));
         }
     }
-    let settle_step = &groups[1][0];
-    let settle = wf.template(settle_step["template"].as_str().unwrap_or_default());
+    if !phases[1].contains(&"--enabled={{workflow.parameters.drain-enabled}}".to_string()) {
+        problems.push("the drain phase does not follow drain-enabled".into());
+    }
+    if !phases[4].contains(&"--upgrade-status=Succeeded".to_string()) {
+        problems.push(
+            "the wave's last phase does not complete it (settle --upgrade-status=Succeeded)".into(),
+        );
+    }
+    let settle = wf.template(settle_task["template"].as_str().unwrap_or_default());
     let settle_args = wf.klm_args(settle).expect("settle runs klm");
-    let passed_status = settle_step["arguments"]["parameters"]
+    let passed_status = settle_task["arguments"]["parameters"]
         .as_array()
         .into_iter()
         .flatten()
-        .any(|p| p["name"] == "upgrade-status" && p["value"] == "{{steps.upgrade.status}}");
+        .any(|p| p["name"] == "upgrade-status" && p["value"] == "{{tasks.upgrade.status}}");
     if settle_args[0] != "settle"
         || !settle_args.contains(&"--upgrade-status={{inputs.parameters.upgrade-status}}".into())
         || !passed_status
+        || settle_task["depends"] != "upgrade.Failed || upgrade.Errored"
     {
         problems.push(format!(
-            "a wave does not end with klm settle given the upgrade's status: klm {}",
+            "a wave does not settle after a failed upgrade, given its status: klm {}",
             settle_args.join(" ")
         ));
     }
+}
 
+/// The run's end: the exit handler and the close-run entrypoint close it;
+/// the lock is the release's.
+fn check_closing(wf: &Workflow, problems: &mut Vec<String>) {
     // The exit handler closes this run, told how the workflow ended.
     let exit = wf.template(wf.spec["onExit"].as_str().unwrap_or_default());
     let closes = wf.groups(exit).iter().flat_map(|g| g.iter()).any(|s| {
@@ -1137,27 +1293,29 @@ fn check_waves(wf: &Workflow, problems: &mut Vec<String>) {
     }
 }
 
-/// A successful wave costs 4 pods and 17 status nodes in either mode
-/// without drain, 5 and 18 with it (before: 25 and 5 before settle, the
-/// index-only item and the guard's removal; then 19 nodes in daemonset mode
-/// and 6 pods and 21 nodes in job mode with drain, until the template stopped
-/// carrying the mode and job mode's wave upgrade moved into restart-kata-pod).
+/// A successful wave costs 1 pod and 9 status nodes (its DAG, the pod's
+/// Retry and Pod nodes, a node per phase, settle omitted), with or without
+/// drain; a held wave one more (its hold, skipped when the wave does not
+/// wait). Before containerSet waves: 4 pods and 19
+/// nodes, 5 and 20 with drain; before that 25 nodes and 5 pods.
 #[test]
 fn a_wave_is_small() {
     let wf = Workflow::render(&[]);
-    let plain = wave_cost(&wf, "false");
-    let drained = wave_cost(&wf, "true");
+    let plain = wave_cost(&wf, "wave", "false");
+    let drained = wave_cost(&wf, "wave", "true");
+    let held = wave_cost(&wf, "held-wave", "false");
     #[allow(clippy::print_stdout)]
     {
-        println!("per successful wave: {plain:?}, with drain {drained:?} (pods, status nodes)");
+        println!(
+            "per successful wave: {plain:?}, with drain {drained:?}, held {held:?} (pods, status nodes)"
+        );
     }
-    // The hold step, skipped unless the wave waits, is 2 of them (its
-    // StepGroup and its Skipped node).
-    assert_eq!(plain, (4, 19), "(pods, status nodes) per wave");
+    assert_eq!(plain, (1, 9), "(pods, status nodes) per wave");
+    assert_eq!(drained, plain, "drain is a phase of the same pod");
     assert_eq!(
-        drained,
-        (5, 20),
-        "with drain: (pods, status nodes) per wave"
+        held,
+        (1, 10),
+        "a held wave that does not wait: its skipped hold more"
     );
 }
 

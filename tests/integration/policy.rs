@@ -313,7 +313,7 @@ async fn the_unavailability_budget_counts_nodes_already_out_and_holds_each_wave_
     let record = case.run_record().await.unwrap();
     assert_eq!(record["waves"], json!([[node(0)], [node(1)], [node(2)]]));
     assert_eq!(record["maxUnavailable"], 2);
-    let selected = run.step("select-nodes", &[]).await.ok();
+    let selected = run.container("start", "select-nodes", &[]).await.ok();
     assert!(
         selected.stdout.contains(&format!(
             "unavailable already, skipped: {} (cordoned)",
@@ -332,7 +332,10 @@ async fn the_unavailability_budget_counts_nodes_already_out_and_holds_each_wave_
         tainted(&case, &node(i)).await;
     }
     let snapshot = case.snapshot().await;
-    let refused = run.step("cordon", &[("index", "1")]).await.code(3);
+    let refused = run
+        .container("upgrade", "cordon", &[("index", "1")])
+        .await
+        .code(3);
     assert!(
         refused.stderr.contains("budget (--max-unavailable) is 2"),
         "{}",

@@ -179,8 +179,10 @@ async fn settle_takes_argos_statuses_in_any_case() {
     let wf = Workflow::render(&case, &verification_pod(dir.path(), &[])).await;
     let run = submit(&case, &wf, "wf-lower", &[], dir.path());
     assert_eq!(start(&run).await, vec![1]);
-    for step in ["cordon", "restart-kata-pod", "verify"] {
-        run.step(step, &[("index", "1")]).await.ok();
+    for phase in ["cordon", "drain", "restart-kata-pod", "verify"] {
+        run.container("upgrade", phase, &[("index", "1")])
+            .await
+            .ok();
     }
     run.step("settle", &[("index", "1"), ("upgrade-status", "succeeded")])
         .await

@@ -46,31 +46,27 @@ pub(crate) fn submit<'a>(
     Submission::new(case, wf, name, &borrowed, tmp)
 }
 
-/// The first steps of deploy-version: check-prerequisites, select-nodes,
-/// upgrade-release (which changes nothing when no node is selected).
-/// Returns the wave indices.
+/// The first step of deploy-version, its pod: check-prerequisites,
+/// select-nodes, upgrade-release (which changes nothing when no node is
+/// selected). Returns the wave indices.
 pub(crate) async fn start(run: &Submission<'_>) -> Vec<u64> {
-    run.step("check-prerequisites", &[]).await.ok();
-    run.step("select-nodes", &[]).await.ok();
-    let indices: Vec<u64> = serde_json::from_str(
+    run.step("start", &[]).await.ok();
+    serde_json::from_str(
         &std::fs::read_to_string(run.tmp.join("waves.json"))
             .expect("select-nodes wrote the indices"),
     )
-    .expect("a JSON list");
-    run.step("upgrade-release", &[]).await.ok();
-    indices
+    .expect("a JSON list")
 }
 
-/// One whole wave as the `wave` template runs it; returns settle's result.
+/// One whole wave as the `wave` template runs it: the upgrade pod's
+/// containers (cordon to complete), then, only when one failed, settle.
+/// Returns the upgrade's result, or settle's when it ran.
 pub(crate) async fn wave(run: &Submission<'_>, index: &str) -> crate::support::Klm {
-    let mut status = "Succeeded";
-    for step in ["cordon", "restart-kata-pod", "verify"] {
-        if run.step(step, &[("index", index)]).await.code != 0 {
-            status = "Failed";
-            break;
-        }
+    let upgrade = run.step("upgrade", &[("index", index)]).await;
+    if upgrade.code == 0 {
+        return upgrade;
     }
-    run.step("settle", &[("index", index), ("upgrade-status", status)])
+    run.step("settle", &[("index", index), ("upgrade-status", "Failed")])
         .await
 }
 
@@ -128,7 +124,9 @@ async fn a_stopped_run_rolls_back_what_was_in_flight_and_the_next_run_resumes() 
     wave(&run, "1").await.ok();
     // Wave 2 is stopped while its kata-deploy pods restart: n3's was
     // replaced (new version, never verified), n4's not yet.
-    run.step("cordon", &[("index", "2")]).await.ok();
+    run.container("upgrade", "cordon", &[("index", "2")])
+        .await
+        .ok();
     let before = pod_uids(&case).await;
     case.klm(&[
         "restart-kata-pod",
@@ -240,7 +238,9 @@ async fn settle_completes_a_wave_or_rolls_it_back_and_later_waves_change_nothing
 
     // A wave index the plan does not have: bad input, nothing changed.
     let snapshot = case.snapshot().await;
-    run.step("cordon", &[("index", "9")]).await.code(2);
+    run.container("upgrade", "cordon", &[("index", "9")])
+        .await
+        .code(2);
     assert_eq!(case.snapshot().await, snapshot);
 
     wave(&run, "1").await.ok();
@@ -249,10 +249,14 @@ async fn settle_completes_a_wave_or_rolls_it_back_and_later_waves_change_nothing
     assert!(!unschedulable(&n));
 
     // Wave 2 fails verification: settle rolls it back and fails the wave.
-    run.step("cordon", &[("index", "2")]).await.ok();
-    run.step("restart-kata-pod", &[("index", "2")]).await.ok();
+    run.container("upgrade", "cordon", &[("index", "2")])
+        .await
+        .ok();
+    run.container("upgrade", "restart-kata-pod", &[("index", "2")])
+        .await
+        .ok();
     failing_verify
-        .step("verify", &[("index", "2")])
+        .container("upgrade", "verify", &[("index", "2")])
         .await
         .code(1);
     let settled = run
@@ -271,7 +275,9 @@ async fn settle_completes_a_wave_or_rolls_it_back_and_later_waves_change_nothing
     // Were a third wave started anyway, its first step refuses and settle
     // rolls back nothing: n3 is as it was.
     let snapshot = case.snapshot().await;
-    run.step("cordon", &[("index", "3")]).await.code(3);
+    run.container("upgrade", "cordon", &[("index", "3")])
+        .await
+        .code(3);
     let settled = run
         .step("settle", &[("index", "3"), ("upgrade-status", "Failed")])
         .await
@@ -315,8 +321,12 @@ async fn a_failed_rollback_in_the_exit_handler_keeps_the_node_cordoned() {
         dir.path(),
     );
     assert_eq!(start(&run).await, vec![1, 2]);
-    run.step("cordon", &[("index", "1")]).await.ok();
-    run.step("restart-kata-pod", &[("index", "1")]).await.ok();
+    run.container("upgrade", "cordon", &[("index", "1")])
+        .await
+        .ok();
+    run.container("upgrade", "restart-kata-pod", &[("index", "1")])
+        .await
+        .ok();
     // Stopped before verify; the re-verification after the rollback fails.
     let closed = exit_handler(&run, "Failed", STOPPED).await.code(1);
     assert!(
@@ -349,12 +359,18 @@ async fn a_terminated_run_is_closed_by_the_close_run_entrypoint() {
     let wf = Workflow::render(&case, &verification_pod(dir.path(), &[])).await;
     let run = submit(&case, &wf, "wf-terminated", &[], dir.path());
     start(&run).await;
-    run.step("cordon", &[("index", "1")]).await.ok();
-    run.step("restart-kata-pod", &[("index", "1")]).await.ok();
+    run.container("upgrade", "cordon", &[("index", "1")])
+        .await
+        .ok();
+    run.container("upgrade", "restart-kata-pod", &[("index", "1")])
+        .await
+        .ok();
     // argo terminate: no exit handler. The next run is refused...
     let dir2 = tempfile::tempdir().unwrap();
     let next = submit(&case, &wf, "wf-after", &[], dir2.path());
-    next.step("check-prerequisites", &[]).await.code(3);
+    next.container("start", "check-prerequisites", &[])
+        .await
+        .code(3);
     // ...until the close-run entrypoint closes the terminated one.
     let cleanup = submit(
         &case,
@@ -401,7 +417,9 @@ async fn a_terminated_run_is_closed_by_the_close_run_entrypoint() {
     let record = case.run_record().await.unwrap();
     assert_eq!(record["state"], "interrupted");
     assert!(record["failure"].as_str().unwrap().contains("wf-cleanup"));
-    next.step("check-prerequisites", &[]).await.ok();
+    next.container("start", "check-prerequisites", &[])
+        .await
+        .ok();
 }
 
 #[tokio::test]
@@ -417,7 +435,10 @@ async fn rollback_node_cordons_its_node_and_needs_no_target_version() {
     // so are timeouts that the step deadline would cut short.
     let snapshot = case.snapshot().await;
     let empty = Submission::new(&case, &wf, "wf-empty", &[], dir.path());
-    let refused = empty.step("check-prerequisites", &[]).await.code(2);
+    let refused = empty
+        .container("start", "check-prerequisites", &[])
+        .await
+        .code(2);
     assert!(
         refused
             .stderr
@@ -432,7 +453,10 @@ async fn rollback_node_cordons_its_node_and_needs_no_target_version() {
         &[("helm-timeout", "60m")],
         dir.path(),
     );
-    let refused = slow.step("check-prerequisites", &[]).await.code(2);
+    let refused = slow
+        .container("start", "check-prerequisites", &[])
+        .await
+        .code(2);
     assert!(
         refused.stderr.contains("step deadline"),
         "{}",
@@ -523,28 +547,25 @@ async fn job_mode_waves_from_the_record_and_a_stop_after_the_wave_upgrade() {
         &[("target-version", "3.33.0"), ("drain-enabled", "true")],
         dir.path(),
     );
-    run.step("check-prerequisites", &[]).await.ok();
-    run.step("select-nodes", &[]).await.ok();
+    run.container("start", "check-prerequisites", &[])
+        .await
+        .ok();
+    run.container("start", "select-nodes", &[]).await.ok();
     assert_eq!(
         case.run_record().await.unwrap()["waves"],
         json!([[n1], [n2]])
     );
     let release = case.release_state().await;
-    let before_waves = run.step("upgrade-release", &[]).await.ok();
+    let before_waves = run.container("start", "main", &[]).await.ok();
     assert!(
         before_waves.stdout.contains("job mode: ") && case.release_state().await == release,
         "before the waves, job mode upgrades nothing: {}",
         before_waves.stdout
     );
 
-    // Wave 1, whole: cordon, drain, restart-kata-pod (the wave's upgrade, the
-    // install Jobs), verify, settle.
-    for step in ["cordon", "drain", "restart-kata-pod", "verify"] {
-        run.step(step, &[("index", "1")]).await.ok();
-    }
-    run.step("settle", &[("index", "1"), ("upgrade-status", "Succeeded")])
-        .await
-        .ok();
+    // Wave 1, whole, its pod: cordon, drain, restart-kata-pod (the wave's
+    // upgrade, the install Jobs), verify, complete.
+    run.step("upgrade", &[("index", "1")]).await.ok();
     let n = case.get_node(n1).await;
     assert_eq!(annotation(&n, STATUS).as_deref(), Some("completed"));
     assert_eq!(host_version(&n).as_deref(), Some("3.33.0"));
@@ -555,7 +576,9 @@ async fn job_mode_waves_from_the_record_and_a_stop_after_the_wave_upgrade() {
     );
 
     // Wave 2 stopped right after its helm upgrade.
-    run.step("cordon", &[("index", "2")]).await.ok();
+    run.container("upgrade", "cordon", &[("index", "2")])
+        .await
+        .ok();
     // What restart-kata-pod does first, alone: as if killed right after.
     case.klm(&[
         "helm-upgrade",

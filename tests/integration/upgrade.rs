@@ -70,13 +70,15 @@ async fn daemonset_upgrade_of_three_nodes_in_workflow_order() {
     let wf = Workflow::render(&case, &pod).await;
     let run = submit(&case, &wf, "wf-upgrade", &[], dir.path());
 
-    run.step("check-prerequisites", &[]).await.ok();
+    run.container("start", "check-prerequisites", &[])
+        .await
+        .ok();
     let record = case.run_record().await.expect("run record written");
     assert_eq!(record["mode"], "daemonset");
     assert_eq!(record["before"]["chartVersion"], "3.27.0");
     assert_eq!(record["runId"], "wf-upgrade");
 
-    run.step("select-nodes", &[]).await.ok();
+    run.container("start", "select-nodes", &[]).await.ok();
     let record = case.run_record().await.unwrap();
     let planned: Vec<Vec<String>> = serde_json::from_value(record["waves"].clone()).unwrap();
     assert_eq!(
@@ -89,7 +91,7 @@ async fn daemonset_upgrade_of_three_nodes_in_workflow_order() {
     );
 
     let pods_before = pod_uids(&case).await;
-    run.step("upgrade-release", &[]).await.ok();
+    run.container("start", "main", &[]).await.ok();
     assert_eq!(case.release_state().await.1, "3.28.0");
     assert_eq!(
         pods_before,

@@ -146,9 +146,49 @@ impl<'a> Submission<'a> {
         out
     }
 
-    /// Runs the container template `template` with these input parameters.
+    /// Runs the step `template` with these input parameters: a container
+    /// template's klm, or the containers of a containerSet one after the
+    /// other (each in the order the template lists them, the order their
+    /// dependencies chain), stopping at the first that fails, as Argo's
+    /// executor does. Returns the last container's result.
     pub async fn step(&self, template: &str, inputs: &[(&str, &str)]) -> Klm {
-        let container = &self.workflow.template(template)["container"];
+        let step = self.workflow.template(template);
+        if step["container"].is_object() {
+            return self.run(template, &step["container"], inputs).await;
+        }
+        let containers = step["containerSet"]["containers"]
+            .as_array()
+            .unwrap_or_else(|| {
+                panic!("template {template} is neither a container nor a containerSet")
+            });
+        let mut last = None;
+        for container in containers {
+            let name = container["name"].as_str().unwrap();
+            let result = self
+                .run(&format!("{template}/{name}"), container, inputs)
+                .await;
+            let failed = result.code != 0;
+            last = Some(result);
+            if failed {
+                break;
+            }
+        }
+        last.expect("a containerSet has containers")
+    }
+
+    /// Runs one container, `name`, of the containerSet template `template`.
+    pub async fn container(&self, template: &str, name: &str, inputs: &[(&str, &str)]) -> Klm {
+        let container = self.workflow.template(template)["containerSet"]["containers"]
+            .as_array()
+            .unwrap_or_else(|| panic!("template {template} is not a containerSet"))
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("template {template} has no container {name}"));
+        self.run(&format!("{template}/{name}"), container, inputs)
+            .await
+    }
+
+    async fn run(&self, label: &str, container: &Value, inputs: &[(&str, &str)]) -> Klm {
         let inputs: BTreeMap<String, String> = inputs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -159,7 +199,7 @@ impl<'a> Submission<'a> {
             .iter()
             .filter_map(Value::as_str)
             .collect();
-        assert_eq!(command, ["klm"], "template {template} runs klm");
+        assert_eq!(command, ["klm"], "{label} runs klm");
         let args: Vec<String> = container["args"]
             .as_array()
             .expect("args")
@@ -190,7 +230,7 @@ impl<'a> Submission<'a> {
         #[allow(clippy::print_stderr)]
         {
             eprintln!(
-                "step {template} {inputs:?}: exit {}\n{}{}",
+                "step {label} {inputs:?}: exit {}\n{}{}",
                 result.code, result.stdout, result.stderr
             );
         }

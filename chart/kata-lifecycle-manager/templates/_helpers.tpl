@@ -233,3 +233,31 @@ Arguments: dict root, run (bool, default true).
 - key: target_version
   value: {{`"{{workflow.parameters.target-version}}"`}}
 {{- end }}
+
+{{/*
+The node counts a settling step writes (--counts-dir=/tmp/settled), as
+outputs, and Argo's counters of them (a failed step still reports them).
+Used with workflow.metrics only.
+*/}}
+{{- define "klm.settledMetrics" -}}
+outputs:
+  parameters:
+    {{- range list "completed" "rolled-back" "failed" }}
+    - name: {{ . }}
+      valueFrom:
+        path: /tmp/settled/{{ . }}
+        default: "0"
+    {{- end }}
+metrics:
+  prometheus:
+    {{- range list "completed" "rolled-back" "failed" }}
+    - name: kata_lifecycle_manager_nodes_total
+      help: "Nodes the upgrade completed, rolled back, or left failed (cordoned, for a person)."
+      labels:
+        {{- include "klm.metricLabels" $ | nindent 8 }}
+        - key: result
+          value: {{ . | quote }}
+      counter:
+        value: {{ printf "{{outputs.parameters.%s}}" . | quote }}
+    {{- end }}
+{{- end }}
