@@ -80,9 +80,11 @@ for node in status.get("nodes", {}).values():
         continue
     created = t(pod["metadata"]["creationTimestamp"])
     finished = t(node["finishedAt"])
-    main = next(c for c in pod["status"]["containerStatuses"] if c["name"] == "main")
-    term = main["state"].get("terminated", {})
-    klm = t(term["finishedAt"]) - t(term["startedAt"]) if term else 0.0
+    # klm's containers (a containerSet's phases run one after the other in
+    # one pod): from the first one's start to the last one's end.
+    ran = [c["state"]["terminated"] for c in pod["status"]["containerStatuses"]
+           if c["name"] != "wait" and "terminated" in c["state"]]
+    klm = max(t(c["finishedAt"]) for c in ran) - min(t(c["startedAt"]) for c in ran) if ran else 0.0
     w = waves.setdefault(wave or "outside waves", {"pods": 0, "klm": 0.0, "total": 0.0, "start": created, "end": finished})
     w["pods"] += 1
     w["klm"] += klm

@@ -305,7 +305,10 @@ impl Flow {
             .map(|nodes| {
                 nodes
                     .values()
-                    .filter(|n| n["type"] == "Pod" || n["type"] == "Skipped")
+                    .filter(|n| {
+                        ["Pod", "Container", "Skipped", "Omitted"]
+                            .contains(&n["type"].as_str().unwrap_or_default())
+                    })
                     .map(|n| {
                         (
                             n["startedAt"].as_str().unwrap_or_default().to_string(),
@@ -341,9 +344,17 @@ impl Flow {
         let mut logs = String::new();
         for pod in list {
             let name = pod.name_any();
+            // klm's containers: main, or a containerSet's phases in order.
+            let containers: Vec<String> = pod
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .map(|c| c.name.clone())
+                .filter(|c| c != "wait")
+                .collect();
             let log = self
                 .argo
-                .step_log(&self.argo_namespace, &name)
+                .phase_logs(&self.argo_namespace, &name, &containers)
                 .unwrap_or_else(|e| format!("(no log: {e:#})"));
             logs.push_str(&format!("--- {name}\n{log}\n"));
         }

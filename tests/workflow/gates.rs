@@ -82,13 +82,13 @@ async fn submit_gated(
     Some((flow, name))
 }
 
-/// When each pod of a template ran in a workflow, in order.
-fn pod_starts(workflow: &Value, template: &str) -> Vec<jiff::Timestamp> {
+/// When each wave's `phase` (a container of its pod) started, in order.
+fn pod_starts(workflow: &Value, phase: &str) -> Vec<jiff::Timestamp> {
     let mut starts: Vec<jiff::Timestamp> = workflow["status"]["nodes"]
         .as_object()
         .into_iter()
         .flat_map(|nodes| nodes.values())
-        .filter(|n| n["type"] == "Pod" && n["templateName"] == template)
+        .filter(|n| n["type"] == "Container" && n["displayName"] == phase)
         .filter_map(|n| n["startedAt"].as_str()?.parse().ok())
         .collect();
     starts.sort();

@@ -1,5 +1,5 @@
 //! Runs that end any way but their own: `argo stop` and `argo terminate`
-//! while a wave verifies, a step whose klm process dies, and two submissions
+//! while a wave verifies, a phase whose klm process dies, and two submissions
 //! at once.
 
 use std::time::Duration;
@@ -306,14 +306,20 @@ async fn argo_terminate_then_the_close_run_entrypoint_cleans_up() {
     assert_first_wave_rolled_back(&flow, &close.report()).await;
 }
 
+/// A phase whose klm process dies with no verdict (what the OOM killer or a
+/// node problem does) fails its wave's pod: Argo sees only the last phase's
+/// exit code (64, a phase before it failed) and cannot tell a verdict from
+/// a kill, so the pod is not run again; settle rolls the wave back and the
+/// run stops, the node back on its version.
 #[tokio::test]
-async fn a_killed_step_is_retried_and_the_run_goes_on() {
+async fn a_killed_phase_fails_its_wave_and_settle_rolls_it_back() {
     let Some(rig) = argo_rig().await else { return };
     let flow = Flow::start(rig, CaseSpec::new("wf-kill", 1, "3.27.0"))
         .await
         .unwrap();
     let (name, held) = run_until_verifying(&flow).await;
-    // The verify step's pod and its klm process on the real node.
+    // The wave's pod and its one klm process on the real node: the verify
+    // phase (the phases after it wait in Argo's executor, klm not started).
     let pods: Api<Pod> = Api::namespaced(flow.case.admin.clone(), &flow.case.namespace);
     let selector = format!("workflows.argoproj.io/workflow={name}");
     let step = pods
@@ -323,36 +329,46 @@ async fn a_killed_step_is_retried_and_the_run_goes_on() {
         .items
         .into_iter()
         .map(|p| p.name_any())
-        .find(|p| p.contains("-verify-"))
-        .expect("the verify step's pod");
-    let pid = flow
+        .find(|p| p.contains("-upgrade-"))
+        .expect("the wave's pod");
+    let pids = flow
         .argo
-        .klm_pid(&flow.case.namespace, &step)
-        .unwrap()
-        .expect("klm runs in the verify step");
-    // What the OOM killer or a node problem does: klm dies with no verdict.
+        .pod_pids(&flow.case.namespace, &step, "klm")
+        .unwrap();
+    assert_eq!(pids.len(), 1, "one phase runs klm at a time: {pids:?}");
     let killed = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args(["-KILL", &pids[0].to_string()])
         .status()
         .unwrap();
-    assert!(killed.success(), "kill -KILL {pid}");
+    assert!(killed.success(), "kill -KILL {}", pids[0]);
     let releaser = release_held_pods(&flow, held);
     let run = flow.wait(&name).await.unwrap();
     releaser.abort();
-    run.succeeded();
-    let verify_pods = run
-        .steps
-        .iter()
-        .filter(|(step, _)| step.starts_with("verify"))
+    run.failed();
+    let report = run.report();
+    let upgrade_pods = run.workflow["status"]["nodes"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|n| n["type"] == "Pod" && n["templateName"] == "upgrade")
         .count();
-    assert!(verify_pods >= 2, "verify was retried\n{}", run.report());
+    assert_eq!(
+        upgrade_pods, 1,
+        "the wave's pod was not run again\n{report}"
+    );
+    assert!(
+        run.steps
+            .iter()
+            .any(|(step, phase)| step == "settle" && phase == "Failed"),
+        "settle rolled the wave back and failed it\n{report}"
+    );
     let node = flow.case.get_node(flow.case.node(0)).await;
     assert_eq!(
         annotation(&node, STATUS).as_deref(),
-        Some("completed"),
-        "{}",
-        run.report()
+        Some("rolled-back"),
+        "{report}"
     );
+    assert_eq!(host_version(&node).as_deref(), Some("3.27.0"), "{report}");
 }
 
 /// A workflow's run is paused with `argo suspend` (klm pause says so): the
@@ -384,22 +400,23 @@ async fn argo_suspend_mid_wave_starts_nothing_more_until_argo_resume() {
         pod.name_any().contains(&format!("-{step}-"))
             && pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Succeeded")
     };
-    tokio::time::timeout(Duration::from_secs(180), async {
+    let first_wave = tokio::time::timeout(Duration::from_secs(180), async {
         while let Some(Ok(pod)) = events.next().await {
-            if step_done(&pod, "verify") {
-                return;
+            if step_done(&pod, "upgrade") {
+                return pod.name_any();
             }
         }
+        String::new()
     })
     .await
-    .expect("the first wave's verify step ends within 3 minutes");
+    .expect("the first wave's pod ends within 3 minutes");
     // For the next 15 seconds (the controller requeues every second) no
-    // further step pod appears: the settle that follows waits.
+    // further step pod appears: the next wave waits.
     let step_pods: Api<Pod> = Api::namespaced(flow.case.admin.clone(), &flow.case.namespace);
     let mut events = std::pin::pin!(watcher::watcher(step_pods, of_workflow).applied_objects());
     let started = tokio::time::timeout(Duration::from_secs(15), async {
         while let Some(Ok(pod)) = events.next().await {
-            if pod.name_any().contains("-settle-") {
+            if pod.name_any().contains("-upgrade-") && pod.name_any() != first_wave {
                 return pod.name_any();
             }
         }

@@ -648,6 +648,22 @@ impl ArgoTier {
         self.container_log(namespace, pod, "main")
     }
 
+    /// The logs of a step pod's containers `containers` (a containerSet's
+    /// phases, in the order given), each under a `-- name` line; a container
+    /// that never logged (a phase that did not run) is left out.
+    pub fn phase_logs(&self, namespace: &str, pod: &str, containers: &[String]) -> Result<String> {
+        if containers.len() == 1 {
+            return self.container_log(namespace, pod, &containers[0]);
+        }
+        let mut text = String::new();
+        for container in containers {
+            if let Ok(log) = self.container_log(namespace, pod, container) {
+                text.push_str(&format!("-- {container}\n{log}"));
+            }
+        }
+        Ok(text)
+    }
+
     /// The log of any container of a pod on the real node (`init`, `wait`, `main`).
     pub fn container_log(&self, namespace: &str, pod: &str, container: &str) -> Result<String> {
         real_node::read_pod_log(&self.pod_logs, namespace, pod, container)
