@@ -693,9 +693,11 @@ fn check_klm_steps(wf: &Workflow, problems: &mut Vec<String>) {
                     "template {name}: the kata-deploy chart comes from a parameter"
                 ));
             }
+            // A containerSet mounts for all its containers.
             let mounts: Vec<&str> = container["volumeMounts"]
                 .as_array()
                 .into_iter()
+                .chain(template["containerSet"]["volumeMounts"].as_array())
                 .flatten()
                 .filter_map(|m| m["mountPath"].as_str())
                 .collect();

@@ -135,7 +135,8 @@ workflow's name), the chart, the timeouts and the log format. A flag given
 in a step's args still wins.
 Arguments: dict root, verificationPod (bool: pass the verification pod),
 run (bool, default true: set KLM_RUN_ID to this workflow; false for the steps
-that find or name their run themselves).
+that find or name their run themselves), mounts (bool, default true: false
+in a containerSet, which mounts them for all its containers).
 */}}
 {{- define "klm.container" -}}
 {{- $root := .root -}}
@@ -165,10 +166,21 @@ resources:
   {{- toYaml $root.Values.resources | nindent 2 }}
 securityContext:
   {{- toYaml $root.Values.securityContext | nindent 2 }}
+{{- if (ternary true .mounts (kindIs "invalid" .mounts)) }}
+{{ include "klm.volumeMounts" $root }}
+{{- end }}
+{{- end }}
+
+{{/*
+The mounts of klm's containers: /tmp, and the Prometheus secret of a metric
+gate. A containerSet gives them once, for all its containers (Argo adds to a
+containerSet's pod only the volumes its own volumeMounts name).
+*/}}
+{{- define "klm.volumeMounts" -}}
 volumeMounts:
   - name: tmp
     mountPath: /tmp
-  {{- if $root.Values.prometheus.secretName }}
+  {{- if .Values.prometheus.secretName }}
   - name: prometheus
     mountPath: /etc/klm/prometheus
     readOnly: true
