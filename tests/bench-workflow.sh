@@ -3,7 +3,8 @@
 # notes; not a test): a run of NODES kwok nodes at batch-size 1, submitted
 # with the argo CLI. Prints the wall time; per wave the time klm's
 # containers ran versus the time Argo added (pod creation to the end of its
-# step, from the pods' own timestamps) and the step pods; the workflow
+# step, from the pods' own timestamps), the step pods and their API requests
+# (the rig's audit log: klm's, helm's, Argo's executor's); the workflow
 # object's size and status node count at the end; and from those, how many
 # waves one workflow carries under Argo's 1 MiB limit, raw and compressed as
 # Argo's packer compresses the status nodes of a large workflow.
@@ -33,8 +34,9 @@ end=$(date +%s.%N)
 kubectl get workflow --namespace kata-system "$name" -o json >"$work/workflow.json"
 kubectl get pods --namespace kata-system -l "workflows.argoproj.io/workflow=$name" -o json >"$work/pods.json"
 echo "requeue: ${KLM_RIG_ARGO_REQUEUE:-1s}; nodes: $nodes; wall: $(echo "$end - $start" | bc) s"
-python3 - "$work/workflow.json" "$work/pods.json" <<'PY'
+python3 - "$work/workflow.json" "$work/pods.json" "$work/rig/audit.log" <<'PY'
 import base64, gzip, json, sys
+from collections import Counter
 from datetime import datetime
 
 def t(s):
@@ -73,7 +75,7 @@ for node in status.get("nodes", {}).values():
         continue
     name = node["name"]
     wave = None
-    if ".waves[" in name and "wave(" in name:
+    if "waves[" in name and "wave(" in name:
         wave = name.split("wave(")[1].split(")")[0].split(":")[1]
     pod = pods.get(node.get("id", "")) or next((p for n, p in pods.items() if n.endswith(node["id"].rsplit("-", 1)[-1]) and node["templateName"] in n), None)
     if pod is None:
@@ -91,9 +93,28 @@ for node in status.get("nodes", {}).values():
     w["total"] += finished - created
     w["start"] = min(w["start"], created)
     w["end"] = max(w["end"], finished)
-print(f"{'wave':>14} {'pods':>4} {'wall s':>7} {'klm s':>6} {'argo s':>7}")
+    w.setdefault("windows", []).append((created, finished))
+# The API requests the step pods made (the apiserver's audit log: every
+# request of the chart's ServiceAccount), by who made them, counted in the
+# wave whose pods were running then.
+requests = {key: Counter() for key in waves}
+for line in open(sys.argv[3]):
+    event = json.loads(line)
+    user = event["user"]["username"]
+    if not user.startswith("system:serviceaccount:") or "kata-lifecycle-manager" not in user:
+        continue
+    at = t(event["requestReceivedTimestamp"])
+    agent = event.get("userAgent", "")
+    who = "helm" if agent.startswith("Helm") else "argoexec" if agent.startswith("argoexec") else "klm"
+    for key, w in waves.items():
+        if any(start <= at <= end for start, end in w["windows"]):
+            requests[key][who] += 1
+            break
+print(f"{'wave':>14} {'pods':>4} {'wall s':>7} {'klm s':>6} {'argo s':>7} {'API requests: klm helm argoexec':>34}")
 for key in sorted(waves, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0)):
     w = waves[key]
     wall = w["end"] - w["start"]
-    print(f"{key:>14} {w['pods']:>4} {wall:>7.1f} {w['klm']:>6.1f} {w['total'] - w['klm']:>7.1f}")
+    r = requests[key]
+    print(f"{key:>14} {w['pods']:>4} {wall:>7.1f} {w['klm']:>6.1f} {w['total'] - w['klm']:>7.1f} "
+          f"{sum(r.values()):>14} = {r['klm']:>3} + {r['helm']:>3} + {r['argoexec']:>3}")
 PY
