@@ -190,9 +190,12 @@ pub fn closing(
             }
         })
         .collect();
+    // A stopped pod's node says "Stopped with strategy"; the phases of a
+    // containerSet pod (a wave's) say "workflow shutdown with strategy".
     let stopped = |m: &String| {
         let m = m.to_lowercase();
         m.contains("stopped with strategy")
+            || m.contains("shutdown with strategy")
             || m.contains("terminated")
             || m.contains("deadline")
             || m.contains("pod deleted")
@@ -579,6 +582,12 @@ mod tests {
         assert!(
             why.contains("verify(0): Stopped with strategy 'Stop'"),
             "{why}"
+        );
+        // A wave's pod stopped mid-way: its phases' nodes, as Argo 3.7 words them.
+        let phases = r#"[{"displayName":"main","message":"workflow shutdown with strategy:  Stop","templateName":"upgrade","phase":"Error"},{"displayName":"verify","message":"workflow shutdown with strategy:  Stop","templateName":"upgrade","phase":"Failed"}]"#;
+        assert_eq!(
+            closing(Some("Failed"), Some(phases), None).0,
+            RunState::Interrupted
         );
         let failed =
             r#"[{"displayName":"finish-run","message":"Error (exit code 1)","phase":"Failed"}]"#;
