@@ -485,7 +485,7 @@ impl HistoryEntry {
 pub const HOOKS_NOT_RUN: &str = "(hooks not run)";
 
 /// A namespaced object in the release's manifest.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ManifestObject {
     /// Its kind.
     pub kind: String,

@@ -20,6 +20,9 @@ pub struct Run {
     records: Records,
     record: RunRecord,
     release_id: String,
+    /// The resourceVersion the record was read at, for the step's first
+    /// change (taken by it: a later change reads the record again).
+    read_at: std::sync::Mutex<Option<String>>,
 }
 
 impl Run {
@@ -31,8 +34,8 @@ impl Run {
         run_id: Option<&str>,
     ) -> Result<Run, RecordError> {
         let records = Records::new(client, &release.namespace);
-        let record = records.resolve(&release.name, run_id).await?;
-        Ok(Run::of(records, record))
+        let (record, read_at) = records.resolve_versioned(&release.name, run_id).await?;
+        Ok(Run::of(records, record, Some(read_at)))
     }
 
     /// The run a mutating step belongs to ([`Run::recorded`]); refuses (a
@@ -60,8 +63,11 @@ impl Run {
             return Ok(None);
         }
         let records = Records::new(client, &release.namespace);
-        let latest = records.load(&release.name).await?.map(|(record, _)| record);
-        Ok(Run::named(records, latest, run_id))
+        let Some((latest, read_at)) = records.load(&release.name).await? else {
+            return Ok(None);
+        };
+        let run = Run::named(records, Some(latest), run_id);
+        Ok(run.map(|run| run.read_at(read_at)))
     }
 
     /// The run named by `run_id` when `latest`, the release's record as
@@ -71,16 +77,23 @@ impl Run {
         let named = named_run(latest.as_ref(), run_id).is_some();
         latest
             .filter(|_| named)
-            .map(|record| Run::of(records, record))
+            .map(|record| Run::of(records, record, None))
     }
 
-    fn of(records: Records, record: RunRecord) -> Run {
+    fn of(records: Records, record: RunRecord, read_at: Option<String>) -> Run {
         let release_id = record.release_id();
         Run {
             records,
             record,
             release_id,
+            read_at: std::sync::Mutex::new(read_at),
         }
+    }
+
+    /// The run, its record read at `resource_version`.
+    fn read_at(self, resource_version: String) -> Run {
+        *self.read_at.lock().expect("never poisoned") = Some(resource_version);
+        self
     }
 
     /// The records of the run's namespace.
@@ -108,8 +121,11 @@ impl Run {
         &self,
         change: impl FnMut(&mut RunRecord),
     ) -> Result<RunRecord, RecordError> {
+        // The first change starts from the record as the step read it.
+        let read_at = self.read_at.lock().expect("never poisoned").take();
+        let loaded = read_at.map(|version| (self.record.clone(), version));
         self.records
-            .update(&self.record.release, &self.record.run_id, change)
+            .update_from(loaded, &self.record.release, &self.record.run_id, change)
             .await
     }
 

@@ -197,6 +197,11 @@ pub struct RunRecord {
     /// to be restored or reported when the run finishes.
     #[serde(default)]
     pub mechanics: BTreeMap<String, Value>,
+    /// daemonset mode: the release's kata-deploy DaemonSet at the target,
+    /// recorded by the before-waves upgrade, so that each wave's restart
+    /// finds it without reading the release through helm again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kata_daemonset: Option<crate::release::ManifestObject>,
     /// When the latest job-mode wave's helm upgrade started (RFC 3339):
     /// install Jobs older than this belong to an earlier wave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -464,6 +469,7 @@ impl RunRecord {
             updated_at: now(),
             nodes: BTreeMap::new(),
             mechanics: BTreeMap::new(),
+            kata_daemonset: None,
             wave_started_at: None,
             pool_label: None,
             pool_pods: Vec::new(),
@@ -653,7 +659,18 @@ impl Records {
         release: &str,
         run_id: Option<&str>,
     ) -> Result<RunRecord, RecordError> {
-        let Some((record, _)) = self.load(release).await? else {
+        self.resolve_versioned(release, run_id)
+            .await
+            .map(|(record, _)| record)
+    }
+
+    /// [`Records::resolve`], with the resourceVersion the record was read at.
+    pub async fn resolve_versioned(
+        &self,
+        release: &str,
+        run_id: Option<&str>,
+    ) -> Result<(RunRecord, String), RecordError> {
+        let Some((record, resource_version)) = self.load(release).await? else {
             return Err(RecordError::NoRecord {
                 release: release.to_string(),
                 namespace: self.namespace.clone(),
@@ -665,7 +682,7 @@ impl Records {
                 found: record.run_id,
                 release: release.to_string(),
             }),
-            _ => Ok(record),
+            _ => Ok((record, resource_version)),
         }
     }
 
@@ -714,10 +731,28 @@ impl Records {
         &self,
         release: &str,
         run_id: &str,
+        change: impl FnMut(&mut RunRecord),
+    ) -> Result<RunRecord, RecordError> {
+        self.update_from(None, release, run_id, change).await
+    }
+
+    /// [`Records::update`] starting from `loaded`, a record and the
+    /// resourceVersion it was read at (saving a read when nothing wrote it
+    /// since; a concurrent write makes the first write fail, and the record is
+    /// read again).
+    pub async fn update_from(
+        &self,
+        mut loaded: Option<(RunRecord, String)>,
+        release: &str,
+        run_id: &str,
         mut change: impl FnMut(&mut RunRecord),
     ) -> Result<RunRecord, RecordError> {
         for _ in 0..CONFLICT_RETRIES {
-            let Some((mut record, resource_version)) = self.load(release).await? else {
+            let found = match loaded.take() {
+                Some(loaded) => Some(loaded),
+                None => self.load(release).await?,
+            };
+            let Some((mut record, resource_version)) = found else {
                 return Err(RecordError::NoRecord {
                     release: release.to_string(),
                     namespace: self.namespace.clone(),

@@ -53,12 +53,12 @@ impl Schedule {
 }
 
 /// How many plain waves' worth of workflow status a plan with holds takes:
-/// a held wave's hold is about half a wave more (one pass of `klm gate`:
-/// some 9 status nodes beside a wave's 19), a gate's soak and approval two
-/// waves more (three passes). With a window every wave is held.
+/// a held wave's hold is about a wave more (one pass of `klm gate`: 9
+/// status nodes beside a wave's 9 or 10), a gate about three (a soak and an
+/// approval take three passes). With a window every wave is held.
 pub fn wave_weight(waves: usize, gates: usize, window: bool) -> usize {
     let held = if window { waves } else { 0 };
-    waves + held.div_ceil(2) + 2 * gates
+    waves + held + 3 * gates
 }
 
 /// Refuses a plan whose holds take it past what one workflow carries
@@ -74,7 +74,7 @@ pub fn check_capacity(
     if max_waves == 0 || weight <= max_waves {
         return Ok(());
     }
-    let fits = max_waves.saturating_sub(2 * gates) * 2 / 3;
+    let fits = max_waves.saturating_sub(3 * gates) / 2;
     Err(UserError::bad_input(format!(
         "{waves} waves with their holds ({gates} gate(s){}) take as much workflow status as {weight} plain waves; one workflow carries {max_waves} (--max-waves)",
         if window { ", a window: every wave held" } else { "" }
@@ -94,11 +94,15 @@ mod tests {
     #[test]
     fn holds_weigh_on_what_one_workflow_carries() {
         assert_eq!(wave_weight(100, 0, false), 100, "no holds: the waves alone");
-        assert_eq!(wave_weight(100, 3, false), 106);
-        assert_eq!(wave_weight(100, 0, true), 150);
-        assert!(check_capacity(500, 0, true, 750).is_ok());
-        let err = check_capacity(600, 0, true, 750).unwrap_err().to_string();
-        assert!(err.contains("as 900 plain waves"), "{err}");
+        assert_eq!(wave_weight(100, 3, false), 109);
+        assert_eq!(wave_weight(100, 0, true), 200);
+        assert!(check_capacity(750, 0, true, 1500).is_ok());
+        let err = check_capacity(800, 0, true, 1500).unwrap_err();
+        assert!(err.to_string().contains("as 1600 plain waves"), "{err}");
+        assert!(
+            err.hints[0].contains("plan at most about 750 waves"),
+            "{err:?}"
+        );
         assert!(check_capacity(100_000, 5, true, 0).is_ok());
         let held = |w: &[usize]| {
             let waves: Vec<Wave> = w

@@ -10,7 +10,7 @@ use semver::Version;
 use crate::error::UserError;
 use crate::helm::Helm;
 use crate::output::Report;
-use crate::release::{ReleaseRef, Upgrade, Values};
+use crate::release::{Release, ReleaseRef, Upgrade, Values};
 use crate::run::Run;
 use crate::run_record::NodeProgress;
 use crate::run_values;
@@ -229,10 +229,12 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
                 && run_values::is_on_delete(&release.user_values)
                 && release.revision > run.before.revision
             {
-                // A retried step still labels what it did not get to.
+                // A retried step still labels what it did not get to, and
+                // records the DaemonSet.
                 report.marked =
                     crate::nodes::marks::keep_schedulable(client, run.records(), &run, &release)
                         .await?;
+                record_daemonset(&run, &release).await?;
                 report.outcome = Outcome::AlreadyDone;
                 return Ok(report);
             }
@@ -277,12 +279,18 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
     };
     release.upgrade(helm, &upgrade).await?;
     report.mechanics = mechanics.iter().map(|(k, _)| k.clone()).collect();
+    let mut daemonset = None;
     if mode == DeploymentMode::Daemonset {
         let upgraded = reference.load(helm).await?;
         report.marked =
             crate::nodes::marks::keep_schedulable(client, run.records(), &run, &upgraded).await?;
+        // A release without one fails at the waves' restart, as before.
+        daemonset = upgraded.daemonset().ok();
     }
     run.update(|r| {
+        if daemonset.is_some() {
+            r.kata_daemonset = daemonset.clone();
+        }
         for (key, value) in &mechanics {
             r.mechanics.insert(key.clone(), value.clone());
         }
@@ -292,6 +300,19 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
     })
     .await?;
     Ok(report)
+}
+
+/// Records the release's kata-deploy DaemonSet (daemonset mode, at the
+/// target) for the waves' restarts, unless it is recorded already.
+async fn record_daemonset(run: &Run, release: &Release) -> anyhow::Result<()> {
+    let Ok(daemonset) = release.daemonset() else {
+        return Ok(());
+    };
+    if run.kata_daemonset.as_ref() != Some(&daemonset) {
+        run.update(|r| r.kata_daemonset = Some(daemonset.clone()))
+            .await?;
+    }
+    Ok(())
 }
 
 /// job mode from 4.1, before the waves: the release moves to the target

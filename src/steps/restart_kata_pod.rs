@@ -128,8 +128,13 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
     let mut report = Restart::default();
     match mode {
         DeploymentMode::Daemonset => {
-            let release = request.release.load(helm).await?;
-            let daemonset = KataDaemonSet::find(client, &release.daemonset()?).await?;
+            // As the before-waves upgrade recorded it; a run recorded
+            // before klm kept it reads the release.
+            let object = match &run.kata_daemonset {
+                Some(object) => object.clone(),
+                None => request.release.load(helm).await?.daemonset()?,
+            };
+            let daemonset = KataDaemonSet::find(client, &object).await?;
             let revision = daemonset.current_revision(request.timeout).await?;
             let outcomes = join_all(names.iter().map(|node| {
                 let (daemonset, revision) = (&daemonset, &revision);
