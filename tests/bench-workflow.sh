@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Measures the WorkflowTemplate on the real controller (numbers for the
-# notes; not a test): a run of NODES kwok nodes at batch-size 1, submitted
+# notes; not a test): a run of NODES kwok nodes at batch-size BATCH (1), submitted
 # with the argo CLI. Prints the wall time; per wave the time klm's
 # containers ran versus the time Argo added (pod creation to the end of its
 # step, from the pods' own timestamps), the step pods and their API requests
@@ -9,6 +9,7 @@
 # waves one workflow carries under Argo's 1 MiB limit, raw and compressed as
 # Argo's packer compresses the status nodes of a large workflow.
 #   make bench-workflow                             # NODES=10
+#   BATCH=50 NODES=50 make bench-workflow           # 50 nodes a wave
 #   KLM_RIG_ARGO_REQUEUE=10s make bench-workflow    # Argo's default requeue
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,12 +29,12 @@ klm_chart_install "$work/verify-pod.yaml" --set workflow.podGC=null >/dev/null
 
 start=$(date +%s.%N)
 name=$(argo submit --namespace kata-system --from workflowtemplate/klm-kata-lifecycle-manager \
-	-p target-version=3.28.0 -p batch-size=1 --output name)
+	-p target-version=3.28.0 -p batch-size="${BATCH:-1}" --output name)
 argo wait --namespace kata-system "$name" >/dev/null || true
 end=$(date +%s.%N)
 kubectl get workflow --namespace kata-system "$name" -o json >"$work/workflow.json"
 kubectl get pods --namespace kata-system -l "workflows.argoproj.io/workflow=$name" -o json >"$work/pods.json"
-echo "requeue: ${KLM_RIG_ARGO_REQUEUE:-1s}; nodes: $nodes; wall: $(echo "$end - $start" | bc) s"
+echo "requeue: ${KLM_RIG_ARGO_REQUEUE:-1s}; nodes: $nodes; batch size: ${BATCH:-1}; wall: $(echo "$end - $start" | bc) s"
 python3 - "$work/workflow.json" "$work/pods.json" "$work/rig/audit.log" <<'PY'
 import base64, gzip, json, sys
 from collections import Counter
@@ -68,6 +69,19 @@ if waves_run:
     print(f"capacity of one workflow (1 MiB): {(limit - rest - len(compact(outside))) / raw_wave:.0f} waves "
           f"uncompressed, {(limit - rest - packed(outside)) / packed_wave:.0f} waves once Argo "
           f"compresses the nodes (the rest of the object: {rest} bytes)")
+# A wave, one after the other: its node's duration (the first pod's
+# creation to the last one's end, and the controller's gaps between) and the
+# period from one wave's start to the next's.
+loop = sorted((n for n in nodes.values() if n["displayName"].startswith("wave(")),
+              key=lambda n: n["startedAt"])
+if loop:
+    starts = [t(n["startedAt"]) for n in loop]
+    durations = sorted(t(n["finishedAt"]) - t(n["startedAt"]) for n in loop)
+    periods = sorted(b - a for a, b in zip(starts, starts[1:])) or [0.0]
+    spread = lambda v: f"{v[0]:.0f}/{v[len(v) // 2]:.0f}/{v[-1]:.0f} s"
+    print(f"a wave (min/median/max): {spread(durations)}, one wave's start to the next's {spread(periods)}; "
+          f"before the first wave {starts[0] - t(status['startedAt']):.0f} s, after the last "
+          f"{t(status['finishedAt']) - t(loop[-1]['finishedAt']):.0f} s")
 # Each wave: its step pods, by the wave index in the status node names.
 waves = {}
 for node in status.get("nodes", {}).values():
