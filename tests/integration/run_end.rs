@@ -70,6 +70,17 @@ pub(crate) async fn wave(run: &Submission<'_>, index: &str) -> crate::support::K
         .await
 }
 
+/// The phases of a wave's pod before its verify (cordon, drain,
+/// restart-kata-pod), each succeeding: a pod stopped or killed before it
+/// verifies.
+pub(crate) async fn upgrade_until_verify(run: &Submission<'_>, index: &str) {
+    for phase in ["cordon", "drain", "restart-kata-pod"] {
+        run.container("upgrade", phase, &[("index", index)])
+            .await
+            .ok();
+    }
+}
+
 /// The exit handler's close step, as deploy-version's onExit runs it.
 pub(crate) async fn exit_handler(
     run: &Submission<'_>,
@@ -249,12 +260,7 @@ async fn settle_completes_a_wave_or_rolls_it_back_and_later_waves_change_nothing
     assert!(!unschedulable(&n));
 
     // Wave 2 fails verification: settle rolls it back and fails the wave.
-    run.container("upgrade", "cordon", &[("index", "2")])
-        .await
-        .ok();
-    run.container("upgrade", "restart-kata-pod", &[("index", "2")])
-        .await
-        .ok();
+    upgrade_until_verify(&run, "2").await;
     failing_verify
         .container("upgrade", "verify", &[("index", "2")])
         .await
@@ -321,12 +327,7 @@ async fn a_failed_rollback_in_the_exit_handler_keeps_the_node_cordoned() {
         dir.path(),
     );
     assert_eq!(start(&run).await, vec![1, 2]);
-    run.container("upgrade", "cordon", &[("index", "1")])
-        .await
-        .ok();
-    run.container("upgrade", "restart-kata-pod", &[("index", "1")])
-        .await
-        .ok();
+    upgrade_until_verify(&run, "1").await;
     // Stopped before verify; the re-verification after the rollback fails.
     let closed = exit_handler(&run, "Failed", STOPPED).await.code(1);
     assert!(
@@ -359,12 +360,7 @@ async fn a_terminated_run_is_closed_by_the_close_run_entrypoint() {
     let wf = Workflow::render(&case, &verification_pod(dir.path(), &[])).await;
     let run = submit(&case, &wf, "wf-terminated", &[], dir.path());
     start(&run).await;
-    run.container("upgrade", "cordon", &[("index", "1")])
-        .await
-        .ok();
-    run.container("upgrade", "restart-kata-pod", &[("index", "1")])
-        .await
-        .ok();
+    upgrade_until_verify(&run, "1").await;
     // argo terminate: no exit handler. The next run is refused...
     let dir2 = tempfile::tempdir().unwrap();
     let next = submit(&case, &wf, "wf-after", &[], dir2.path());
