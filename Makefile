@@ -98,8 +98,9 @@ bench: rig-bins
 	cargo build --release -p klm-rig --bin klm-rig
 	bash tests/bench.sh
 
-## The WorkflowTemplate on the real controller: wall time, Argo's share of each wave, the
-## workflow's size and capacity (NODES=10 by default; KLM_RIG_ARGO_REQUEUE=10s for Argo's default).
+## The WorkflowTemplate on the real controller: wall time, each wave's time, Argo's share and API
+## requests, the workflow's size and capacity (NODES=10 and BATCH=1 by default;
+## KLM_RIG_ARGO_REQUEUE=10s for Argo's default).
 bench-workflow: rig-bins host-packages
 	cargo build --bin klm
 	cargo build -p klm-rig --bin klm-rig
