@@ -247,6 +247,21 @@ Arguments: dict root, run (bool, default true).
 {{- end }}
 
 {{/*
+klm settle's args, for a wave's index: its pod's last phase (status
+Succeeded) and the settle step after a failed upgrade (the upgrade's status).
+Arguments: dict root, status.
+*/}}
+{{- define "klm.settleArgs" -}}
+- settle
+- {{`--wave={{inputs.parameters.index}}`}}
+- --upgrade-status={{ .status }}
+- {{`--recycle-old-sandboxes={{workflow.parameters.recycle-old-sandboxes}}`}}
+{{- if .root.Values.workflow.metrics }}
+- --counts-dir=/tmp/settled
+{{- end }}
+{{- end }}
+
+{{/*
 The node counts a settling step writes (--counts-dir=/tmp/settled), as
 outputs, and Argo's counters of them (a failed step still reports them).
 Used with workflow.metrics only.
