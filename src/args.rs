@@ -69,6 +69,11 @@ pub struct ClientArgs {
     /// With --as: act as a member of this group too (repeatable).
     #[arg(long = "as-group", global = true, value_name = "GROUP")]
     pub as_groups: Vec<String>,
+
+    /// The subcommand that connects, named in the User-Agent of its
+    /// requests (not a flag: [`crate::cli::Cli::parse_args`] sets it).
+    #[arg(skip)]
+    pub step: Option<String>,
 }
 
 /// Draining each wave's nodes (`klm upgrade`, `klm plan`).
@@ -280,6 +285,16 @@ impl NodesArgs {
     /// The node names, in the order given, without duplicates.
     pub fn names(&self) -> Vec<String> {
         crate::nodes::unique(self.nodes.iter().flat_map(|list| list.0.iter().cloned()))
+    }
+
+    /// The nodes a step acts on: those named with `--nodes`, or wave `--wave
+    /// K` of the plan that `select-nodes --run-id` recorded for the run
+    /// (resolved by the step, from the run record it reads).
+    pub fn targets(&self) -> crate::run::Targets {
+        match self.wave {
+            Some(index) => crate::run::Targets::Wave(index),
+            None => crate::run::Targets::Named(self.names()),
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! ([`Command`]). The flags several steps share live in [`crate::args`];
 //! each subcommand's own flags live in its module under `commands/`.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::args::GlobalArgs;
 use crate::commands;
@@ -76,6 +76,18 @@ pub enum Command {
     CloseRun(commands::close_run::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completion(commands::completion::Args),
+}
+
+impl Cli {
+    /// Parses the command line (exiting with clap's message on bad flags)
+    /// and names the subcommand in the connection flags, so every API
+    /// request says which step of klm made it.
+    pub fn parse_args(args: impl IntoIterator<Item = std::ffi::OsString>) -> Cli {
+        let matches = Cli::command().get_matches_from(args);
+        let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+        cli.global.client.step = matches.subcommand_name().map(String::from);
+        cli
+    }
 }
 
 impl Command {

@@ -59,6 +59,9 @@ async fn config(args: &ClientArgs) -> anyhow::Result<Config> {
     } else {
         local_config(args).await?
     };
+    config
+        .headers
+        .push((http::header::USER_AGENT, user_agent(args.step.as_deref())));
     if let Some(user) = &args.as_user {
         config.auth_info.impersonate = Some(user.clone());
     }
@@ -66,6 +69,17 @@ async fn config(args: &ClientArgs) -> anyhow::Result<Config> {
         config.auth_info.impersonate_groups = Some(args.as_groups.clone());
     }
     Ok(config)
+}
+
+/// `klm/VERSION (STEP)`, as kubectl names itself: the apiserver's audit log
+/// and metrics then say which klm, and which of its steps, made a request.
+fn user_agent(step: Option<&str>) -> http::HeaderValue {
+    let agent = match step {
+        Some(step) => format!("klm/{} ({step})", env!("CARGO_PKG_VERSION")),
+        None => format!("klm/{}", env!("CARGO_PKG_VERSION")),
+    };
+    // A subcommand name is ASCII; a value that is not falls back to the bare name.
+    http::HeaderValue::from_str(&agent).unwrap_or(http::HeaderValue::from_static("klm"))
 }
 
 async fn local_config(args: &ClientArgs) -> anyhow::Result<Config> {
@@ -234,6 +248,16 @@ contexts:
 
     fn written_path(file: &Option<Arc<tempfile::TempPath>>) -> Option<std::path::PathBuf> {
         file.as_ref().map(|path| path.to_path_buf())
+    }
+
+    #[test]
+    fn requests_name_klm_and_its_step() {
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(
+            user_agent(Some("cordon")),
+            format!("klm/{version} (cordon)").as_str()
+        );
+        assert_eq!(user_agent(None), format!("klm/{version}").as_str());
     }
 
     #[test]

@@ -437,7 +437,7 @@ mod tests {
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The nodes (cordoned already).
-    pub nodes: Vec<String>,
+    pub nodes: crate::run::Targets,
     /// The release (whose run record names the run).
     pub release: crate::release::ReleaseRef,
     /// The run (None: a drain by hand).
@@ -462,15 +462,24 @@ pub async fn drain_nodes(
     // Resolved before any node moves on: a scope that cannot be resolved
     // changes nothing.
     let scope = Scope::resolve(request.scope, helm, &request.release).await?;
-    let nodes_api = Api::all(client.clone());
-    try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
     let run =
         crate::run::Run::optional(client, &request.release, request.run_id.as_deref()).await?;
+    let names = request
+        .nodes
+        .resolve(
+            run.as_deref(),
+            client,
+            &request.release,
+            request.run_id.as_deref(),
+        )
+        .await?;
+    let nodes_api = Api::all(client.clone());
+    try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     let holder = run.as_ref().map(crate::run::Run::holder);
-    for node in &request.nodes {
+    for node in &names {
         hold::advance(client, node, holder, NodeStatus::Draining).await?;
     }
-    let drained = try_join_all(request.nodes.iter().map(|n| {
+    let drained = try_join_all(names.iter().map(|n| {
         drain(
             evicting,
             n,

@@ -246,6 +246,39 @@ impl KataDaemonSet {
             .collect())
     }
 
+    /// The DaemonSet's pods (not terminating) on each of `nodes`: a list
+    /// per node for a few, one list of all its pods for more (a run's
+    /// planned nodes: one request, not one per node).
+    pub async fn pods_on_each(
+        &self,
+        nodes: &[String],
+    ) -> Result<BTreeMap<String, Vec<Pod>>, KataDeployError> {
+        const FEW: usize = 4;
+        let mut found: BTreeMap<String, Vec<Pod>> = BTreeMap::new();
+        if nodes.len() <= FEW {
+            for node in nodes {
+                found.insert(node.clone(), self.pods_on(node).await?);
+            }
+            return Ok(found);
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &self.namespace);
+        let pods = api
+            .list(&ListParams::default().labels(&self.selector))
+            .await
+            .during(|| "listing kata-deploy pods".to_string())?;
+        let wanted: std::collections::BTreeSet<&String> = nodes.iter().collect();
+        for pod in pods.items {
+            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+            if let Some(node) = node.filter(|n| wanted.contains(n))
+                && self.owns(&pod)
+                && pod.metadata.deletion_timestamp.is_none()
+            {
+                found.entry(node).or_default().push(pod);
+            }
+        }
+        Ok(found)
+    }
+
     /// Restarts kata-deploy on a node at `revision`: deletes a pod of an older
     /// revision (by UID, so a retry never deletes its replacement), waits until
     /// it is gone and a pod of the current revision is Ready, then until the

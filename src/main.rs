@@ -2,13 +2,12 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use kata_lifecycle_manager::args::LogFormat;
 use kata_lifecycle_manager::cli::Cli;
 use kata_lifecycle_manager::{exit, run};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(kubectl_plugin_args(std::env::args_os()));
+    let cli = Cli::parse_args(kubectl_plugin_args(std::env::args_os()));
     let quiet = cli.command.draws_live(&cli.global);
     init_logging(cli.global.log_format, cli.global.verbose, quiet);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -148,6 +148,54 @@ impl Run {
     }
 }
 
+/// The nodes a step acts on: named (`--nodes`), or a wave of its run's
+/// recorded plan (`--wave`), resolved from the record the step reads anyway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    /// These nodes.
+    Named(Vec<String>),
+    /// Wave K (from 1) of the run's plan.
+    Wave(u32),
+}
+
+impl From<Vec<String>> for Targets {
+    fn from(nodes: Vec<String>) -> Targets {
+        Targets::Named(nodes)
+    }
+}
+
+impl Targets {
+    /// The node names: the named ones, or the wave as `run` (the step's
+    /// run, as it read it) planned it; a step without a run of its own (by
+    /// hand) reads the run `run_id` names, else the release's latest.
+    pub async fn resolve(
+        &self,
+        run: Option<&RunRecord>,
+        client: &Client,
+        release: &ReleaseRef,
+        run_id: Option<&str>,
+    ) -> anyhow::Result<Vec<String>> {
+        let loaded;
+        let record = match (self, run) {
+            (Targets::Named(nodes), _) => return Ok(nodes.clone()),
+            (Targets::Wave(_), Some(record)) => record,
+            (Targets::Wave(_), None) => {
+                loaded = Run::recorded(client, release, run_id).await?;
+                &*loaded
+            }
+        };
+        Ok(self.in_run(record)?)
+    }
+
+    /// The node names, a wave as `record` planned it.
+    fn in_run(&self, record: &RunRecord) -> Result<Vec<String>, UserError> {
+        match self {
+            Targets::Named(nodes) => Ok(nodes.clone()),
+            Targets::Wave(index) => Ok(wave_of(record, *index)?.to_vec()),
+        }
+    }
+}
+
 impl std::ops::Deref for Run {
     type Target = RunRecord;
 
@@ -275,6 +323,20 @@ mod tests {
             "{}",
             beyond.message
         );
+    }
+
+    #[test]
+    fn a_step_acts_on_named_nodes_or_a_wave_of_its_run() {
+        let mut record = crate::run_record::example();
+        record.plan.waves = Some(vec![vec!["a".into()], vec!["b".into(), "c".into()]]);
+        let named = Targets::Named(vec!["x".into()]);
+        assert_eq!(named.in_run(&record).unwrap(), ["x".to_string()]);
+        assert_eq!(
+            Targets::Wave(2).in_run(&record).unwrap(),
+            ["b".to_string(), "c".to_string()]
+        );
+        let beyond = Targets::Wave(3).in_run(&record).unwrap_err();
+        assert_eq!(beyond.status, ExitStatus::BadInput);
     }
 
     #[test]

@@ -218,9 +218,16 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failed_nodes: BTreeMap<String, String>,
     /// Per node, the kata-deploy version it ran before the run first touched
-    /// it (recorded at cordon): what rollback returns that node to.
+    /// it, where that is not the release's version before the run (the
+    /// before-waves upgrade records the planned nodes, cordon any other):
+    /// what rollback returns that node to ([`RunRecord::version_before`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_versions: BTreeMap<String, String>,
+    /// Whether the before-waves upgrade observed what every planned node
+    /// ran before the release moved: a planned node missing from
+    /// `node_versions` then ran the release's version before the run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub planned_versions_observed: bool,
     /// The plan select-nodes recorded: the waves and the rules the run
     /// keeps while it goes through them (flattened: its fields are the
     /// record's own in the ConfigMap).
@@ -475,6 +482,7 @@ impl RunRecord {
             pool_pods: Vec::new(),
             failed_nodes: BTreeMap::new(),
             node_versions: BTreeMap::new(),
+            planned_versions_observed: false,
             plan: RunPlan::default(),
             held: None,
             marks: BTreeMap::new(),
@@ -490,6 +498,15 @@ impl RunRecord {
     /// unique only together with its release).
     pub fn release_id(&self) -> String {
         crate::annotations::release_id(&self.namespace, &self.release)
+    }
+
+    /// Whether what `node` ran before the run is known already: recorded,
+    /// observed with the planned nodes, or held by the run (whose first
+    /// hold recorded it).
+    pub fn version_before_known(&self, node: &str) -> bool {
+        self.node_versions.contains_key(node)
+            || self.nodes.contains_key(node)
+            || (self.planned_versions_observed && self.is_planned(node))
     }
 
     /// The version a node returns to on rollback: the one it ran before the
@@ -558,6 +575,16 @@ impl RunRecord {
     pub fn wave(&self, index: u32) -> Option<&[String]> {
         let at = usize::try_from(index).ok()?.checked_sub(1)?;
         self.plan.waves.as_ref()?.get(at).map(Vec::as_slice)
+    }
+
+    /// Every node of the recorded plan, wave by wave.
+    pub fn planned_nodes(&self) -> impl Iterator<Item = &String> {
+        self.plan.waves.iter().flatten().flatten()
+    }
+
+    /// Whether `node` is in one of the recorded plan's waves.
+    pub fn is_planned(&self, node: &str) -> bool {
+        self.planned_nodes().any(|n| n == node)
     }
 
     /// The nodes the run touched that are in one of these states.
@@ -861,6 +888,24 @@ mod tests {
         assert!(named_run(Some(&record), Some("another")).is_none());
         assert!(named_run(Some(&record), None).is_none());
         assert!(named_run(None, Some("upgrade-1")).is_none());
+    }
+
+    #[test]
+    fn what_a_planned_node_ran_is_known_once_the_waves_observed_it() {
+        let mut record = example();
+        record.plan.waves = Some(vec![vec!["a".into()], vec!["b".into()]]);
+        record.node_versions = BTreeMap::from([("b".to_string(), "3.26.0".to_string())]);
+        assert!(!record.version_before_known("a"));
+        assert!(record.version_before_known("b"));
+        record.planned_versions_observed = true;
+        // Observed, a planned node missing from the record ran the release's version.
+        assert!(record.version_before_known("a"));
+        assert_eq!(record.version_before("a"), record.before.chart_version);
+        assert_eq!(record.version_before("b"), "3.26.0");
+        // A node outside the plan (a cordon by hand) is not known until held.
+        assert!(!record.version_before_known("z"));
+        record.nodes.insert("z".into(), NodeProgress::Held);
+        assert!(record.version_before_known("z"));
     }
     use serde_json::json;
 

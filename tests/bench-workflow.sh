@@ -112,6 +112,9 @@ for node in status.get("nodes", {}).values():
 # request of the chart's ServiceAccount), by who made them, counted in the
 # wave whose pods were running then.
 requests = {key: Counter() for key in waves}
+# Inside the waves: what each of klm's steps (named in its User-Agent),
+# helm and Argo's executor asked, summed over the waves.
+asked = {}
 for line in open(sys.argv[3]):
     event = json.loads(line)
     user = event["user"]["username"]
@@ -123,6 +126,10 @@ for line in open(sys.argv[3]):
     for key, w in waves.items():
         if any(start <= at <= end for start, end in w["windows"]):
             requests[key][who] += 1
+            if key.isdigit():
+                step = agent.split("(")[1].split(")")[0] if who == "klm" and "(" in agent else who
+                ref = event.get("objectRef", {})
+                asked.setdefault(step, Counter())[f"{event['verb']} {ref.get('resource', event['requestURI'])}"] += 1
             break
 print(f"{'wave':>14} {'pods':>4} {'wall s':>7} {'klm s':>6} {'argo s':>7} {'API requests: klm helm argoexec':>34}")
 for key in sorted(waves, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0)):
@@ -131,4 +138,10 @@ for key in sorted(waves, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() e
     r = requests[key]
     print(f"{key:>14} {w['pods']:>4} {wall:>7.1f} {w['klm']:>6.1f} {w['total'] - w['klm']:>7.1f} "
           f"{sum(r.values()):>14} = {r['klm']:>3} + {r['helm']:>3} + {r['argoexec']:>3}")
+waves_measured = sum(1 for key in waves if key.isdigit())
+if waves_measured:
+    print(f"API requests a wave, by who asked (mean over {waves_measured} waves):")
+    for step, counts in sorted(asked.items(), key=lambda kv: -sum(kv[1].values())):
+        detail = ", ".join(f"{what} {n / waves_measured:.1f}" for what, n in counts.most_common())
+        print(f"  {step:>18} {sum(counts.values()) / waves_measured:5.1f}: {detail}")
 PY

@@ -41,7 +41,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     )?;
     let client = crate::cluster::client(global).await?;
     let request = Request {
-        nodes: flags::step_nodes(&client, &args.release, &args.run, &args.nodes).await?,
+        nodes: args.nodes.targets(),
         release: flags::release_ref(&args.release),
         run_id: args.run.run_id,
         selection,

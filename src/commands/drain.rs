@@ -96,9 +96,8 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         return Ok(ExitStatus::Done);
     }
     let client = crate::cluster::client(global).await?;
-    let names = flags::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let request = Request {
-        nodes: names,
+        nodes: args.nodes.targets(),
         release: flags::release_ref(&args.release),
         run_id: args.run.run_id,
         timeout: args.drain_timeout,

@@ -3,12 +3,11 @@
 //! flags of [`crate::args`] into the library's types (bad input refused,
 //! nothing changed); no step below `commands` sees a flag.
 
-use crate::args::{GlobalArgs, NodesArgs, ReleaseArgs, RollbackArgs, RunArgs, SelectionArgs};
+use crate::args::{GlobalArgs, ReleaseArgs, RollbackArgs, SelectionArgs};
 use crate::error::UserError;
 use crate::helm::Helm;
 use crate::nodes::selection::Criteria;
 use crate::release::ReleaseRef;
-use crate::run::Run;
 use crate::steps::rollback::{self, Reverify};
 use crate::verification::Pods;
 
@@ -54,19 +53,4 @@ pub fn rollback_settings(args: &RollbackArgs) -> Result<rollback::Settings, User
             keep_failed: verification.keep_failed,
         }),
     })
-}
-
-/// The nodes a step acts on: those named with `--nodes`, or wave `--wave K`
-/// of the plan that `select-nodes --run-id` recorded for the run.
-pub async fn step_nodes(
-    client: &kube::Client,
-    release: &ReleaseArgs,
-    run: &RunArgs,
-    nodes: &NodesArgs,
-) -> anyhow::Result<Vec<String>> {
-    let Some(index) = nodes.wave else {
-        return Ok(nodes.names());
-    };
-    let run = Run::recorded(client, &release_ref(release), run.run_id.as_deref()).await?;
-    Ok(run.wave(index)?.to_vec())
 }

@@ -45,9 +45,8 @@ pub struct Args {
 /// Runs the step.
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let client = crate::cluster::client(global).await?;
-    let nodes = flags::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let request = Request {
-        nodes,
+        nodes: args.nodes.targets(),
         release: flags::release_ref(&args.release),
         run_id: args.run.run_id,
         mode: args.deployment_mode,

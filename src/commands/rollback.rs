@@ -39,9 +39,8 @@ pub struct Args {
 pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> {
     let settings = flags::rollback_settings(&args.rollback)?;
     let client = crate::cluster::client(global).await?;
-    let nodes = flags::step_nodes(&client, &args.release, &args.run, &args.nodes).await?;
     let request = Request {
-        nodes,
+        nodes: args.nodes.targets(),
         reason: args.reason,
         release: flags::release_ref(&args.release),
         run_id: args.run.run_id,

@@ -47,7 +47,7 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
     }
     let client = crate::cluster::client(global).await?;
     let request = Request {
-        nodes: flags::step_nodes(&client, &args.release, &args.run, &args.nodes).await?,
+        nodes: args.nodes.targets(),
         pods,
         pool_label: crate::args::pool_label(args.pool_label.as_deref()).map(String::from),
         release: flags::release_ref(&args.release),

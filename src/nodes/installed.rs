@@ -17,15 +17,17 @@ use serde_json::Value;
 use crate::annotations;
 use crate::helm::Helm;
 use crate::kata_deploy::{self, KataDaemonSet};
-use crate::release::ReleaseRef;
+use crate::release::{Release, ReleaseRef};
 use crate::versions::DeploymentMode;
 
 /// The version each node runs, for the nodes the cluster can tell; nodes
 /// missing from the answer run the release's version as far as klm knows.
+/// `release` is `reference` as loaded now.
 pub async fn observe(
     client: &Client,
     helm: &Helm,
     reference: &ReleaseRef,
+    release: &Release,
     mode: DeploymentMode,
     nodes: &[String],
 ) -> anyhow::Result<BTreeMap<String, String>> {
@@ -33,8 +35,8 @@ pub async fn observe(
         return Ok(BTreeMap::new());
     }
     match mode {
-        DeploymentMode::Daemonset => daemonset(client, helm, reference, nodes).await,
-        DeploymentMode::Job => job(client, helm, reference, nodes).await,
+        DeploymentMode::Daemonset => daemonset(client, helm, reference, release, nodes).await,
+        DeploymentMode::Job => job(client, helm, reference, release, nodes).await,
     }
 }
 
@@ -42,9 +44,9 @@ async fn daemonset(
     client: &Client,
     helm: &Helm,
     reference: &ReleaseRef,
+    release: &Release,
     nodes: &[String],
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let release = reference.load(helm).await?;
     let daemonset = KataDaemonSet::find(client, &release.daemonset()?).await?;
     let current = daemonset
         .current_revision(std::time::Duration::from_secs(60))
@@ -60,9 +62,9 @@ async fn daemonset(
         .collect();
     let api: Api<Node> = Api::all(client.clone());
     let mut found = BTreeMap::new();
+    let pods = daemonset.pods_on_each(nodes).await?;
     for node in nodes {
-        let pods = daemonset.pods_on(node).await?;
-        let Some(pod) = pods.first() else {
+        let Some(pod) = pods.get(node).and_then(|p| p.first()) else {
             continue;
         };
         // A pod of the current template runs the release's chart version;
@@ -97,9 +99,9 @@ async fn job(
     client: &Client,
     helm: &Helm,
     reference: &ReleaseRef,
+    release: &Release,
     nodes: &[String],
 ) -> anyhow::Result<BTreeMap<String, String>> {
-    let release = reference.load(helm).await?;
     let mut history = reference.history(helm).await?;
     history.sort_by_key(|h| std::cmp::Reverse(h.revision));
     let api: Api<Node> = Api::all(client.clone());

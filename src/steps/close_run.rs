@@ -483,7 +483,7 @@ pub async fn end_run(
         } => (run_id, reason, nodes),
     };
     let rollback = crate::steps::rollback::Request {
-        nodes: crate::nodes::unique(nodes),
+        nodes: crate::nodes::unique(nodes).into(),
         reason: Some(reason),
         release: request.release.clone(),
         run_id: Some(run_id),

@@ -22,7 +22,7 @@ use crate::run_record::NodeProgress;
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The nodes.
-    pub nodes: Vec<String>,
+    pub nodes: crate::run::Targets,
     /// The release.
     pub release: ReleaseRef,
     /// The run (None: the release's latest run).
@@ -73,8 +73,7 @@ async fn within_budget(
     wave: &[String],
     budget: usize,
 ) -> anyhow::Result<()> {
-    let planned: std::collections::BTreeSet<&String> =
-        record.plan.waves.iter().flatten().flatten().collect();
+    let planned: std::collections::BTreeSet<&String> = record.planned_nodes().collect();
     // The slim listing selection uses: names, unschedulable, the Ready condition.
     let out: Vec<String> = crate::nodes::listing::list_for_selection(client, None)
         .await?
@@ -102,25 +101,45 @@ async fn within_budget(
 /// already keeps what its first hold recorded.
 pub async fn cordon(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Cordoned> {
     let run = Run::active(client, &request.release, request.run_id.as_deref()).await?;
+    let names = request
+        .nodes
+        .resolve(
+            Some(&run),
+            client,
+            &request.release,
+            request.run_id.as_deref(),
+        )
+        .await?;
     // Every node must exist before any is changed.
     let nodes_api: Api<Node> = Api::all(client.clone());
-    try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     if let Some(budget) = run.plan.max_unavailable {
-        within_budget(client, &run, &request.nodes, budget).await?;
+        within_budget(client, &run, &names, budget).await?;
     }
-    // What each node runs before this run touches it: its rollback target.
-    let unrecorded: Vec<String> = request
-        .nodes
+    // What each node runs before this run touches it (its rollback target),
+    // where the before-waves upgrade did not observe it already.
+    let unrecorded: Vec<String> = names
         .iter()
-        .filter(|n| !run.node_versions.contains_key(*n) && !run.nodes.contains_key(*n))
+        .filter(|n| !run.version_before_known(n))
         .cloned()
         .collect();
-    let versions =
-        crate::nodes::installed::observe(client, helm, &request.release, run.mode, &unrecorded)
-            .await?;
+    let versions = if unrecorded.is_empty() {
+        Default::default()
+    } else {
+        let release = request.release.load(helm).await?;
+        crate::nodes::installed::observe(
+            client,
+            helm,
+            &request.release,
+            &release,
+            run.mode,
+            &unrecorded,
+        )
+        .await?
+    };
     let release_id = run.release_id();
     let target = run.target_version.to_string();
-    let held = try_join_all(request.nodes.iter().map(|n| {
+    let held = try_join_all(names.iter().map(|n| {
         hold::hold_for_release(
             client,
             n,
@@ -132,7 +151,7 @@ pub async fn cordon(client: &Client, helm: &Helm, request: &Request) -> anyhow::
     }))
     .await?;
     run.update(|r| {
-        for node in &request.nodes {
+        for node in &names {
             r.nodes.entry(node.clone()).or_insert(NodeProgress::Held);
         }
         for (node, version) in &versions {

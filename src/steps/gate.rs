@@ -362,7 +362,7 @@ async fn roll_back_and_fail(
         client,
         helm,
         &rollback::Request {
-            nodes: nodes.to_vec(),
+            nodes: nodes.to_vec().into(),
             reason: Some(reason.clone()),
             release: request.release.clone(),
             run_id: Some(record.run_id.clone()),

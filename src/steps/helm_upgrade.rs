@@ -202,6 +202,9 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
         wave_started_at: None,
         marked: Vec::new(),
     };
+    if stage == Stage::BeforeWaves {
+        observe_planned_nodes(client, helm, &run, reference, &release).await?;
+    }
     let own_dispatcher = mode == DeploymentMode::Job
         && versions::runs_own_dispatcher(&versions::parse(&run.before.chart_version)?, &target);
     if own_dispatcher {
@@ -300,6 +303,41 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
     })
     .await?;
     Ok(report)
+}
+
+/// Before the waves, once a run: what every planned node runs before the
+/// release moves (its rollback target), so that no wave's cordon reads the
+/// release, its history and the nodes' kata-deploy pods again. The record
+/// keeps only the nodes that run another version than the release's.
+async fn observe_planned_nodes(
+    client: &Client,
+    helm: &Helm,
+    run: &Run,
+    reference: &ReleaseRef,
+    release: &Release,
+) -> anyhow::Result<()> {
+    if run.planned_versions_observed {
+        return Ok(());
+    }
+    let unknown: Vec<String> = run
+        .planned_nodes()
+        .filter(|n| !run.version_before_known(n))
+        .cloned()
+        .collect();
+    let versions =
+        crate::nodes::installed::observe(client, helm, reference, release, run.mode, &unknown)
+            .await?;
+    let before = &run.before.chart_version;
+    run.update(|r| {
+        for (node, version) in versions.iter().filter(|(_, v)| *v != before) {
+            r.node_versions
+                .entry(node.clone())
+                .or_insert_with(|| version.clone());
+        }
+        r.planned_versions_observed = true;
+    })
+    .await?;
+    Ok(())
 }
 
 /// Records the release's kata-deploy DaemonSet (daemonset mode, at the

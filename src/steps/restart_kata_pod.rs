@@ -27,7 +27,7 @@ use crate::versions::{DeploymentMode, ModeChoice};
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The nodes.
-    pub nodes: Vec<String>,
+    pub nodes: crate::run::Targets,
     /// The release.
     pub release: ReleaseRef,
     /// The run (None: the release's latest run).
@@ -118,8 +118,16 @@ impl Restart {
 /// `upgrading`) and waits for each; records the nodes that came back as
 /// upgraded. Nodes that did not are in the report (see [`Restart::outcome`]).
 pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Restart> {
-    let names = &request.nodes;
     let run = Run::active(client, &request.release, request.run_id.as_deref()).await?;
+    let names = &request
+        .nodes
+        .resolve(
+            Some(&run),
+            client,
+            &request.release,
+            request.run_id.as_deref(),
+        )
+        .await?;
     let mode = run.mode(request.mode)?;
     let release_id = run.release_id();
     let holder = run.holder();
@@ -166,7 +174,7 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
                 target: None,
                 mode: ModeChoice::Job,
                 stage: Some(Stage::Wave),
-                nodes: Some(names.clone()),
+                nodes: Some(names.to_vec()),
                 wave: None,
                 set: Vec::new(),
                 chart: request.chart.clone(),

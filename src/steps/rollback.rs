@@ -36,7 +36,7 @@ use crate::versions::{self, DeploymentMode};
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The nodes, in order.
-    pub nodes: Vec<String>,
+    pub nodes: crate::run::Targets,
     /// Why (recorded on the run record when this fails the run); default:
     /// `rollback of <nodes>`.
     pub reason: Option<String>,
@@ -168,8 +168,16 @@ pub async fn roll_back(
     helm: &Helm,
     request: &Request,
 ) -> anyhow::Result<RolledBack> {
-    let names = &request.nodes;
     let run = Run::recorded(client, &request.release, request.run_id.as_deref()).await?;
+    let names = &request
+        .nodes
+        .resolve(
+            Some(&run),
+            client,
+            &request.release,
+            request.run_id.as_deref(),
+        )
+        .await?;
     let nodes_api: Api<Node> = Api::all(client.clone());
     let nodes: Vec<Node> = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     // No dry run of the verification pod here: what the new version broke

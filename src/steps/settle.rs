@@ -393,7 +393,7 @@ async fn roll_back_nodes(
     fails_run: bool,
 ) -> anyhow::Result<RolledBack> {
     let rolling_back = rollback::Request {
-        nodes: nodes::unique(nodes.to_vec()),
+        nodes: nodes::unique(nodes.to_vec()).into(),
         reason: Some(failure.to_string()),
         release: request.release.clone(),
         run_id: Some(record.run_id.clone()),

@@ -18,7 +18,7 @@ use crate::verification::{NodeVerdict, Pods, verify_nodes};
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The nodes.
-    pub nodes: Vec<String>,
+    pub nodes: crate::run::Targets,
     /// The verification pods (each node its pool's, else the default).
     pub pods: Pods,
     /// The label whose values are the pools (None: the run's, as recorded).
@@ -82,17 +82,27 @@ impl Verification {
 /// (which the run must hold) becomes `verifying` first, and the nodes that pass
 /// are recorded as verified; every verdict is an Event on its node.
 pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verification> {
-    let nodes_api = kube::Api::all(client.clone());
-    let nodes = try_join_all(request.nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
-    for pod in request.pods.all() {
-        crate::verification::run::dry_run_access(client, pod).await?;
-    }
-
     let records = Records::new(client, &request.release.namespace);
     let latest = records
         .load(&request.release.name)
         .await?
         .map(|(record, _)| record);
+    // A wave is the named run's, else the latest run's (a check by hand).
+    let names = request
+        .nodes
+        .resolve(
+            latest.as_ref(),
+            client,
+            &request.release,
+            request.run_id.as_deref(),
+        )
+        .await?;
+    let nodes_api = kube::Api::all(client.clone());
+    let nodes = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    for pod in request.pods.all() {
+        crate::verification::run::dry_run_access(client, pod).await?;
+    }
+
     // A check by hand labels its pods with the latest run's id.
     let run_id = request
         .run_id
@@ -103,7 +113,7 @@ pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verifi
     let release_id =
         crate::annotations::release_id(&request.release.namespace, &request.release.name);
     let holder = run.as_ref().map(Run::holder);
-    for node in &request.nodes {
+    for node in &names {
         hold::advance(client, node, holder, NodeStatus::Verifying).await?;
     }
     let pool_label = request

@@ -354,7 +354,7 @@ async fn upgrade_wave(
     } = cluster;
     let run_id = reporter.run_id.clone();
     let cordon = cordon::Request {
-        nodes: nodes.to_vec(),
+        nodes: nodes.to_vec().into(),
         release: settings.release.clone(),
         run_id: Some(run_id.clone()),
         selection: Criteria {
@@ -370,7 +370,7 @@ async fn upgrade_wave(
     if let Some((timeout, scope)) = settings.drain {
         reporter.each(Phase::Draining, index, nodes);
         let drain = drain::Request {
-            nodes: nodes.to_vec(),
+            nodes: nodes.to_vec().into(),
             release: settings.release.clone(),
             run_id: Some(run_id.clone()),
             timeout,
@@ -399,7 +399,7 @@ async fn upgrade_wave(
         .map_err(failed("helm-upgrade"))?;
     }
     let restart = restart_kata_pod::Request {
-        nodes: nodes.to_vec(),
+        nodes: nodes.to_vec().into(),
         release: settings.release.clone(),
         run_id: Some(run_id.clone()),
         mode: ModeChoice::Auto,
@@ -445,7 +445,7 @@ async fn upgrade_wave(
 
     reporter.each(Phase::Verifying, index, nodes);
     let verify = verification::Request {
-        nodes: nodes.to_vec(),
+        nodes: nodes.to_vec().into(),
         pods: settings.verification.clone(),
         pool_label: settings.pool_label.clone(),
         release: settings.release.clone(),
