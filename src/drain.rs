@@ -474,10 +474,10 @@ pub async fn drain_nodes(
         )
         .await?;
     let nodes_api = Api::all(client.clone());
-    try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let read = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     let holder = run.as_ref().map(crate::run::Run::holder);
-    for node in &names {
-        hold::advance(client, node, holder, NodeStatus::Draining).await?;
+    for node in read {
+        hold::advance_from(client, node, holder, NodeStatus::Draining).await?;
     }
     let drained = try_join_all(names.iter().map(|n| {
         drain(

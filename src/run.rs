@@ -47,8 +47,15 @@ impl Run {
         run_id: Option<&str>,
     ) -> anyhow::Result<Run> {
         let run = Run::recorded(client, release, run_id).await?;
-        refuse_stopped(&run.record)?;
+        run.ensure_active()?;
         Ok(run)
+    }
+
+    /// Refuses (a precondition) to start work for this run when it has
+    /// already failed or was interrupted: [`Run::active`] for a run read
+    /// by [`Run::recorded`].
+    pub fn ensure_active(&self) -> Result<(), UserError> {
+        refuse_stopped(&self.record)
     }
 
     /// The run of a step that may also run by hand: the release's record

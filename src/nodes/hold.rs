@@ -9,7 +9,7 @@
 
 use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
 use super::selection::{self, Criteria, annotation};
@@ -37,12 +37,31 @@ pub async fn advance(
     run: Option<Holder<'_>>,
     to: NodeStatus,
 ) -> Result<(), HoldError> {
+    if run.is_none() {
+        return Ok(());
+    }
+    let nodes: Api<Node> = Api::all(client.clone());
+    let current = get(&nodes, node).await?;
+    advance_from(client, current, run, to).await
+}
+
+/// [`advance`] from the node as the step read it (its first patch is
+/// guarded by that read; a conflict reads the node again): one request
+/// where the step has just read the node.
+pub async fn advance_from(
+    client: &Client,
+    read: Node,
+    run: Option<Holder<'_>>,
+    to: NodeStatus,
+) -> Result<(), HoldError> {
     let Some(run) = run else {
         return Ok(());
     };
     let nodes: Api<Node> = Api::all(client.clone());
+    let mut reads = Reads::from(&nodes, read);
+    let node = &reads.name.clone();
     for _ in 0..CONFLICT_RETRIES {
-        let current = get(&nodes, node).await?;
+        let current = reads.next().await?;
         let Some(patch) = status_patch(&current, node, run, to)? else {
             return Ok(());
         };
@@ -252,22 +271,26 @@ pub async fn hold(
     selection: &Criteria,
     target_version: &str,
 ) -> Result<Held, HoldError> {
-    hold_for_release(client, node, run_id, None, selection, target_version).await
+    let current = get(&Api::all(client.clone()), node).await?;
+    hold_for_release(client, current, run_id, None, selection, target_version).await
 }
 
-/// [`hold`], naming the release (`namespace/name`) whose run holds the node:
-/// a node held by a run of the same id for another release is refused.
+/// [`hold`] from the node as the step read it (a conflict reads it again),
+/// naming the release (`namespace/name`) whose run holds the node: a node
+/// held by a run of the same id for another release is refused.
 pub async fn hold_for_release(
     client: &Client,
-    node: &str,
+    read: Node,
     run_id: &str,
     release: Option<&str>,
     selection: &Criteria,
     target_version: &str,
 ) -> Result<Held, HoldError> {
     let nodes: Api<Node> = Api::all(client.clone());
+    let mut reads = Reads::from(&nodes, read);
+    let node = &reads.name.clone();
     for _ in 0..CONFLICT_RETRIES {
-        let current = get(&nodes, node).await?;
+        let current = reads.next().await?;
         let holder = annotation(&current, annotations::RUN);
         let holder_release = annotation(&current, annotations::RELEASE);
         let status =
@@ -461,9 +484,22 @@ pub async fn release(
     run_id: Option<&str>,
     how: &Release,
 ) -> Result<Option<Released>, HoldError> {
+    let current = get(&Api::all(client.clone()), node).await?;
+    release_from(client, current, run_id, how).await
+}
+
+/// [`release`] from the node as the step read it (a conflict reads it again).
+pub async fn release_from(
+    client: &Client,
+    read: Node,
+    run_id: Option<&str>,
+    how: &Release,
+) -> Result<Option<Released>, HoldError> {
     let nodes: Api<Node> = Api::all(client.clone());
+    let mut reads = Reads::from(&nodes, read);
+    let node = &reads.name.clone();
     for _ in 0..CONFLICT_RETRIES {
-        let current = get(&nodes, node).await?;
+        let current = reads.next().await?;
         let Some(planned) = release_patch(&current, node, run_id, how, &crate::run_record::now())?
         else {
             return Ok(None);
@@ -595,6 +631,31 @@ fn release_patch(
             uncordoned: uncordon && was_unschedulable,
         },
     }))
+}
+
+/// The node a guarded patch starts from: first as the step read it, then,
+/// after a conflict, as read again.
+struct Reads<'a> {
+    nodes: &'a Api<Node>,
+    name: String,
+    first: Option<Node>,
+}
+
+impl<'a> Reads<'a> {
+    fn from(nodes: &'a Api<Node>, read: Node) -> Reads<'a> {
+        Reads {
+            nodes,
+            name: read.name_any(),
+            first: Some(read),
+        }
+    }
+
+    async fn next(&mut self) -> Result<Node, HoldError> {
+        match self.first.take() {
+            Some(node) => Ok(node),
+            None => get(self.nodes, &self.name).await,
+        }
+    }
 }
 
 /// Reads a node, turning 404 into [`HoldError::NoSuchNode`].

@@ -137,6 +137,17 @@ pub async fn complete(
     request: &Request,
 ) -> anyhow::Result<Completed> {
     let run = Run::active(client, &request.release, request.run_id.as_deref()).await?;
+    complete_in(client, helm, &run, request).await
+}
+
+/// [`complete`] in `run`, as the caller read it (it must be active).
+pub async fn complete_in(
+    client: &Client,
+    helm: &Helm,
+    run: &Run,
+    request: &Request,
+) -> anyhow::Result<Completed> {
+    run.ensure_active()?;
     let target = run.target(request.target.as_ref())?.to_string();
     let mut report = Completed {
         run_id: run.run_id.clone(),
@@ -144,13 +155,13 @@ pub async fn complete(
         ..Default::default()
     };
     if let Some(nodes) = &request.nodes {
-        report.nodes = complete_nodes(client, &run, nodes, &target).await?;
+        report.nodes = complete_nodes(client, run, nodes, &target).await?;
     }
     if request.finish_run {
         finish_run(
             client,
             helm,
-            &run,
+            run,
             &request.chart,
             request.helm_timeout,
             &mut report,
@@ -193,7 +204,7 @@ async fn complete_nodes(
         .into());
     }
     let nodes_api: Api<Node> = Api::all(client.clone());
-    try_join_all(nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let read = try_join_all(nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
     let how = Release {
         status: Some(NodeStatus::Completed),
         version: hold::VersionMark::Verified(target.to_string()),
@@ -202,9 +213,8 @@ async fn complete_nodes(
         release: Some(run.release_id().to_string()),
     };
     let released = try_join_all(
-        nodes
-            .iter()
-            .map(|n| hold::release(client, n, Some(&run.run_id), &how)),
+        read.into_iter()
+            .map(|n| hold::release_from(client, n, Some(&run.run_id), &how)),
     )
     .await?;
     run.update(|r| {

@@ -112,7 +112,7 @@ pub async fn cordon(client: &Client, helm: &Helm, request: &Request) -> anyhow::
         .await?;
     // Every node must exist before any is changed.
     let nodes_api: Api<Node> = Api::all(client.clone());
-    try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let read = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     if let Some(budget) = run.plan.max_unavailable {
         within_budget(client, &run, &names, budget).await?;
     }
@@ -139,10 +139,10 @@ pub async fn cordon(client: &Client, helm: &Helm, request: &Request) -> anyhow::
     };
     let release_id = run.release_id();
     let target = run.target_version.to_string();
-    let held = try_join_all(names.iter().map(|n| {
+    let held = try_join_all(read.into_iter().map(|node| {
         hold::hold_for_release(
             client,
-            n,
+            node,
             &run.run_id,
             Some(release_id),
             &request.selection,

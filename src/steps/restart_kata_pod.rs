@@ -132,7 +132,7 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
     let release_id = run.release_id();
     let holder = run.holder();
     let nodes_api: Api<Node> = Api::all(client.clone());
-    try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let read = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
     let mut report = Restart::default();
     match mode {
         DeploymentMode::Daemonset => {
@@ -144,10 +144,10 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
             };
             let daemonset = KataDaemonSet::find(client, &object).await?;
             let revision = daemonset.current_revision(request.timeout).await?;
-            let outcomes = join_all(names.iter().map(|node| {
+            let outcomes = join_all(names.iter().zip(read).map(|(node, read)| {
                 let (daemonset, revision) = (&daemonset, &revision);
                 async move {
-                    hold::advance(client, node, Some(holder), NodeStatus::Upgrading).await?;
+                    hold::advance_from(client, read, Some(holder), NodeStatus::Upgrading).await?;
                     daemonset
                         .restart_on(node, revision, request.timeout)
                         .await
@@ -165,8 +165,8 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
             }
         }
         DeploymentMode::Job => {
-            for node in names {
-                hold::advance(client, node, Some(holder), NodeStatus::Upgrading).await?;
+            for node in read {
+                hold::advance_from(client, node, Some(holder), NodeStatus::Upgrading).await?;
             }
             let wave = helm_upgrade::Request {
                 release: request.release.clone(),

@@ -366,19 +366,19 @@ async fn complete_nodes(
     client: &Client,
     helm: &Helm,
     request: &Request,
-    record: &RunRecord,
+    run: &Run,
     nodes: Vec<String>,
 ) -> anyhow::Result<Completed> {
     let completing = complete::Request {
         release: request.release.clone(),
-        run_id: Some(record.run_id.clone()),
+        run_id: Some(run.run_id.clone()),
         target: None,
         nodes: Some(nodes),
         finish_run: false,
         chart: request.rollback.chart.clone(),
         helm_timeout: request.rollback.helm_timeout,
     };
-    complete::complete(client, helm, &completing).await
+    complete::complete_in(client, helm, run, &completing).await
 }
 
 /// Rolls `nodes` back for the wave's `failure`; `fails_run` says whether

@@ -113,8 +113,8 @@ pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verifi
     let release_id =
         crate::annotations::release_id(&request.release.namespace, &request.release.name);
     let holder = run.as_ref().map(Run::holder);
-    for node in &names {
-        hold::advance(client, node, holder, NodeStatus::Verifying).await?;
+    for node in &nodes {
+        hold::advance_from(client, node.clone(), holder, NodeStatus::Verifying).await?;
     }
     let pool_label = request
         .pool_label
