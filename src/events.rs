@@ -176,6 +176,8 @@ pub struct NodeEvents {
     recorder: Recorder,
     run_id: String,
     release: String,
+    /// The UIDs of the nodes the step read already, by name.
+    known: std::collections::BTreeMap<String, String>,
 }
 
 impl NodeEvents {
@@ -191,17 +193,38 @@ impl NodeEvents {
             recorder: Recorder::new(client.clone(), reporter),
             run_id: run_id.to_string(),
             release: release.to_string(),
+            known: Default::default(),
         }
+    }
+
+    /// The same, for a step that has read `nodes`: their Events name them
+    /// by the UIDs read, without reading the nodes again.
+    pub fn knowing<'a>(mut self, nodes: impl IntoIterator<Item = &'a Node>) -> Self {
+        self.known.extend(
+            nodes
+                .into_iter()
+                .filter_map(|n| Some((n.metadata.name.clone()?, n.metadata.uid.clone()?))),
+        );
+        self
+    }
+
+    /// The node's UID: as the step read it, else read now.
+    async fn uid(&self, node: &str) -> Result<Option<String>, kube::Error> {
+        if let Some(uid) = self.known.get(node) {
+            return Ok(Some(uid.clone()));
+        }
+        let found = Api::<Node>::all(self.client.clone()).get(node).await?;
+        Ok(found.metadata.uid)
     }
 
     /// Records `event` on `node`; a failure is logged, not returned.
     pub async fn record(&self, node: &str, event: NodeEvent) {
-        let reference = match Api::<Node>::all(self.client.clone()).get(node).await {
-            Ok(found) => ObjectReference {
+        let reference = match self.uid(node).await {
+            Ok(uid) => ObjectReference {
                 api_version: Some("v1".into()),
                 kind: Some("Node".into()),
                 name: Some(node.to_string()),
-                uid: found.metadata.uid,
+                uid,
                 ..Default::default()
             },
             Err(err) => {

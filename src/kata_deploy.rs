@@ -108,6 +108,9 @@ pub struct KataDaemonSet {
     pub name: String,
     uid: String,
     selector: String,
+    /// The DaemonSet as found, when its controller had observed its spec
+    /// then (its current revision needs no wait).
+    observed: Option<DaemonSet>,
 }
 
 /// What restarting kata-deploy on one node did.
@@ -151,6 +154,7 @@ impl KataDaemonSet {
             name: object.name.clone(),
             uid: ds.uid().unwrap_or_default(),
             selector: selector_string(&match_labels),
+            observed: observed(&ds).then_some(ds),
         })
     }
 
@@ -160,21 +164,25 @@ impl KataDaemonSet {
     }
 
     /// The revision the controller rolls out now: waits (watching) until it
-    /// has observed the latest spec, then takes the newest ControllerRevision.
+    /// has observed the latest spec, unless it had when found, then takes
+    /// the newest ControllerRevision.
     pub async fn current_revision(&self, timeout: Duration) -> Result<Revision, KataDeployError> {
         let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), &self.namespace);
-        let ds = watch_until(
-            api,
-            wait::by_name(&self.name),
-            timeout,
-            format!("DaemonSet {} to observe its spec", self.name),
-            daemonset_observed,
-        )
-        .await
-        .map_err(|source| KataDeployError::Wait {
-            node: "-".into(),
-            source,
-        })?;
+        let ds = match &self.observed {
+            Some(ds) => ds.clone(),
+            None => watch_until(
+                api,
+                wait::by_name(&self.name),
+                timeout,
+                format!("DaemonSet {} to observe its spec", self.name),
+                daemonset_observed,
+            )
+            .await
+            .map_err(|source| KataDeployError::Wait {
+                node: "-".into(),
+                source,
+            })?,
+        };
         let revisions: Api<ControllerRevision> =
             Api::namespaced(self.client.clone(), &self.namespace);
         let newest = revisions

@@ -70,21 +70,22 @@ impl Run {
             return Ok(None);
         }
         let records = Records::new(client, &release.namespace);
-        let Some((latest, read_at)) = records.load(&release.name).await? else {
-            return Ok(None);
-        };
-        let run = Run::named(records, Some(latest), run_id);
-        Ok(run.map(|run| run.read_at(read_at)))
+        let latest = records.load(&release.name).await?;
+        Ok(Run::named(records, latest, run_id))
     }
 
     /// The run named by `run_id` when `latest`, the release's record as
-    /// loaded from `records`, is that run's ([`named_run`]); None for a step
-    /// by hand.
-    pub fn named(records: Records, latest: Option<RunRecord>, run_id: Option<&str>) -> Option<Run> {
-        let named = named_run(latest.as_ref(), run_id).is_some();
+    /// loaded from `records` (with the resourceVersion it was read at), is
+    /// that run's ([`named_run`]); None for a step by hand.
+    pub fn named(
+        records: Records,
+        latest: Option<(RunRecord, String)>,
+        run_id: Option<&str>,
+    ) -> Option<Run> {
+        let named = named_run(latest.as_ref().map(|(record, _)| record), run_id).is_some();
         latest
             .filter(|_| named)
-            .map(|record| Run::of(records, record, None))
+            .map(|(record, read_at)| Run::of(records, record, Some(read_at)))
     }
 
     fn of(records: Records, record: RunRecord, read_at: Option<String>) -> Run {
@@ -95,12 +96,6 @@ impl Run {
             release_id,
             read_at: std::sync::Mutex::new(read_at),
         }
-    }
-
-    /// The run, its record read at `resource_version`.
-    fn read_at(self, resource_version: String) -> Run {
-        *self.read_at.lock().expect("never poisoned") = Some(resource_version);
-        self
     }
 
     /// The records of the run's namespace.

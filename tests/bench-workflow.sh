@@ -117,6 +117,10 @@ requests = {key: Counter() for key in waves}
 asked = {}
 for line in open(sys.argv[3]):
     event = json.loads(line)
+    # One request, one event: a watch is logged when its response starts
+    # and again when it ends.
+    if event["stage"] != "ResponseComplete":
+        continue
     user = event["user"]["username"]
     if not user.startswith("system:serviceaccount:") or "kata-lifecycle-manager" not in user:
         continue

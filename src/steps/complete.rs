@@ -205,6 +205,7 @@ async fn complete_nodes(
     }
     let nodes_api: Api<Node> = Api::all(client.clone());
     let read = try_join_all(nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let events = NodeEvents::new(client, &run.run_id, run.release_id()).knowing(&read);
     let how = Release {
         status: Some(NodeStatus::Completed),
         version: hold::VersionMark::Verified(target.to_string()),
@@ -224,7 +225,7 @@ async fn complete_nodes(
     })
     .await?;
     let released: Vec<Released> = released.into_iter().flatten().collect();
-    NodeEvents::new(client, &run.run_id, run.release_id())
+    events
         .record_each(released.iter().map(|r| {
             let version = target.to_string();
             (r.node.clone(), NodeEvent::Completed { version })

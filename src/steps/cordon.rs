@@ -113,6 +113,7 @@ pub async fn cordon(client: &Client, helm: &Helm, request: &Request) -> anyhow::
     // Every node must exist before any is changed.
     let nodes_api: Api<Node> = Api::all(client.clone());
     let read = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let events = NodeEvents::new(client, &run.run_id, run.release_id()).knowing(&read);
     if let Some(budget) = run.plan.max_unavailable {
         within_budget(client, &run, &names, budget).await?;
     }
@@ -161,7 +162,7 @@ pub async fn cordon(client: &Client, helm: &Helm, request: &Request) -> anyhow::
         }
     })
     .await?;
-    NodeEvents::new(client, &run.run_id, release_id)
+    events
         .record_each(
             held.iter()
                 .filter(|h| h.newly_held)

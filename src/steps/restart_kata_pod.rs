@@ -133,6 +133,7 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
     let holder = run.holder();
     let nodes_api: Api<Node> = Api::all(client.clone());
     let read = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let events = NodeEvents::new(client, &run.run_id, release_id).knowing(&read);
     let mut report = Restart::default();
     match mode {
         DeploymentMode::Daemonset => {
@@ -211,7 +212,7 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
     })
     .await?;
     let version = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".into());
-    NodeEvents::new(client, &run.run_id, release_id)
+    events
         .record_each(
             report
                 .restarted

@@ -83,19 +83,12 @@ impl Verification {
 /// are recorded as verified; every verdict is an Event on its node.
 pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verification> {
     let records = Records::new(client, &request.release.namespace);
-    let latest = records
-        .load(&request.release.name)
-        .await?
-        .map(|(record, _)| record);
+    let loaded = records.load(&request.release.name).await?;
+    let latest = loaded.as_ref().map(|(record, _)| record);
     // A wave is the named run's, else the latest run's (a check by hand).
     let names = request
         .nodes
-        .resolve(
-            latest.as_ref(),
-            client,
-            &request.release,
-            request.run_id.as_deref(),
-        )
+        .resolve(latest, client, &request.release, request.run_id.as_deref())
         .await?;
     let nodes_api = kube::Api::all(client.clone());
     let nodes = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
@@ -107,9 +100,9 @@ pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verifi
     let run_id = request
         .run_id
         .clone()
-        .or_else(|| latest.as_ref().map(|r| r.run_id.clone()))
+        .or_else(|| latest.map(|r| r.run_id.clone()))
         .unwrap_or_else(|| "manual".to_string());
-    let run = Run::named(records, latest, request.run_id.as_deref());
+    let run = Run::named(records, loaded, request.run_id.as_deref());
     let release_id =
         crate::annotations::release_id(&request.release.namespace, &request.release.name);
     let holder = run.as_ref().map(Run::holder);
@@ -147,6 +140,7 @@ pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verifi
         .await?;
     }
     NodeEvents::new(client, &run_id, &release_id)
+        .knowing(&nodes)
         .record_each(verdicts.iter().map(|v| (v.node.clone(), v.event(None))))
         .await;
     Ok(Verification {
