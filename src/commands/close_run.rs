@@ -6,10 +6,11 @@
 use clap::Args as ClapArgs;
 
 use super::flags;
-use crate::args::{GlobalArgs, ReleaseArgs, RollbackArgs, RunArgs};
+use crate::args::{GlobalArgs, ReleaseArgs, RollbackArgs, RunArgs, SelectionArgs};
 use crate::error::{ExitStatus, UserError};
 use crate::output;
 use crate::steps::close_run::{self, Request};
+use crate::steps::status;
 
 /// Flags of `klm close-run`.
 #[derive(Debug, ClapArgs)]
@@ -42,6 +43,15 @@ pub struct Args {
     /// How nodes are rolled back (and verified again).
     #[command(flatten)]
     pub rollback: RollbackArgs,
+
+    /// Then show the run's nodes as `klm status` does (the selection
+    /// flags pick them), however the closing went: the workflow's last word.
+    #[arg(long)]
+    pub summary: bool,
+
+    /// With --summary: which nodes (default: those that run kata-deploy or carry klm's annotations).
+    #[command(flatten)]
+    pub selection: SelectionArgs,
 }
 
 /// A flag's value, trimmed; None when it is empty.
@@ -71,17 +81,26 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         reason: args.reason,
     };
     let settings = flags::rollback_settings(&args.rollback)?;
-    let ended = close_run::end_run(
-        &client,
-        &flags::helm(&args.release, global)?,
-        &request,
-        &settings,
-    )
-    .await?;
-    output::print(global.output, &ended.closed)?;
-    if let Some(report) = &ended.rolled_back {
-        output::print(global.output, report)?;
+    let criteria = args
+        .summary
+        .then(|| flags::criteria(&args.selection))
+        .transpose()?;
+    let helm = flags::helm(&args.release, global)?;
+    let ended = close_run::end_run(&client, &helm, &request, &settings).await;
+    if let Ok(ended) = &ended {
+        output::print(global.output, &ended.closed)?;
+        if let Some(report) = &ended.rolled_back {
+            output::print(global.output, report)?;
+        }
     }
-    ended.outcome()?;
+    if let Some(criteria) = criteria {
+        let run_id = Some(request.run_id.as_str());
+        match status::snapshot_of_run(&client, &helm, &request.release, &criteria, run_id).await {
+            Ok(fleet) => output::print(global.output, &fleet.status(&criteria))?,
+            // The summary never hides how the closing went.
+            Err(err) => tracing::warn!(error = %crate::error::describe(&err), "no summary"),
+        }
+    }
+    ended?.outcome()?;
     Ok(ExitStatus::Done)
 }

@@ -11,7 +11,6 @@ use crate::args::{GlobalArgs, ReleaseArgs, RunArgs, SelectionArgs};
 use crate::error::{ExitStatus, UserError};
 use crate::output;
 use crate::output::OutputFormat;
-use crate::run_record::Records;
 use crate::steps::status::{self, Status};
 
 /// Flags of `klm status`.
@@ -69,12 +68,14 @@ pub async fn run(args: Args, global: &GlobalArgs) -> anyhow::Result<ExitStatus> 
         }
         return Ok(ExitStatus::Done);
     }
-    let records = Records::new(&client, &release.namespace);
-    let record = match &args.run.run_id {
-        Some(run_id) => Some(records.resolve(&release.name, Some(run_id)).await?),
-        None => records.load(&release.name).await?.map(|(r, _)| r),
-    };
-    let fleet = status::snapshot(&client, &helm, &release, &criteria, record).await?;
+    let fleet = status::snapshot_of_run(
+        &client,
+        &helm,
+        &release,
+        &criteria,
+        args.run.run_id.as_deref(),
+    )
+    .await?;
     let mut report = fleet.status(&criteria);
     if args.sandboxes {
         let shown: Vec<_> = fleet

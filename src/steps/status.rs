@@ -474,6 +474,23 @@ fn by_node(pods: impl IntoIterator<Item = Pod>) -> BTreeMap<String, Pod> {
         .collect()
 }
 
+/// The fleet now with the run `run_id` names (else the release's latest
+/// run, if any): what `klm status` shows once.
+pub async fn snapshot_of_run(
+    client: &Client,
+    helm: &Helm,
+    release: &ReleaseRef,
+    criteria: &Criteria,
+    run_id: Option<&str>,
+) -> anyhow::Result<Fleet> {
+    let records = crate::run_record::Records::new(client, &release.namespace);
+    let record = match run_id {
+        Some(run_id) => Some(records.resolve(&release.name, Some(run_id)).await?),
+        None => records.load(&release.name).await?.map(|(r, _)| r),
+    };
+    snapshot(client, helm, release, criteria, record).await
+}
+
 /// The fleet now: nodes, the release's kata-deploy pods, and `record`.
 pub async fn snapshot(
     client: &Client,
