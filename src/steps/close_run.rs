@@ -296,29 +296,14 @@ pub async fn close(client: &Client, request: &Request) -> anyhow::Result<Closing
 
     // 1. Close the record first: even if a rollback below is cut short, the
     // next run is not refused.
-    let mut record: Option<RunRecord> = record;
-    if let Some(current) = &record
-        && current.state == RunState::Running
-        && !succeeded
-    {
-        let (state, why) = closing(
-            request.workflow_status.as_deref(),
-            request.failures.as_deref(),
-            request.reason.as_deref(),
-        );
-        let updated = records
-            .update(&current.release, &current.run_id, |r| {
-                if r.state == RunState::Running {
-                    r.state = state;
-                    r.failure = Some(why.clone());
-                }
-                // A closed run waits for nothing.
-                r.held = None;
-            })
-            .await?;
-        report.closed_with = Some(why);
-        record = Some(updated);
-    }
+    let record = match record {
+        Some(current) if current.state == RunState::Running && !succeeded => {
+            let (record, why) = close_record(&records, &current, request).await?;
+            report.closed_with = Some(why);
+            Some(record)
+        }
+        record => record,
+    };
     report.state = record.as_ref().map(|r| r.state);
 
     // 2. Decide per node the run holds.
@@ -326,30 +311,11 @@ pub async fn close(client: &Client, request: &Request) -> anyhow::Result<Closing
         release,
         roll_back,
         keep,
-    } = divide(all_nodes, run_id, &release_id, record.as_ref());
+    } = divide(&all_nodes, run_id, &release_id, record.as_ref());
     report.kept_failed.extend(keep);
 
     // 3. Release what is safe, before any slow rollback.
-    let how = Release {
-        uncordon: true,
-        release: Some(release_id.clone()),
-        ..Default::default()
-    };
-    let released = try_join_all(
-        release
-            .iter()
-            .map(|n| hold::release(client, n, Some(run_id), &how)),
-    )
-    .await?;
-    report.released = released.into_iter().flatten().collect();
-    NodeEvents::new(client, run_id, &release_id)
-        .record_each(
-            report
-                .released
-                .iter()
-                .map(|r| (r.node.clone(), NodeEvent::Released)),
-        )
-        .await;
+    report.released = release_safe(client, &all_nodes, &release, run_id, &release_id).await?;
 
     // 4. Nodes caught mid-upgrade go to rollback (verified again when the
     // verification pod is given); without a record there is nothing to roll
@@ -390,6 +356,68 @@ pub async fn close(client: &Client, request: &Request) -> anyhow::Result<Closing
     })
 }
 
+/// Closes the running record of a run whose workflow did not succeed, with
+/// the state and reason its workflow's end gives; returns it as written,
+/// with the reason.
+async fn close_record(
+    records: &Records,
+    current: &RunRecord,
+    request: &Request,
+) -> anyhow::Result<(RunRecord, String)> {
+    let (state, why) = closing(
+        request.workflow_status.as_deref(),
+        request.failures.as_deref(),
+        request.reason.as_deref(),
+    );
+    let updated = records
+        .update(&current.release, &current.run_id, |r| {
+            if r.state == RunState::Running {
+                r.state = state;
+                r.failure = Some(why.clone());
+            }
+            // A closed run waits for nothing.
+            r.held = None;
+        })
+        .await?;
+    Ok((updated, why))
+}
+
+/// Returns `names` (nodes the run holds that are safe to release) to
+/// service from the nodes as listed, each with an Event.
+async fn release_safe(
+    client: &Client,
+    listed: &[Node],
+    names: &[String],
+    run_id: &str,
+    release_id: &str,
+) -> anyhow::Result<Vec<Released>> {
+    let how = Release {
+        uncordon: true,
+        release: Some(release_id.to_string()),
+        ..Default::default()
+    };
+    let nodes: Vec<&Node> = listed
+        .iter()
+        .filter(|n| names.contains(&n.name_any()))
+        .collect();
+    let released = try_join_all(
+        nodes
+            .iter()
+            .map(|n| hold::release_from(client, (*n).clone(), Some(run_id), &how)),
+    )
+    .await?;
+    let released: Vec<Released> = released.into_iter().flatten().collect();
+    NodeEvents::new(client, run_id, release_id)
+        .knowing(nodes)
+        .record_each(
+            released
+                .iter()
+                .map(|r| (r.node.clone(), NodeEvent::Released)),
+        )
+        .await;
+    Ok(released)
+}
+
 /// The nodes run `run_id` of release `release_id` holds, by what closing
 /// the run does to them ([`decide`]).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -405,23 +433,23 @@ struct Division {
 /// Divides the nodes of `all_nodes` the run holds (a run id is unique only
 /// per release: another release's run of the same name is not this one).
 fn divide(
-    all_nodes: Vec<Node>,
+    all_nodes: &[Node],
     run_id: &str,
     release_id: &str,
     record: Option<&RunRecord>,
 ) -> Division {
     let mut division = Division::default();
     for node in all_nodes {
-        if selection::annotation(&node, annotations::RUN) != Some(run_id)
+        if selection::annotation(node, annotations::RUN) != Some(run_id)
             || !hold::same_release(
-                selection::annotation(&node, annotations::RELEASE),
+                selection::annotation(node, annotations::RELEASE),
                 Some(release_id),
             )
         {
             continue;
         }
         let name = node.name_any();
-        let status = selection::annotation(&node, annotations::STATUS)
+        let status = selection::annotation(node, annotations::STATUS)
             .and_then(|s| s.parse::<NodeStatus>().ok());
         let progress = record.and_then(|r| r.nodes.get(&name).copied());
         match decide(status, progress) {
@@ -642,7 +670,7 @@ mod tests {
             node_held("other-run", "upgrade-2", ours, "upgrading"),
         ];
         assert_eq!(
-            divide(nodes, "upgrade-1", ours, Some(&record)),
+            divide(&nodes, "upgrade-1", ours, Some(&record)),
             Division {
                 release: vec!["done".into()],
                 roll_back: vec!["mid".into()],

@@ -221,46 +221,23 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
     }
     let mechanics = match mode {
         DeploymentMode::Daemonset => {
-            // A run whose plan has no node changes nothing: an upgraded
-            // template would reach any node whose kata-deploy pod restarts,
-            // unverified.
-            if planned_nothing(&run) {
-                report.outcome = Outcome::NothingSelected;
-                return Ok(report);
-            }
-            if release.chart_version == target.to_string()
-                && run_values::is_on_delete(&release.user_values)
-                && release.revision > run.before.revision
-            {
-                // A retried step still labels what it did not get to, and
-                // records the DaemonSet.
-                report.marked =
-                    crate::nodes::marks::keep_schedulable(client, run.records(), &run, &release)
-                        .await?;
-                record_daemonset(&run, &release).await?;
-                report.outcome = Outcome::AlreadyDone;
-                return Ok(report);
-            }
-            run_values::daemonset()
+            daemonset_mechanics(client, &run, &release, &target, &mut report).await?
         }
         DeploymentMode::Job => {
-            let coalesced = reference.coalesced_values(helm).await?;
-            let done = wave_upgraded(&run, &wave);
-            if done
-                && release.chart_version == target.to_string()
-                && run_values::is_scoped_to(&coalesced, &wave)
-            {
-                report.outcome = Outcome::AlreadyDone;
-                report.wave_started_at = run.wave_started_at.clone();
-                return Ok(report);
-            }
-            crate::kata_deploy::clear_finished_install_jobs(client, reference, &wave).await?;
-            let started = crate::run_record::now();
-            run.update(|r| r.wave_started_at = Some(started.clone()))
-                .await?;
-            report.wave_started_at = Some(started);
-            run_values::job_wave(&wave, &coalesced)
+            job_mechanics(
+                client,
+                helm,
+                &run,
+                reference,
+                &release,
+                &target,
+                &mut report,
+            )
+            .await?
         }
+    };
+    let Some(mechanics) = mechanics else {
+        return Ok(report);
     };
     let (set, set_json) = run_values::as_set_flags(&mechanics);
     let upgrade = Upgrade {
@@ -305,6 +282,67 @@ pub async fn upgrade(client: &Client, helm: &Helm, request: &Request) -> anyhow:
     Ok(report)
 }
 
+/// daemonset mode, before the waves: the values that keep every kata-deploy
+/// pod where it is (OnDelete); None when there is nothing to upgrade (the
+/// report says why).
+async fn daemonset_mechanics(
+    client: &Client,
+    run: &Run,
+    release: &Release,
+    target: &Version,
+    report: &mut Upgraded,
+) -> anyhow::Result<Option<Vec<(String, serde_json::Value)>>> {
+    // A run whose plan has no node changes nothing: an upgraded template
+    // would reach any node whose kata-deploy pod restarts, unverified.
+    if planned_nothing(run) {
+        report.outcome = Outcome::NothingSelected;
+        return Ok(None);
+    }
+    if release.chart_version == target.to_string()
+        && run_values::is_on_delete(&release.user_values)
+        && release.revision > run.before.revision
+    {
+        // A retried step still labels what it did not get to, and records
+        // the DaemonSet.
+        report.marked =
+            crate::nodes::marks::keep_schedulable(client, run.records(), run, release).await?;
+        record_daemonset(run, release).await?;
+        report.outcome = Outcome::AlreadyDone;
+        return Ok(None);
+    }
+    Ok(Some(run_values::daemonset()))
+}
+
+/// job mode before 4.1, for a wave: the values that scope the installer to
+/// the wave's nodes (`report.nodes`); None when the wave was upgraded
+/// already (a retry).
+async fn job_mechanics(
+    client: &Client,
+    helm: &Helm,
+    run: &Run,
+    reference: &ReleaseRef,
+    release: &Release,
+    target: &Version,
+    report: &mut Upgraded,
+) -> anyhow::Result<Option<Vec<(String, serde_json::Value)>>> {
+    let wave = &report.nodes;
+    let coalesced = reference.coalesced_values(helm).await?;
+    if wave_upgraded(run, wave)
+        && release.chart_version == target.to_string()
+        && run_values::is_scoped_to(&coalesced, wave)
+    {
+        report.outcome = Outcome::AlreadyDone;
+        report.wave_started_at = run.wave_started_at.clone();
+        return Ok(None);
+    }
+    crate::kata_deploy::clear_finished_install_jobs(client, reference, wave).await?;
+    let started = crate::run_record::now();
+    run.update(|r| r.wave_started_at = Some(started.clone()))
+        .await?;
+    report.wave_started_at = Some(started);
+    Ok(Some(run_values::job_wave(wave, &coalesced)))
+}
+
 /// Before the waves, once a run: what every planned node runs before the
 /// release moves (its rollback target), so that no wave's cordon reads the
 /// release, its history and the nodes' kata-deploy pods again. The record
@@ -324,6 +362,9 @@ async fn observe_planned_nodes(
         .filter(|n| !run.version_before_known(n))
         .cloned()
         .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
     let versions =
         crate::nodes::installed::observe(client, helm, reference, release, run.mode, &unknown)
             .await?;

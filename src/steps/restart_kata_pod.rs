@@ -94,6 +94,32 @@ impl Report for Restart {
 }
 
 impl Restart {
+    /// The nodes that came back, with the version each runs now.
+    fn upgraded(&self) -> impl Iterator<Item = (&str, Option<&str>)> {
+        let restarted = self
+            .restarted
+            .iter()
+            .map(|r| (r.node.as_str(), r.version.as_deref()));
+        let installed = self
+            .installed
+            .iter()
+            .map(|i| (i.node.as_str(), i.version.as_deref()));
+        restarted.chain(installed)
+    }
+
+    /// An Event per node: upgraded, or why it did not come back.
+    fn events(&self) -> Vec<(String, NodeEvent)> {
+        let upgraded = self.upgraded().map(|(node, version)| {
+            let version = version.unwrap_or("?").to_string();
+            (node.to_string(), NodeEvent::Upgraded { version })
+        });
+        let failed = self.failed.iter().map(|f| {
+            let reason = f.reason.clone();
+            (f.node.clone(), NodeEvent::UpgradeFailed { reason })
+        });
+        upgraded.chain(failed).collect()
+    }
+
     /// How the restart ended for the caller: failed (exit 1) when
     /// kata-deploy did not come back on a node.
     pub fn outcome(&self) -> Result<(), UserError> {
@@ -129,112 +155,107 @@ pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow:
         )
         .await?;
     let mode = run.mode(request.mode)?;
-    let release_id = run.release_id();
-    let holder = run.holder();
     let nodes_api: Api<Node> = Api::all(client.clone());
     let read = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
-    let events = NodeEvents::new(client, &run.run_id, release_id).knowing(&read);
-    let mut report = Restart::default();
-    match mode {
-        DeploymentMode::Daemonset => {
-            // As the before-waves upgrade recorded it; a run recorded
-            // before klm kept it reads the release.
-            let object = match &run.kata_daemonset {
-                Some(object) => object.clone(),
-                None => request.release.load(helm).await?.daemonset()?,
-            };
-            let daemonset = KataDaemonSet::find(client, &object).await?;
-            let revision = daemonset.current_revision(request.timeout).await?;
-            let outcomes = join_all(names.iter().zip(read).map(|(node, read)| {
-                let (daemonset, revision) = (&daemonset, &revision);
-                async move {
-                    hold::advance_from(client, read, Some(holder), NodeStatus::Upgrading).await?;
-                    daemonset
-                        .restart_on(node, revision, request.timeout)
-                        .await
-                        .map_err(anyhow::Error::from)
-                }
-            }))
-            .await;
-            for (node, outcome) in names.iter().zip(outcomes) {
-                match outcome {
-                    Ok(restarted) => report.restarted.push(restarted),
-                    Err(err) => report
-                        .failed
-                        .push(NodeFailure::new(node, crate::error::describe(&err))),
-                }
-            }
-        }
-        DeploymentMode::Job => {
-            for node in read {
-                hold::advance_from(client, node, Some(holder), NodeStatus::Upgrading).await?;
-            }
-            let wave = helm_upgrade::Request {
-                release: request.release.clone(),
-                run_id: Some(run.run_id.clone()),
-                target: None,
-                mode: ModeChoice::Job,
-                stage: Some(Stage::Wave),
-                nodes: Some(names.to_vec()),
-                wave: None,
-                set: Vec::new(),
-                chart: request.chart.clone(),
-                helm_timeout: request.helm_timeout,
-            };
-            let upgraded = helm_upgrade::upgrade(client, helm, &wave).await?;
-            match kata_deploy::wait_install_jobs(
-                client,
-                &request.release,
-                names,
-                upgraded.wave_started_at.as_deref(),
-                request.timeout,
-            )
-            .await
-            {
-                Ok(installed) => report.installed = installed,
-                Err(err) => {
-                    let reason = crate::error::describe(&anyhow::Error::from(err));
-                    report.failed = NodeFailure::each(names, &reason);
-                }
-            }
-        }
-    }
-    let ok: Vec<String> = report
-        .restarted
-        .iter()
-        .map(|r| r.node.clone())
-        .chain(report.installed.iter().map(|i| i.node.clone()))
-        .collect();
+    let events = NodeEvents::new(client, &run.run_id, run.release_id()).knowing(&read);
+    let report = match mode {
+        DeploymentMode::Daemonset => restart_pods(client, helm, request, &run, names, read).await?,
+        DeploymentMode::Job => install_wave(client, helm, request, &run, names, read).await?,
+    };
     run.update(|r| {
-        for node in &ok {
-            r.nodes.insert(node.clone(), NodeProgress::Upgraded);
+        for (node, _) in report.upgraded() {
+            r.nodes.insert(node.to_string(), NodeProgress::Upgraded);
         }
     })
     .await?;
-    let version = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".into());
-    events
-        .record_each(
-            report
-                .restarted
-                .iter()
-                .map(|r| (r.node.clone(), version(&r.version)))
-                .chain(
-                    report
-                        .installed
-                        .iter()
-                        .map(|i| (i.node.clone(), version(&i.version))),
-                )
-                .map(|(node, version)| (node, NodeEvent::Upgraded { version }))
-                .chain(report.failed.iter().map(|f| {
-                    (
-                        f.node.clone(),
-                        NodeEvent::UpgradeFailed {
-                            reason: f.reason.clone(),
-                        },
-                    )
-                })),
-        )
-        .await;
+    events.record_each(report.events()).await;
+    Ok(report)
+}
+
+/// daemonset mode: deletes each node's kata-deploy pod (concurrently) and
+/// waits for its replacement at the DaemonSet's current revision.
+async fn restart_pods(
+    client: &Client,
+    helm: &Helm,
+    request: &Request,
+    run: &Run,
+    names: &[String],
+    read: Vec<Node>,
+) -> anyhow::Result<Restart> {
+    // As the before-waves upgrade recorded it; a run recorded before klm
+    // kept it reads the release.
+    let object = match &run.kata_daemonset {
+        Some(object) => object.clone(),
+        None => request.release.load(helm).await?.daemonset()?,
+    };
+    let daemonset = KataDaemonSet::find(client, &object).await?;
+    let revision = daemonset.current_revision(request.timeout).await?;
+    let holder = run.holder();
+    let outcomes = join_all(names.iter().zip(read).map(|(node, read)| {
+        let (daemonset, revision) = (&daemonset, &revision);
+        async move {
+            hold::advance_from(client, read, Some(holder), NodeStatus::Upgrading).await?;
+            daemonset
+                .restart_on(node, revision, request.timeout)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    }))
+    .await;
+    let mut report = Restart::default();
+    for (node, outcome) in names.iter().zip(outcomes) {
+        match outcome {
+            Ok(restarted) => report.restarted.push(restarted),
+            Err(err) => report
+                .failed
+                .push(NodeFailure::new(node, crate::error::describe(&err))),
+        }
+    }
+    Ok(report)
+}
+
+/// job mode: upgrades the release for the wave's nodes (the wave stage of
+/// [`crate::steps::helm_upgrade`]) and waits for their install Jobs.
+async fn install_wave(
+    client: &Client,
+    helm: &Helm,
+    request: &Request,
+    run: &Run,
+    names: &[String],
+    read: Vec<Node>,
+) -> anyhow::Result<Restart> {
+    for node in read {
+        hold::advance_from(client, node, Some(run.holder()), NodeStatus::Upgrading).await?;
+    }
+    let wave = helm_upgrade::Request {
+        release: request.release.clone(),
+        run_id: Some(run.run_id.clone()),
+        target: None,
+        mode: ModeChoice::Job,
+        stage: Some(Stage::Wave),
+        nodes: Some(names.to_vec()),
+        wave: None,
+        set: Vec::new(),
+        chart: request.chart.clone(),
+        helm_timeout: request.helm_timeout,
+    };
+    let upgraded = helm_upgrade::upgrade(client, helm, &wave).await?;
+    let mut report = Restart::default();
+    match kata_deploy::wait_install_jobs(
+        client,
+        &request.release,
+        names,
+        upgraded.wave_started_at.as_deref(),
+        request.timeout,
+    )
+    .await
+    {
+        Ok(installed) => report.installed = installed,
+        Err(err) => {
+            let reason = crate::error::describe(&anyhow::Error::from(err));
+            report.failed = NodeFailure::each(names, &reason);
+        }
+    }
     Ok(report)
 }
 

@@ -191,12 +191,12 @@ pub async fn roll_back(
 
     let release_id = run.release_id();
     refuse_untouched(&run, &nodes)?;
+    let holder = run.holder();
     // A node in service (the rollback-node entrypoint, a rollback by hand)
     // is cordoned for its rollback and released only once it is back.
     for node in names {
         hold::hold_for_rollback(client, node, &run.run_id, release_id).await?;
     }
-    let holder = run.holder();
     for node in names {
         hold::advance(client, node, Some(holder), NodeStatus::RollingBack).await?;
     }
@@ -242,39 +242,7 @@ pub async fn roll_back(
         report.failed.extend(failures);
     }
 
-    for failure in &report.failed {
-        hold::advance(client, &failure.node, Some(holder), NodeStatus::Failed).await?;
-    }
-    let released = try_join_all(back.iter().map(|n| {
-        let how = NodeRelease {
-            status: Some(NodeStatus::RolledBack),
-            // Verified again at the version before the run, or unverified.
-            version: if report.reverified {
-                hold::VersionMark::Verified(run.version_before(n).to_string())
-            } else {
-                hold::VersionMark::Clear
-            },
-            taints: hold::SelectionTaints::Restore,
-            uncordon: true,
-            ..Default::default()
-        };
-        async move { hold::release(client, n, None, &how).await }
-    }))
-    .await?;
-    report.nodes = released.into_iter().flatten().collect();
-    NodeEvents::new(client, &run.run_id, release_id)
-        .record_each(
-            back.iter()
-                .map(|n| {
-                    let version = run.version_before(n).to_string();
-                    (n.clone(), NodeEvent::RolledBack { version })
-                })
-                .chain(report.failed.iter().map(|f| {
-                    let reason = f.reason.clone();
-                    (f.node.clone(), NodeEvent::RollbackFailed { reason })
-                })),
-        )
-        .await;
+    release_or_keep(client, &run, &back, &mut report).await?;
     let failed_nodes: Vec<String> = report.failed.iter().map(|f| f.node.clone()).collect();
     run.update(|r| {
         for node in &back {
@@ -290,6 +258,52 @@ pub async fn roll_back(
     })
     .await?;
     Ok(report)
+}
+
+/// After a revert: returns the nodes that are `back` to service (rolled
+/// back, verified again at their version before the run or unverified,
+/// their selection taints restored), keeps the failed ones cordoned,
+/// marked failed, and records an Event on each.
+async fn release_or_keep(
+    client: &Client,
+    run: &Run,
+    back: &[String],
+    report: &mut RolledBack,
+) -> anyhow::Result<()> {
+    let holder = run.holder();
+    for failure in &report.failed {
+        hold::advance(client, &failure.node, Some(holder), NodeStatus::Failed).await?;
+    }
+    let reverified = report.reverified;
+    let released = try_join_all(back.iter().map(|n| {
+        let how = NodeRelease {
+            status: Some(NodeStatus::RolledBack),
+            // Verified again at the version before the run, or unverified.
+            version: if reverified {
+                hold::VersionMark::Verified(run.version_before(n).to_string())
+            } else {
+                hold::VersionMark::Clear
+            },
+            taints: hold::SelectionTaints::Restore,
+            uncordon: true,
+            ..Default::default()
+        };
+        async move { hold::release(client, n, None, &how).await }
+    }))
+    .await?;
+    report.nodes = released.into_iter().flatten().collect();
+    let rolled_back = back.iter().map(|n| {
+        let version = run.version_before(n).to_string();
+        (n.clone(), NodeEvent::RolledBack { version })
+    });
+    let failed = report.failed.iter().map(|f| {
+        let reason = f.reason.clone();
+        (f.node.clone(), NodeEvent::RollbackFailed { reason })
+    });
+    NodeEvents::new(client, &run.run_id, run.release_id())
+        .record_each(rolled_back.chain(failed))
+        .await;
+    Ok(())
 }
 
 /// Verifies the nodes coming `back` again at the version before the run;

@@ -131,6 +131,40 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// The run's lines above the table: what it is, then what it waits
+    /// for, whether it is paused or aborted, its metric gates, its failure
+    /// budget and what it left on the release, as far as they apply.
+    fn lines(&self) -> Vec<String> {
+        let failure = self
+            .failure
+            .as_deref()
+            .map(|f| format!(": {f}"))
+            .unwrap_or_default();
+        let mut lines = vec![format!(
+            "run {}: {:?} ({} mode, {} -> {}){failure}",
+            self.run_id, self.state, self.mode, self.from_version, self.target_version,
+        )];
+        lines.extend(self.held.as_ref().map(ToString::to_string));
+        if let Some(aborted) = &self.aborted {
+            lines.push(format!("aborted {aborted}"));
+        } else if let Some(paused) = &self.paused {
+            lines.push(format!(
+                "paused {paused}: no new wave starts until `klm resume --run-id {}`",
+                self.run_id
+            ));
+        }
+        if let Some(query) = &self.metric_query {
+            lines.push(format!(
+                "metric gates: {} at {}",
+                query.describe(),
+                query.url
+            ));
+        }
+        lines.extend(self.budget_note());
+        lines.extend(self.left_note());
+        lines
+    }
+
     /// The run's failure budget and the nodes that failed within it, in
     /// lines (None: the run has no budget).
     pub fn budget_note(&self) -> Option<String> {
@@ -201,52 +235,7 @@ impl From<RunRecord> for RunSummary {
 
 impl Report for Status {
     fn text(&self) -> String {
-        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-        let rows: Vec<Vec<String>> = self
-            .nodes
-            .iter()
-            .map(|n| {
-                vec![
-                    n.name.clone(),
-                    n.wave.map_or_else(|| "-".into(), |w| w.to_string()),
-                    if n.not_yet_reached {
-                        "not yet reached in this run".into()
-                    } else {
-                        dash(&n.status)
-                    },
-                    dash(&n.verified_version),
-                    if n.schedulable {
-                        "yes".into()
-                    } else {
-                        "no".into()
-                    },
-                    if n.kata_runtime {
-                        "yes".into()
-                    } else {
-                        "no".into()
-                    },
-                    dash(&n.kata_deploy_pod),
-                    match (&n.pod_version, n.pod_current) {
-                        (Some(v), Some(false)) => format!("{v} (old revision)"),
-                        (v, _) => dash(v),
-                    },
-                    dash(&n.held_by),
-                ]
-            })
-            .collect();
         let pooled = self.nodes.iter().any(|n| n.verified_with.is_some());
-        let rows: Vec<Vec<String>> = if pooled {
-            rows.into_iter()
-                .zip(&self.nodes)
-                .map(|(mut row, n)| {
-                    row.push(dash(&n.pool));
-                    row.push(dash(&n.verified_with));
-                    row
-                })
-                .collect()
-        } else {
-            rows
-        };
         let mut text = String::new();
         if let Some(problem) = &self.release_problem {
             text.push_str(&format!(
@@ -254,49 +243,8 @@ impl Report for Status {
             ));
         }
         if let Some(run) = &self.run {
-            text.push_str(&format!(
-                "run {}: {:?} ({} mode, {} -> {}){}\n\n",
-                run.run_id,
-                run.state,
-                run.mode,
-                run.from_version,
-                run.target_version,
-                run.failure
-                    .as_deref()
-                    .map(|f| format!(": {f}"))
-                    .unwrap_or_default()
-            ));
-            if let Some(held) = &run.held {
-                // Above the table's blank line: the run's second line.
-                text.truncate(text.len() - 1);
-                text.push_str(&format!("{held}\n\n"));
-            }
-            if let Some(aborted) = &run.aborted {
-                text.truncate(text.len() - 1);
-                text.push_str(&format!("aborted {aborted}\n\n"));
-            } else if let Some(paused) = &run.paused {
-                text.truncate(text.len() - 1);
-                text.push_str(&format!(
-                    "paused {paused}: no new wave starts until `klm resume --run-id {}`\n\n",
-                    run.run_id
-                ));
-            }
-            if let Some(query) = &run.metric_query {
-                text.truncate(text.len() - 1);
-                text.push_str(&format!(
-                    "metric gates: {} at {}\n\n",
-                    query.describe(),
-                    query.url
-                ));
-            }
-            if let Some(budget) = run.budget_note() {
-                text.truncate(text.len() - 1);
-                text.push_str(&format!("{budget}\n\n"));
-            }
-            if let Some(left) = run.left_note() {
-                text.truncate(text.len() - 1);
-                text.push_str(&format!("{left}\n\n"));
-            }
+            text.push_str(&run.lines().join("\n"));
+            text.push_str("\n\n");
         }
         if self.nodes.is_empty() {
             text.push_str("no nodes match");
@@ -315,32 +263,72 @@ impl Report for Status {
             if pooled {
                 header.extend(["POOL", "VERIFIED WITH"]);
             }
+            let rows: Vec<Vec<String>> = self.nodes.iter().map(|n| n.cells(pooled)).collect();
             text.push_str(&output::table(&header, &rows));
         }
         if let Some(sandboxes) = &self.sandboxes {
             text.push_str("\n\n");
-            if sandboxes.is_empty() {
-                text.push_str("no Kata pod started before its node's verification: every sandbox runs the verified runtime");
-            } else {
-                text.push_str("Kata pods started before their node was verified (they still run the runtime they started with):");
-                for node in sandboxes {
-                    let pods: Vec<String> = node
-                        .pods
-                        .iter()
-                        .map(|(pod, started)| format!("{pod} (started {started})"))
-                        .collect();
-                    text.push_str(&format!(
-                        "\n  {} (verified at {} {}): {}",
-                        node.node,
-                        node.version,
-                        node.verified_at,
-                        pods.join(", ")
-                    ));
-                }
-            }
+            text.push_str(&sandboxes_text(sandboxes));
         }
         text
     }
+}
+
+impl NodeRow {
+    /// The node's cells in the status table (with its pool's when `pooled`).
+    fn cells(&self, pooled: bool) -> Vec<String> {
+        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        let yes_no = |b: bool| if b { "yes" } else { "no" }.to_string();
+        let mut cells = vec![
+            self.name.clone(),
+            self.wave.map_or_else(|| "-".into(), |w| w.to_string()),
+            if self.not_yet_reached {
+                "not yet reached in this run".into()
+            } else {
+                dash(&self.status)
+            },
+            dash(&self.verified_version),
+            yes_no(self.schedulable),
+            yes_no(self.kata_runtime),
+            dash(&self.kata_deploy_pod),
+            match (&self.pod_version, self.pod_current) {
+                (Some(v), Some(false)) => format!("{v} (old revision)"),
+                (v, _) => dash(v),
+            },
+            dash(&self.held_by),
+        ];
+        if pooled {
+            cells.push(dash(&self.pool));
+            cells.push(dash(&self.verified_with));
+        }
+        cells
+    }
+}
+
+/// The `--sandboxes` section: per verified node, the Kata pods that started
+/// before it was verified.
+fn sandboxes_text(sandboxes: &[crate::sandboxes::OldSandboxes]) -> String {
+    if sandboxes.is_empty() {
+        return "no Kata pod started before its node's verification: every sandbox runs the verified runtime".into();
+    }
+    let mut text = String::from(
+        "Kata pods started before their node was verified (they still run the runtime they started with):",
+    );
+    for node in sandboxes {
+        let pods: Vec<String> = node
+            .pods
+            .iter()
+            .map(|(pod, started)| format!("{pod} (started {started})"))
+            .collect();
+        text.push_str(&format!(
+            "\n  {} (verified at {} {}): {}",
+            node.node,
+            node.version,
+            node.verified_at,
+            pods.join(", ")
+        ));
+    }
+    text
 }
 
 /// What the fleet's status is made of.

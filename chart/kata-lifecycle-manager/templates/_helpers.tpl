@@ -127,7 +127,10 @@ retryStrategy:
 
 {{/*
 The klm container of a step, without its args. helm and klm write only under
-/tmp (an emptyDir): the root filesystem is read-only.
+/tmp (an emptyDir): the root filesystem is read-only. HOME and helm's
+directories point there by the image's own environment (image/Containerfile),
+not repeated here: Argo stores the template in every workflow, twice, and
+each container's bytes count against how many waves one workflow carries.
 
 What every step needs reaches it here, once, as the KLM_* variables klm's
 flags read (`klm <subcommand> --help` names them): the release, the run (the
@@ -145,14 +148,6 @@ imagePullPolicy: {{ $root.Values.image.pullPolicy }}
 command:
   - klm
 env:
-  - name: HOME
-    value: /tmp
-  - name: HELM_CACHE_HOME
-    value: /tmp/helm/cache
-  - name: HELM_CONFIG_HOME
-    value: /tmp/helm/config
-  - name: HELM_DATA_HOME
-    value: /tmp/helm/data
   {{- include "klm.env" . | nindent 2 }}
   {{- if .verificationPod }}
   - name: KLM_VERIFICATION_POD_BASE64
