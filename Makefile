@@ -99,8 +99,8 @@ bench: rig-bins
 	bash tests/bench.sh
 
 ## The WorkflowTemplate on the real controller: wall time, each wave's time, Argo's share and API
-## requests, the workflow's size and capacity (NODES=10 and BATCH=1 by default;
-## KLM_RIG_ARGO_REQUEUE=10s for Argo's default).
+## requests (klm's by step), the workflow's size and capacity (NODES=10 and BATCH=1 by default;
+## KLM_RIG_ARGO_REQUEUE=10s for Argo's default; KLM_RIG_PROBELESS_INSTALL_SECS=0 for no install time).
 bench-workflow: rig-bins host-packages
 	cargo build --bin klm
 	cargo build -p klm-rig --bin klm-rig

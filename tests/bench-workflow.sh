@@ -4,7 +4,8 @@
 # with the argo CLI. Prints the wall time; per wave the time klm's
 # containers ran versus the time Argo added (pod creation to the end of its
 # step, from the pods' own timestamps), the step pods and their API requests
-# (the rig's audit log: klm's, helm's, Argo's executor's); the workflow
+# (the rig's audit log: klm's, helm's, Argo's executor's; klm's by step, as
+# its User-Agent names it, with each request's verb and resource); the workflow
 # object's size and status node count at the end; and from those, how many
 # waves one workflow carries under Argo's 1 MiB limit, raw and compressed as
 # Argo's packer compresses the status nodes of a large workflow.
