@@ -473,8 +473,7 @@ pub async fn drain_nodes(
             request.run_id.as_deref(),
         )
         .await?;
-    let nodes_api = Api::all(client.clone());
-    let read = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let read = hold::get_all(client, &names).await?;
     let holder = run.as_ref().map(crate::run::Run::holder);
     for node in read {
         hold::advance_from(client, node, holder, NodeStatus::Draining).await?;

@@ -189,8 +189,8 @@ impl Targets {
         Ok(self.in_run(record)?)
     }
 
-    /// The node names, a wave as `record` planned it.
-    fn in_run(&self, record: &RunRecord) -> Result<Vec<String>, UserError> {
+    /// The node names, a wave as `record` (the step's run) planned it.
+    pub fn in_run(&self, record: &RunRecord) -> Result<Vec<String>, UserError> {
         match self {
             Targets::Named(nodes) => Ok(nodes.clone()),
             Targets::Wave(index) => Ok(wave_of(record, *index)?.to_vec()),

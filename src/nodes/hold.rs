@@ -658,6 +658,13 @@ impl<'a> Reads<'a> {
     }
 }
 
+/// Reads the nodes (concurrently): every one must exist, so that a step
+/// changes none when one is missing.
+pub async fn get_all(client: &Client, names: &[String]) -> Result<Vec<Node>, HoldError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    futures::future::try_join_all(names.iter().map(|n| get(&nodes, n))).await
+}
+
 /// Reads a node, turning 404 into [`HoldError::NoSuchNode`].
 pub async fn get(nodes: &Api<Node>, node: &str) -> Result<Node, HoldError> {
     nodes

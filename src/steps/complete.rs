@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use futures::future::try_join_all;
-use k8s_openapi::api::core::v1::Node;
 use kube::{Api, Client};
 use serde_json::Value;
 
@@ -203,8 +202,7 @@ async fn complete_nodes(
         .hint("run `klm verify` on them first; only verified nodes are completed")
         .into());
     }
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    let read = try_join_all(nodes.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let read = hold::get_all(client, nodes).await?;
     let events = NodeEvents::new(client, &run.run_id, run.release_id()).knowing(&read);
     let how = Release {
         status: Some(NodeStatus::Completed),

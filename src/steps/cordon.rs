@@ -4,8 +4,7 @@
 //! (its rollback target), and cordons it.
 
 use futures::future::try_join_all;
-use k8s_openapi::api::core::v1::Node;
-use kube::{Api, Client, ResourceExt};
+use kube::{Client, ResourceExt};
 
 use crate::error::UserError;
 
@@ -101,18 +100,9 @@ async fn within_budget(
 /// already keeps what its first hold recorded.
 pub async fn cordon(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Cordoned> {
     let run = Run::active(client, &request.release, request.run_id.as_deref()).await?;
-    let names = request
-        .nodes
-        .resolve(
-            Some(&run),
-            client,
-            &request.release,
-            request.run_id.as_deref(),
-        )
-        .await?;
+    let names = request.nodes.in_run(&run)?;
     // Every node must exist before any is changed.
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    let read = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let read = hold::get_all(client, &names).await?;
     let events = NodeEvents::new(client, &run.run_id, run.release_id()).knowing(&read);
     if let Some(budget) = run.plan.max_unavailable {
         within_budget(client, &run, &names, budget).await?;

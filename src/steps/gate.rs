@@ -251,10 +251,7 @@ async fn reverify(
         .hint("pass --verification-pod (the workflow passes the chart's)")
         .into());
     };
-    let nodes_api = kube::Api::all(client.clone());
-    let nodes =
-        futures::future::try_join_all(gate.reverify.iter().map(|n| hold::get(&nodes_api, n)))
-            .await?;
+    let nodes = hold::get_all(client, &gate.reverify).await?;
     let assigned = again.pods.assign(&nodes, record.pool_label.as_deref())?;
     let verdicts = crate::verification::verify_nodes(
         client,

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use futures::future::{join_all, try_join_all};
+use futures::future::join_all;
 use k8s_openapi::api::core::v1::Node;
-use kube::{Api, Client};
+use kube::Client;
 
 use crate::annotations::NodeStatus;
 use crate::error::UserError;
@@ -145,18 +145,9 @@ impl Restart {
 /// upgraded. Nodes that did not are in the report (see [`Restart::outcome`]).
 pub async fn restart(client: &Client, helm: &Helm, request: &Request) -> anyhow::Result<Restart> {
     let run = Run::active(client, &request.release, request.run_id.as_deref()).await?;
-    let names = &request
-        .nodes
-        .resolve(
-            Some(&run),
-            client,
-            &request.release,
-            request.run_id.as_deref(),
-        )
-        .await?;
+    let names = &request.nodes.in_run(&run)?;
     let mode = run.mode(request.mode)?;
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    let read = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let read = hold::get_all(client, names).await?;
     let events = NodeEvents::new(client, &run.run_id, run.release_id()).knowing(&read);
     let report = match mode {
         DeploymentMode::Daemonset => restart_pods(client, helm, request, &run, names, read).await?,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use futures::future::{join_all, try_join_all};
 use k8s_openapi::api::core::v1::Node;
-use kube::{Api, Client};
+use kube::Client;
 use serde_json::Value;
 
 use crate::annotations::NodeStatus;
@@ -169,17 +169,8 @@ pub async fn roll_back(
     request: &Request,
 ) -> anyhow::Result<RolledBack> {
     let run = Run::recorded(client, &request.release, request.run_id.as_deref()).await?;
-    let names = &request
-        .nodes
-        .resolve(
-            Some(&run),
-            client,
-            &request.release,
-            request.run_id.as_deref(),
-        )
-        .await?;
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    let nodes: Vec<Node> = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let names = &request.nodes.in_run(&run)?;
+    let nodes = hold::get_all(client, names).await?;
     // No dry run of the verification pod here: what the new version broke
     // (a RuntimeClass it removed) must not stop the way back. The pod is
     // checked when it runs, after the revert, as each node's verification.

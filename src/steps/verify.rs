@@ -1,7 +1,6 @@
 //! What `klm verify` does: the verification pods of nodes for a run, their
 //! verdicts recorded on the nodes (state and Events) and in the run.
 
-use futures::future::try_join_all;
 use kube::Client;
 
 use crate::annotations::NodeStatus;
@@ -90,8 +89,7 @@ pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verifi
         .nodes
         .resolve(latest, client, &request.release, request.run_id.as_deref())
         .await?;
-    let nodes_api = kube::Api::all(client.clone());
-    let nodes = try_join_all(names.iter().map(|n| hold::get(&nodes_api, n))).await?;
+    let nodes = hold::get_all(client, &names).await?;
     for pod in request.pods.all() {
         crate::verification::run::dry_run_access(client, pod).await?;
     }
