@@ -84,10 +84,23 @@ pub async fn verify(client: &Client, request: &Request) -> anyhow::Result<Verifi
     let records = Records::new(client, &request.release.namespace);
     let loaded = records.load(&request.release.name).await?;
     let latest = loaded.as_ref().map(|(record, _)| record);
-    // A wave is the named run's, else the latest run's (a check by hand).
+    // A wave is the named run's, else the latest run's (a check by hand);
+    // a run id that is not the latest's is looked up (and refused) as
+    // `--wave` always looked it up.
+    let named_or_latest = latest.filter(|r| {
+        request
+            .run_id
+            .as_deref()
+            .is_none_or(|run_id| r.run_id == run_id)
+    });
     let names = request
         .nodes
-        .resolve(latest, client, &request.release, request.run_id.as_deref())
+        .resolve(
+            named_or_latest,
+            client,
+            &request.release,
+            request.run_id.as_deref(),
+        )
         .await?;
     let nodes = hold::get_all(client, &names).await?;
     for pod in request.pods.all() {
